@@ -1,0 +1,44 @@
+# The two commands a fresh machine needs: `make demo` and `make test`.
+# Each creates .venv and installs the project into it when missing or out of date.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+
+# Demo size: CPU-friendly, see BUILD_NOTES.md for what it reaches.
+DEMO_DATA := data/synthetic
+DEMO_RECORDS := data/records
+DEMO_PATIENTS ?= 1000
+
+.PHONY: demo test venv records sample bench clean
+
+$(STAMP): setup.cfg pyproject.toml setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required" or 0)'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+sample: $(STAMP)
+	test -f $(DEMO_DATA)/CheXpert-v1.0-small/train.csv || \
+		$(BIN)/python -m pipeline.make_sample --output_dir $(DEMO_DATA) --num_patients $(DEMO_PATIENTS)
+
+records: sample
+	$(BIN)/python -m pipeline.build_records --runner=DirectRunner \
+		--direct_num_workers=2 --direct_running_mode=multi_processing \
+		--input_dir=$(DEMO_DATA) --output_dir=$(DEMO_RECORDS) --overwrite
+
+demo: records
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.build_records
+
+clean:
+	rm -rf data jobs .pytest_cache

@@ -1,0 +1,545 @@
+r"""Beam job: CheXpert CSV + radiographs -> validated, sharded TFRecords.
+
+Run on this machine (both cores)::
+
+    python -m pipeline.build_records --runner=DirectRunner \
+        --direct_num_workers=2 --direct_running_mode=multi_processing
+
+With no ``--input_dir`` and no CheXpert under ``./data``, a synthetic sample is generated in
+``data/synthetic`` first (the log says so). On a real copy::
+
+    python -m pipeline.build_records --runner=DirectRunner \
+        --input_dir=/datasets/chexpert --output_dir=/datasets/chexpert-records
+
+On Dataflow, add ``--runner=DataflowRunner --project=P --region=R
+--temp_location=gs://B/tmp --setup_file=./setup.py`` and use ``gs://`` for both folders.
+
+Graph (row-sized elements are grouped, never pixels)::
+
+    ListCsvs -> ReadCsv -> ParseRows -> GroupByPath -> RejectDuplicates
+        -> CountPerSplit (side input) -> AssignShards -> GroupByShard -> WriteShards
+    every stage's rejects -> WriteRejects;  WriteShards' stats -> WriteStats
+
+The driver then checks that rows in = written + rejected for every CSV, writes
+``manifest.json`` and moves the shards from the staging folder into ``--output_dir``: the
+output appears only when the whole job succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import sys
+import uuid
+from typing import Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+
+from pipeline import imaging
+from pipeline import make_sample
+from pipeline import records
+from schemas import chexpert
+
+log = logging.getLogger("build_records")
+NAMESPACE = "build_records"
+REJECTED = "rejected"
+MANIFEST = "manifest.json"
+DEFAULT_OUTPUT = "data/records"
+DEFAULT_DATA = "data"
+SYNTHETIC_DIR = "data/synthetic"
+DATASET_DIRS = (make_sample.DATASET_DIR, make_sample.DATASET_DIR_FULL)
+SOURCES = (("train.csv", "train"), ("valid.csv", "valid"))
+
+
+class BuildOptions(PipelineOptions):
+    """The job's own flags; every other flag goes to the runner."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--input_dir", default=None,
+                            help="Folder holding CheXpert-v1.0-small/ or CheXpert-v1.0/ (or that folder itself). "
+                                 "Default: ./data, else a synthetic sample generated in data/synthetic.")
+        parser.add_argument("--output_dir", default=DEFAULT_OUTPUT, help="Where shards and manifest.json go.")
+        parser.add_argument("--image_size", type=int, default=320, help="Side of the stored square image, pixels.")
+        parser.add_argument("--resize", default="squash", help="squash (as the seed's target_size), crop or pad.")
+        parser.add_argument("--policy", default="",
+                            help="Uncertainty policy overrides, e.g. atelectasis=ones,cardiomegaly=multiclass. "
+                                 f"Policies: {', '.join(chexpert.POLICIES)}.")
+        parser.add_argument("--blank", default="negative", help="Blank labels: negative (default) or ignore.")
+        parser.add_argument("--holdout_fraction", type=float, default=0.0,
+                            help="Patient-level fraction of train.csv kept apart as 'holdout' for tuning.")
+        parser.add_argument("--num_shards", type=int, default=0,
+                            help="Shards per split; 0 picks from --shard_size_mb and --min_shards.")
+        parser.add_argument("--shard_size_mb", type=float, default=256.0, help="Target shard size when --num_shards=0.")
+        parser.add_argument("--min_shards", type=int, default=4,
+                            help="At least this many shards per split (parallel writers), rows permitting.")
+        parser.add_argument("--encoding", default="raw",
+                            help="Stored pixels: raw (lossless, default, fastest), png (lossless, ~35%% smaller) "
+                                 "or jpeg (lossy, q=95).")
+        parser.add_argument("--seed", type=int, default=0, help="Seeds the label-smoothing draws.")
+        parser.add_argument("--overwrite", action="store_true", help="Replace an existing output's shards.")
+        parser.add_argument("--sample_patients", type=int, default=1000,
+                            help="Train patients of the synthetic sample generated when no data is found.")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """Validated job settings (what the manifest records as ``options``)."""
+
+    input_dir: str
+    output_dir: str
+    image_size: int
+    resize: str
+    policy: dict
+    blank: str
+    holdout_fraction: float
+    num_shards: int
+    shard_size_mb: float
+    min_shards: int
+    encoding: str
+    seed: int
+    overwrite: bool
+    synthetic: bool
+
+    @property
+    def table(self) -> np.ndarray:
+        return chexpert.policy_matrix(self.policy, self.blank)
+
+    def example_settings(self) -> records.ExampleSettings:
+        return records.ExampleSettings(self.image_size, self.resize, self.encoding, self.table, self.seed)
+
+
+class ConfigError(ValueError):
+    """A flag value that cannot work; the message names the flag."""
+
+
+def find_dataset_root(input_dir: str) -> str:
+    """The folder that CSV paths (``CheXpert-v1.0-small/train/...``) are relative to.
+
+    Accepts the folder holding the dataset or the dataset folder itself.
+    """
+    if FileSystems.exists(posixpath.join(input_dir, "train.csv")) or FileSystems.exists(
+        posixpath.join(input_dir, "valid.csv")
+    ):
+        return posixpath.dirname(input_dir.rstrip("/")) or "."
+    for name in DATASET_DIRS:
+        if FileSystems.exists(posixpath.join(input_dir, name, "train.csv")) or FileSystems.exists(
+            posixpath.join(input_dir, name, "valid.csv")
+        ):
+            return input_dir
+    raise ConfigError(
+        f"--input_dir={input_dir}: no train.csv or valid.csv in it or in {' or '.join(DATASET_DIRS)}/ under it"
+    )
+
+
+def dataset_dir(root: str) -> str:
+    for name in DATASET_DIRS:
+        if FileSystems.exists(posixpath.join(root, name)):
+            return posixpath.join(root, name)
+    return root
+
+
+def default_input(sample_patients: int) -> tuple[str, bool]:
+    """./data if it holds CheXpert; else a synthetic sample (generated once)."""
+    for name in DATASET_DIRS:
+        if os.path.exists(os.path.join(DEFAULT_DATA, name, "train.csv")):
+            log.info("using the CheXpert copy in %s", os.path.join(DEFAULT_DATA, name))
+            return DEFAULT_DATA, False
+    if os.path.exists(os.path.join(SYNTHETIC_DIR, make_sample.DATASET_DIR, "train.csv")):
+        log.warning("No CheXpert under ./%s: using the synthetic sample in %s", DEFAULT_DATA, SYNTHETIC_DIR)
+    else:
+        log.warning("No CheXpert under ./%s: generating a synthetic sample (%d train patients) in %s",
+                    DEFAULT_DATA, sample_patients, SYNTHETIC_DIR)
+        make_sample.generate(SYNTHETIC_DIR, num_patients=sample_patients)
+    return SYNTHETIC_DIR, True
+
+
+def make_config(opts: BuildOptions) -> BuildConfig:
+    """Turns flags into a validated config; raises ConfigError naming the flag."""
+    if opts.image_size < 16 or opts.image_size > 4096:
+        raise ConfigError(f"--image_size={opts.image_size}: expected 16..4096")
+    if opts.resize not in imaging.RESIZE_MODES:
+        raise ConfigError(f"--resize={opts.resize}: expected one of {', '.join(imaging.RESIZE_MODES)}")
+    if opts.encoding not in imaging.ENCODINGS:
+        raise ConfigError(f"--encoding={opts.encoding}: expected one of {', '.join(imaging.ENCODINGS)}")
+    if not 0.0 <= opts.holdout_fraction < 1.0:
+        raise ConfigError(f"--holdout_fraction={opts.holdout_fraction}: expected 0 <= f < 1")
+    if opts.num_shards < 0 or opts.min_shards < 1 or opts.shard_size_mb <= 0:
+        raise ConfigError("--num_shards must be >= 0, --min_shards >= 1 and --shard_size_mb > 0")
+    try:
+        policy = chexpert.resolve_policies(chexpert.parse_policy_overrides(opts.policy))
+        chexpert.policy_matrix(policy, opts.blank)
+    except chexpert.PolicyError as e:
+        raise ConfigError(str(e)) from None
+    synthetic = False
+    input_dir = opts.input_dir
+    if input_dir is None:
+        input_dir, synthetic = default_input(opts.sample_patients)
+    root = find_dataset_root(input_dir)
+    synthetic = synthetic or FileSystems.exists(posixpath.join(root, make_sample.TRUTH_FILE))
+    return BuildConfig(
+        input_dir=root, output_dir=opts.output_dir, image_size=opts.image_size, resize=opts.resize,
+        policy=policy, blank=opts.blank, holdout_fraction=opts.holdout_fraction, num_shards=opts.num_shards,
+        shard_size_mb=opts.shard_size_mb, min_shards=opts.min_shards, encoding=opts.encoding, seed=opts.seed,
+        overwrite=opts.overwrite, synthetic=synthetic,
+    )
+
+
+# --- Beam wiring ----------------------------------------------------------------------------
+
+
+def _reject_counter(reason: str):
+    return Metrics.counter(NAMESPACE, f"rejected_{reason}")
+
+
+class ReadCsvFn(beam.DoFn):
+    """(csv path, source split) -> CsvRow | Reject (tagged REJECTED), one per data line."""
+
+    def __init__(self):
+        self.rows_read = Metrics.counter(NAMESPACE, "rows_read")
+
+    def process(self, element):
+        path, source_split = element
+        source = posixpath.basename(path)
+        with FileSystems.open(path) as f:
+            for item in records.read_csv_rows(f, source):
+                self.rows_read.inc()
+                if isinstance(item, records.Reject):
+                    _reject_counter(item.reason).inc()
+                    yield beam.pvalue.TaggedOutput(REJECTED, item)
+                else:
+                    yield source_split, item
+
+
+class ParseRowFn(beam.DoFn):
+    """(source split, CsvRow) -> (path, (split, Row, CsvRow)) | Reject (tagged REJECTED)."""
+
+    def __init__(self, holdout_fraction: float):
+        self.holdout_fraction = holdout_fraction
+
+    def process(self, element):
+        source_split, row = element
+        try:
+            split, parsed = records.parse_csv_row(row, source_split, self.holdout_fraction)
+        except chexpert.RowError as e:
+            _reject_counter(e.reason).inc()
+            split = records.guess_split(row, source_split, self.holdout_fraction)
+            yield beam.pvalue.TaggedOutput(
+                REJECTED, records.Reject(row.source, row.line, row.cells.get(chexpert.COL_PATH, ""), split,
+                                         e.reason, e.detail))
+            return
+        yield parsed.path, (split, parsed, row)
+
+
+class RejectDuplicatesFn(beam.DoFn):
+    """(path, [(split, Row, CsvRow), ...]) -> (split, (Row, source, line)) for the first
+    occurrence (lowest file and line); later ones REJECTED."""
+
+    def process(self, element):
+        path, items = element
+        items = sorted(items, key=lambda it: (it[2].source, it[2].line))
+        first = items[0]
+        yield first[0], (first[1], first[2].source, first[2].line)
+        for split, _, row in items[1:]:
+            _reject_counter("duplicate_path").inc()
+            yield beam.pvalue.TaggedOutput(
+                REJECTED, records.Reject(row.source, row.line, path, split, "duplicate_path",
+                                         f"Path {path!r} already appears at {first[2].source} line {first[2].line}"))
+
+
+def _assign_shard(element, plan: dict):
+    split, item = element
+    n = plan[split]
+    return (split, records.shard_of(item[0].path, n), n), item
+
+
+class WriteShardFn(beam.DoFn):
+    """((split, shard, num_shards), [(Row, source, line), ...]) -> one TFRecord file in the
+    staging folder.
+
+    Reads, decodes and encodes one image at a time, so a worker's memory is one shard's
+    row list plus one image. Yields the shard's stats dict; undecodable images are REJECTED.
+    Writing the same shard twice (a retried bundle) rewrites the same file.
+    """
+
+    def __init__(self, input_root: str, staging: str, settings: records.ExampleSettings):
+        self.input_root = input_root
+        self.staging = staging
+        self.settings = settings
+        self.written = Metrics.counter(NAMESPACE, "written")
+        self.bytes = Metrics.counter(NAMESPACE, "bytes_written")
+
+    def setup(self):
+        import tensorflow as tf  # per worker, once: TF's writer handles gs:// and local paths alike
+
+        self._tf = tf
+
+    def process(self, element):
+        (split, index, num_shards), rows = element
+        name = records.shard_name(split, index, num_shards)
+        raw_counts, mapped_counts = records.empty_counts(), records.empty_counts()
+        written = size = 0
+        with self._tf.io.TFRecordWriter(posixpath.join(self.staging, name)) as writer:
+            for row, source, line in sorted(rows, key=lambda r: r[0].path):  # sorted: same bytes every run
+                try:
+                    data = _read_file(posixpath.join(self.input_root, row.path), row.path)
+                    serialized, targets, mask = records.build_example(row, data, self.settings)
+                except chexpert.RowError as e:
+                    _reject_counter(e.reason).inc()
+                    yield beam.pvalue.TaggedOutput(
+                        REJECTED, records.Reject(source, line, row.path, split, e.reason, e.detail))
+                    continue
+                writer.write(serialized)
+                written += 1
+                size += len(serialized)
+                records.add_counts(raw_counts, mapped_counts, row.codes, targets, mask)
+        self.written.inc(written)
+        self.bytes.inc(size)
+        yield {"split": split, "shard": name, "index": index, "num_shards": num_shards, "written": written,
+               "bytes": size, "raw_counts": raw_counts, "target_counts": mapped_counts}
+
+
+def _read_file(path: str, name: str) -> bytes:
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            return f.read()
+    except (FileNotFoundError, IOError, OSError) as e:
+        if not FileSystems.exists(path):
+            raise chexpert.RowError("missing_file", f"{name}: no such file under the input folder") from None
+        raise chexpert.RowError("unreadable_file", f"{name}: {e}") from None
+
+
+def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, str]], staging: str) -> None:
+    """Adds the records job to ``p``; its outputs land in ``staging``."""
+    to_json = lambda r: json.dumps(r.to_dict() if isinstance(r, records.Reject) else r, sort_keys=True)  # noqa: E731
+    read = (p | "ListCsvs" >> beam.Create(sources)
+              | "ReadCsv" >> beam.ParDo(ReadCsvFn()).with_outputs(REJECTED, main="rows"))
+    parsed = read.rows | "ParseRows" >> beam.ParDo(ParseRowFn(cfg.holdout_fraction)).with_outputs(REJECTED, main="rows")
+    unique = (parsed.rows
+              | "GroupByPath" >> beam.GroupByKey()
+              | "RejectDuplicates" >> beam.ParDo(RejectDuplicatesFn()).with_outputs(REJECTED, main="rows"))
+    plan = (unique.rows
+            | "SplitOf" >> beam.Map(lambda kv: kv[0])
+            | "CountPerSplit" >> beam.combiners.Count.PerElement()
+            | "ShardsPerSplit" >> beam.Map(lambda kv: (kv[0], records.num_shards_for(
+                kv[1], image_size=cfg.image_size, encoding=cfg.encoding, shard_size_mb=cfg.shard_size_mb,
+                min_shards=cfg.min_shards, fixed=cfg.num_shards))))
+    written = (unique.rows
+               | "AssignShards" >> beam.Map(_assign_shard, plan=beam.pvalue.AsDict(plan))
+               | "GroupByShard" >> beam.GroupByKey()
+               | "WriteShards" >> beam.ParDo(WriteShardFn(cfg.input_dir, staging, cfg.example_settings()))
+                                  .with_outputs(REJECTED, main="stats"))
+    ((read[REJECTED], parsed[REJECTED], unique[REJECTED], written[REJECTED])
+     | "MergeRejects" >> beam.Flatten()
+     | "RejectsToJson" >> beam.Map(to_json)
+     | "WriteRejects" >> beam.io.WriteToText(posixpath.join(staging, "rejects"), file_name_suffix=".jsonl"))
+    (written.stats
+     | "StatsToJson" >> beam.Map(to_json)
+     | "WriteStats" >> beam.io.WriteToText(posixpath.join(staging, "stats"), file_name_suffix=".jsonl"))
+
+
+# --- Driver: inputs, reconciliation, commit --------------------------------------------------
+
+
+def list_sources(cfg: BuildConfig) -> list[dict]:
+    """The CSVs present, each with its row count and sha256; fails fast on a bad header."""
+    folder = dataset_dir(cfg.input_dir)
+    found = []
+    for name, split in SOURCES:
+        path = posixpath.join(folder, name)
+        if not FileSystems.exists(path):
+            continue
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            data = f.read()
+        records.read_header(records.iter_lines(io.BytesIO(data)), name)
+        found.append({"name": name, "path": path, "split": split, "sha256": hashlib.sha256(data).hexdigest(),
+                      "rows": records.count_data_rows(io.BytesIO(data))})
+    if not found:
+        raise ConfigError(f"--input_dir={cfg.input_dir}: neither train.csv nor valid.csv found in {folder}")
+    return found
+
+
+def _read_jsonl(pattern: str) -> list[dict]:
+    out = []
+    for match in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(match.path, compression_type="uncompressed") as f:
+            out.extend(json.loads(line) for line in f.read().decode().splitlines() if line.strip())
+    return out
+
+
+def summarize(cfg: BuildConfig, sources: list[dict], stats: list[dict], rejects: list[dict]) -> dict:
+    """The manifest: options, policy, per-source reconciliation and per-split totals.
+
+    Raises:
+        RuntimeError: rows in != written + rejected for some CSV.
+    """
+    split_source = {"train": "train.csv", "holdout": "train.csv", "valid": "valid.csv"}
+    splits: dict = {}
+    for s in sorted(stats, key=lambda s: (s["split"], s["index"])):
+        sp = splits.setdefault(s["split"], {"rows": 0, "written": 0, "rejected": 0, "rejected_by_reason": {},
+                                            "num_shards": s["num_shards"], "shards": [], "bytes": 0,
+                                            "raw_counts": records.empty_counts(),
+                                            "target_counts": records.empty_counts()})
+        sp["shards"].append(s["shard"])
+        sp["written"] += s["written"]
+        sp["bytes"] += s["bytes"]
+        records.merge_counts(sp["raw_counts"], s["raw_counts"])
+        records.merge_counts(sp["target_counts"], s["target_counts"])
+    by_source = {src["name"]: {"path": src["path"], "sha256": src["sha256"], "rows": src["rows"], "written": 0,
+                               "rejected": 0, "rejected_by_reason": {}} for src in sources}
+    for split, sp in splits.items():
+        by_source[split_source[split]]["written"] += sp["written"]
+    for r in rejects:
+        src = by_source.setdefault(r["source"], {"rows": 0, "written": 0, "rejected": 0, "rejected_by_reason": {}})
+        src["rejected"] += 1
+        src["rejected_by_reason"][r["reason"]] = src["rejected_by_reason"].get(r["reason"], 0) + 1
+        if r["split"] in splits:
+            sp = splits[r["split"]]
+            sp["rejected"] += 1
+            sp["rejected_by_reason"][r["reason"]] = sp["rejected_by_reason"].get(r["reason"], 0) + 1
+    for sp in splits.values():
+        sp["rows"] = sp["written"] + sp["rejected"]
+    bad = [f"{name}: {s['rows']} rows in, {s['written']} written + {s['rejected']} rejected"
+           for name, s in by_source.items() if s["rows"] != s["written"] + s["rejected"]]
+    if bad:
+        raise RuntimeError("counts do not reconcile, nothing committed: " + "; ".join(bad))
+    options = dataclasses.asdict(cfg)
+    options.pop("policy")
+    return {
+        "schema_version": chexpert.SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "observations": list(chexpert.OBSERVATIONS),
+        "policy": cfg.policy,
+        "blank": cfg.blank,
+        "image_size": cfg.image_size,
+        "encoding": cfg.encoding,
+        "options": options,
+        "sources": by_source,
+        "splits": splits,
+        "rows": sum(s["rows"] for s in by_source.values()),
+        "written": sum(s["written"] for s in by_source.values()),
+        "rejected": sum(s["rejected"] for s in by_source.values()),
+    }
+
+
+def _fill_missing_shards(staging: str, stats: list[dict]) -> None:
+    """Writes an empty shard for any index no row hashed to, so ``-of-N`` always holds N."""
+    seen = {(s["split"], s["index"]) for s in stats}
+    for split, n in {(s["split"], s["num_shards"]) for s in stats}:
+        for i in range(n):
+            if (split, i) not in seen:
+                name = records.shard_name(split, i, n)
+                FileSystems.create(posixpath.join(staging, name)).close()
+                stats.append({"split": split, "shard": name, "index": i, "num_shards": n, "written": 0,
+                              "bytes": 0, "raw_counts": {}, "target_counts": {}})
+
+
+def commit(cfg: BuildConfig, staging: str, manifest: dict, rejects: list[dict]) -> None:
+    """Moves shards and dead letters into the output folder, then writes manifest.json.
+
+    The manifest goes last, by rename, so a reader that trusts only the manifest never sees
+    a half-written output. Files listed by a previous manifest are removed first.
+    """
+    out = cfg.output_dir
+    old_manifest = posixpath.join(out, MANIFEST)
+    if FileSystems.exists(old_manifest):
+        with FileSystems.open(old_manifest, compression_type="uncompressed") as f:
+            old = json.loads(f.read())
+        FileSystems.delete([old_manifest])
+        stale = [posixpath.join(out, n) for sp in old.get("splits", {}).values() for n in sp.get("shards", [])]
+        stale += [posixpath.join(out, n) for n in old.get("rejected_files", [])]
+        stale = [p for p in stale if FileSystems.exists(p)]
+        if stale:
+            FileSystems.delete(stale)
+    reject_files = []
+    for name, _ in SOURCES:
+        rows = sorted((r for r in rejects if r["source"] == name), key=lambda r: r["row"])
+        if name not in manifest["sources"]:
+            continue
+        fname = f"rejected-{name.removesuffix('.csv')}.jsonl"
+        with FileSystems.create(posixpath.join(staging, fname)) as f:
+            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+        reject_files.append(fname)
+    manifest["rejected_files"] = reject_files
+    names = [n for sp in manifest["splits"].values() for n in sp["shards"]] + reject_files
+    FileSystems.rename([posixpath.join(staging, n) for n in names], [posixpath.join(out, n) for n in names])
+    tmp = posixpath.join(staging, MANIFEST)
+    with FileSystems.create(tmp) as f:
+        f.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
+    FileSystems.rename([tmp], [old_manifest])
+    FileSystems.delete([staging])
+
+
+def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> dict:
+    """Builds the records; returns the manifest.
+
+    Raises:
+        ConfigError: a bad flag, input folder or CSV header, before any work.
+        RuntimeError: counts that do not reconcile (nothing is committed).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in argv):
+        # Local multi-process workers otherwise log every gRPC channel at INFO.
+        argv.append("--default_sdk_harness_log_level=WARNING")
+    options = PipelineOptions(argv)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = "DirectRunner"  # Prism would download a binary
+    cfg = make_config(options.view_as(BuildOptions))
+    try:
+        sources = list_sources(cfg)
+    except chexpert.CsvHeaderError as e:
+        raise ConfigError(str(e)) from None
+    if FileSystems.exists(posixpath.join(cfg.output_dir, MANIFEST)) and not cfg.overwrite:
+        raise ConfigError(f"--output_dir={cfg.output_dir} already holds records (manifest.json); "
+                          "pass --overwrite to replace them or choose another folder")
+    if not FileSystems.exists(cfg.output_dir):
+        FileSystems.mkdirs(cfg.output_dir)
+    staging = posixpath.join(cfg.output_dir, f".staging-{uuid.uuid4().hex[:12]}")
+    FileSystems.mkdirs(staging)
+    log.info("input %s (%s), %d CSV rows, output %s, policy %s", cfg.input_dir,
+             "synthetic" if cfg.synthetic else "CheXpert", sum(s["rows"] for s in sources), cfg.output_dir,
+             ",".join(f"{k}={v}" for k, v in cfg.policy.items()))
+    with beam.Pipeline(options=options) as p:
+        build_pipeline(p, cfg, [(s["path"], s["split"]) for s in sources], staging)
+    stats = _read_jsonl(posixpath.join(staging, "stats*.jsonl"))
+    rejects = _read_jsonl(posixpath.join(staging, "rejects*.jsonl"))
+    _fill_missing_shards(staging, stats)
+    manifest = summarize(cfg, sources, stats, rejects)
+    commit(cfg, staging, manifest, rejects)
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    try:
+        manifest = run(argv)
+    except ConfigError as e:
+        print(f"build_records: error: {e}", file=sys.stderr)
+        return 2
+    for split, sp in sorted(manifest["splits"].items()):
+        print(f"{split:8s} {sp['written']:7d} written, {sp['rejected']:5d} rejected, {len(sp['shards'])} shards, "
+              f"{sp['bytes'] / 2**20:.1f} MiB")
+    for name, src in manifest["sources"].items():
+        if src["rejected"]:
+            print(f"{name}: {src['rejected']} rejected: "
+                  + ", ".join(f"{k}={v}" for k, v in sorted(src["rejected_by_reason"].items())))
+    print(f"records written to {manifest['options']['output_dir']} "
+          f"({manifest['written']} of {manifest['rows']} rows; rejects in rejected-*.jsonl)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The records job's per-row work as plain functions (no Beam import).
+
+Each step is unit-tested on its own; ``pipeline.build_records`` only wires them into Beam.
+
+    read_csv_rows   CSV file -> (line number, column dict) or a reject
+    parse_csv_row   column dict -> (split, Row), or RowError
+    split_of        patient id -> train / holdout (stable hash)
+    num_shards_for  rows in a split -> shard count
+    shard_of        record key -> shard index (stable hash)
+    build_example   Row + image bytes -> serialized tf.train.Example
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import math
+from typing import IO, Iterator
+
+import numpy as np
+
+from pipeline import imaging
+from schemas import chexpert
+from schemas import example as example_lib
+
+SPLITS = ("train", "holdout", "valid")
+# Bytes per stored 320^2 image, before the Example's ~0.5 KB of labels and metadata; used
+# only to pick a shard count before any image is read. PNG's ratio was measured on the
+# synthetic set (BUILD_NOTES.md); real radiographs compress similarly within ~20%.
+ENCODED_RATIO = {"raw": 1.0, "png": 0.65, "jpeg": 0.35}
+# Fewer rows than this per shard and a hash split could leave a shard empty.
+MIN_ROWS_PER_SHARD = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Reject:
+    """A row that did not become a record: the dead-letter output's element."""
+
+    source: str  # the CSV file name, e.g. "train.csv"
+    row: int  # 1-based line number in that file (the header is line 1)
+    path: str  # the CSV's Path cell, as written
+    split: str | None  # the split it would have gone to, when that was known
+    reason: str  # RowError.reason
+    detail: str  # RowError.detail
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvRow:
+    """One data line of a CSV, before validation."""
+
+    source: str
+    line: int
+    cells: dict
+
+
+def iter_lines(f: IO[bytes]) -> Iterator[tuple[int, str | None, bytes]]:
+    """Yields ``(line number, text or None if not UTF-8, raw bytes)`` for non-blank lines.
+
+    One line at a time and undecodable lines reported, not fatal: a single stray byte in a
+    224k-row CSV must cost one row, not the job. The header is line 1.
+    """
+    for number, raw in enumerate(f, start=1):
+        raw = raw.rstrip(b"\r\n")
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # UTF-8 byte-order mark from spreadsheet exports
+        if not raw.strip():
+            continue
+        try:
+            yield number, raw.decode("utf-8"), raw
+        except UnicodeDecodeError:
+            yield number, None, raw
+
+
+def read_header(lines: Iterator[tuple[int, str | None, bytes]], source: str) -> list[str]:
+    """Reads and checks the header from ``iter_lines``; raises ``chexpert.CsvHeaderError``."""
+    for number, text, _ in lines:
+        if text is None:
+            raise chexpert.CsvHeaderError(f"{source}: header line {number} is not UTF-8")
+        header = [c.strip() for c in next(csv.reader([text]))]
+        chexpert.check_header(header, source)
+        return header
+    chexpert.check_header(None, source)
+    return []
+
+
+def read_csv_rows(f: IO[bytes], source: str) -> Iterator[CsvRow | Reject]:
+    """Every data line of a CheXpert CSV as a ``CsvRow``, or a ``Reject`` for lines that
+    are not UTF-8 or have the wrong number of fields.
+
+    Raises:
+        chexpert.CsvHeaderError: before any row, for a header that is not CheXpert's.
+    """
+    lines = iter_lines(f)  # one iterator, so line numbers continue after the header
+    header = read_header(lines, source)
+    for number, text, raw in lines:
+        if text is None:
+            yield Reject(source, number, raw[:200].decode("utf-8", "replace"), None, "bad_encoding",
+                         f"{source} line {number} is not valid UTF-8")
+            continue
+        cells = next(csv.reader([text]))
+        if len(cells) != len(header):
+            yield Reject(source, number, cells[0] if cells else "", None, "bad_row",
+                         f"{source} line {number} has {len(cells)} fields; the header has {len(header)}")
+            continue
+        yield CsvRow(source, number, dict(zip(header, cells)))
+
+
+def count_data_rows(f: IO[bytes]) -> int:
+    """The number of rows ``read_csv_rows`` will yield (rows + rejects) for the same file."""
+    return max(sum(1 for _ in iter_lines(f)) - 1, 0)
+
+
+def split_of(source_split: str, patient_id: str, holdout_fraction: float) -> str:
+    """The split of a record: ``valid`` for valid.csv; for train.csv, ``holdout`` for a
+    stable, patient-level ``holdout_fraction`` of patients and ``train`` for the rest.
+
+    A patient's images all share one split, on every run and runner, because the only
+    input is the patient id.
+    """
+    if source_split == "valid":
+        return "valid"
+    if holdout_fraction > 0 and chexpert.stable_fraction("holdout:" + patient_id) < holdout_fraction:
+        return "holdout"
+    return "train"
+
+
+def parse_csv_row(row: CsvRow, source_split: str, holdout_fraction: float) -> tuple[str, chexpert.Row]:
+    """Validates a CSV row and assigns its split.
+
+    Raises:
+        chexpert.RowError: see ``chexpert.parse_row``.
+    """
+    parsed = chexpert.parse_row(row.cells)
+    return split_of(source_split, parsed.patient_id, holdout_fraction), parsed
+
+
+def guess_split(row: CsvRow, source_split: str, holdout_fraction: float) -> str | None:
+    """The split of a row that failed validation, where its path still names a patient."""
+    try:
+        path = chexpert.normalize_path(row.cells.get(chexpert.COL_PATH) or "")
+    except chexpert.RowError:
+        return None
+    parts = [p for p in path.split("/") if p.startswith("patient")]
+    return split_of(source_split, parts[0], holdout_fraction) if parts else None
+
+
+def num_shards_for(rows: int, *, image_size: int, encoding: str, shard_size_mb: float, min_shards: int,
+                   fixed: int = 0) -> int:
+    """How many shards a split of ``rows`` records gets.
+
+    ``fixed`` (``--num_shards``) wins. Otherwise enough shards to keep each near
+    ``shard_size_mb``, at least ``min_shards`` so that several workers write in parallel,
+    but never so many that a shard expects fewer than MIN_ROWS_PER_SHARD rows (a hash split
+    could then leave one empty).
+    """
+    if rows <= 0:
+        return 0
+    if fixed:
+        return fixed
+    est = rows * (image_size * image_size * ENCODED_RATIO[encoding] + 600)
+    n = max(math.ceil(est / (shard_size_mb * 2**20)), min_shards)
+    return max(1, min(n, rows // MIN_ROWS_PER_SHARD))
+
+
+def shard_of(key: str, num_shards: int) -> int:
+    """A record's shard: a stable hash of its key (its Path), independent of input order."""
+    return int.from_bytes(hashlib.sha256(("shard:" + key).encode()).digest()[:8], "big") % num_shards
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleSettings:
+    """What the writer needs to turn a row into a record."""
+
+    image_size: int
+    resize: str
+    encoding: str
+    table: np.ndarray  # float32 (14, 4, 3): chexpert.policy_matrix(...)
+    seed: int
+
+
+def build_example(row: chexpert.Row, data: bytes, settings: ExampleSettings) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """Decodes, resizes and encodes one radiograph and builds its record.
+
+    Args:
+        row: the validated row.
+        data: the image file's bytes.
+        settings: size, resize mode, encoding, policy table and seed.
+
+    Returns:
+        ``(serialized Example, targets, mask)``; targets and mask are float32 (14,).
+
+    Raises:
+        chexpert.RowError: the image could not be decoded (see ``imaging.decode``).
+    """
+    pixels = imaging.preprocess(data, row.path, settings.image_size, settings.resize)
+    draws = chexpert.draws_for(row.path, settings.seed)
+    targets, mask = chexpert.apply_policy(np.asarray(row.codes), draws, settings.table)
+    ex = example_lib.to_example(
+        row,
+        encoded=imaging.encode(pixels, settings.encoding),
+        image_format=settings.encoding,
+        height=pixels.shape[0],
+        width=pixels.shape[1],
+        draws=draws,
+        targets=targets,
+        mask=mask,
+    )
+    # deterministic=True orders the feature map, so a rebuild is byte-identical.
+    return ex.SerializeToString(deterministic=True), targets, mask
+
+
+def target_key(target: float, mask: float) -> str:
+    """The manifest's bucket for a mapped target: ``masked``, ``0``, ``1``, ``2`` or ``soft``."""
+    if mask == 0:
+        return "masked"
+    if target in (0.0, 1.0, 2.0):
+        return str(int(target))
+    return "soft"
+
+
+CODE_KEYS = {int(chexpert.Code.POSITIVE): "1", int(chexpert.Code.NEGATIVE): "0",
+             int(chexpert.Code.UNCERTAIN): "-1", int(chexpert.Code.BLANK): "blank"}
+
+
+def empty_counts() -> dict:
+    return {slug: {} for slug in chexpert.OBSERVATIONS}
+
+
+def add_counts(raw: dict, mapped: dict, codes, targets, mask) -> None:
+    """Adds one record to the per-observation counters (in place)."""
+    for i, slug in enumerate(chexpert.OBSERVATIONS):
+        k = CODE_KEYS[int(codes[i])]
+        raw[slug][k] = raw[slug].get(k, 0) + 1
+        t = target_key(float(targets[i]), float(mask[i]))
+        mapped[slug][t] = mapped[slug].get(t, 0) + 1
+
+
+def merge_counts(into: dict, other: dict) -> None:
+    for slug, counts in other.items():
+        for k, v in counts.items():
+            into.setdefault(slug, {})[k] = into.setdefault(slug, {}).get(k, 0) + v

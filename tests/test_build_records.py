@@ -1,0 +1,139 @@
+"""End-to-end: the Beam job on DirectRunner over generated data, read back with tf.data."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import build_records, make_sample
+from schemas import chexpert
+from schemas import example as example_lib
+from tests import badinputs
+
+def _run(input_dir, output_dir, *extra):
+    return build_records.run([f"--input_dir={input_dir}", f"--output_dir={output_dir}", "--image_size=64",
+                              "--runner=DirectRunner", *extra])
+
+def _read_split(output_dir, manifest, split):
+    files = [os.path.join(output_dir, n) for n in manifest["splits"][split]["shards"]]
+    ds = tf.data.TFRecordDataset(files).map(example_lib.parse)
+    return list(ds.as_numpy_iterator())
+
+@pytest.fixture(scope="module")
+def built(sample_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("records"))
+    manifest = _run(sample_dir, out, "--holdout_fraction=0.25", "--num_shards=2")
+    return sample_dir, out, manifest
+
+def test_records_read_back_through_the_schema_match_the_csv(built):
+    sample_dir, out, manifest = built
+    csv_rows = {}
+    for name in ("train.csv", "valid.csv"):
+        with open(os.path.join(sample_dir, make_sample.DATASET_DIR, name)) as f:
+            for r in csv.DictReader(f):
+                csv_rows[r["Path"]] = r
+    seen = {}
+    table = chexpert.policy_matrix(manifest["policy"], manifest["blank"])
+    for split in ("train", "holdout", "valid"):
+        recs = _read_split(out, manifest, split)
+        assert len(recs) == manifest["splits"][split]["written"] > 0
+        for rec in recs:
+            path = rec[example_lib.SOURCE_PATH].decode()
+            assert path not in seen
+            seen[path] = split
+            assert rec["image"].shape == (64, 64, 1) and rec["image"].dtype == np.uint8
+            want = [int(chexpert.parse_label(csv_rows[path][n])) for n in chexpert.OBSERVATION_NAMES]
+            np.testing.assert_array_equal(rec[example_lib.LABELS_RAW], want)
+            t, m = example_lib.policy_targets(rec[example_lib.LABELS_RAW], rec[example_lib.LABELS_DRAW], table)
+            np.testing.assert_array_equal(t.numpy(), rec[example_lib.LABELS_TARGET])
+            np.testing.assert_array_equal(m.numpy(), rec[example_lib.LABELS_MASK])
+    assert set(seen) == set(csv_rows)  # every row written exactly once
+    assert all(("/valid/" in p) == (s == "valid") for p, s in seen.items())
+    patients = collections.defaultdict(set)
+    for p, s in seen.items():
+        patients[p.split("/")[2]].add(s)
+    assert all(len(s) == 1 for s in patients.values()), "a patient is in two splits"
+    assert sum(s == "holdout" for s in seen.values()) > 0
+
+def test_manifest_reconciles_and_counts_codes(built):
+    sample_dir, out, manifest = built
+    assert manifest["rows"] == manifest["written"] + manifest["rejected"] and manifest["rejected"] == 0
+    assert manifest["options"]["synthetic"] is True
+    for name, src in manifest["sources"].items():
+        with open(os.path.join(sample_dir, make_sample.DATASET_DIR, name), "rb") as f:
+
+            assert src["sha256"] == hashlib.sha256(f.read()).hexdigest()
+    train = manifest["splits"]["train"]
+    assert train["num_shards"] == len(train["shards"]) == 2
+    assert sum(train["raw_counts"]["edema"].values()) == train["written"]
+    assert sum(os.path.getsize(os.path.join(out, n)) for n in train["shards"]) > train["bytes"]
+    card = manifest["splits"]["train"]["target_counts"]["cardiomegaly"]
+    assert card.get("2", 0) == train["raw_counts"]["cardiomegaly"].get("-1", 0)  # multiclass: uncertain = class 2
+    assert manifest["policy"]["consolidation"] == "ignore"
+    assert not [n for n in os.listdir(out) if n.startswith(".staging")]
+
+def test_rerun_is_byte_identical_and_refuses_to_clobber_without_overwrite(built, tmp_path):
+    sample_dir, out, manifest = built
+    with pytest.raises(build_records.ConfigError, match="already holds records.*--overwrite"):
+        _run(sample_dir, out, "--holdout_fraction=0.25", "--num_shards=2")
+    again = str(tmp_path / "again")
+    m2 = _run(sample_dir, again, "--holdout_fraction=0.25", "--num_shards=2")
+    for sp in manifest["splits"].values():
+        for name in sp["shards"]:
+            with open(os.path.join(out, name), "rb") as a, open(os.path.join(again, name), "rb") as b:
+                assert a.read() == b.read(), name
+    assert m2["splits"] == manifest["splits"]
+
+def test_every_bad_input_is_a_counted_dead_letter(tmp_path):
+    root = str(tmp_path / "in")
+    make_sample.generate(root, num_patients=4, num_valid_patients=2, seed=3, workers=1, progress=False)
+    expected = badinputs.plant(root)
+    out = str(tmp_path / "out")
+    manifest = _run(root, out, "--encoding=png")
+    with open(os.path.join(out, "rejected-train.jsonl")) as f:
+        rejects = [json.loads(line) for line in f]
+    got = collections.Counter(r["reason"] for r in rejects)
+    want = collections.Counter(r for r in expected.values() if r)
+    assert got == want
+    for r in rejects:
+        assert r["source"] == "train.csv" and r["row"] > 1 and r["detail"]
+        if not r["path"].startswith(("__", "too")) and r["reason"] not in ("bad_encoding", "bad_row"):
+            assert expected.get(r["path"]) == r["reason"] or r["reason"] == "duplicate_path"
+    src = manifest["sources"]["train.csv"]
+    assert src["rows"] == src["written"] + src["rejected"]
+    assert src["rejected_by_reason"] == dict(want)
+    written = {rec[example_lib.SOURCE_PATH].decode(): rec for rec in _read_split(out, manifest, "train")}
+    for path, reason in expected.items():
+        if reason is None:  # RGB JPEG, 16-bit PNG, DICOM: converted and written
+            assert written[path]["image"].shape == (64, 64, 1)
+    dcm = written["CheXpert-v1.0-small/train/patient90006/study1/view1_frontal.dcm"]["image"][..., 0]
+    assert dcm[0, 0] > dcm[-1, -1]  # MONOCHROME1 inverted: the low raw values are bright
+
+def test_bad_header_fails_before_any_work_naming_the_column(tmp_path):
+    root = str(tmp_path / "in")
+    make_sample.generate(root, num_patients=2, num_valid_patients=1, workers=1, progress=False)
+    path = os.path.join(root, make_sample.DATASET_DIR, "valid.csv")
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace("Pleural Other", "Pleural Thing", 1))
+    out = str(tmp_path / "out")
+    with pytest.raises(build_records.ConfigError, match="valid.csv: missing column.*'Pleural Other'.*'Pleural Thing'"):
+        _run(root, out)
+    assert not os.path.exists(out)
+
+def test_bad_flags_name_the_flag(sample_dir, tmp_path):
+    with pytest.raises(build_records.ConfigError, match="--holdout_fraction"):
+        _run(sample_dir, str(tmp_path), "--holdout_fraction=1.5")
+    with pytest.raises(build_records.ConfigError, match="--policy.*unknown policy"):
+        _run(sample_dir, str(tmp_path), "--policy=edema=maybe")
+    with pytest.raises(build_records.ConfigError, match="--input_dir"):
+        _run(str(tmp_path / "nowhere"), str(tmp_path))

@@ -1,0 +1,97 @@
+"""pipeline/imaging.py: every input format, every failure reason, resize modes, encodings."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import imaging
+from schemas.chexpert import RowError
+from tests import images
+
+
+def _reason(data: bytes, name: str = "x.jpg") -> str:
+    with pytest.raises(RowError) as e:
+        imaging.decode(data, name)
+    assert name in e.value.detail  # every message names the file
+    return e.value.reason
+
+
+def test_jpeg_png_and_rgb_decode_to_uint8_gray():
+    g = images.gradient()
+    np.testing.assert_array_equal(imaging.decode(images.png_bytes(g)), g)
+    assert np.abs(imaging.decode(images.jpeg_bytes(g)).astype(int) - g).max() <= 8
+    rgb = np.stack([g, g, g], axis=-1)
+    out = imaging.decode(images.png_bytes(rgb))
+    assert out.shape == g.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, g)  # equal channels: luma is the channel
+
+
+def test_16_bit_png_is_stretched_not_rejected():
+    g12 = images.gradient(dtype=np.uint16, maxval=4095)  # 12 bits used, as detectors do
+    out = imaging.decode(images.png_bytes(g12))
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    assert np.all(np.diff(out.ravel().astype(int)) >= 0)  # monotone: contrast kept
+
+
+def test_dicom_monochrome1_is_inverted_and_windowed():
+    arr = images.gradient(dtype=np.uint16, maxval=4000)
+    m2 = imaging.decode(images.dicom_bytes(arr), "a.dcm")
+    m1 = imaging.decode(images.dicom_bytes(arr, photometric="MONOCHROME1"), "b.dcm")
+    assert m2[0, 0] == 0 and m2[-1, -1] == 255
+    assert m1[0, 0] == 255 and m1[-1, -1] == 0  # inverted
+    win = imaging.decode(images.dicom_bytes(arr, window=(1000, 500)), "c.dcm")
+    # Everything above centre + width/2 = 1250 saturates after windowing.
+    assert (win == 255).mean() > 0.6 and win[0, 0] == 0
+
+
+def test_bad_inputs_get_their_reasons():
+    g = images.gradient(200, 200)
+    jpg = images.jpeg_bytes(g)
+    assert _reason(b"") == "empty_file"
+    assert _reason(jpg[: len(jpg) // 2]) == "truncated_image"
+    assert _reason(b"this is a text file, not a radiograph\n" * 20) == "not_an_image"
+    assert _reason(images.dicom_bytes(images.gradient(dtype=np.uint16), compressed=True), "d.dcm") == "dicom_unreadable"
+    assert _reason(b"\x00" * 128 + b"DICM" + b"\x00" * 50, "e.dcm") == "dicom_unreadable"
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    big = Image.new("L", (10000, 9000))  # 90 Mpx > MAX_PIXELS; compresses to a few KB
+
+    buf = io.BytesIO()
+    big.save(buf, format="PNG")
+    assert len(buf.getvalue()) < 200_000
+    assert _reason(buf.getvalue(), "bomb.png") == "image_too_large"
+
+
+@pytest.mark.parametrize("mode", imaging.RESIZE_MODES)
+def test_resize_modes_give_square_uint8(mode):
+    out = imaging.resize(images.gradient(80, 40), 32, mode)
+    assert out.shape == (32, 32) and out.dtype == np.uint8
+
+
+def test_pad_keeps_the_whole_film_and_crop_keeps_the_centre():
+    tall = np.full((80, 40), 200, np.uint8)
+    padded = imaging.resize(tall, 40, "pad")
+    assert padded[:, 0].max() == 0 and padded[20, 20] == 200  # black side borders
+    cropped = imaging.resize(tall, 40, "crop")
+    assert cropped.min() == 200  # no border at all
+
+
+@pytest.mark.parametrize("encoding", ["png", "raw"])
+def test_lossless_encodings_round_trip(encoding):
+    g = images.gradient(32, 32)
+    data = imaging.encode(g, encoding)
+    back = np.frombuffer(data, np.uint8).reshape(32, 32) if encoding == "raw" else imaging.decode(data)
+    np.testing.assert_array_equal(back, g)
+
+
+def test_jpeg_draft_decodes_large_files_at_reduced_scale_with_the_same_result_shape():
+    big = np.asarray(Image.fromarray(images.gradient(64, 64)).resize((2400, 2000)))
+    out = imaging.preprocess(images.jpeg_bytes(big, 90), "big.jpg", 320)
+    assert out.shape == (320, 320)
+    ref = imaging.resize(np.asarray(Image.open(io.BytesIO(images.jpeg_bytes(big, 90)))), 320)
+    assert np.abs(out.astype(int) - ref).mean() < 3  # draft changes pixels only slightly

@@ -1,0 +1,175 @@
+"""schemas/: label parsing, policies, header checks and the Example round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings, strategies as st
+
+from pipeline import imaging
+from schemas import chexpert
+from schemas import example as example_lib
+
+C = chexpert.Code
+
+
+@pytest.mark.parametrize("text,code", [
+    ("1.0", C.POSITIVE), ("1", C.POSITIVE), ("0.0", C.NEGATIVE), ("0", C.NEGATIVE),
+    ("-1.0", C.UNCERTAIN), ("-1", C.UNCERTAIN), ("", C.BLANK), ("  ", C.BLANK), (None, C.BLANK),
+    (" 1.0 ", C.POSITIVE), ("1.00", C.POSITIVE),
+])
+def test_parse_label_accepts_official_and_integer_spellings(text, code):
+    assert chexpert.parse_label(text) == code
+
+
+@pytest.mark.parametrize("text", ["2", "2.0", "-2", "0.5", "yes", "nan", "inf", "1e0", "--1", "1.0.0", "true"])
+def test_parse_label_rejects_anything_else_by_name(text):
+    with pytest.raises(chexpert.RowError) as e:
+        chexpert.parse_label(text, "Edema")
+    assert e.value.reason == "bad_label"
+    assert "'Edema'" in e.value.detail and repr(text) in e.value.detail
+
+
+def test_observations_are_in_csv_order_with_stable_slugs():
+    assert chexpert.CSV_COLUMNS[:5] == ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
+    assert chexpert.OBSERVATION_NAMES[0] == "No Finding"
+    assert chexpert.OBSERVATION_NAMES[-1] == "Support Devices"
+    assert chexpert.OBSERVATIONS[8] == "atelectasis"
+    assert chexpert.OBSERVATIONS[10] == "pleural_effusion"
+    assert len(chexpert.CSV_COLUMNS) == 19
+    assert set(chexpert.COMPETITION_TASKS) <= set(chexpert.OBSERVATIONS)
+
+
+def test_check_header_names_missing_and_unknown_columns():
+    header = [c for c in chexpert.CSV_COLUMNS if c != "Edema"] + ["Patient Name"]
+    with pytest.raises(chexpert.CsvHeaderError, match="missing column.*'Edema'.*unknown column.*'Patient Name'"):
+        chexpert.check_header(header, "train.csv")
+    chexpert.check_header(list(chexpert.CSV_COLUMNS), "train.csv")  # the real header passes
+
+
+# codes in the order BLANK, UNCERTAIN, NEGATIVE, POSITIVE
+CODES = np.array([C.BLANK, C.UNCERTAIN, C.NEGATIVE, C.POSITIVE])
+HALF = np.full(4, 0.5, np.float32)
+
+
+@pytest.mark.parametrize("policy,blank,targets,mask", [
+    ("ignore", "negative", [0, 0, 0, 1], [1, 0, 1, 1]),
+    ("zeros", "negative", [0, 0, 0, 1], [1, 1, 1, 1]),
+    ("ones", "negative", [0, 1, 0, 1], [1, 1, 1, 1]),
+    ("multiclass", "negative", [0, 2, 0, 1], [1, 1, 1, 1]),
+    ("lsr_ones", "negative", [0, 0.7, 0, 1], [1, 1, 1, 1]),
+    ("lsr_zeros", "negative", [0, 0.15, 0, 1], [1, 1, 1, 1]),
+    ("ones", "ignore", [0, 1, 0, 1], [0, 1, 1, 1]),
+    ("ignore", "ignore", [0, 0, 0, 1], [0, 0, 1, 1]),
+])
+def test_policy_targets_and_masks_on_a_hand_written_table(policy, blank, targets, mask):
+    table = chexpert.policy_matrix({s: policy for s in chexpert.OBSERVATIONS}, blank)
+    codes = np.tile(CODES[:, None], (1, 14))  # 4 rows, every observation gets the same code
+    draws = np.full((4, 14), 0.5, np.float32)
+    t, m = chexpert.apply_policy(codes, draws, table)
+    np.testing.assert_allclose(t[:, 0], targets, atol=1e-6)
+    np.testing.assert_array_equal(m[:, 0], mask)
+    # The reader's TensorFlow version evaluates the same table to the same numbers.
+    tt, tm = example_lib.policy_targets(tf.constant(codes), tf.constant(draws), table)
+    np.testing.assert_array_equal(tt.numpy(), t)
+    np.testing.assert_array_equal(tm.numpy(), m)
+
+
+def test_lsr_targets_span_their_ranges():
+    table = chexpert.policy_matrix({s: "lsr_ones" for s in chexpert.OBSERVATIONS})
+    draws = np.stack([chexpert.draws_for(f"p{i}.jpg") for i in range(500)])
+    t, _ = chexpert.apply_policy(np.full((500, 14), int(C.UNCERTAIN)), draws, table)
+    assert 0.55 <= t.min() < 0.57 and 0.83 < t.max() < 0.85
+    np.testing.assert_array_equal(chexpert.draws_for("a.jpg", 3), chexpert.draws_for("a.jpg", 3))
+    assert not np.array_equal(chexpert.draws_for("a.jpg", 3), chexpert.draws_for("a.jpg", 4))
+
+
+def test_default_mapping_is_the_papers_and_self_trained_falls_back():
+    p = chexpert.resolve_policies()
+    assert p["atelectasis"] == "ones" and p["edema"] == "ones"
+    assert p["cardiomegaly"] == "multiclass" and p["pleural_effusion"] == "multiclass"
+    assert p["consolidation"] == chexpert.SELF_TRAINED_FALLBACK == "ignore"
+    assert p["fracture"] == "ones"
+    with pytest.raises(chexpert.PolicyError, match="not yet available"):
+        chexpert.resolve_policies({"consolidation": "self_trained"})
+
+
+def test_policy_overrides_parse_and_errors_name_the_item():
+    assert chexpert.parse_policy_overrides("atelectasis=zeros, Pleural Effusion=ones") == {
+        "atelectasis": "zeros", "pleural_effusion": "ones"}
+    with pytest.raises(chexpert.PolicyError, match="unknown observation 'atelectasiss'"):
+        chexpert.parse_policy_overrides("atelectasiss=ones")
+    with pytest.raises(chexpert.PolicyError, match="unknown policy"):
+        chexpert.parse_policy_overrides("edema=maybe")
+    with pytest.raises(chexpert.PolicyError, match="not OBSERVATION=POLICY"):
+        chexpert.parse_policy_overrides("edema")
+
+
+def _row(**over):
+    cells = {c: "" for c in chexpert.CSV_COLUMNS}
+    cells.update({"Path": "CheXpert-v1.0-small/train/patient00007/study2/view1_frontal.jpg", "Sex": "Female",
+                  "Age": "63", "Frontal/Lateral": "Frontal", "AP/PA": "AP", "Edema": "1.0", "Atelectasis": "-1",
+                  "Cardiomegaly": "0.0"})
+    cells.update(over)
+    return cells
+
+
+def test_parse_row_extracts_ids_and_codes():
+    r = chexpert.parse_row(_row())
+    assert (r.patient_id, r.study_id, r.view, r.projection, r.sex, r.age) == (
+        "patient00007", "patient00007/study2", "frontal", "AP", "Female", 63)
+    idx = chexpert.OBSERVATION_INDEX
+    assert r.codes[idx["edema"]] == 1 and r.codes[idx["atelectasis"]] == -1 and r.codes[idx["cardiomegaly"]] == 0
+    assert r.codes[idx["fracture"]] == C.BLANK
+
+
+@pytest.mark.parametrize("over,reason", [
+    ({"Age": "sixty"}, "bad_age"), ({"Age": "-3"}, "bad_age"), ({"Age": "62.5"}, "bad_age"),
+    ({"Sex": "M"}, "bad_sex"), ({"Frontal/Lateral": "Oblique"}, "bad_view"), ({"AP/PA": "XY"}, "bad_projection"),
+    ({"Edema": "2"}, "bad_label"), ({"Path": "../../etc/passwd"}, "bad_path"),
+    ({"Path": "CheXpert-v1.0-small/train/../../../x/patient1/study1/a.jpg"}, "bad_path"),
+    ({"Path": "/abs/patient1/study1/a.jpg"}, "bad_path"), ({"Path": "somefile.jpg"}, "bad_path"),
+])
+def test_parse_row_rejects_with_a_reason(over, reason):
+    with pytest.raises(chexpert.RowError) as e:
+        chexpert.parse_row(_row(**over))
+    assert e.value.reason == reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(chexpert.CSV_COLUMNS), st.text(max_size=30)))
+def test_row_parser_never_crashes_on_arbitrary_cells(cells):
+    try:
+        row = chexpert.parse_row(cells)
+    except chexpert.RowError as e:
+        assert e.reason.startswith("bad_")
+    else:
+        assert len(row.codes) == 14 and set(row.codes) <= {-2, -1, 0, 1}
+
+
+def test_example_round_trip_every_field():
+    row = chexpert.parse_row(_row())
+    pixels = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
+    draws = chexpert.draws_for(row.path)
+    table = chexpert.policy_matrix(chexpert.resolve_policies())
+    targets, mask = chexpert.apply_policy(np.array(row.codes), draws, table)
+    for fmt, encoded in [("raw", pixels.tobytes()), ("png", imaging.encode(pixels))]:
+        ex = example_lib.to_example(row, encoded=encoded, image_format=fmt, height=12, width=10, draws=draws,
+                                    targets=targets, mask=mask)
+        f = example_lib.parse(tf.constant(ex.SerializeToString()))
+        assert set(example_lib.FEATURE_SPEC) <= set(f)
+        np.testing.assert_array_equal(f["image"].numpy()[..., 0], pixels)
+        assert f["image"].dtype == tf.uint8
+        assert f[example_lib.IMAGE_FORMAT].numpy() == fmt.encode()
+        assert (f[example_lib.IMAGE_HEIGHT].numpy(), f[example_lib.IMAGE_WIDTH].numpy()) == (12, 10)
+        assert f[example_lib.SOURCE_PATH].numpy().decode() == row.path
+        assert f[example_lib.PATIENT_ID].numpy() == b"patient00007"
+        assert f[example_lib.STUDY_ID].numpy() == b"patient00007/study2"
+        assert f[example_lib.PATIENT_SEX].numpy() == b"Female" and f[example_lib.PATIENT_AGE].numpy() == 63
+        assert f[example_lib.IMAGE_VIEW].numpy() == b"frontal" and f[example_lib.IMAGE_PROJECTION].numpy() == b"AP"
+        np.testing.assert_array_equal(f[example_lib.LABELS_RAW].numpy(), row.codes)
+        np.testing.assert_array_equal(f[example_lib.LABELS_DRAW].numpy(), draws)
+        np.testing.assert_array_equal(f[example_lib.LABELS_TARGET].numpy(), targets)
+        np.testing.assert_array_equal(f[example_lib.LABELS_MASK].numpy(), mask)
+        assert f[example_lib.VERSION].numpy() == chexpert.SCHEMA_VERSION
