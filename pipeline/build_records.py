@@ -49,6 +49,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from pipeline import imaging
 from pipeline import make_sample
 from pipeline import records
+from pipeline import tfrecord
 from schemas import chexpert
 
 log = logging.getLogger("build_records")
@@ -280,17 +281,13 @@ class WriteShardFn(beam.DoFn):
         self.written = Metrics.counter(NAMESPACE, "written")
         self.bytes = Metrics.counter(NAMESPACE, "bytes_written")
 
-    def setup(self):
-        import tensorflow as tf  # per worker, once: TF's writer handles gs:// and local paths alike
-
-        self._tf = tf
-
     def process(self, element):
         (split, index, num_shards), rows = element
         name = records.shard_name(split, index, num_shards)
-        raw_counts, mapped_counts = records.empty_counts(), records.empty_counts()
+        codes, targets_all, masks_all = [], [], []
+        views: dict[str, int] = {}
         written = size = 0
-        with self._tf.io.TFRecordWriter(posixpath.join(self.staging, name)) as writer:
+        with FileSystems.create(posixpath.join(self.staging, name)) as writer:
             for row, source, line in sorted(rows, key=lambda r: r[0].path):  # sorted: same bytes every run
                 try:
                     data = _read_file(posixpath.join(self.input_root, row.path), row.path)
@@ -300,14 +297,17 @@ class WriteShardFn(beam.DoFn):
                     yield beam.pvalue.TaggedOutput(
                         REJECTED, records.Reject(source, line, row.path, split, e.reason, e.detail))
                     continue
-                writer.write(serialized)
+                size += tfrecord.write_record(writer, serialized)
                 written += 1
-                size += len(serialized)
-                records.add_counts(raw_counts, mapped_counts, row.codes, targets, mask)
+                codes.append(row.codes)
+                targets_all.append(targets)
+                masks_all.append(mask)
+                views[row.view] = views.get(row.view, 0) + 1
+        raw_counts, mapped_counts = records.label_counts(codes, targets_all, masks_all)
         self.written.inc(written)
         self.bytes.inc(size)
         yield {"split": split, "shard": name, "index": index, "num_shards": num_shards, "written": written,
-               "bytes": size, "raw_counts": raw_counts, "target_counts": mapped_counts}
+               "bytes": size, "views": views, "raw_counts": raw_counts, "target_counts": mapped_counts}
 
 
 def _read_file(path: str, name: str) -> bytes:
@@ -389,11 +389,13 @@ def summarize(cfg: BuildConfig, sources: list[dict], stats: list[dict], rejects:
     for s in sorted(stats, key=lambda s: (s["split"], s["index"])):
         sp = splits.setdefault(s["split"], {"rows": 0, "written": 0, "rejected": 0, "rejected_by_reason": {},
                                             "num_shards": s["num_shards"], "shards": [], "bytes": 0,
-                                            "raw_counts": records.empty_counts(),
+                                            "views": {}, "raw_counts": records.empty_counts(),
                                             "target_counts": records.empty_counts()})
         sp["shards"].append(s["shard"])
         sp["written"] += s["written"]
         sp["bytes"] += s["bytes"]
+        for view, n in s.get("views", {}).items():
+            sp["views"][view] = sp["views"].get(view, 0) + n
         records.merge_counts(sp["raw_counts"], s["raw_counts"])
         records.merge_counts(sp["target_counts"], s["target_counts"])
     by_source = {src["name"]: {"path": src["path"], "sha256": src["sha256"], "rows": src["rows"], "written": 0,

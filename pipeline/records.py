@@ -203,7 +203,7 @@ def build_example(row: chexpert.Row, data: bytes, settings: ExampleSettings) -> 
     pixels = imaging.preprocess(data, row.path, settings.image_size, settings.resize)
     draws = chexpert.draws_for(row.path, settings.seed)
     targets, mask = chexpert.apply_policy(np.asarray(row.codes), draws, settings.table)
-    ex = example_lib.to_example(
+    serialized = example_lib.to_example(
         row,
         encoded=imaging.encode(pixels, settings.encoding),
         image_format=settings.encoding,
@@ -213,8 +213,7 @@ def build_example(row: chexpert.Row, data: bytes, settings: ExampleSettings) -> 
         targets=targets,
         mask=mask,
     )
-    # deterministic=True orders the feature map, so a rebuild is byte-identical.
-    return ex.SerializeToString(deterministic=True), targets, mask
+    return serialized, targets, mask
 
 
 def target_key(target: float, mask: float) -> str:
@@ -234,13 +233,28 @@ def empty_counts() -> dict:
     return {slug: {} for slug in chexpert.OBSERVATIONS}
 
 
-def add_counts(raw: dict, mapped: dict, codes, targets, mask) -> None:
-    """Adds one record to the per-observation counters (in place)."""
+def label_counts(codes, targets, mask) -> tuple[dict, dict]:
+    """Per-observation counts of raw codes and of mapped-target buckets for many records.
+
+    Args:
+        codes: int (n, 14); targets, mask: float32 (n, 14).
+
+    Returns:
+        ``(raw, mapped)``: {slug: {key: count}} with ``CODE_KEYS`` / ``target_key`` keys.
+    """
+    n = chexpert.NUM_OBSERVATIONS
+    codes = np.asarray(codes, np.int64).reshape(-1, n)
+    targets = np.asarray(targets, np.float32).reshape(-1, n)
+    mask = np.asarray(mask, np.float32).reshape(-1, n)
+    hard = np.isin(targets, (0.0, 1.0, 2.0))
+    buckets = np.where(mask == 0, "masked", np.where(hard, np.where(hard, targets, 0).astype(int).astype(str), "soft"))
+    raw, mapped = {}, {}
     for i, slug in enumerate(chexpert.OBSERVATIONS):
-        k = CODE_KEYS[int(codes[i])]
-        raw[slug][k] = raw[slug].get(k, 0) + 1
-        t = target_key(float(targets[i]), float(mask[i]))
-        mapped[slug][t] = mapped[slug].get(t, 0) + 1
+        vals, counts = np.unique(codes[:, i], return_counts=True)
+        raw[slug] = {CODE_KEYS[int(v)]: int(c) for v, c in zip(vals, counts)}
+        vals, counts = np.unique(buckets[:, i], return_counts=True)
+        mapped[slug] = {str(v): int(c) for v, c in zip(vals, counts)}
+    return raw, mapped
 
 
 def merge_counts(into: dict, other: dict) -> None:

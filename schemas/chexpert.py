@@ -414,15 +414,16 @@ def apply_policy(codes: np.ndarray, draws: np.ndarray, table: np.ndarray) -> tup
 def draws_for(path: str, seed: int = 0) -> np.ndarray:
     """The record's uniform draws for label smoothing, fixed by its path and the seed.
 
-    Stable across runs, runners and machines (sha256, not Python's salted ``hash``), so a
-    rebuild gives byte-identical records.
+    Stable across runs, runners and machines (sha512, not Python's salted ``hash``), so a
+    rebuild gives byte-identical records. Each draw is 24 bits of the digest over 2**24,
+    exactly representable in float32 and strictly below 1.
 
     Returns:
         float32 array (14,) in [0, 1).
     """
-    digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
-    rng = np.random.Generator(np.random.PCG64(int.from_bytes(digest[:16], "little")))
-    return rng.random(NUM_OBSERVATIONS, dtype=np.float32)
+    digest = hashlib.sha512(f"{seed}:{path}".encode()).digest()
+    words = np.frombuffer(digest, "<u4")[:NUM_OBSERVATIONS]
+    return ((words >> 8).astype(np.float32) / np.float32(2**24)).astype(np.float32)
 
 
 def stable_fraction(key: str) -> float:

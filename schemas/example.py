@@ -1,7 +1,12 @@
 """The ``tf.train.Example`` layout of a CheXpert record, written once for both sides.
 
-The records job calls ``to_example``; tf.data calls ``parse`` with ``FEATURE_SPEC``. Keys
-are namespaced like TFDS's. Every per-observation vector has length 14 in
+``FEATURES`` below is the spec. The records job calls ``to_example`` (pure Python: it
+encodes the protobuf wire format itself, so Beam workers never import TensorFlow, which
+costs ~3 s per worker process); tf.data calls ``schemas.tf_example.parse``, whose
+``FEATURE_SPEC`` is built from this same table. A test checks that ``to_example`` gives
+byte for byte what ``tf.train.Example.SerializeToString(deterministic=True)`` gives.
+
+Keys are namespaced like TFDS's. Every per-observation vector has length 14 in
 ``schemas.chexpert.OBSERVATIONS`` order.
 
 Keys (dtype, shape):
@@ -23,16 +28,15 @@ Keys (dtype, shape):
     schema/version      int64   ()
 
 The raw codes are always stored, so a different policy never needs a rebuild: the reader
-maps ``labels/raw`` and ``labels/draw`` with ``policy_targets`` and the same table the writer
-used (``schemas.chexpert.policy_matrix``).
+maps ``labels/raw`` and ``labels/draw`` with ``tf_example.policy_targets`` and the same
+table the writer used (``schemas.chexpert.policy_matrix``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
 
 import numpy as np
-import tensorflow as tf
 
 from schemas import chexpert
 
@@ -56,38 +60,91 @@ VERSION = "schema/version"
 IMAGE_FORMATS = ("png", "jpeg", "raw")
 
 _N = chexpert.NUM_OBSERVATIONS
-FEATURE_SPEC: dict[str, Any] = {
-    IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),
-    IMAGE_FORMAT: tf.io.FixedLenFeature([], tf.string),
-    IMAGE_HEIGHT: tf.io.FixedLenFeature([], tf.int64),
-    IMAGE_WIDTH: tf.io.FixedLenFeature([], tf.int64),
-    IMAGE_VIEW: tf.io.FixedLenFeature([], tf.string),
-    IMAGE_PROJECTION: tf.io.FixedLenFeature([], tf.string),
-    SOURCE_PATH: tf.io.FixedLenFeature([], tf.string),
-    PATIENT_ID: tf.io.FixedLenFeature([], tf.string),
-    PATIENT_SEX: tf.io.FixedLenFeature([], tf.string),
-    PATIENT_AGE: tf.io.FixedLenFeature([], tf.int64),
-    STUDY_ID: tf.io.FixedLenFeature([], tf.string),
-    LABELS_RAW: tf.io.FixedLenFeature([_N], tf.int64),
-    LABELS_DRAW: tf.io.FixedLenFeature([_N], tf.float32),
-    LABELS_TARGET: tf.io.FixedLenFeature([_N], tf.float32),
-    LABELS_MASK: tf.io.FixedLenFeature([_N], tf.float32),
-    VERSION: tf.io.FixedLenFeature([], tf.int64),
+# key -> (kind, shape): kind is the tf.train.Feature list type (bytes, int64, float).
+FEATURES: dict[str, tuple[str, tuple[int, ...]]] = {
+    IMAGE_ENCODED: ("bytes", ()),
+    IMAGE_FORMAT: ("bytes", ()),
+    IMAGE_HEIGHT: ("int64", ()),
+    IMAGE_WIDTH: ("int64", ()),
+    IMAGE_VIEW: ("bytes", ()),
+    IMAGE_PROJECTION: ("bytes", ()),
+    SOURCE_PATH: ("bytes", ()),
+    PATIENT_ID: ("bytes", ()),
+    PATIENT_SEX: ("bytes", ()),
+    PATIENT_AGE: ("int64", ()),
+    STUDY_ID: ("bytes", ()),
+    LABELS_RAW: ("int64", (_N,)),
+    LABELS_DRAW: ("float", (_N,)),
+    LABELS_TARGET: ("float", (_N,)),
+    LABELS_MASK: ("float", (_N,)),
+    VERSION: ("int64", ()),
 }
 
 
-def _bytes(v: bytes | str) -> tf.train.Feature:
-    if isinstance(v, str):
-        v = v.encode("utf-8")
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+# --- protobuf wire format (just what tf.train.Example needs) ---------------------------------
+# Built as a list of chunks joined once at the end, so the ~100 KB image is copied once.
 
 
-def _ints(values) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(x) for x in np.ravel(values)]))
+@functools.lru_cache(maxsize=4096)
+def _varint(n: int) -> bytes:
+    if n < 0:
+        n += 1 << 64  # int64 two's complement, as protobuf encodes negative int64
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
-def _floats(values) -> tf.train.Feature:
-    return tf.train.Feature(float_list=tf.train.FloatList(value=np.ravel(values).astype(np.float32).tolist()))
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2) as one small bytes object."""
+    return _varint(tag << 3 | 2) + _varint(len(payload)) + payload
+
+
+# Map-entry key field per feature key: tag 1, length, UTF-8 key.
+_KEY_FIELDS = {key: _field(1, key.encode()) for key in FEATURES}
+_VALUE_TAG = _varint(2 << 3 | 2)  # MapEntry.value
+_ENTRY_TAG = _varint(1 << 3 | 2)  # Features.feature (a repeated map entry); also Example.features
+
+
+def _feature(kind: str, values) -> list[bytes]:
+    """A serialized tf.train.Feature holding ``values``, as chunks."""
+    if kind == "bytes":
+        vals = [values] if isinstance(values, (bytes, str)) else values
+        body: list[bytes] = []
+        for v in vals:
+            v = v.encode() if isinstance(v, str) else bytes(v)
+            body += [b"\x0a", _varint(len(v)), v]  # BytesList.value = 1
+        size = sum(map(len, body))
+        return [b"\x0a", _varint(size)] + body  # Feature.bytes_list = 1
+    arr = np.ravel(values)
+    if kind == "float":
+        packed = arr.astype("<f4").tobytes()
+        tag = b"\x12"  # Feature.float_list = 2
+    else:
+        packed = b"".join(_varint(int(v)) for v in arr)
+        tag = b"\x1a"  # Feature.int64_list = 3
+    inner = _field(1, packed) if len(arr) else b""  # packed repeated value = 1
+    return [tag, _varint(len(inner)), inner]
+
+
+def encode(features: dict) -> bytes:
+    """Serializes ``{key: value}`` (keys of ``FEATURES``) as a tf.train.Example.
+
+    Map entries are sorted by key, as protobuf's deterministic serialization does, so equal
+    records are equal bytes on every run.
+    """
+    chunks: list[bytes] = []
+    for key in sorted(features):
+        feature = _feature(FEATURES[key][0], features[key])
+        fsize = sum(map(len, feature))
+        key_field = _KEY_FIELDS[key]
+        value_head = _VALUE_TAG + _varint(fsize)
+        chunks += [_ENTRY_TAG, _varint(len(key_field) + len(value_head) + fsize), key_field, value_head]
+        chunks += feature
+    size = sum(map(len, chunks))
+    return b"".join([_ENTRY_TAG, _varint(size)] + chunks)  # Example.features = 1
 
 
 def to_example(
@@ -100,8 +157,8 @@ def to_example(
     draws: np.ndarray,
     targets: np.ndarray,
     mask: np.ndarray,
-) -> tf.train.Example:
-    """Builds the record for one radiograph (the writer's side).
+) -> bytes:
+    """Builds the serialized record for one radiograph (the writer's side).
 
     Args:
         row: the validated CSV row.
@@ -112,85 +169,25 @@ def to_example(
         targets, mask: float32 (14,) from ``chexpert.apply_policy``.
 
     Returns:
-        A ``tf.train.Example`` with every key in ``FEATURE_SPEC``.
+        A serialized ``tf.train.Example`` with every key in ``FEATURES``.
     """
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format={image_format!r}; expected one of {IMAGE_FORMATS}")
-    feature = {
-        IMAGE_ENCODED: _bytes(encoded),
-        IMAGE_FORMAT: _bytes(image_format),
-        IMAGE_HEIGHT: _ints([height]),
-        IMAGE_WIDTH: _ints([width]),
-        IMAGE_VIEW: _bytes(row.view),
-        IMAGE_PROJECTION: _bytes(row.projection),
-        SOURCE_PATH: _bytes(row.path),
-        PATIENT_ID: _bytes(row.patient_id),
-        PATIENT_SEX: _bytes(row.sex),
-        PATIENT_AGE: _ints([row.age]),
-        STUDY_ID: _bytes(row.study_id),
-        LABELS_RAW: _ints(row.codes),
-        LABELS_DRAW: _floats(draws),
-        LABELS_TARGET: _floats(targets),
-        LABELS_MASK: _floats(mask),
-        VERSION: _ints([chexpert.SCHEMA_VERSION]),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature))
-
-
-def decode_image(encoded: tf.Tensor, image_format: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
-    """Decodes a stored image (graph-safe, for tf.data).
-
-    Returns:
-        uint8 tensor (height, width, 1).
-    """
-
-    def raw():
-        return tf.reshape(tf.io.decode_raw(encoded, tf.uint8), tf.stack([height, width, 1]))
-
-    def compressed():
-        # decode_png/decode_jpeg via decode_image; channels=1 keeps grayscale as stored.
-        return tf.io.decode_image(encoded, channels=1, dtype=tf.uint8, expand_animations=False)
-
-    image = tf.cond(tf.equal(image_format, b"raw"), raw, compressed)
-    image.set_shape([None, None, 1])
-    return image
-
-
-def parse(serialized: tf.Tensor, *, decode: bool = True) -> dict[str, tf.Tensor]:
-    """Parses one serialized record (the reader's side).
-
-    Args:
-        serialized: scalar string tensor.
-        decode: also decode the pixels into ``"image"``.
-
-    Returns:
-        Every ``FEATURE_SPEC`` key with the dtypes and shapes in the module docstring, plus,
-        when ``decode``, ``"image"``: uint8 (height, width, 1).
-    """
-    features = tf.io.parse_single_example(serialized, FEATURE_SPEC)
-    if decode:
-        features["image"] = decode_image(
-            features[IMAGE_ENCODED], features[IMAGE_FORMAT], features[IMAGE_HEIGHT], features[IMAGE_WIDTH]
-        )
-    return features
-
-
-def policy_targets(raw: tf.Tensor, draws: tf.Tensor, table: np.ndarray | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Maps raw codes to targets and masks in TensorFlow (the reader's side).
-
-    Evaluates the same table as ``chexpert.apply_policy`` with the same arithmetic, so the
-    two agree exactly.
-
-    Args:
-        raw: int64 (..., 14) ``labels/raw``.
-        draws: float32 (..., 14) ``labels/draw``.
-        table: float32 (14, 4, 3) from ``chexpert.policy_matrix``.
-
-    Returns:
-        ``(targets, mask)``: float32 (..., 14) each.
-    """
-    table = tf.reshape(tf.constant(table, tf.float32), [_N * len(chexpert.CODES), 3])
-    flat = tf.range(_N, dtype=tf.int64) * len(chexpert.CODES) + (tf.cast(raw, tf.int64) + chexpert.CODE_OFFSET)
-    entry = tf.gather(table, flat)  # (..., 14, 3)
-    low, high, mask = entry[..., 0], entry[..., 1], entry[..., 2]
-    return low + tf.cast(draws, tf.float32) * (high - low), mask
+    return encode({
+        IMAGE_ENCODED: encoded,
+        IMAGE_FORMAT: image_format,
+        IMAGE_HEIGHT: [height],
+        IMAGE_WIDTH: [width],
+        IMAGE_VIEW: row.view,
+        IMAGE_PROJECTION: row.projection,
+        SOURCE_PATH: row.path,
+        PATIENT_ID: row.patient_id,
+        PATIENT_SEX: row.sex,
+        PATIENT_AGE: [row.age],
+        STUDY_ID: row.study_id,
+        LABELS_RAW: row.codes,
+        LABELS_DRAW: draws,
+        LABELS_TARGET: targets,
+        LABELS_MASK: mask,
+        VERSION: [chexpert.SCHEMA_VERSION],
+    })

@@ -89,3 +89,12 @@ def test_duplicate_paths_keep_the_first_row_and_reject_the_rest():
         assert_that(out.rows | beam.Map(lambda kv: (kv[0], kv[1][2])), equal_to([("train", 2)]), label="First")
         assert_that(out[build_records.REJECTED] | beam.Map(lambda r: (r.row, r.reason)),
                     equal_to([(5, "duplicate_path"), (9, "duplicate_path")]), label="Dupes")
+
+
+def test_label_counts_buckets_codes_and_mapped_targets():
+    codes = [[1] * 14, [-1] * 14, [-2] * 14]
+    targets = [[1.0] * 14, [0.7] * 14, [0.0] * 14]
+    mask = [[1.0] * 14, [1.0] * 14, [0.0] * 14]
+    raw, mapped = records.label_counts(codes, targets, mask)
+    assert raw["edema"] == {"1": 1, "-1": 1, "blank": 1}
+    assert mapped["edema"] == {"1": 1, "soft": 1, "masked": 1}

@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-from pipeline import imaging
+from pipeline import imaging, tfrecord
 from schemas import chexpert
 from schemas import example as example_lib
+from schemas import tf_example
 
 C = chexpert.Code
 
@@ -71,7 +72,7 @@ def test_policy_targets_and_masks_on_a_hand_written_table(policy, blank, targets
     np.testing.assert_allclose(t[:, 0], targets, atol=1e-6)
     np.testing.assert_array_equal(m[:, 0], mask)
     # The reader's TensorFlow version evaluates the same table to the same numbers.
-    tt, tm = example_lib.policy_targets(tf.constant(codes), tf.constant(draws), table)
+    tt, tm = tf_example.policy_targets(tf.constant(codes), tf.constant(draws), table)
     np.testing.assert_array_equal(tt.numpy(), t)
     np.testing.assert_array_equal(tm.numpy(), m)
 
@@ -157,8 +158,8 @@ def test_example_round_trip_every_field():
     for fmt, encoded in [("raw", pixels.tobytes()), ("png", imaging.encode(pixels))]:
         ex = example_lib.to_example(row, encoded=encoded, image_format=fmt, height=12, width=10, draws=draws,
                                     targets=targets, mask=mask)
-        f = example_lib.parse(tf.constant(ex.SerializeToString()))
-        assert set(example_lib.FEATURE_SPEC) <= set(f)
+        f = tf_example.parse(tf.constant(ex))
+        assert set(tf_example.FEATURE_SPEC) == set(example_lib.FEATURES) and set(example_lib.FEATURES) <= set(f)
         np.testing.assert_array_equal(f["image"].numpy()[..., 0], pixels)
         assert f["image"].dtype == tf.uint8
         assert f[example_lib.IMAGE_FORMAT].numpy() == fmt.encode()
@@ -173,3 +174,38 @@ def test_example_round_trip_every_field():
         np.testing.assert_array_equal(f[example_lib.LABELS_TARGET].numpy(), targets)
         np.testing.assert_array_equal(f[example_lib.LABELS_MASK].numpy(), mask)
         assert f[example_lib.VERSION].numpy() == chexpert.SCHEMA_VERSION
+
+
+def _tf_proto(features: dict) -> bytes:
+    """The same record built with TensorFlow's own protobuf classes."""
+    feats = {}
+    for key, value in features.items():
+        kind = example_lib.FEATURES[key][0]
+        if kind == "bytes":
+            v = value.encode() if isinstance(value, str) else value
+            feats[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+        elif kind == "float":
+            feats[key] = tf.train.Feature(float_list=tf.train.FloatList(value=np.ravel(value).tolist()))
+        else:
+            feats[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(x) for x in np.ravel(value)]))
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(deterministic=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=300), st.text(max_size=40),
+       st.lists(st.integers(-2**63, 2**63 - 1), min_size=14, max_size=14),
+       st.lists(st.floats(width=32, allow_nan=False), min_size=14, max_size=14))
+def test_hand_encoder_equals_tensorflows_deterministic_serialization(blob, text, ints, floats):
+    features = {example_lib.IMAGE_ENCODED: blob, example_lib.SOURCE_PATH: text, example_lib.LABELS_RAW: ints,
+                example_lib.LABELS_DRAW: np.array(floats, np.float32), example_lib.PATIENT_AGE: [0],
+                example_lib.IMAGE_HEIGHT: [320]}
+    assert example_lib.encode(features) == _tf_proto(features)
+
+
+def test_tfrecord_framing_reads_back_in_tensorflow(tmp_path):
+    records = [b"", b"a", bytes(range(256)) * 300]
+    path = str(tmp_path / "x.tfrecord")
+    with open(path, "wb") as f:
+        sizes = [tfrecord.write_record(f, r) for r in records]
+    assert sum(sizes) == (tmp_path / "x.tfrecord").stat().st_size
+    assert [r.numpy() for r in tf.data.TFRecordDataset(path)] == records

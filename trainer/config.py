@@ -1,0 +1,158 @@
+"""The trainer's validated, frozen configuration (saved as ``JOB_DIR/config.json``).
+
+Only ``trainer/task.py`` reads flags; it builds a ``TrainConfig`` with ``make_config`` and
+passes it on. Library modules take the config or plain arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Mapping, Sequence
+
+from schemas import chexpert
+
+BACKBONES = ("densenet121", "densenet169", "densenet201", "tiny")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+VIEWS = ("frontal", "all")
+
+
+class ConfigError(ValueError):
+    """A flag value that cannot work; the message names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on.
+
+    Attributes:
+        tasks: observation slugs the model predicts, in ``chexpert.OBSERVATIONS`` order.
+        policy: slug -> uncertainty policy for all 14 observations (only ``tasks`` matter).
+        batch_size: per replica; the global batch is ``batch_size * replicas``.
+        steps_per_epoch: 0 means one full pass over the training split.
+    """
+
+    tasks: tuple[str, ...]
+    records_dir: str
+    job_dir: str
+    policy: Mapping[str, str]
+    blank: str = "negative"
+    image_size: int = 320
+    backbone: str = "densenet121"
+    weights: str = "none"
+    batch_size: int = 16
+    epochs: int = 3
+    steps_per_epoch: int = 0
+    learning_rate: float = 1e-4
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-8
+    threshold: float = 0.35
+    strategy: str = "auto"
+    jit_compile: bool = True
+    precision: str = "float32"
+    seed: int = 0
+    augment: bool = True
+    views: str = "frontal"
+    skip_corrupt: bool = False
+    patience: int = 3
+    shuffle_buffer: int = 2048
+    train_split: str = "train"
+    eval_split: str = "valid"
+
+    def head_kind(self, task: str) -> str:
+        """``multiclass`` (3-way softmax) or ``binary`` (sigmoid) for a task."""
+        return "multiclass" if self.policy[task] == chexpert.MULTICLASS else "binary"
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["policy"] = dict(self.policy)
+        return json.dumps(d, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        d = json.loads(text)
+        d["tasks"] = tuple(d["tasks"])
+        return cls(**d)
+
+
+def parse_tasks(spec: str) -> tuple[str, ...]:
+    """``atelectasis``, ``competition``, ``all`` or a comma list -> slugs in CSV order."""
+    names: set[str] = set()
+    for item in (s.strip().lower() for s in spec.split(",")):
+        if not item:
+            continue
+        if item == "competition":
+            names.update(chexpert.COMPETITION_TASKS)
+        elif item == "all":
+            names.update(chexpert.OBSERVATIONS)
+        else:
+            slug = chexpert.NAME_TO_SLUG.get(item, item).replace(" ", "_")
+            if slug not in chexpert.OBSERVATION_INDEX:
+                raise ConfigError(f"--pathology {item!r}: unknown; use a slug ({', '.join(chexpert.OBSERVATIONS)}), "
+                                  "'competition' or 'all'")
+            names.add(slug)
+    if not names:
+        raise ConfigError("--pathology is empty")
+    return tuple(s for s in chexpert.OBSERVATIONS if s in names)
+
+
+def read_manifest(records_dir: str) -> dict:
+    """The committed manifest of a records folder; raises ConfigError naming the folder."""
+    path = os.path.join(records_dir, "manifest.json")
+    if not os.path.exists(path):
+        raise ConfigError(f"--records_dir={records_dir}: no manifest.json; build the records first with "
+                          "`python -m pipeline.build_records --runner=DirectRunner`")
+    with open(path) as f:
+        return json.load(f)
+
+
+def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str = "", blank: str | None = None,
+                **kw) -> TrainConfig:
+    """Validates flag values and resolves the policy against the records' manifest.
+
+    The policy starts from what the records were written with (manifest), then applies the
+    ``--policy`` overrides; targets are recomputed in tf.data from the stored raw codes.
+
+    Raises:
+        ConfigError: naming the flag.
+    """
+    tasks = parse_tasks(pathology)
+    manifest = read_manifest(records_dir)
+    try:
+        overrides = chexpert.parse_policy_overrides(policy)
+        for slug, p in overrides.items():
+            if p in chexpert.TEACHER_POLICIES:
+                raise chexpert.PolicyError(f"--policy {slug}={p} is not yet available in the trainer: it needs a "
+                                           "teacher model")
+        resolved = dict(manifest.get("policy") or chexpert.resolve_policies())
+        resolved.update(overrides)
+        blank = blank or manifest.get("blank", "negative")
+        chexpert.policy_matrix(resolved, blank)
+    except chexpert.PolicyError as e:
+        raise ConfigError(str(e)) from None
+    cfg = TrainConfig(tasks=tasks, records_dir=records_dir, job_dir=job_dir, policy=resolved, blank=blank, **kw)
+    checks: Sequence[tuple[bool, str]] = (
+        (cfg.backbone in BACKBONES, f"--backbone={cfg.backbone}: expected one of {', '.join(BACKBONES)}"),
+        (cfg.strategy in STRATEGIES, f"--strategy={cfg.strategy}: expected one of {', '.join(STRATEGIES)}"),
+        (cfg.precision in PRECISIONS, f"--precision={cfg.precision}: expected one of {', '.join(PRECISIONS)}"),
+        (cfg.views in VIEWS, f"--views={cfg.views}: expected frontal or all"),
+        (32 <= cfg.image_size <= 1024, f"--image_size={cfg.image_size}: expected 32..1024"),
+        (cfg.image_size <= manifest["image_size"],
+         f"--image_size={cfg.image_size} is larger than the records' {manifest['image_size']}; rebuild them"),
+        (cfg.batch_size >= 1, "--batch_size must be >= 1"),
+        (cfg.epochs >= 1, "--epochs must be >= 1"),
+        (cfg.steps_per_epoch >= 0, "--steps_per_epoch must be >= 0"),
+        (cfg.learning_rate > 0, "--learning_rate must be > 0"),
+        (0 < cfg.threshold < 1, "--threshold must be in (0, 1)"),
+        (cfg.weights in ("none", "imagenet") or os.path.exists(cfg.weights),
+         f"--weights={cfg.weights}: expected none, imagenet or an existing weights file"),
+        (cfg.train_split in manifest["splits"], f"the records have no '{cfg.train_split}' split"),
+        (cfg.eval_split in manifest["splits"], f"the records have no '{cfg.eval_split}' split"),
+    )
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return cfg

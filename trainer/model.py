@@ -1,0 +1,153 @@
+"""DenseNet backbones on one gray channel, one head per task, and the masked loss.
+
+The training model maps a uint8 image batch (B, S, S, 1) to a dict of float32 logits per
+task: (B, 1) for a binary (sigmoid) head, (B, 3) for a ``multiclass`` head whose classes are
+negative / positive / uncertain (the seed's U-MultiClass Cardiomegaly). ``probability_model``
+wraps the same layers to give P(positive) per task, (B,) float32: sigmoid for binary heads,
+and for 3-class heads the softmax over the negative and positive logits only, as the
+CheXpert paper scores U-MultiClass at test time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# ImageNet's per-channel statistics averaged over RGB: the input normalisation DenseNet's
+# ImageNet weights expect ("torch" mode), folded to one gray channel.
+GRAY_MEAN, GRAY_STD = 0.449, 0.226
+NUM_CLASSES = {"binary": 1, "multiclass": 3}
+
+_BACKBONES = {
+    "densenet121": keras.applications.DenseNet121,
+    "densenet169": keras.applications.DenseNet169,
+    "densenet201": keras.applications.DenseNet201,
+}
+# A 4-block DenseNet with one conv block per dense block (~0.5 M parameters): same
+# architecture family, ~20x cheaper than DenseNet121, for tests and CPU demos.
+TINY_BLOCKS = [1, 2, 2, 1]
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights could not be obtained (offline, bad path); says what to do."""
+
+
+def _backbone(name: str, size: int, weights: str | None, channels: int = 1) -> keras.Model:
+    shape = (size, size, channels)
+    if name == "tiny":
+        return keras.applications.densenet.DenseNet(TINY_BLOCKS, include_top=False, weights=weights,
+                                                    input_shape=shape, pooling="avg", name="densenet_tiny")
+    return _BACKBONES[name](include_top=False, weights=weights, input_shape=shape, pooling="avg")
+
+
+def _imagenet_gray_backbone(name: str, size: int) -> keras.Model:
+    """The ImageNet-pretrained backbone with its RGB stem folded into one gray channel.
+
+    A gray image fed as three equal channels gives conv(x) = sum_c W_c * x, so summing the
+    first convolution's kernel over its input channels gives the same response on one
+    channel.
+
+    Raises:
+        WeightsError: the weights could not be downloaded (this happens on machines with no
+            network) or loaded.
+    """
+    if name == "tiny":
+        raise WeightsError("--weights=imagenet: the tiny backbone has no ImageNet weights; use --weights none")
+    try:
+        rgb = _backbone(name, size, "imagenet", channels=3)
+    except Exception as e:  # urllib, SSL, HTTP and IO errors all mean the same thing here
+        raise WeightsError(
+            f"--weights=imagenet: could not download or load the ImageNet weights for {name} "
+            f"({type(e).__name__}: {e}). Machines without network access cannot download them: copy the "
+            "Keras weights file here and pass --weights /path/to/file.h5, or train with --weights none."
+        ) from e
+    gray = _backbone(name, size, None, channels=1)
+    for src, dst in zip(rgb.layers, gray.layers):
+        w = src.get_weights()
+        if w and isinstance(src, keras.layers.Conv2D) and w[0].shape[2] == 3:
+            w[0] = w[0].sum(axis=2, keepdims=True)
+        if w:
+            dst.set_weights(w)
+    return gray
+
+
+def build_model(cfg: TrainConfig) -> keras.Model:
+    """The training model: uint8 (B, S, S, 1) -> {task: float32 logits (B, 1) or (B, 3)}.
+
+    Call inside ``strategy.scope()``.
+    """
+    size = cfg.image_size
+    if cfg.weights == "imagenet":
+        backbone = _imagenet_gray_backbone(cfg.backbone, size)
+    else:
+        backbone = _backbone(cfg.backbone, size, None)
+        if cfg.weights != "none":
+            try:
+                backbone.load_weights(cfg.weights)
+            except Exception as e:
+                raise WeightsError(f"--weights={cfg.weights}: cannot load into {cfg.backbone}: {e}") from e
+    image = keras.Input((size, size, 1), dtype="uint8", name="image")
+    # One affine map from [0, 255] to ImageNet-normalised gray; it also casts uint8 to the
+    # compute dtype (float16/bfloat16 under mixed precision).
+    x = keras.layers.Rescaling(1.0 / (255.0 * GRAY_STD), offset=-GRAY_MEAN / GRAY_STD, name="normalize")(image)
+    features = backbone(x)
+    outputs = {
+        task: keras.layers.Dense(NUM_CLASSES[cfg.head_kind(task)], dtype="float32", name=task)(features)
+        for task in cfg.tasks
+    }
+    return keras.Model(image, outputs, name=f"chexpert_{cfg.backbone}")
+
+
+def positive_probability(logits: tf.Tensor, kind: str) -> tf.Tensor:
+    """P(positive), (B,), from one head's logits."""
+    if kind == "multiclass":
+        return tf.nn.softmax(logits[:, :2], axis=-1)[:, 1]
+    return tf.sigmoid(logits[:, 0])
+
+
+def probability_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
+    """The same layers with P(positive) per task, (B,) float32: what users load and serve."""
+    probs = {}
+    for task in cfg.tasks:
+        kind = cfg.head_kind(task)
+        probs[task] = keras.layers.Lambda(lambda z, k=kind: positive_probability(z, k), name=f"p_{task}")(
+            model.output[task])
+    return keras.Model(model.input, probs, name=model.name + "_probabilities")
+
+
+def masked_loss(logits: dict, targets: tf.Tensor, masks: tf.Tensor, denominators: tf.Tensor,
+                cfg: TrainConfig) -> tf.Tensor:
+    """Mean over tasks of each task's cross-entropy averaged over its unmasked entries.
+
+    Args:
+        logits: {task: float32 (B, 1) or (B, 3)}.
+        targets: float32 (B, T): 0/1 or a soft value (``lsr_*``); a class index for
+            ``multiclass`` heads.
+        masks: float32 (B, T); masked entries contribute nothing.
+        denominators: float32 (T,): unmasked entries per task in the *global* batch, so that
+            summing the replicas' losses (as gradient all-reduce does) gives the global mean.
+        cfg: tasks and head kinds.
+
+    Returns:
+        Scalar float32: this replica's share of the global loss.
+    """
+    per_task = []
+    for i, task in enumerate(cfg.tasks):
+        z = tf.cast(logits[task], tf.float32)
+        if cfg.head_kind(task) == "multiclass":
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(targets[:, i], tf.int32), logits=z)
+        else:
+            ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets[:, i], logits=z[:, 0])
+        per_task.append(tf.reduce_sum(ce * masks[:, i]) / tf.maximum(denominators[i], 1.0))
+    return tf.add_n(per_task) / float(len(per_task))
+
+
+def count_params(model: keras.Model) -> int:
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
