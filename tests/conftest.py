@@ -7,8 +7,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-from pipeline import make_sample  # noqa: E402
+from pipeline import build_records, make_sample  # noqa: E402
+
+# Two logical CPUs, so MirroredStrategy runs with two replicas on a one-CPU runner. Must
+# happen before TensorFlow initialises its devices, i.e. at import of the test session.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +23,12 @@ def sample_dir(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("sample"))
     make_sample.generate(root, num_patients=60, num_valid_patients=30, seed=1, workers=1, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def records_dir(sample_dir, tmp_path_factory) -> str:
+    """Records of ``sample_dir`` at 32x32 with a 20% holdout, 2 shards per split."""
+    out = str(tmp_path_factory.mktemp("records32"))
+    build_records.run([f"--input_dir={sample_dir}", f"--output_dir={out}", "--image_size=32", "--num_shards=2",
+                       "--holdout_fraction=0.2", "--runner=DirectRunner"])
+    return out

@@ -30,9 +30,38 @@ _BACKBONES = {
     "densenet169": keras.applications.DenseNet169,
     "densenet201": keras.applications.DenseNet201,
 }
-# A 4-block DenseNet with one conv block per dense block (~0.5 M parameters): same
-# architecture family, ~20x cheaper than DenseNet121, for tests and CPU demos.
-TINY_BLOCKS = [1, 2, 2, 1]
+# A small DenseNet (growth 16, blocks of 2/2/2/2 BN-ReLU-Conv(1x1)-BN-ReLU-Conv(3x3) units,
+# ~0.1 M parameters): DenseNet121's architecture at a size a 2-core CPU trains in minutes.
+TINY_BLOCKS = (2, 2, 2, 2)
+TINY_GROWTH = 16
+# Both DenseNet121 and the tiny one end their features in a layer of this name (the last
+# dense block's activation before pooling): Grad-CAM's target.
+LAST_CONV_LAYER = "relu"
+
+
+def _tiny_densenet(shape) -> keras.Model:
+    layers = keras.layers
+    bn = lambda name: layers.BatchNormalization(epsilon=1.001e-5, name=name)  # noqa: E731 (as keras' DenseNet)
+    inputs = keras.Input(shape)
+    x = layers.Conv2D(2 * TINY_GROWTH, 3, strides=2, padding="same", use_bias=False, name="conv1_conv")(inputs)
+    x = layers.Activation("relu", name="conv1_relu")(bn("conv1_bn")(x))
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
+    for b, units in enumerate(TINY_BLOCKS, start=2):
+        for u in range(1, units + 1):
+            name = f"conv{b}_block{u}"
+            y = layers.Activation("relu", name=f"{name}_0_relu")(bn(f"{name}_0_bn")(x))
+            y = layers.Conv2D(4 * TINY_GROWTH, 1, use_bias=False, name=f"{name}_1_conv")(y)
+            y = layers.Activation("relu", name=f"{name}_1_relu")(bn(f"{name}_1_bn")(y))
+            y = layers.Conv2D(TINY_GROWTH, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
+            x = layers.Concatenate(name=f"{name}_concat")([x, y])
+        if b < len(TINY_BLOCKS) + 1:
+            name = f"pool{b}"
+            x = layers.Activation("relu", name=f"{name}_relu")(bn(f"{name}_bn")(x))
+            x = layers.Conv2D(x.shape[-1] // 2, 1, use_bias=False, name=f"{name}_conv")(x)
+            x = layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
+    x = layers.Activation(LAST_CONV_LAYER, name=LAST_CONV_LAYER)(bn("bn")(x))
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return keras.Model(inputs, x, name="densenet_tiny")
 
 
 class WeightsError(RuntimeError):
@@ -42,8 +71,7 @@ class WeightsError(RuntimeError):
 def _backbone(name: str, size: int, weights: str | None, channels: int = 1) -> keras.Model:
     shape = (size, size, channels)
     if name == "tiny":
-        return keras.applications.densenet.DenseNet(TINY_BLOCKS, include_top=False, weights=weights,
-                                                    input_shape=shape, pooling="avg", name="densenet_tiny")
+        return _tiny_densenet(shape)
     return _BACKBONES[name](include_top=False, weights=weights, input_shape=shape, pooling="avg")
 
 
@@ -112,13 +140,29 @@ def positive_probability(logits: tf.Tensor, kind: str) -> tf.Tensor:
     return tf.sigmoid(logits[:, 0])
 
 
+@keras.saving.register_keras_serializable(package="chexpert")
+class PositiveProbability(keras.layers.Layer):
+    """Logits of one head -> P(positive), (B,). A named layer, not a Lambda, so that
+    ``keras.models.load_model`` reads it in safe mode."""
+
+    def __init__(self, kind: str, **kwargs):
+        super().__init__(**kwargs)
+        self.kind = kind
+
+    def call(self, logits):
+        return positive_probability(logits, self.kind)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[:1]
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind}
+
+
 def probability_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
     """The same layers with P(positive) per task, (B,) float32: what users load and serve."""
-    probs = {}
-    for task in cfg.tasks:
-        kind = cfg.head_kind(task)
-        probs[task] = keras.layers.Lambda(lambda z, k=kind: positive_probability(z, k), name=f"p_{task}")(
-            model.output[task])
+    probs = {task: PositiveProbability(cfg.head_kind(task), name=f"p_{task}", dtype="float32")(model.output[task])
+             for task in cfg.tasks}
     return keras.Model(model.input, probs, name=model.name + "_probabilities")
 
 

@@ -1,0 +1,160 @@
+"""trainer/: heads, masked loss, XLA under MirroredStrategy, replica equivalence, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import imaging
+from trainer import config as config_lib
+from trainer import model as model_lib
+from trainer import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cfg(records_dir, job_dir="/tmp/unused", **kw):
+    kw.setdefault("pathology", "atelectasis,cardiomegaly")
+    kw.setdefault("image_size", 32)
+    kw.setdefault("backbone", "tiny")
+    return config_lib.make_config(records_dir=records_dir, job_dir=str(job_dir), **kw)
+
+
+def test_heads_binary_and_multiclass(records_dir):
+    cfg = _cfg(records_dir)
+    assert cfg.head_kind("cardiomegaly") == "multiclass" and cfg.head_kind("atelectasis") == "binary"
+    model = model_lib.build_model(cfg)
+    x = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 1)).astype(np.uint8)
+    out = model(x)
+    assert out["cardiomegaly"].shape == (3, 3) and out["atelectasis"].shape == (3, 1)
+    probs = model_lib.probability_model(model, cfg)(x)
+    z = out["cardiomegaly"].numpy()
+    want = np.exp(z[:, 1]) / (np.exp(z[:, 0]) + np.exp(z[:, 1]))  # softmax over negative/positive only
+    np.testing.assert_allclose(probs["cardiomegaly"].numpy(), want, rtol=1e-5)
+    np.testing.assert_allclose(probs["atelectasis"].numpy(), 1 / (1 + np.exp(-out["atelectasis"].numpy()[:, 0])),
+                               rtol=1e-5)
+
+
+def test_masked_loss_matches_a_hand_computation(records_dir):
+    cfg = _cfg(records_dir)
+    logits = {"cardiomegaly": tf.constant([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [0.5, 0.5, 3.0]]),
+              "atelectasis": tf.constant([[1.0], [-2.0], [0.3]])}
+    targets = tf.constant([[0.0, 1.0], [1.0, 0.7], [2.0, 0.0]])  # class index | soft target
+    masks = tf.constant([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    denominators = tf.reduce_sum(masks, axis=0)
+    got = float(model_lib.masked_loss(logits, targets, masks, denominators, cfg))
+
+    def softmax_ce(z, k):
+        z = np.array(z)
+        return -(z[k] - np.log(np.exp(z).sum()))
+
+    def bce(z, y):
+        p = 1 / (1 + np.exp(-z))
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+    card = (softmax_ce([2.0, 0.0, -1.0], 0) + softmax_ce([0.0, 1.0, 0.0], 1)) / 2  # row 3 masked
+    atel = (bce(1.0, 1.0) + bce(0.3, 0.0)) / 2  # row 2 (soft 0.7) masked
+    assert got == pytest.approx((card + atel) / 2, rel=1e-5)
+    # A fully masked task contributes zero, not NaN.
+    zero = model_lib.masked_loss(logits, targets, tf.zeros_like(masks), tf.zeros(2), cfg)
+    assert float(zero) == 0.0
+
+
+def _small_model(cfg):
+    """No batch norm: its per-replica batch statistics would differ from one replica's."""
+    image = keras.Input((cfg.image_size, cfg.image_size, 1), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255.0)(image)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = {t: keras.layers.Dense(model_lib.NUM_CLASSES[cfg.head_kind(t)], name=t)(x) for t in cfg.tasks}
+    return keras.Model(image, outputs)
+
+
+def test_one_step_on_two_replicas_equals_one_step_on_one(records_dir):
+    # epsilon=1: Adam's first step is then ~lr * g / (|g| + 1), proportional to the gradient,
+    # so a wrong loss scale across replicas would show (with eps=1e-8 it is ~lr * sign(g)).
+    cfg = _cfg(records_dir, learning_rate=0.05, epsilon=1.0, jit_compile=True)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 255, (8, 32, 32, 1)).astype(np.uint8),
+             "targets": np.stack([rng.integers(0, 3, 8), rng.random(8)], axis=1).astype(np.float32),
+             "masks": np.array([[1, 1], [1, 0], [0, 1], [1, 1], [1, 1], [0, 0], [1, 1], [1, 0]], np.float32)}
+    results = []
+    for strategy in (tf.distribute.get_strategy(), tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])):
+        keras.utils.set_random_seed(1)
+        trainer = train.Trainer(cfg, strategy, model_fn=_small_model)
+        ds = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+        loss = float(trainer.train_step(iter(ds)))
+        results.append((loss, [w.numpy() for w in trainer.model.trainable_weights]))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)  # the global mean, not a per-replica one
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, atol=2e-6)  # float32 summation order only
+    moved = max(np.abs(a - b).max() for a, b in zip(results[0][1], [w for w in _init_weights(cfg)]))
+    assert moved > 25 * 2e-6  # the step moved weights far more than the tolerance: a 2x loss-scale error shows
+
+
+def _init_weights(cfg):
+    keras.utils.set_random_seed(1)
+    return [w.numpy() for w in _small_model(cfg).trainable_weights]
+
+
+def test_xla_really_compiles_the_step_on_both_replicas(records_dir, tmp_path):
+    dump = tmp_path / "xla"
+    env = dict(os.environ, XLA_FLAGS=f"--xla_dump_to={dump}", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-m", "tests.xla_probe", records_dir], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2 and all(np.isfinite(result["losses"]))
+    compiled = {f.split(".")[0] for f in os.listdir(dump)
+                if "forward_backward" in f and f.endswith("cpu_after_optimizations.txt")}
+    assert len(compiled) >= 2, sorted(os.listdir(dump))[:20]  # one XLA executable per replica device
+
+
+def test_one_epoch_smoke_writes_every_output(records_dir, tmp_path):
+    cfg = _cfg(records_dir, tmp_path / "job", epochs=1, steps_per_epoch=3, batch_size=4)
+    report = train.run(cfg)
+    job = tmp_path / "job"
+    for name in ("config.json", "model.keras", "metrics.json", "history.csv", "saved_model", "logs", "backup"):
+        assert (job / name).exists(), name
+    assert config_lib.TrainConfig.from_json((job / "config.json").read_text()) == cfg
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert set(metrics["tasks"]) == {"cardiomegaly", "atelectasis"} and metrics == json.loads(json.dumps(report))
+    for r in metrics["tasks"].values():
+        assert {"auroc", "auprc", "f1", "accuracy", "sensitivity", "specificity", "positives", "negatives"} <= set(r)
+    model = keras.models.load_model(str(job / "model.keras"))
+    x = np.zeros((2, 32, 32, 1), np.uint8)
+    probs = model(x)
+    assert set(probs) == {"cardiomegaly", "atelectasis"} and probs["atelectasis"].shape == (2,)
+    served = tf.saved_model.load(str(job / "saved_model")).signatures["serving_default"]
+    jpeg = imaging.encode(np.full((60, 40), 90, np.uint8), "jpeg")
+    out = served(images=tf.constant([jpeg, jpeg]))
+    assert set(out) == {"cardiomegaly", "atelectasis"}
+    x = imaging.preprocess(jpeg, "x.jpg", 32)[None, :, :, None]
+    np.testing.assert_allclose(out["atelectasis"].numpy()[0], model(x)["atelectasis"].numpy()[0], atol=2e-3)
+
+
+def test_bad_flags_name_the_flag(records_dir):
+    with pytest.raises(config_lib.ConfigError, match="--pathology 'atelectasiss'"):
+        _cfg(records_dir, pathology="atelectasiss")
+    with pytest.raises(config_lib.ConfigError, match="--image_size=640 is larger than the records' 32"):
+        _cfg(records_dir, image_size=640)
+    with pytest.raises(config_lib.ConfigError, match="self_trained.*not yet available"):
+        _cfg(records_dir, policy="consolidation=self_trained")
+    with pytest.raises(config_lib.ConfigError, match="no manifest.json"):
+        _cfg("/nonexistent")
+    assert _cfg(records_dir, pathology="competition").tasks == (
+        "cardiomegaly", "edema", "consolidation", "atelectasis", "pleural_effusion")
+    assert len(_cfg(records_dir, pathology="all").tasks) == 14
+
+
+def test_imagenet_weights_offline_fail_with_a_clear_message(records_dir):
+    cfg = _cfg(records_dir, backbone="densenet121", weights="imagenet")
+    with pytest.raises(model_lib.WeightsError, match="could not download.*--weights none"):
+        model_lib.build_model(cfg)

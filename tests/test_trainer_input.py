@@ -1,0 +1,116 @@
+"""trainer/input.py on generated records: shapes, targets, masks, order, shuffling."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from schemas import chexpert
+from trainer import config as config_lib
+from trainer import input as input_lib
+
+
+def _cfg(records_dir, **kw):
+    kw.setdefault("pathology", "atelectasis,cardiomegaly")
+    return config_lib.make_config(records_dir=records_dir, job_dir="/tmp/unused", image_size=32, **kw)
+
+
+def _manifest(records_dir):
+    with open(os.path.join(records_dir, "manifest.json")) as f:
+        return json.load(f)
+
+
+def test_eval_pipeline_yields_every_frontal_once_with_policy_targets(records_dir):
+    cfg = _cfg(records_dir)
+    m = _manifest(records_dir)
+    files = input_lib.shard_files(records_dir, "valid", m)
+    ds = input_lib.make_dataset(files, cfg, training=False, batch_size=8)
+    batches = list(ds.as_numpy_iterator())
+    n = sum(len(b["path"]) for b in batches)
+    assert n == input_lib.count_examples(m, "valid", "frontal") == m["splits"]["valid"]["views"]["frontal"]
+    b = batches[0]
+    assert b["image"].dtype == np.uint8 and b["image"].shape[1:] == (32, 32, 1)
+    assert b["targets"].dtype == np.float32 and b["targets"].shape[1:] == (2,)
+    assert all(b"frontal" in p for batch in batches for p in batch["path"])
+    # cardiomegaly (multiclass) first, atelectasis (ones): tasks follow CSV order.
+    assert cfg.tasks == ("cardiomegaly", "atelectasis")
+    table = chexpert.policy_matrix(cfg.policy, cfg.blank)
+    for batch in batches:
+        for raw, t, mk in zip(batch["raw"], batch["targets"], batch["masks"]):
+            codes = np.full(14, int(chexpert.Code.BLANK))
+            codes[[2, 8]] = raw
+            want_t, want_m = chexpert.apply_policy(codes, np.zeros(14, np.float32), table)
+            np.testing.assert_array_equal(t, want_t[[2, 8]])
+            np.testing.assert_array_equal(mk, want_m[[2, 8]])
+
+
+def test_policy_override_changes_targets_without_a_rebuild(records_dir):
+    m = _manifest(records_dir)
+    files = input_lib.shard_files(records_dir, "train", m)
+    got = {}
+    for policy in ("atelectasis=ones", "atelectasis=zeros", "atelectasis=ignore"):
+        cfg = _cfg(records_dir, pathology="atelectasis", policy=policy)
+        ds = input_lib.make_dataset(files, cfg, training=False, batch_size=1000)
+        b = next(iter(ds))
+        unc = b["raw"].numpy()[:, 0] == -1
+        assert unc.any()
+        got[policy] = (b["targets"].numpy()[unc, 0], b["masks"].numpy()[unc, 0])
+    assert (got["atelectasis=ones"][0] == 1).all() and (got["atelectasis=ones"][1] == 1).all()
+    assert (got["atelectasis=zeros"][0] == 0).all() and (got["atelectasis=zeros"][1] == 1).all()
+    assert (got["atelectasis=ignore"][1] == 0).all()
+
+
+def test_training_pipeline_order_and_static_batches(records_dir):
+    cfg = _cfg(records_dir)
+    files = input_lib.shard_files(records_dir, "train", _manifest(records_dir))
+    ds = input_lib.make_dataset(files, cfg, training=True, batch_size=4)
+    assert ds.element_spec["image"].shape.as_list() == [4, 32, 32, 1]  # drop_remainder: static for XLA
+    assert set(ds.element_spec) == {"image", "targets", "masks"}
+    # Walk the graph back from the output: prefetch is last, then batch, repeat, shuffle.
+    names, d = [], ds
+    while hasattr(d, "_input_dataset") and len(names) < 6:
+        names.append(type(d).__name__)
+        d = d._input_dataset
+    assert names[:1] == ["_PrefetchDataset"]
+    assert "_BatchDataset" in names[1:3] and names.index("_BatchDataset") < names.index("_RepeatDataset") \
+        < names.index("_ShuffleDataset")
+    for i, b in enumerate(ds.take(3)):
+        assert b["image"].shape == (4, 32, 32, 1)
+
+
+def test_files_are_shuffled_per_epoch_and_sharded_per_input_pipeline(records_dir):
+    files = [f"f{i}" for i in range(16)]
+    ds = tf.data.Dataset.from_tensor_slices(files).shuffle(16, seed=0, reshuffle_each_iteration=True)
+    epoch1, epoch2 = [list(ds.as_numpy_iterator()) for _ in range(2)]
+    assert sorted(epoch1) == sorted(epoch2) and epoch1 != epoch2
+    # The real pipeline: each of two input pipelines reads a disjoint half of the files.
+    cfg = _cfg(records_dir)
+    real = input_lib.shard_files(records_dir, "train", _manifest(records_dir))
+    paths = []
+    for pid in range(2):
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid, num_replicas_in_sync=2)
+        ds = input_lib.make_dataset(real, cfg, training=False, batch_size=1000, input_context=ctx)
+        paths.append({p for b in ds for p in b["path"].numpy()})
+    assert paths[0] and paths[1] and not paths[0] & paths[1]
+
+
+def test_augmentation_moves_pixels_but_keeps_shape_and_range(records_dir):
+    cfg = _cfg(records_dir)
+    image = tf.cast(tf.reshape(tf.range(32 * 32) % 251, [32, 32, 1]), tf.float32)
+    out = input_lib._affine(image, 32)
+    assert out.shape == (32, 32, 1)
+    assert float(tf.reduce_max(out)) <= 250.0 + 1e-3
+    assert not np.array_equal(out.numpy(), image.numpy())
+
+
+def test_corrupt_shard_is_found_and_named(records_dir, tmp_path):
+    src = input_lib.shard_files(records_dir, "valid", _manifest(records_dir))[0]
+    bad = tmp_path / "valid-00000-of-00002.tfrecord"
+    data = open(src, "rb").read()
+    bad.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+    good, broken = input_lib.scan_shards([src, str(bad)])
+    assert good == [src] and list(broken) == [str(bad)]

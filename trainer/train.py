@@ -1,0 +1,331 @@
+"""The training loop: one design for the default, Mirrored and MultiWorkerMirrored strategies.
+
+Why a ``strategy.run`` loop and not ``Model.fit`` (measured on Keras 3.15, TF 2.21; see
+BUILD_NOTES.md):
+
+* ``fit(jit_compile=True)`` under MirroredStrategy fails ("Trying to access resource ...
+  located in device CPU:1 from device CPU:0"), and ``jit_compile="auto"`` silently turns
+  XLA off under any strategy;
+* ``fit`` under MultiWorkerMirroredStrategy fails (keras#20585).
+
+So each replica runs ``forward_backward``, a ``tf.function(jit_compile=True)`` that returns
+the loss and gradients, and the optimizer applies them outside XLA, where Keras' optimizer
+all-reduces (sums) them across replicas. Each replica's loss is divided by *global*
+per-task counts of unmasked labels (an all-reduce before the XLA call), so the sum over
+replicas is exactly the global-batch mean: one step on N replicas equals one step on one
+replica with the same global batch (tested).
+
+Fault tolerance: a ``tf.train.CheckpointManager`` in ``JOB_DIR/backup`` holds model,
+optimizer, epoch, best score and early-stopping patience after every epoch; a restarted job
+resumes at the next epoch. Best model: ``JOB_DIR/model.keras`` (P(positive) per task),
+``JOB_DIR/saved_model/`` (serving signature on encoded image bytes), ``metrics.json``,
+``history.csv`` and TensorBoard logs in ``JOB_DIR/logs``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from schemas import chexpert
+from trainer import input as input_lib
+from trainer import metrics as metrics_lib
+from trainer import model as model_lib
+from trainer.config import TrainConfig, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The one place a strategy is created.
+
+    ``auto``: MultiWorkerMirrored when TF_CONFIG names several workers, Mirrored over all
+    GPUs when there are several, else the default strategy.
+    """
+    if name == "auto":
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+        if sum(len(v) for k, v in cluster.items() if k in ("chief", "worker")) > 1:
+            name = "multi_worker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().jobs
+
+
+class Trainer:
+    """Model, optimizer and the distributed, XLA-compiled train step."""
+
+    def __init__(self, cfg: TrainConfig, strategy: tf.distribute.Strategy, model_fn=model_lib.build_model):
+        """Builds model and optimizer inside ``strategy.scope()``.
+
+        Args:
+            cfg: the configuration.
+            strategy: where to train.
+            model_fn: ``cfg -> keras.Model`` with the outputs of ``model_lib.build_model``.
+        """
+        self.cfg = cfg
+        self.strategy = strategy
+        with strategy.scope():
+            self.model = model_fn(cfg)
+            optimizer = keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_1=cfg.beta_1,
+                                              beta_2=cfg.beta_2, epsilon=cfg.epsilon)
+            if cfg.precision == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            self.optimizer = optimizer
+            self.optimizer.build(self.model.trainable_variables)
+        self.forward_backward = tf.function(self._forward_backward, jit_compile=cfg.jit_compile)
+        self._step = tf.function(self._distributed_step)
+        self._predict = tf.function(self._predict_fn, jit_compile=cfg.jit_compile, reduce_retracing=True)
+
+    def _forward_backward(self, image, targets, masks, denominators):
+        with tf.GradientTape() as tape:
+            logits = self.model(image, training=True)
+            loss = model_lib.masked_loss(logits, targets, masks, denominators, self.cfg)
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, self.model.trainable_variables)
+        return loss, grads
+
+    def _replica_step(self, batch):
+        ctx = tf.distribute.get_replica_context()
+        denominators = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(batch["masks"], axis=0))
+        loss, grads = self.forward_backward(batch["image"], batch["targets"], batch["masks"], denominators)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        return loss
+
+    def _distributed_step(self, iterator):
+        per_replica = self.strategy.run(self._replica_step, args=(next(iterator),))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def train_step(self, iterator) -> tf.Tensor:
+        """One optimizer step on the next global batch; returns the global mean loss."""
+        return self._step(iterator)
+
+    def _predict_fn(self, image):
+        logits = self.model(image, training=False)
+        return tf.stack([model_lib.positive_probability(logits[t], self.cfg.head_kind(t)) for t in self.cfg.tasks],
+                        axis=-1)
+
+    def predict(self, dataset: tf.data.Dataset) -> dict:
+        """P(positive) (n, T), raw codes (n, T), paths and studies (n,) over an eval dataset."""
+        probs, raw, paths, studies = [], [], [], []
+        for batch in dataset:
+            probs.append(self._predict(batch["image"]).numpy())
+            raw.append(batch["raw"].numpy())
+            paths.append(batch["path"].numpy())
+            studies.append(batch["study"].numpy())
+        t = len(self.cfg.tasks)
+        return {"probs": np.concatenate(probs) if probs else np.zeros((0, t)),
+                "raw": np.concatenate(raw) if raw else np.zeros((0, t), np.int64),
+                "paths": np.concatenate(paths) if paths else np.zeros((0,), object),
+                "studies": np.concatenate(studies) if studies else np.zeros((0,), object)}
+
+
+def evaluate_predictions(pred: dict, cfg: TrainConfig) -> dict:
+    """Per-task metrics at ``cfg.threshold`` on known labels (uncertain codes left out; blank
+    counts as negative, as in the CheXpert valid set where nothing is blank)."""
+    tasks = {}
+    for i, task in enumerate(cfg.tasks):
+        raw = pred["raw"][:, i]
+        known = raw != int(chexpert.Code.UNCERTAIN)
+        y = (raw[known] == int(chexpert.Code.POSITIVE)).astype(int)
+        tasks[task] = metrics_lib.task_report(y, pred["probs"][known, i], cfg.threshold)
+    return {"tasks": tasks, "mean_auroc": metrics_lib.nanmean(t["auroc"] for t in tasks.values()),
+            "images": int(len(pred["probs"]))}
+
+
+@contextlib.contextmanager
+def _precision_policy(name: str):
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def export_saved_model(prob_model: keras.Model, cfg: TrainConfig, path: str) -> None:
+    """Writes a SavedModel whose ``serving_default`` takes encoded JPEG/PNG bytes (batch,)
+    and returns {task: P(positive) (batch,)}.
+
+    The image is decoded as gray and resized with antialiased bilinear resampling, like the
+    records job (which uses Pillow's bilinear filter: the two agree to within a few gray
+    levels).
+    """
+    size = cfg.image_size
+
+    def decode(data):
+        image = tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False)
+        image = tf.image.resize(tf.cast(image, tf.float32), [size, size], antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+    def serve(images):
+        batch = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([size, size, 1], tf.uint8))
+        return prob_model(batch, training=False)
+
+    archive = keras.export.ExportArchive()
+    archive.track(prob_model)
+    archive.add_endpoint("serving_default", serve, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    archive.write_out(path, verbose=False)
+
+
+def _truncate_history(path: str, epochs: int) -> None:
+    """Drops history rows after the restored epoch: a job killed after logging an epoch but
+    before its checkpoint repeats that epoch, and must not log it twice."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in rows if int(r["epoch"]) <= epochs)
+
+
+def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict:
+    """Trains, evaluates and exports; returns the contents of metrics.json.
+
+    Args:
+        cfg: the validated configuration.
+        strategy: a ready strategy (tests pass one over logical CPUs); default from
+            ``cfg.strategy``.
+    """
+    keras.utils.set_random_seed(cfg.seed)
+    strategy = strategy or make_strategy(cfg.strategy)
+    chief = is_chief(strategy)
+    # Non-chief workers write their (identical) copies to scratch: every worker must take
+    # part in saving a distributed checkpoint, only the chief's lands in JOB_DIR.
+    job_dir = cfg.job_dir if chief else tempfile.mkdtemp(prefix="worker-")
+    os.makedirs(job_dir, exist_ok=True)
+    if chief:
+        with open(os.path.join(job_dir, "config.json"), "w") as f:
+            f.write(cfg.to_json())
+    manifest = read_manifest(cfg.records_dir)
+    train_files = input_lib.shard_files(cfg.records_dir, cfg.train_split, manifest)
+    eval_files = input_lib.shard_files(cfg.records_dir, cfg.eval_split, manifest)
+    skipped: dict[str, str] = {}
+    if cfg.skip_corrupt:
+        train_files, bad = input_lib.scan_shards(train_files)
+        eval_files, bad_eval = input_lib.scan_shards(eval_files)
+        skipped = {**bad, **bad_eval}
+        for f, err in skipped.items():
+            log.warning("--skip_corrupt: skipping corrupt shard %s (%s)", f, err)
+    replicas = strategy.num_replicas_in_sync
+    global_batch = cfg.batch_size * replicas
+    n_train = input_lib.count_examples(manifest, cfg.train_split, cfg.views)
+    steps = cfg.steps_per_epoch or max(n_train // global_batch, 1)
+    log.info("%d replicas, global batch %d (%d per replica), %d steps/epoch over %d %s images, XLA %s, %s",
+             replicas, global_batch, cfg.batch_size, steps, n_train, cfg.views, "on" if cfg.jit_compile else "off",
+             cfg.precision)
+
+    with _precision_policy(cfg.precision):
+        trainer = Trainer(cfg, strategy)
+        prob_model = model_lib.probability_model(trainer.model, cfg)
+        train_ds = strategy.distribute_datasets_from_function(
+            lambda ctx: input_lib.make_dataset(train_files, cfg, training=True,
+                                               batch_size=ctx.get_per_replica_batch_size(global_batch),
+                                               input_context=ctx, skip_errors=cfg.skip_corrupt))
+        eval_ds = input_lib.make_dataset(eval_files, cfg, training=False, batch_size=max(cfg.batch_size, 32),
+                                         skip_errors=cfg.skip_corrupt)
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        best_var = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+        wait_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        ckpt = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer, epoch=epoch_var,
+                                   best=best_var, wait=wait_var)
+        backup = tf.train.CheckpointManager(ckpt, os.path.join(job_dir, "backup"), max_to_keep=1)
+        history_path = os.path.join(job_dir, "history.csv")
+        if backup.latest_checkpoint:
+            ckpt.restore(backup.latest_checkpoint).expect_partial()
+            log.info("resuming from %s at epoch %d", backup.latest_checkpoint, int(epoch_var.numpy()) + 1)
+            _truncate_history(history_path, int(epoch_var.numpy()))
+        writer = tf.summary.create_file_writer(os.path.join(job_dir, "logs")) if chief else None
+        report: dict = {}
+        metrics_path = os.path.join(job_dir, "metrics.json")
+        if os.path.exists(metrics_path):
+            with open(metrics_path) as f:
+                report = json.load(f)
+        iterator = iter(train_ds)
+        for epoch in range(int(epoch_var.numpy()), cfg.epochs):
+            start = time.perf_counter()
+            bar = keras.utils.Progbar(steps, stateful_metrics=["loss"], verbose=1 if chief else 0)
+            losses = []
+            for step in range(steps):
+                try:
+                    loss = float(trainer.train_step(iterator))
+                except tf.errors.DataLossError as e:
+                    _, bad = input_lib.scan_shards(train_files)
+                    named = "; ".join(f"{f}: {err}" for f, err in bad.items()) or e.message
+                    raise input_lib.CorruptShardError(
+                        f"corrupt TFRecord shard(s): {named}. Rebuild the records or pass --skip_corrupt") from None
+                losses.append(loss)
+                bar.update(step + 1, [("loss", float(np.mean(losses[-20:])))])
+            seconds = time.perf_counter() - start
+            result = evaluate_predictions(trainer.predict(eval_ds), cfg)
+            mean_auroc = result["mean_auroc"]
+            row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mean_auroc": mean_auroc,
+                   **{f"val_auroc_{t}": r["auroc"] for t, r in result["tasks"].items()},
+                   "seconds": round(seconds, 2), "images_per_sec": round(steps * global_batch / seconds, 1)}
+            log.info("epoch %d/%d  loss %.4f  val mean AUROC %.4f  (%s)  %.0f img/s", epoch + 1, cfg.epochs,
+                     row["loss"], mean_auroc, ", ".join(f"{t} {r['auroc']:.3f}" for t, r in result["tasks"].items()),
+                     row["images_per_sec"])
+            if chief:
+                new = not os.path.exists(history_path)
+                with open(history_path, "a", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=list(row))
+                    if new:
+                        w.writeheader()
+                    w.writerow(row)
+                with writer.as_default(step=epoch + 1):
+                    for k, v in row.items():
+                        if k != "epoch" and not (isinstance(v, float) and math.isnan(v)):
+                            tf.summary.scalar(k, v)
+            score = -math.inf if math.isnan(mean_auroc) else mean_auroc
+            if score > float(best_var.numpy()):
+                best_var.assign(score)
+                wait_var.assign(0)
+                prob_model.save(os.path.join(job_dir, "model.keras"))
+                report = {"best_epoch": epoch + 1, "split": cfg.eval_split, "threshold": cfg.threshold,
+                          "mean_auroc": mean_auroc, "tasks": result["tasks"], "images": result["images"],
+                          "skipped_shards": skipped, "replicas": replicas, "global_batch": global_batch}
+                with open(metrics_path, "w") as f:
+                    json.dump(report, f, indent=2, sort_keys=True, default=float)
+            else:
+                wait_var.assign_add(1)
+            epoch_var.assign(epoch + 1)
+            backup.save()
+            if int(wait_var.numpy()) >= cfg.patience:
+                log.info("early stopping: no better validation mean AUROC for %d epochs", cfg.patience)
+                break
+        if writer:
+            writer.flush()
+        best = keras.models.load_model(os.path.join(job_dir, "model.keras"))
+        export_saved_model(best, cfg, os.path.join(job_dir, "saved_model"))
+    if not chief:
+        shutil.rmtree(job_dir, ignore_errors=True)
+    return report
