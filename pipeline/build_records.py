@@ -526,6 +526,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    # Local multi-process workers relay harmless start-up warnings (unknown job flags, no
+    # semi-persistent directory) through this logger.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     try:
         manifest = run(argv)
     except ConfigError as e:

@@ -1,0 +1,95 @@
+r"""Training input throughput: our tf.data pipeline vs the seed's keras.utils.Sequence.
+
+    python -m benchmarks.train_input [--records_dir data/records] [--batches 60]
+
+Both read the same images (the records job's input and output of one dataset) at the same
+batch size on the same machine, in one run. The seed project's generator is copied
+faithfully: per batch, ``load_img(path, color_mode="grayscale", target_size=(320, 320))``
+for each file, ``img_to_array / 255``, one process (Keras' default ``workers=1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer import config as config_lib
+from trainer import input as input_lib
+
+
+class SeedSequence(keras.utils.PyDataset):
+    """The 2019 project's DataGenerator, as it read CheXpert."""
+
+    def __init__(self, paths, labels, batch_size=16, dim=(320, 320)):
+        super().__init__()
+        self.paths, self.labels, self.batch_size, self.dim = paths, labels, batch_size, dim
+
+    def __len__(self):
+        return len(self.paths) // self.batch_size
+
+    def __getitem__(self, index):
+        batch = self.paths[index * self.batch_size:(index + 1) * self.batch_size]
+        x = np.empty((self.batch_size, *self.dim, 1), np.float32)
+        for i, path in enumerate(batch):
+            img = keras.utils.load_img(path, color_mode="grayscale", target_size=self.dim)
+            x[i] = keras.utils.img_to_array(img) / 255.0
+        y = np.asarray(self.labels[index * self.batch_size:(index + 1) * self.batch_size], np.float32)
+        return x, y
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records_dir", default="data/records")
+    parser.add_argument("--batches", type=int, default=60)
+    parser.add_argument("--batch_size", type=int, default=16)
+    args = parser.parse_args()
+    with open(os.path.join(args.records_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    root = manifest["options"]["input_dir"]
+    size = manifest["image_size"]
+    cfg = config_lib.make_config(pathology="atelectasis", records_dir=args.records_dir, job_dir="/tmp/unused",
+                                 image_size=size, augment=False)
+    files = input_lib.shard_files(args.records_dir, "train", manifest)
+    n = args.batches * args.batch_size
+
+    # The same frontal images, read by the seed's generator from the JPEGs.
+    paths = []
+    ds = input_lib.make_dataset(files, cfg, training=False, batch_size=256)
+    for b in ds:
+        paths += [os.path.join(root, p.decode()) for p in b["path"].numpy()]
+        if len(paths) >= n:
+            break
+    seq = SeedSequence(paths[:n], np.zeros(n), batch_size=args.batch_size, dim=(size, size))
+    start = time.perf_counter()
+    for i in range(len(seq)):
+        seq[i]
+    seed_rate = n / (time.perf_counter() - start)
+
+    results = {}
+    for augment in (False, True):
+        cfg_a = config_lib.make_config(pathology="atelectasis", records_dir=args.records_dir, job_dir="/tmp/unused",
+                                       image_size=size, augment=augment)
+        ds = input_lib.make_dataset(files, cfg_a, training=True, batch_size=args.batch_size)
+        it = iter(ds)
+        for _ in range(5):  # warm-up: fill the shuffle buffer and prefetch
+            next(it)
+        start = time.perf_counter()
+        for _ in range(args.batches):
+            next(it)
+        results[augment] = n / (time.perf_counter() - start)
+    print(f"cores: {os.cpu_count()}  images: {n} at {size}x{size}, batch {args.batch_size}")
+    print(f"  seed keras.utils.Sequence (load_img, 1 process)  {seed_rate:8.0f} img/s")
+    print(f"  tf.data from TFRecords, no augmentation          {results[False]:8.0f} img/s   "
+          f"{results[False] / seed_rate:5.1f}x (goal >= 10x)")
+    print(f"  tf.data from TFRecords, with augmentation        {results[True]:8.0f} img/s   "
+          f"{results[True] / seed_rate:5.1f}x")
+
+
+if __name__ == "__main__":
+    main()
