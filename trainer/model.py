@@ -41,7 +41,9 @@ LAST_CONV_LAYER = "relu"
 
 def _tiny_densenet(shape) -> keras.Model:
     layers = keras.layers
-    bn = lambda name: layers.BatchNormalization(epsilon=1.001e-5, name=name)  # noqa: E731 (as keras' DenseNet)
+    # momentum 0.9, not Keras' 0.99: the moving statistics must track weights that move fast
+    # in a small model trained from scratch, or evaluation lags training by epochs.
+    bn = lambda name: layers.BatchNormalization(momentum=0.9, epsilon=1.001e-5, name=name)  # noqa: E731
     inputs = keras.Input(shape)
     x = layers.Conv2D(2 * TINY_GROWTH, 3, strides=2, padding="same", use_bias=False, name="conv1_conv")(inputs)
     x = layers.Activation("relu", name="conv1_relu")(bn("conv1_bn")(x))
