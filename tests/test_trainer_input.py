@@ -75,9 +75,10 @@ def test_training_pipeline_order_and_static_batches(records_dir):
     while hasattr(d, "_input_dataset") and len(names) < 6:
         names.append(type(d).__name__)
         d = d._input_dataset
-    assert names[:1] == ["_PrefetchDataset"]
-    assert "_BatchDataset" in names[1:3] and names.index("_BatchDataset") < names.index("_RepeatDataset") \
-        < names.index("_ShuffleDataset")
+    assert names[0] == "_PrefetchDataset"
+    # prefetch <- (options) <- parse/decode/augment map <- batch <- repeat <- shuffle
+    order = [n for n in names if n in ("_ParallelMapDataset", "_BatchDataset", "_RepeatDataset", "_ShuffleDataset")]
+    assert order == ["_ParallelMapDataset", "_BatchDataset", "_RepeatDataset", "_ShuffleDataset"], names
     for i, b in enumerate(ds.take(3)):
         assert b["image"].shape == (4, 32, 32, 1)
 
@@ -98,13 +99,14 @@ def test_files_are_shuffled_per_epoch_and_sharded_per_input_pipeline(records_dir
     assert paths[0] and paths[1] and not paths[0] & paths[1]
 
 
-def test_augmentation_moves_pixels_but_keeps_shape_and_range(records_dir):
-    cfg = _cfg(records_dir)
-    image = tf.cast(tf.reshape(tf.range(32 * 32) % 251, [32, 32, 1]), tf.float32)
-    out = input_lib._affine(image, 32)
-    assert out.shape == (32, 32, 1)
+def test_augmentation_moves_pixels_per_image_but_keeps_shape_and_range():
+    image = tf.cast(tf.reshape(tf.range(32 * 32) % 251, [1, 32, 32, 1]), tf.float32)
+    batch = tf.tile(image, [4, 1, 1, 1])
+    out = input_lib._affine(batch, 32)
+    assert out.shape == (4, 32, 32, 1)
     assert float(tf.reduce_max(out)) <= 250.0 + 1e-3
-    assert not np.array_equal(out.numpy(), image.numpy())
+    assert not np.array_equal(out.numpy()[0], image.numpy()[0])
+    assert not np.array_equal(out.numpy()[0], out.numpy()[1])  # each image its own transform
 
 
 def test_corrupt_shard_is_found_and_named(records_dir, tmp_path):

@@ -61,6 +61,10 @@ class TrainConfig:
     shuffle_buffer: int = 2048
     train_split: str = "train"
     eval_split: str = "valid"
+    # How the records were made (from their manifest): what predict and serving repeat.
+    records_image_size: int = 320
+    records_encoding: str = "raw"
+    records_resize: str = "squash"
 
     def head_kind(self, task: str) -> str:
         """``multiclass`` (3-way softmax) or ``binary`` (sigmoid) for a task."""
@@ -133,7 +137,10 @@ def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str =
         chexpert.policy_matrix(resolved, blank)
     except chexpert.PolicyError as e:
         raise ConfigError(str(e)) from None
-    cfg = TrainConfig(tasks=tasks, records_dir=records_dir, job_dir=job_dir, policy=resolved, blank=blank, **kw)
+    cfg = TrainConfig(tasks=tasks, records_dir=records_dir, job_dir=job_dir, policy=resolved, blank=blank,
+                      records_image_size=int(manifest["image_size"]),
+                      records_encoding=manifest.get("encoding", "raw"),
+                      records_resize=manifest.get("options", {}).get("resize", "squash"), **kw)
     checks: Sequence[tuple[bool, str]] = (
         (cfg.backbone in BACKBONES, f"--backbone={cfg.backbone}: expected one of {', '.join(BACKBONES)}"),
         (cfg.strategy in STRATEGIES, f"--strategy={cfg.strategy}: expected one of {', '.join(STRATEGIES)}"),

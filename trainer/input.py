@@ -5,15 +5,21 @@ The order of operations, and why:
     list shard files (shuffled each epoch when training: a cheap global shuffle)
     -> shard per InputContext       (each worker reads different files, not every Nth record)
     -> interleave TFRecordDataset   (parallel reads; deterministic=False when training)
-    -> parse without decoding       (schemas.tf_example.FEATURE_SPEC)
-    -> filter views                 (before decoding, so skipped laterals cost nothing)
-    -> decode, resize, targets      (policy applied to the stored raw codes)
-    -> augment                      (training only)
-    -> shuffle                      (on uint8 pixels: 2048 x 320^2 = 210 MB, not 840 MB of float)
+    -> filter views                 (parses only image/view: laterals cost no decoding)
+    -> shuffle                      (serialized records: 2048 x ~100 KB = 210 MB, the same
+                                     as uint8 pixels and 4x less than float ones)
     -> repeat (training)            (fixed steps per epoch, identical on every worker)
     -> batch                        (per-replica batch; drop_remainder when training: static
                                      shapes, so XLA compiles once)
+    -> parse + decode + targets     (vectorised over the batch: tf.io.parse_example, one
+                                     decode_raw for the whole batch, policy table gather)
+    -> resize, augment (training)   (one batched resize and one batched projective
+                                     transform with per-image random parameters)
     -> prefetch(AUTOTUNE)           (last)
+
+Parsing, decoding and augmenting per batch instead of per record is what makes this
+pipeline fast on few cores: per-record tf.data map calls cost tens of microseconds each,
+which at 100 KB images is more than the work itself (BUILD_NOTES.md, input benchmark).
 
 Elements are dicts:
     image    uint8   (batch, S, S, 1)
@@ -81,12 +87,21 @@ def task_indices(tasks) -> list[int]:
     return [chexpert.OBSERVATION_INDEX[t] for t in tasks]
 
 
-def _affine(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Small random rotation (±7°), shift (±5%) and scale (0.95-1.05); no flips: the heart
-    is on the patient's left, and a mirrored film is a different anatomy."""
-    angle = tf.random.uniform([], -7.0, 7.0) * math.pi / 180.0
-    scale = tf.random.uniform([], 0.95, 1.05)
-    tx, ty = tf.unstack(tf.random.uniform([2], -0.05, 0.05) * size)
+def _affine(images: tf.Tensor, size: int) -> tf.Tensor:
+    """Small random rotation (±7°), shift (±5%) and scale (0.95-1.05) per image; no flips: the
+    heart is on the patient's left, and a mirrored film is a different anatomy.
+
+    Args:
+        images: float32 (B, size, size, 1).
+
+    Returns:
+        float32 (B, size, size, 1).
+    """
+    n = tf.shape(images)[0]
+    angle = tf.random.uniform([n], -7.0, 7.0) * math.pi / 180.0
+    scale = tf.random.uniform([n], 0.95, 1.05)
+    tx = tf.random.uniform([n], -0.05, 0.05) * size
+    ty = tf.random.uniform([n], -0.05, 0.05) * size
     c = (size - 1) / 2.0
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
     # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2): rotation and
@@ -94,11 +109,25 @@ def _affine(image: tf.Tensor, size: int) -> tf.Tensor:
     a0, a1, b0, b1 = cos, -sin, sin, cos
     a2 = c - a0 * c - a1 * c - tx
     b2 = c - b0 * c - b1 * c - ty
-    transform = tf.stack([a0, a1, a2, b0, b1, b2, 0.0, 0.0])[None]
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=transform, output_shape=[size, size], fill_value=0.0,
+    zeros = tf.zeros([n])
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=[size, size], fill_value=0.0,
         interpolation="BILINEAR", fill_mode="CONSTANT")
-    return out[0]
+
+
+def _decode_batch(f: dict, encoding: str, stored: int) -> tf.Tensor:
+    """uint8 (B, stored, stored, 1) from a parsed batch."""
+    if encoding == "raw":
+        # Every raw record of a dataset has the same length: one op decodes the whole batch.
+        flat = tf.io.decode_raw(f[ex.IMAGE_ENCODED], tf.uint8)
+        return tf.reshape(flat, [-1, stored, stored, 1])
+    return tf.map_fn(lambda e: tf.ensure_shape(tf.io.decode_image(e, channels=1, expand_animations=False),
+                                               [stored, stored, 1]),
+                     f[ex.IMAGE_ENCODED], fn_output_signature=tf.TensorSpec([stored, stored, 1], tf.uint8))
+
+
+_VIEW_SPEC = {ex.IMAGE_VIEW: tf_example.FEATURE_SPEC[ex.IMAGE_VIEW]}
 
 
 def make_dataset(
@@ -114,7 +143,7 @@ def make_dataset(
 
     Args:
         files: shard paths (``shard_files``).
-        cfg: image size, tasks, policy, views, augmentation, seed, shuffle buffer.
+        cfg: image sizes and encoding, tasks, policy, views, augmentation, seed, buffer.
         training: shuffle, augment, repeat and drop the last partial batch.
         batch_size: the batch this pipeline yields (per replica under a strategy).
         input_context: from ``strategy.distribute_datasets_from_function``; shards files.
@@ -126,7 +155,7 @@ def make_dataset(
     """
     table = chexpert.policy_matrix(cfg.policy, cfg.blank)
     idx = tf.constant(task_indices(cfg.tasks), tf.int64)
-    size = cfg.image_size
+    size, stored = cfg.image_size, cfg.records_image_size
     files_ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
         files_ds = files_ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=True)
@@ -140,37 +169,34 @@ def make_dataset(
     )
     if skip_errors:
         ds = ds.ignore_errors(log_warning=True)
-    ds = ds.map(lambda s: tf_example.parse(s, decode=False), num_parallel_calls=AUTOTUNE, deterministic=not training)
     if cfg.views == "frontal":
-        ds = ds.filter(lambda f: tf.equal(f[ex.IMAGE_VIEW], b"frontal"))
-
-    def prepare(f):
-        image = tf_example.decode_image(f[ex.IMAGE_ENCODED], f[ex.IMAGE_FORMAT], f[ex.IMAGE_HEIGHT], f[ex.IMAGE_WIDTH])
-        # Smaller training sizes (CPU demos) resize here, not in a rebuild; at the stored size
-        # bilinear resampling at scale 1 returns the pixels unchanged.
-        image = tf.image.resize(tf.cast(image, tf.float32), [size, size], antialias=True)
-        if training and cfg.augment:
-            image = _affine(image, size)
-        image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-        image = tf.ensure_shape(image, [size, size, 1])
-        targets, masks = tf_example.policy_targets(f[ex.LABELS_RAW], f[ex.LABELS_DRAW], table)
-        return {
-            "image": image,
-            "targets": tf.gather(targets, idx),
-            "masks": tf.gather(masks, idx),
-            "raw": tf.gather(f[ex.LABELS_RAW], idx),
-            "path": f[ex.SOURCE_PATH],
-            "study": f[ex.STUDY_ID],
-        }
-
-    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=not training)
+        ds = ds.filter(lambda s: tf.equal(tf.io.parse_single_example(s, _VIEW_SPEC)[ex.IMAGE_VIEW], b"frontal"))
     if training:
-        ds = ds.map(lambda d: {k: d[k] for k in ("image", "targets", "masks")})
         ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=training)
+
+    def prepare(serialized):
+        f = tf.io.parse_example(serialized, tf_example.FEATURE_SPEC)
+        image = _decode_batch(f, cfg.records_encoding, stored)
+        # Keep the static batch size of drop_remainder batches: XLA needs static shapes.
+        image = tf.ensure_shape(image, [serialized.shape[0], stored, stored, 1])
+        if size != stored or (training and cfg.augment):
+            image = tf.cast(image, tf.float32)
+            if size != stored:  # smaller training sizes (CPU demos) resize here, not in a rebuild
+                image = tf.image.resize(image, [size, size], antialias=True)
+            if training and cfg.augment:
+                image = _affine(image, size)
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+        targets, masks = tf_example.policy_targets(f[ex.LABELS_RAW], f[ex.LABELS_DRAW], table)
+        out = {"image": image, "targets": tf.gather(targets, idx, axis=-1), "masks": tf.gather(masks, idx, axis=-1)}
+        if not training:
+            out.update(raw=tf.gather(f[ex.LABELS_RAW], idx, axis=-1), path=f[ex.SOURCE_PATH], study=f[ex.STUDY_ID])
+        return out
+
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=not training)
     options = tf.data.Options()
-    options.experimental_deterministic = not training
+    options.deterministic = not training
     ds = ds.with_options(options)
     return ds.prefetch(AUTOTUNE)
 
