@@ -36,3 +36,35 @@ def test_one_class_gives_nan_not_a_crash():
     assert np.isnan(metrics.auroc(np.ones(5), np.arange(5)))
     assert np.isnan(metrics.auprc(np.zeros(5), np.arange(5)))
     assert metrics.nanmean([0.5, float("nan"), 0.7]) == pytest.approx(0.6)
+
+
+def test_bootstrap_ci_brackets_the_auroc_and_is_seeded():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    p = rng.random(200) * 0.6 + y * 0.3
+    lo, hi = metrics.bootstrap_auroc_ci(y, p, n=300, seed=1)
+    assert lo < metrics.auroc(y, p) < hi and hi - lo < 0.2
+    assert (lo, hi) == metrics.bootstrap_auroc_ci(y, p, n=300, seed=1)
+
+
+def test_tuned_threshold_maximises_f1_and_calibration_error_is_exact():
+    y = np.array([0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.6, 0.55, 0.7, 0.9])
+    t = metrics.best_f1_threshold(y, p)
+    assert metrics.at_threshold(y, p, t)["f1"] == max(metrics.at_threshold(y, p, c)["f1"] for c in p)
+    cal = metrics.calibration(np.array([0, 1, 1, 1]), np.array([0.05, 0.95, 0.95, 0.55]), bins=10)
+    # bins: {0.05: y 0} |0.05-0| ; {0.55: 1} |0.55-1| ; {0.95, 0.95: 1, 1} |0.95-1|
+    assert cal["ece"] == pytest.approx((0.05 + 0.45 + 2 * 0.05) / 4)
+
+
+def test_curves_equal_sklearn():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 150)
+    p = np.round(rng.random(150), 2)
+    c = metrics.curves(y, p)
+    fpr, tpr, _ = skm.roc_curve(y, p, drop_intermediate=False)
+    np.testing.assert_allclose(c["fpr"], fpr)
+    np.testing.assert_allclose(c["tpr"], tpr)
+    prec, rec, _ = skm.precision_recall_curve(y, p, drop_intermediate=False)
+    np.testing.assert_allclose(c["precision"], prec[:-1][::-1])
+    np.testing.assert_allclose(c["recall"], rec[:-1][::-1])

@@ -81,3 +81,61 @@ def task_report(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
 def nanmean(values) -> float:
     vals = [v for v in values if not math.isnan(v)]
     return float(np.mean(vals)) if vals else float("nan")
+
+
+def bootstrap_auroc_ci(y: np.ndarray, p: np.ndarray, *, n: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the AUROC, resampling the given units (pass study-level
+    arrays to resample studies). Resamples with one class only are skipped."""
+    y, p = np.asarray(y).astype(bool), np.asarray(p, np.float64)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        idx = rng.integers(0, len(y), len(y))
+        v = auroc(y[idx], p[idx])
+        if not math.isnan(v):
+            values.append(v)
+    if not values:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(values, [50 * (1 - level), 100 - 50 * (1 - level)])
+    return float(lo), float(hi)
+
+
+def best_f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The threshold maximising F1 (ties: the highest), for tuning on a separate split."""
+    y, p = np.asarray(y).astype(bool), np.asarray(p, np.float64)
+    if not y.any():
+        return float("nan")
+    candidates = np.unique(p)
+    f1s = [at_threshold(y, p, t)["f1"] for t in candidates]
+    best = np.nanmax(f1s)
+    return float(candidates[np.flatnonzero(np.asarray(f1s) == best)[-1]])
+
+
+def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
+    """Expected calibration error over equal-width bins, and the reliability curve."""
+    y, p = np.asarray(y).astype(float), np.asarray(p, np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    ece, curve = 0.0, []
+    for b in range(bins):
+        sel = which == b
+        if not sel.any():
+            continue
+        conf, acc = float(p[sel].mean()), float(y[sel].mean())
+        ece += sel.mean() * abs(conf - acc)
+        curve.append({"bin": b, "count": int(sel.sum()), "confidence": conf, "observed": acc})
+    return {"ece": float(ece), "bins": bins, "curve": curve}
+
+
+def curves(y: np.ndarray, p: np.ndarray) -> dict:
+    """ROC (fpr, tpr) and precision-recall points at every distinct threshold, high to low."""
+    y, p = np.asarray(y).astype(bool), np.asarray(p, np.float64)
+    order = np.argsort(-p, kind="mergesort")
+    ys, ps = y[order], p[order]
+    last = np.r_[np.flatnonzero(ps[1:] != ps[:-1]), len(ps) - 1]
+    tp = np.cumsum(ys)[last].astype(float)
+    fp = (last + 1) - tp
+    n_pos, n_neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
+    return {"fpr": np.r_[0.0, fp / n_neg], "tpr": np.r_[0.0, tp / n_pos],
+            "recall": tp / n_pos, "precision": tp / (tp + fp)}
