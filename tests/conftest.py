@@ -32,3 +32,17 @@ def records_dir(sample_dir, tmp_path_factory) -> str:
     build_records.run([f"--input_dir={sample_dir}", f"--output_dir={out}", "--image_size=32", "--num_shards=2",
                        "--holdout_fraction=0.2", "--runner=DirectRunner"])
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_job(records_dir, tmp_path_factory) -> str:
+    """A tiny two-task model (atelectasis binary, cardiomegaly 3-class) trained for 8 steps."""
+    from trainer import config as config_lib
+    from trainer import train
+
+    job = str(tmp_path_factory.mktemp("job"))
+    cfg = config_lib.make_config(pathology="atelectasis,cardiomegaly", records_dir=records_dir, job_dir=job,
+                                 image_size=32, backbone="tiny", epochs=1, steps_per_epoch=8, batch_size=8,
+                                 learning_rate=1e-3)
+    train.run(cfg)
+    return job

@@ -52,18 +52,24 @@ PAPER_POLICY = {"atelectasis": "ones", "cardiomegaly": "multiclass", "consolidat
                 "edema": "ones", "pleural_effusion": "multiclass"}
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("job_dir", None, "A trainer.task job folder; repeat for an ensemble (probabilities averaged).")
-flags.DEFINE_string("split", "valid", "Split of the job's records to evaluate.")
-flags.DEFINE_string("csv", None, "Evaluate a CheXpert-format CSV instead of records (with --image_root).")
-flags.DEFINE_string("image_root", None, "Folder the CSV's Path column is relative to.")
-flags.DEFINE_string("tune_split", "holdout", "Split on which thresholds are tuned ('' to skip).")
-flags.DEFINE_boolean("tta", False, "Average 4 deterministic test-time transforms (identity, +-3% shifts, 1.05 zoom).")
-flags.DEFINE_enum("views", "frontal", ["frontal", "all"], "Views that enter a study's max.")
-flags.DEFINE_enum("level", "study", ["study", "image"], "Score studies (max over views) or images.")
-flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the AUROC CI.")
-flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
-flags.DEFINE_float("threshold", None, "Fixed threshold (default: the jobs' --threshold, 0.35).")
-flags.DEFINE_string("report_dir", None, "Where the report goes (default JOB_DIR/eval-SPLIT).")
+
+
+def define_flags() -> None:
+    """Declares the command-line flags; called only when run as a program, so importing this
+    module as a library (tests, other entry points) declares nothing."""
+    flags.DEFINE_multi_string("job_dir", None, "A trainer.task job folder; repeat for an ensemble (probabilities averaged).")
+    flags.DEFINE_string("split", "valid", "Split of the job's records to evaluate.")
+    flags.DEFINE_string("csv", None, "Evaluate a CheXpert-format CSV instead of records (with --image_root).")
+    flags.DEFINE_string("image_root", None, "Folder the CSV's Path column is relative to.")
+    flags.DEFINE_string("tune_split", "holdout", "Split on which thresholds are tuned ('' to skip).")
+    flags.DEFINE_boolean("tta", False, "Average 4 deterministic test-time transforms (identity, +-3% shifts, 1.05 zoom).")
+    flags.DEFINE_enum("views", "frontal", ["frontal", "all"], "Views that enter a study's max.")
+    flags.DEFINE_enum("level", "study", ["study", "image"], "Score studies (max over views) or images.")
+    flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the AUROC CI.")
+    flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+    flags.DEFINE_float("threshold", None, "Fixed threshold (default: the jobs' --threshold, 0.35).")
+    flags.DEFINE_string("report_dir", None, "Where the report goes (default JOB_DIR/eval-SPLIT).")
+
 
 
 # --- Predictions ---------------------------------------------------------------------------
@@ -374,4 +380,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

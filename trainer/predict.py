@@ -40,11 +40,17 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("job_dir", None, "trainer.task job folder (model.keras + config.json).")
-flags.DEFINE_string("out_dir", "predictions", "Where predictions.csv/.json and heatmaps go.")
-flags.DEFINE_string("heatmap", None, "Observation slug to draw Grad-CAM overlays for.")
-flags.DEFINE_float("threshold", None, "Decision threshold (default: the job's, 0.35).")
-flags.DEFINE_integer("batch_size", 32, "Images per model call.")
+
+
+def define_flags() -> None:
+    """Declares the command-line flags; called only when run as a program, so importing this
+    module as a library (tests, other entry points) declares nothing."""
+    flags.DEFINE_string("job_dir", None, "trainer.task job folder (model.keras + config.json).")
+    flags.DEFINE_string("out_dir", "predictions", "Where predictions.csv/.json and heatmaps go.")
+    flags.DEFINE_string("heatmap", None, "Observation slug to draw Grad-CAM overlays for.")
+    flags.DEFINE_float("threshold", None, "Decision threshold (default: the job's, 0.35).")
+    flags.DEFINE_integer("batch_size", 32, "Images per model call.")
+
 
 
 def list_inputs(paths: Iterable[str]) -> list[str]:
@@ -187,4 +193,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

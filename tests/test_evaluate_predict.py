@@ -1,0 +1,123 @@
+"""trainer.evaluate and trainer.predict on a tiny trained job."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from pipeline import imaging, make_sample
+from trainer import evaluate, inference, predict
+from trainer import model as model_lib
+from tests import images
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_study_level_metrics_match_sklearn_and_the_report_is_complete(trained_job, tmp_path):
+    out = evaluate.run([trained_job], split="valid", n_boot=200, report_dir=str(tmp_path / "r"))
+    assert out["tune_split"] == "holdout" and set(out["tuned_thresholds"]) == {"cardiomegaly", "atelectasis"}
+    with open(tmp_path / "r" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    for task in ("atelectasis", "cardiomegaly"):
+        studies = collections.defaultdict(list)
+        for r in rows:
+            studies[r["study"]].append((float(r[f"p_{task}"]), int(r[f"label_{task}"])))
+        y = np.array([v[0][1] == 1 for v in studies.values()])
+        p = np.array([max(x[0] for x in v) for v in studies.values()])
+        t = out["tasks"][task]
+        assert t["auroc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-9)
+        assert t["auprc"] == pytest.approx(skm.average_precision_score(y, p), abs=1e-9)
+        assert t["auroc_ci95"][0] <= t["auroc"] <= t["auroc_ci95"][1]
+        assert t["at_threshold"]["f1"] == pytest.approx(skm.f1_score(y, p >= 0.35))
+        assert "at_tuned_threshold" in t and 0 <= t["calibration"]["ece"] <= 1
+        assert t["paper_auroc"] == evaluate.PAPER_AUROC[task]
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3  # 2 curve figures + reliability, embedded
+    assert "src=\"http" not in html and "0.858" in html
+    assert (tmp_path / "r" / "report.md").read_text().startswith("# Evaluation")
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert saved["tasks"]["atelectasis"]["auroc"] == out["tasks"]["atelectasis"]["auroc"]
+
+
+def test_ensemble_of_one_job_twice_and_tta_and_csv_mode(trained_job, sample_dir, tmp_path):
+    single = evaluate.run([trained_job], split="valid", tune_split="", n_boot=50, report_dir=str(tmp_path / "a"))
+    double = evaluate.run([trained_job, trained_job], split="valid", tune_split="", n_boot=50,
+                          report_dir=str(tmp_path / "b"))
+    assert double["tasks"]["atelectasis"]["auroc"] == pytest.approx(single["tasks"]["atelectasis"]["auroc"])
+    tta = evaluate.run([trained_job], split="valid", tune_split="", tta=True, n_boot=50, report_dir=str(tmp_path / "c"))
+    assert tta["images"] == single["images"]
+    csv_path = os.path.join(sample_dir, make_sample.DATASET_DIR, "valid.csv")
+    from_csv = evaluate.run([trained_job], csv_path=csv_path, image_root=sample_dir, tune_split="", n_boot=50,
+                            report_dir=str(tmp_path / "d"))
+    assert from_csv["images"] == single["images"]
+    # Same preprocessing from JPEGs as through the records: the same AUROC within rounding.
+    for task in ("atelectasis", "cardiomegaly"):
+        assert from_csv["tasks"][task]["auroc"] == pytest.approx(single["tasks"][task]["auroc"], abs=0.02)
+
+
+def test_predict_scores_batches_flags_laterals_and_reports_bad_files(trained_job, sample_dir, tmp_path):
+    job = inference.load_job(trained_job)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    valid = os.path.join(sample_dir, make_sample.DATASET_DIR, "valid")
+    frontal = sorted(p for p in (os.path.join(r, f) for r, _, fs in os.walk(valid) for f in fs) if "frontal" in p)
+    shutil.copy(frontal[0], folder / "a_frontal.jpg")
+    (folder / "b_lateral.png").write_bytes(images.png_bytes(images.gradient(390, 320, np.uint16, 4095)))
+    (folder / "c.dcm").write_bytes(images.dicom_bytes(images.gradient(64, 64, np.uint16, 4000)))
+    (folder / "d.jpg").write_bytes(b"%PDF-1.4 not an image")
+    files = predict.list_inputs([str(folder)])
+    results, failures = predict.predict_files(job, files, threshold=0.35, batch_size=2)
+    assert [os.path.basename(r["path"]) for r in results] == ["a_frontal.jpg", "b_lateral.png", "c.dcm"]
+    assert [f["reason"] for f in failures] == ["not_an_image"] and "d.jpg" in failures[0]["detail"]
+    assert results[1]["warnings"] and not results[0]["warnings"]
+    for r in results:
+        assert set(r["probs"]) == {"atelectasis", "cardiomegaly"}
+        assert r["positive"] == [t for t, p in r["probs"].items() if p >= 0.35]
+    # Batched and one-at-a-time scoring agree.
+    one, _ = predict.predict_files(job, files[:1], threshold=0.35, batch_size=1)
+    assert one[0]["probs"]["atelectasis"] == pytest.approx(results[0]["probs"]["atelectasis"], abs=1e-6)
+
+
+def test_grad_cam_is_a_normalised_map_that_depends_on_the_image(trained_job):
+    # At 32 px the tiny DenseNet's last feature map is 1x1; Grad-CAM needs a spatial map.
+    cfg = dataclasses.replace(inference.load_job(trained_job).cfg, image_size=128)
+    keras.utils.set_random_seed(0)
+    job = inference.Job("unsaved", cfg, model_lib.probability_model(model_lib.build_model(cfg), cfg))
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (128, 128, 1)).astype(np.uint8)
+    b = np.zeros((128, 128, 1), np.uint8)
+    b[30:90, 10:50] = 200
+    for task in ("atelectasis", "cardiomegaly"):
+        cam = predict.grad_cam(job, a, task)
+        assert cam.shape == (128, 128) and cam.min() >= 0 and cam.max() <= 1 + 1e-6
+        assert cam.std() > 0.01  # a map, not a constant
+    assert not np.allclose(predict.grad_cam(job, a, "atelectasis"), predict.grad_cam(job, b, "atelectasis"))
+    img = predict.overlay(a, predict.grad_cam(job, a, "atelectasis"))
+    assert img.size == (128, 128) and img.mode == "RGB"
+
+
+def test_predict_cli_end_to_end(trained_job, sample_dir, tmp_path):
+    valid = os.path.join(sample_dir, make_sample.DATASET_DIR, "valid")
+    out = subprocess.run([sys.executable, "-m", "trainer.predict", f"--job_dir={trained_job}",
+                          "--heatmap=cardiomegaly", f"--out_dir={tmp_path}", valid],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads((tmp_path / "predictions.json").read_text())
+    assert len(data["results"]) > 10 and not data["failures"]
+    assert len([f for f in os.listdir(tmp_path) if f.endswith(".gradcam_cardiomegaly.png")]) == len(
+        {os.path.basename(r["path"]) for r in data["results"]})
+    assert "positive" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "trainer.predict", "--job_dir=/nonexistent", "x.jpg"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert bad.returncode == 2 and "/nonexistent: no config.json" in bad.stderr
