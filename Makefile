@@ -12,7 +12,7 @@ DEMO_DATA := data/synthetic
 DEMO_RECORDS := data/records
 DEMO_PATIENTS ?= 1000
 
-.PHONY: demo test venv records sample bench clean
+.PHONY: demo test venv records sample bench gui clean
 
 $(STAMP): setup.cfg pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required" or 0)'
@@ -46,6 +46,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.build_records
+	$(BIN)/python -m benchmarks.train_input
+	$(BIN)/python -m benchmarks.predict
+	$(BIN)/python -m benchmarks.train_step
+
+# The web demo on http://127.0.0.1:8000 for the model `make demo` trained.
+gui: $(STAMP)
+	$(BIN)/python -m webdemo.app --job_dir jobs/atelectasis
 
 clean:
 	rm -rf data jobs .pytest_cache
