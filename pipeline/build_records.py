@@ -30,12 +30,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import glob
 import hashlib
 import io
 import json
 import logging
 import os
 import posixpath
+import shutil
 import sys
 import uuid
 from typing import Iterable, Sequence
@@ -49,6 +51,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from pipeline import imaging
 from pipeline import make_sample
 from pipeline import records
+from pipeline import runs
 from pipeline import tfrecord
 from schemas import chexpert
 
@@ -503,11 +506,50 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         sources = list_sources(cfg)
     except chexpert.CsvHeaderError as e:
         raise ConfigError(str(e)) from None
-    if FileSystems.exists(posixpath.join(cfg.output_dir, MANIFEST)) and not cfg.overwrite:
-        raise ConfigError(f"--output_dir={cfg.output_dir} already holds records (manifest.json); "
-                          "pass --overwrite to replace them or choose another folder")
-    if not FileSystems.exists(cfg.output_dir):
-        FileSystems.mkdirs(cfg.output_dir)
+    fp = input_fingerprint(cfg, sources)
+    with runs.exclusive(cfg.output_dir):
+        previous = _read_manifest(cfg.output_dir)
+        if previous and previous.get("fingerprint") == fp:
+            log.info("nothing new: inputs and options unchanged since %s; output left as it is", previous["created"])
+            previous["nothing_new"] = True
+            return previous
+        if previous and not cfg.overwrite:
+            raise ConfigError(f"--output_dir={cfg.output_dir} already holds records (manifest.json) built from "
+                              "other inputs or options; pass --overwrite to replace them or choose another folder")
+        return _build(cfg, sources, options, fp)
+
+
+def input_fingerprint(cfg: BuildConfig, sources: list[dict]) -> str:
+    """Everything the output depends on: options, CSV digests, each listed file's size and
+    mtime (a cheap stat, not a read). Equal fingerprints mean a rebuild would be identical."""
+    options = dataclasses.asdict(cfg)
+    options.pop("overwrite")
+    parts = [json.dumps(options, sort_keys=True), str(chexpert.SCHEMA_VERSION)]
+    for src in sources:
+        parts.append(f"{src['name']}\t{src['sha256']}")
+        with FileSystems.open(src["path"], compression_type="uncompressed") as f:
+            for item in records.read_csv_rows(f, src["name"]):
+                if isinstance(item, records.CsvRow):
+                    try:
+                        path = chexpert.normalize_path(item.cells.get(chexpert.COL_PATH) or "")
+                    except chexpert.RowError:
+                        continue
+                    parts.append(f"{path}\t{runs.file_stat(posixpath.join(cfg.input_dir, path))}")
+    return runs.fingerprint(parts)
+
+
+def _read_manifest(output_dir: str) -> dict | None:
+    path = posixpath.join(output_dir, MANIFEST)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return json.loads(f.read())
+
+
+def _build(cfg: BuildConfig, sources: list[dict], options: PipelineOptions, fp: str) -> dict:
+    if "://" not in cfg.output_dir:
+        for stale in glob.glob(os.path.join(cfg.output_dir, ".staging-*")):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run: never listed by any manifest
     staging = posixpath.join(cfg.output_dir, f".staging-{uuid.uuid4().hex[:12]}")
     FileSystems.mkdirs(staging)
     log.info("input %s (%s), %d CSV rows, output %s, policy %s", cfg.input_dir,
@@ -519,7 +561,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     rejects = _read_jsonl(posixpath.join(staging, "rejects*.jsonl"))
     _fill_missing_shards(staging, stats)
     manifest = summarize(cfg, sources, stats, rejects)
+    manifest["fingerprint"] = fp
     commit(cfg, staging, manifest, rejects)
+    manifest["nothing_new"] = False
     return manifest
 
 
@@ -531,9 +575,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     try:
         manifest = run(argv)
-    except ConfigError as e:
+    except (ConfigError, runs.LockedError) as e:
         print(f"build_records: error: {e}", file=sys.stderr)
         return 2
+    if manifest.get("nothing_new"):
+        print(f"nothing new: inputs and options unchanged; records in {manifest['options']['output_dir']} left as "
+              "they are")
+        return 0
     for split, sp in sorted(manifest["splits"].items()):
         print(f"{split:8s} {sp['written']:7d} written, {sp['rejected']:5d} rejected, {len(sp['shards'])} shards, "
               f"{sp['bytes'] / 2**20:.1f} MiB")

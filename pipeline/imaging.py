@@ -12,6 +12,7 @@ count it and send the row to the dead-letter output:
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -63,7 +64,8 @@ def _decode_pil(data: bytes, name: str, draft_size: int | None) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise RowError("image_too_large", f"{name}: {e}") from None
     except OSError as e:
-        msg = str(e)
+        # Pillow names the stream by its repr (an address): drop it so dead letters are stable.
+        msg = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))
         if "truncated" in msg or "broken data stream" in msg or "premature end" in msg.lower():
             raise RowError("truncated_image", f"{name}: {msg}") from None
         raise RowError("not_an_image", f"{name}: cannot decode ({msg})") from None

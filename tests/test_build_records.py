@@ -8,12 +8,13 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import build_records, make_sample
+from pipeline import build_records, make_sample, runs
 from schemas import chexpert
 from schemas import example as example_lib
 from schemas import tf_example
@@ -81,10 +82,34 @@ def test_manifest_reconciles_and_counts_codes(built):
     assert manifest["policy"]["consolidation"] == "ignore"
     assert not [n for n in os.listdir(out) if n.startswith(".staging")]
 
-def test_rerun_is_byte_identical_and_refuses_to_clobber_without_overwrite(built, tmp_path):
+def test_rerun_on_unchanged_input_is_nothing_new_and_other_options_need_overwrite(built, tmp_path):
     sample_dir, out, manifest = built
+    before = {n: (os.path.getmtime(os.path.join(out, n)), open(os.path.join(out, n), "rb").read())
+              for n in os.listdir(out)}
+    again = _run(sample_dir, out, "--holdout_fraction=0.25", "--num_shards=2")
+    assert again["nothing_new"] is True
+    assert {n: (os.path.getmtime(os.path.join(out, n)), open(os.path.join(out, n), "rb").read())
+            for n in os.listdir(out)} == before
     with pytest.raises(build_records.ConfigError, match="already holds records.*--overwrite"):
-        _run(sample_dir, out, "--holdout_fraction=0.25", "--num_shards=2")
+        _run(sample_dir, out, "--holdout_fraction=0.25", "--num_shards=2", "--policy=edema=zeros")
+
+
+def test_a_second_run_on_a_locked_output_exits_with_a_clear_message(built, tmp_path):
+    sample_dir, _, _ = built
+    out = tmp_path / "locked"
+    out.mkdir()
+    (out / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                           "started": "now"}))
+    with pytest.raises(runs.LockedError, match=f"locked by another run \\(pid {os.getpid()}"):
+        _run(sample_dir, str(out))
+    # A lock whose process is gone (kill -9) is taken over.
+    (out / ".lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
+    assert _run(sample_dir, str(out))["written"] > 0
+    assert not (out / ".lock").exists()
+
+
+def test_full_rebuild_elsewhere_is_byte_identical(built, tmp_path):
+    sample_dir, out, manifest = built
     again = str(tmp_path / "again")
     m2 = _run(sample_dir, again, "--holdout_fraction=0.25", "--num_shards=2")
     for sp in manifest["splits"].values():

@@ -170,7 +170,7 @@ def _precision_policy(name: str):
 
 def export_saved_model(prob_model: keras.Model, cfg: TrainConfig, path: str) -> None:
     """Writes a SavedModel whose ``serving_default`` takes encoded JPEG/PNG bytes (batch,)
-    and returns {task: P(positive) (batch,)}.
+    and returns {task: P(positive) (batch,)}; ``serve_pixels`` takes uint8 (batch, S, S, 1).
 
     The image is decoded as gray and resized with antialiased bilinear resampling, like the
     records job (which uses Pillow's bilinear filter: the two agree to within a few gray
@@ -190,6 +190,9 @@ def export_saved_model(prob_model: keras.Model, cfg: TrainConfig, path: str) -> 
     archive = keras.export.ExportArchive()
     archive.track(prob_model)
     archive.add_endpoint("serving_default", serve, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    # For callers that preprocess with the records job's own code (batch scoring, DICOM).
+    archive.add_endpoint("serve_pixels", lambda x: prob_model(x, training=False),
+                         input_signature=[tf.TensorSpec([None, size, size, 1], tf.uint8, name="pixels")])
     archive.write_out(path, verbose=False)
 
 

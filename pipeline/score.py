@@ -1,0 +1,360 @@
+r"""Beam job: batch-scores radiographs with a trained model through RunInference.
+
+    python -m pipeline.score --runner=DirectRunner --job_dir=jobs/atelectasis \
+        --input_pattern='data/incoming/**/*.jpg' --output_dir=data/scores
+    python -m pipeline.score --runner=DirectRunner --job_dir=jobs/atelectasis \
+        --csv=data/synthetic/CheXpert-v1.0-small/valid.csv --output_dir=data/scores --incremental
+
+Each input is read and preprocessed with the records job's own code (JPEG, PNG, DICOM),
+scored in batches by ``RunInference`` with the job's ``model.keras`` (or its SavedModel,
+``--model_format=saved_model``), and written as ``scores.csv`` and ``scores.jsonl`` (one row
+per input, sorted by path: P(positive) per observation and the positive calls at the
+model's threshold), ``rejected.jsonl`` (unreadable inputs with the reason) and
+``manifest.json`` (counts, model, threshold, input fingerprint). Inputs = scored + rejected,
+or nothing is committed.
+
+Scheduled use: the output folder is locked while a run is in progress; results are staged
+and committed by renaming the manifest last; ``--incremental`` scores only inputs whose path,
+size or mtime changed since the committed run and carries the other rows over; a rerun on
+unchanged inputs says "nothing new" and changes nothing. Same code on Dataflow or Flink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import glob
+import json
+import logging
+import os
+import posixpath
+import shutil
+import sys
+import uuid
+from typing import Any, Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+
+from pipeline import records, runs
+from schemas import chexpert
+
+log = logging.getLogger("score")
+NAMESPACE = "score"
+REJECTED = "rejected"
+MANIFEST = "manifest.json"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The job's own flags; every other flag goes to the runner (parse_known_args, as Beam's
+    examples do: a PipelineOptions subclass would clash with build_records' --output_dir when
+    both modules are imported in one process)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--job_dir", default="jobs/atelectasis", help="trainer.task job folder (the model).")
+    parser.add_argument("--model_format", default="keras", help="keras (model.keras) or saved_model.")
+    parser.add_argument("--input_pattern", default=None, help="Glob(s) of image files, comma-separated.")
+    parser.add_argument("--csv", default=None, help="A CheXpert-format CSV listing the inputs instead.")
+    parser.add_argument("--image_root", default=None,
+                        help="Folder the CSV's Path column is relative to (default: the CSV's dataset root).")
+    parser.add_argument("--output_dir", default="data/scores", help="Where scores and manifest.json go.")
+    parser.add_argument("--threshold", type=float, default=None, help="Decision threshold (default: the model's).")
+    parser.add_argument("--batch_size", type=int, default=64, help="Largest RunInference batch.")
+    parser.add_argument("--incremental", action="store_true",
+                        help="Score only new or changed inputs; carry the rest over from the committed run.")
+    return parser
+
+
+class ConfigError(ValueError):
+    """A flag or input that cannot work; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Input:
+    """One thing to score: its key in the output and where its bytes are."""
+
+    key: str
+    path: str
+    stat: str
+
+
+def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
+    """The inputs named by --input_pattern or --csv, plus CSV rows rejected before any image
+    is read. Fails fast when neither or both are given, or nothing matches."""
+    if bool(opts.input_pattern) == bool(opts.csv):
+        raise ConfigError("give exactly one of --input_pattern and --csv")
+    if opts.input_pattern:
+        paths = []
+        for pattern in opts.input_pattern.split(","):
+            if "://" in pattern:
+                paths += [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+            else:
+                paths += [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+        if not paths:
+            raise ConfigError(f"--input_pattern={opts.input_pattern}: no files match")
+        return [Input(p, p, runs.file_stat(p)) for p in sorted(set(paths))], []
+    if not os.path.exists(opts.csv):
+        raise ConfigError(f"--csv={opts.csv}: no such file")
+    root = opts.image_root or os.path.dirname(os.path.dirname(os.path.abspath(opts.csv)))
+    inputs, rejected, seen = [], [], set()
+    with open(opts.csv, "rb") as f:
+        try:
+            items = list(records.read_csv_rows(f, os.path.basename(opts.csv)))
+        except chexpert.CsvHeaderError as e:
+            raise ConfigError(str(e)) from None
+    for item in items:
+        if isinstance(item, records.Reject):
+            rejected.append({"key": item.path, "row": item.row, "reason": item.reason, "detail": item.detail})
+            continue
+        try:
+            path = chexpert.normalize_path(item.cells.get(chexpert.COL_PATH) or "")
+        except chexpert.RowError as e:
+            rejected.append({"key": item.cells.get(chexpert.COL_PATH), "row": item.line, "reason": e.reason,
+                             "detail": e.detail})
+            continue
+        if path in seen:
+            rejected.append({"key": path, "row": item.line, "reason": "duplicate_path",
+                             "detail": f"Path {path!r} is listed twice"})
+            continue
+        seen.add(path)
+        full = os.path.join(root, path)
+        inputs.append(Input(path, full, runs.file_stat(full)))
+    return inputs, rejected
+
+
+class LoadImageFn(beam.DoFn):
+    """Input -> (key, uint8 (S, S, 1)) as the model saw images in training; unreadable
+    inputs are REJECTED with the reason."""
+
+    def __init__(self, job_dir: str):
+        self.job_dir = job_dir
+
+    def setup(self):
+        from trainer.config import TrainConfig  # the config only; TF comes with the model
+
+        with open(os.path.join(self.job_dir, "config.json")) as f:
+            self.cfg = TrainConfig.from_json(f.read())
+
+    def process(self, item: Input):
+        from trainer import inference
+
+        try:
+            with FileSystems.open(item.path, compression_type="uncompressed") as f:
+                data = f.read()
+            yield item.key, inference.model_input(data, item.key, self.cfg)
+        except chexpert.RowError as e:
+            Metrics.counter(NAMESPACE, f"rejected_{e.reason}").inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, {"key": item.key, "reason": e.reason, "detail": e.detail})
+        except (OSError, IOError) as e:
+            reason = "missing_file" if not FileSystems.exists(item.path) else "unreadable_file"
+            Metrics.counter(NAMESPACE, f"rejected_{reason}").inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, {"key": item.key, "reason": reason, "detail": f"{item.key}: {e}"})
+
+
+class ChexpertModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
+    """RunInference handler for a trainer.task job: batches of uint8 (S, S, 1) images ->
+    PredictionResult with ``inference`` = {task: P(positive)}."""
+
+    def __init__(self, job_dir: str, model_format: str = "keras", max_batch_size: int = 64):
+        super().__init__()
+        self.job_dir, self.model_format, self.max_batch_size = job_dir, model_format, max_batch_size
+        with open(os.path.join(job_dir, "config.json")) as f:
+            self.tasks = tuple(json.load(f)["tasks"])
+
+    def load_model(self):
+        from trainer import inference
+
+        if self.model_format == "saved_model":
+            import tensorflow as tf
+
+            return tf.saved_model.load(os.path.join(self.job_dir, "saved_model")).signatures["serve_pixels"]
+        return inference.load_job(self.job_dir)
+
+    def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[PredictionResult]:
+        images = np.stack(batch)
+        if self.model_format == "saved_model":
+            import tensorflow as tf
+
+            out = model(pixels=tf.constant(images))
+            probs = np.stack([out[t].numpy() for t in self.tasks], axis=-1)
+        else:
+            from trainer import inference
+
+            probs = inference.predict_batch(model, images)
+        return [PredictionResult(x, {t: float(v) for t, v in zip(self.tasks, p)}) for x, p in zip(batch, probs)]
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": self.max_batch_size}
+
+    def get_metrics_namespace(self) -> str:
+        return NAMESPACE
+
+
+def score_row(key: str, probs: dict, threshold: float) -> dict:
+    """One output row: probabilities rounded to 6 decimals (stable across batchings)."""
+    rounded = {t: round(float(p), 6) for t, p in probs.items()}
+    return {"path": key, "probabilities": rounded, "positive": [t for t, p in rounded.items() if p >= threshold]}
+
+
+def build_pipeline(p, inputs: list[Input], job_dir: str, model_format: str, threshold: float, batch_size: int,
+                   staging: str) -> None:
+    loaded = (p | "ListInputs" >> beam.Create(inputs)
+                | "Reshuffle" >> beam.Reshuffle()
+                | "LoadImages" >> beam.ParDo(LoadImageFn(job_dir)).with_outputs(REJECTED, main="images"))
+    (loaded.images
+     | "RunInference" >> RunInference(KeyedModelHandler(ChexpertModelHandler(job_dir, model_format, batch_size)))
+     | "ToRows" >> beam.MapTuple(lambda key, result: json.dumps(score_row(key, result.inference, threshold)))
+     | "WriteScores" >> beam.io.WriteToText(posixpath.join(staging, "scores"), file_name_suffix=".jsonl"))
+    (loaded[REJECTED]
+     | "RejectsToJson" >> beam.Map(json.dumps)
+     | "WriteRejects" >> beam.io.WriteToText(posixpath.join(staging, "rejects"), file_name_suffix=".jsonl"))
+
+
+def _read_jsonl(pattern: str) -> list[dict]:
+    out = []
+    for path in sorted(glob.glob(pattern)):
+        with open(path) as f:
+            out += [json.loads(line) for line in f if line.strip()]
+    return out
+
+
+def _model_digest(job_dir: str, model_format: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    files = ([os.path.join(job_dir, "model.keras")] if model_format == "keras"
+             else sorted(glob.glob(os.path.join(job_dir, "saved_model", "**", "*"), recursive=True)))
+    for path in files + [os.path.join(job_dir, "config.json")]:
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def write_outputs(out_dir: str, rows: list[dict], rejected: list[dict], tasks: Sequence[str], manifest: dict) -> None:
+    """Writes scores and dead letters into ``out_dir``, manifest last (by rename)."""
+    with open(os.path.join(out_dir, "scores.jsonl"), "w") as f:
+        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    with open(os.path.join(out_dir, "scores.csv"), "w") as f:
+        f.write(",".join(["path"] + [f"p_{t}" for t in tasks] + ["positive"]) + "\n")
+        for r in rows:
+            f.write(",".join([json.dumps(r["path"])] + [f"{r['probabilities'][t]:.6f}" for t in tasks]
+                             + [";".join(r["positive"])]) + "\n")
+    with open(os.path.join(out_dir, "rejected.jsonl"), "w") as f:
+        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rejected)
+    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+
+
+def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> dict:
+    """Scores the inputs; returns the committed manifest (or the unchanged one)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    opts, pipeline_args = make_parser().parse_known_args(argv)
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in pipeline_args):
+        pipeline_args.append("--default_sdk_harness_log_level=WARNING")
+    options = PipelineOptions(pipeline_args)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = "DirectRunner"
+    if opts.model_format not in ("keras", "saved_model"):
+        raise ConfigError(f"--model_format={opts.model_format}: expected keras or saved_model")
+    cfg_path = os.path.join(opts.job_dir, "config.json")
+    if not os.path.exists(cfg_path):
+        raise ConfigError(f"--job_dir={opts.job_dir}: no config.json; train a model with trainer.task first")
+    with open(cfg_path) as f:
+        job_cfg = json.load(f)
+    tasks, threshold = job_cfg["tasks"], opts.threshold if opts.threshold is not None else job_cfg["threshold"]
+    inputs, csv_rejects = list_inputs(opts)
+    model = _model_digest(opts.job_dir, opts.model_format)
+    fp = runs.fingerprint([model, str(threshold), opts.model_format, json.dumps(csv_rejects, sort_keys=True)]
+                          + [f"{i.key}\t{i.stat}" for i in inputs])
+    out = opts.output_dir
+    with runs.exclusive(out):
+        previous = {}
+        if os.path.exists(os.path.join(out, MANIFEST)):
+            with open(os.path.join(out, MANIFEST)) as f:
+                previous = json.load(f)
+        if previous.get("fingerprint") == fp:
+            log.info("nothing new: inputs, model and threshold unchanged since %s", previous.get("created"))
+            previous["nothing_new"] = True
+            return previous
+        for stale in glob.glob(os.path.join(out, ".staging-*")):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
+        carried: dict[str, dict] = {}
+        todo = inputs
+        if opts.incremental and previous.get("model") == model and previous.get("threshold") == threshold:
+            old_rows = {r["path"]: r for r in _read_jsonl(os.path.join(out, "scores.jsonl"))}
+            old_rejects = {r["key"]: r for r in _read_jsonl(os.path.join(out, "rejected.jsonl"))}
+            index = previous.get("index", {})
+            todo = []
+            for i in inputs:
+                if index.get(i.key) == i.stat and (i.key in old_rows or i.key in old_rejects):
+                    carried[i.key] = old_rows.get(i.key) or {"rejected": old_rejects[i.key]}
+                else:
+                    todo.append(i)
+            log.info("incremental: %d new or changed inputs, %d carried over", len(todo), len(carried))
+        elif opts.incremental:
+            log.info("incremental: the model or threshold changed since the committed run; scoring everything")
+        staging = os.path.join(out, f".staging-{uuid.uuid4().hex[:12]}")
+        os.makedirs(staging)
+        if todo:
+            with beam.Pipeline(options=options) as p:
+                build_pipeline(p, todo, opts.job_dir, opts.model_format, threshold, opts.batch_size, staging)
+        rows = _read_jsonl(os.path.join(staging, "scores*.jsonl"))
+        rejects = _read_jsonl(os.path.join(staging, "rejects*.jsonl"))
+        rows += [c for c in carried.values() if "rejected" not in c]
+        rejects += [c["rejected"] for c in carried.values() if "rejected" in c] + csv_rejects
+        rows.sort(key=lambda r: r["path"])
+        rejects.sort(key=lambda r: (str(r.get("key")), r.get("row", 0)))
+        n_in = len(inputs) + len(csv_rejects)
+        if n_in != len(rows) + len(rejects):
+            raise RuntimeError(f"counts do not reconcile, nothing committed: {n_in} inputs, {len(rows)} scored + "
+                               f"{len(rejects)} rejected (staging left in {staging})")
+        by_reason: dict[str, int] = {}
+        for r in rejects:
+            by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+        manifest = {
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "job_dir": opts.job_dir, "model_format": opts.model_format, "model": model, "tasks": tasks,
+            "threshold": threshold, "inputs": n_in, "scored": len(rows), "rejected": len(rejects),
+            "rejected_by_reason": by_reason, "scored_this_run": len(todo), "carried_over": len(carried),
+            "fingerprint": fp, "index": {i.key: i.stat for i in inputs},
+            "positives": {t: sum(t in r["positive"] for r in rows) for t in tasks},
+        }
+        write_outputs(staging, rows, rejects, tasks, manifest)
+        for name in ("scores.jsonl", "scores.csv", "rejected.jsonl"):
+            os.replace(os.path.join(staging, name), os.path.join(out, name))
+        # The manifest goes last: a reader holding the old manifest sees old files until here.
+        os.replace(os.path.join(staging, MANIFEST), os.path.join(out, MANIFEST))
+        shutil.rmtree(staging, ignore_errors=True)
+    manifest["nothing_new"] = False
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    try:
+        m = run(argv)
+    except (ConfigError, runs.LockedError) as e:
+        print(f"score: error: {e}", file=sys.stderr)
+        return 2
+    if m.get("nothing_new"):
+        print(f"nothing new: inputs, model and threshold unchanged; {m['scored']} scores left as they are")
+        return 0
+    print(f"{m['scored']} scored ({m['scored_this_run']} this run, {m['carried_over']} carried over), "
+          f"{m['rejected']} rejected" + (": " + ", ".join(f"{k}={v}" for k, v in sorted(m['rejected_by_reason'].items()))
+                                         if m["rejected"] else ""))
+    print("positive calls: " + ", ".join(f"{t} {n}" for t, n in m["positives"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
