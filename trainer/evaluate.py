@@ -69,6 +69,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
     flags.DEFINE_float("threshold", None, "Fixed threshold (default: the jobs' --threshold, 0.35).")
     flags.DEFINE_string("report_dir", None, "Where the report goes (default JOB_DIR/eval-SPLIT).")
+    flags.DEFINE_boolean("skip_corrupt", False, "Skip (and report) corrupt shards instead of stopping.")
 
 
 
@@ -97,13 +98,23 @@ def _predict_images(job, images: np.ndarray, tta: bool) -> np.ndarray:
     return np.mean(outs, axis=0)
 
 
-def predict_records(job, split: str, views: str, tta: bool) -> dict:
-    """Predictions of one job on a split of its own records, keyed by source path."""
+def predict_records(job, split: str, views: str, tta: bool, skip_corrupt: bool = False,
+                    skipped: dict | None = None) -> dict:
+    """Predictions of one job on a split of its own records, keyed by source path.
+
+    A corrupt shard raises ``input.CorruptShardError`` naming it; with ``skip_corrupt`` it is
+    left out and recorded in ``skipped``.
+    """
     cfg = dataclasses.replace(job.cfg, views=views)
     manifest = read_manifest(cfg.records_dir)
     files = input_lib.shard_files(cfg.records_dir, split, manifest)
+    if skip_corrupt:
+        files, bad = input_lib.drop_corrupt(files)
+        if skipped is not None:
+            skipped.update(bad)
     out = {}
-    for batch in input_lib.make_dataset(files, cfg, training=False, batch_size=64):
+    dataset = input_lib.make_dataset(files, cfg, training=False, batch_size=64)
+    for batch in input_lib.checked(dataset, files):
         probs = _predict_images(job, batch["image"].numpy(), tta)
         for path, study, raw, p in zip(batch["path"].numpy(), batch["study"].numpy(), batch["raw"].numpy(), probs):
             out[path.decode()] = {"study": study.decode(), "raw": dict(zip(job.tasks, raw.tolist())),
@@ -307,11 +318,13 @@ def report_html(markdown: str, pngs: dict[str, bytes]) -> str:
 
 def run(job_dirs: list[str], *, split: str = "valid", csv_path: str | None = None, image_root: str | None = None,
         tune_split: str = "holdout", tta: bool = False, views: str = "frontal", level: str = "study",
-        n_boot: int = 1000, seed: int = 0, threshold: float | None = None, report_dir: str | None = None) -> dict:
+        n_boot: int = 1000, seed: int = 0, threshold: float | None = None, report_dir: str | None = None,
+        skip_corrupt: bool = False) -> dict:
     """Evaluates and writes the report; returns metrics.json's content."""
     jobs = [inference.load_job(d) for d in job_dirs]
     threshold = threshold if threshold is not None else jobs[0].cfg.threshold
     failed: list[dict] = []
+    skipped: dict[str, str] = {}
     if csv_path:
         per_job = []
         for j in jobs:
@@ -319,7 +332,7 @@ def run(job_dirs: list[str], *, split: str = "valid", csv_path: str | None = Non
             per_job.append(preds)
         source = csv_path
     else:
-        per_job = [predict_records(j, split, views, tta) for j in jobs]
+        per_job = [predict_records(j, split, views, tta, skip_corrupt, skipped) for j in jobs]
         source = f"{jobs[0].cfg.records_dir}:{split}"
     tasks, preds = ensemble(per_job)
     scored = aggregate(preds, tasks, level)
@@ -327,13 +340,13 @@ def run(job_dirs: list[str], *, split: str = "valid", csv_path: str | None = Non
     have_tune = tune_split and tune_split != split and all(
         tune_split in read_manifest(j.cfg.records_dir)["splits"] for j in jobs)
     if have_tune:
-        _, tune_preds = ensemble([predict_records(j, tune_split, views, tta) for j in jobs])
+        _, tune_preds = ensemble([predict_records(j, tune_split, views, tta, skip_corrupt, skipped) for j in jobs])
         for task, (y, p) in aggregate(tune_preds, tasks, level).items():
             tuned[task] = m.best_f1_threshold(y, p)
     results = compute(scored, tuned, threshold, n_boot, seed)
     meta = {"jobs": job_dirs, "split": split, "source": source, "level": level, "views": views, "tta": tta,
             "threshold": threshold, "tune_split": tune_split if have_tune else None,
-            "policy": dict(jobs[0].cfg.policy), "images": len(preds), "unreadable": failed,
+            "policy": dict(jobs[0].cfg.policy), "images": len(preds), "unreadable": failed, "skipped_shards": skipped,
             "tuned_thresholds": tuned}
     report_dir = report_dir or os.path.join(job_dirs[0], f"eval-{'csv' if csv_path else split}")
     os.makedirs(report_dir, exist_ok=True)
@@ -369,8 +382,9 @@ def main(argv) -> int:
     try:
         out = run(FLAGS.job_dir, split=FLAGS.split, csv_path=FLAGS.csv, image_root=FLAGS.image_root,
                   tune_split=FLAGS.tune_split, tta=FLAGS.tta, views=FLAGS.views, level=FLAGS.level,
-                  n_boot=FLAGS.bootstrap, seed=FLAGS.seed, threshold=FLAGS.threshold, report_dir=FLAGS.report_dir)
-    except (inference.JobError, ValueError) as e:
+                  n_boot=FLAGS.bootstrap, seed=FLAGS.seed, threshold=FLAGS.threshold, report_dir=FLAGS.report_dir,
+                  skip_corrupt=FLAGS.skip_corrupt)
+    except (inference.JobError, input_lib.CorruptShardError, ValueError) as e:
         print(f"trainer.evaluate: error: {e}", file=sys.stderr)
         return 2
     with open(os.path.join(out["report_dir"], "report.md")) as f:

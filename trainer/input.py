@@ -31,6 +31,7 @@ Elements are dicts:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -43,6 +44,7 @@ from schemas import tf_example
 from trainer.config import TrainConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
+log = logging.getLogger(__name__)
 
 
 class CorruptShardError(RuntimeError):
@@ -80,6 +82,32 @@ def scan_shards(files: list[str]) -> tuple[list[str], dict[str, str]]:
             good.append(f)
         except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.NotFoundError) as e:
             bad[f] = e.message.splitlines()[0] if e.message else type(e).__name__
+    return good, bad
+
+
+def checked(dataset: tf.data.Dataset, files: list[str]):
+    """Iterates ``dataset``; a corrupt record becomes a CorruptShardError naming the shard(s)
+    (TensorFlow's own DataLossError names only an offset)."""
+    try:
+        yield from dataset
+    except tf.errors.DataLossError as e:
+        raise corrupt_error(files, e) from None
+
+
+def corrupt_error(files: list[str], error: tf.errors.DataLossError) -> CorruptShardError:
+    """The error to raise for a DataLossError while reading ``files``: scans them to name
+    the corrupt shard(s)."""
+    _, bad = scan_shards(files)
+    named = "; ".join(f"{f}: {err}" for f, err in bad.items()) or error.message
+    return CorruptShardError(f"corrupt TFRecord shard(s): {named}. Rebuild the records, or pass --skip_corrupt to "
+                             "skip and report them")
+
+
+def drop_corrupt(files: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``--skip_corrupt``: the readable shards, and {corrupt shard: error} (logged)."""
+    good, bad = scan_shards(files)
+    for f, err in bad.items():
+        log.warning("--skip_corrupt: skipping corrupt shard %s (%s)", f, err)
     return good, bad
 
 

@@ -89,7 +89,13 @@ def main(argv) -> int:
         return 2
     from trainer import train  # imported after flag validation: TensorFlow takes seconds to load
 
-    report = train.run(cfg)
+    from trainer import input as input_lib
+
+    try:
+        report = train.run(cfg)
+    except input_lib.CorruptShardError as e:
+        print(f"trainer.task: error: {e}", file=sys.stderr)
+        return 1
     print_report(report, cfg.job_dir)
     return 0
 

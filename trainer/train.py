@@ -130,10 +130,11 @@ class Trainer:
         return tf.stack([model_lib.positive_probability(logits[t], self.cfg.head_kind(t)) for t in self.cfg.tasks],
                         axis=-1)
 
-    def predict(self, dataset: tf.data.Dataset) -> dict:
-        """P(positive) (n, T), raw codes (n, T), paths and studies (n,) over an eval dataset."""
+    def predict(self, dataset: tf.data.Dataset, files: list[str]) -> dict:
+        """P(positive) (n, T), raw codes (n, T), paths and studies (n,) over an eval dataset
+        read from ``files`` (named in the error if one is corrupt)."""
         probs, raw, paths, studies = [], [], [], []
-        for batch in dataset:
+        for batch in input_lib.checked(dataset, files):
             probs.append(self._predict(batch["image"]).numpy())
             raw.append(batch["raw"].numpy())
             paths.append(batch["path"].numpy())
@@ -234,11 +235,9 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
     eval_files = input_lib.shard_files(cfg.records_dir, cfg.eval_split, manifest)
     skipped: dict[str, str] = {}
     if cfg.skip_corrupt:
-        train_files, bad = input_lib.scan_shards(train_files)
-        eval_files, bad_eval = input_lib.scan_shards(eval_files)
+        train_files, bad = input_lib.drop_corrupt(train_files)
+        eval_files, bad_eval = input_lib.drop_corrupt(eval_files)
         skipped = {**bad, **bad_eval}
-        for f, err in skipped.items():
-            log.warning("--skip_corrupt: skipping corrupt shard %s (%s)", f, err)
     replicas = strategy.num_replicas_in_sync
     global_batch = cfg.batch_size * replicas
     n_train = input_lib.count_examples(manifest, cfg.train_split, cfg.views)
@@ -282,14 +281,11 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
                 try:
                     loss = float(trainer.train_step(iterator))
                 except tf.errors.DataLossError as e:
-                    _, bad = input_lib.scan_shards(train_files)
-                    named = "; ".join(f"{f}: {err}" for f, err in bad.items()) or e.message
-                    raise input_lib.CorruptShardError(
-                        f"corrupt TFRecord shard(s): {named}. Rebuild the records or pass --skip_corrupt") from None
+                    raise input_lib.corrupt_error(train_files, e) from None
                 losses.append(loss)
                 bar.update(step + 1, [("loss", float(np.mean(losses[-20:])))])
             seconds = time.perf_counter() - start
-            result = evaluate_predictions(trainer.predict(eval_ds), cfg)
+            result = evaluate_predictions(trainer.predict(eval_ds, eval_files), cfg)
             mean_auroc = result["mean_auroc"]
             row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mean_auroc": mean_auroc,
                    **{f"val_auroc_{t}": r["auroc"] for t, r in result["tasks"].items()},
