@@ -59,6 +59,7 @@ log = logging.getLogger("build_records")
 NAMESPACE = "build_records"
 REJECTED = "rejected"
 MANIFEST = "manifest.json"
+INDEX = "index.jsonl"
 DEFAULT_OUTPUT = "data/records"
 DEFAULT_DATA = "data"
 SYNTHETIC_DIR = "data/synthetic"
@@ -93,6 +94,9 @@ class BuildOptions(PipelineOptions):
                                  "or jpeg (lossy, q=95).")
         parser.add_argument("--seed", type=int, default=0, help="Seeds the label-smoothing draws.")
         parser.add_argument("--overwrite", action="store_true", help="Replace an existing output's shards.")
+        parser.add_argument("--incremental", action="store_true",
+                            help="Encode only rows whose image (size, mtime) or CSV cells are new or changed; keep "
+                                 "the committed shards for the rest (same options required, else a full rebuild).")
         parser.add_argument("--sample_patients", type=int, default=1000,
                             help="Train patients of the synthetic sample generated when no data is found.")
 
@@ -115,6 +119,7 @@ class BuildConfig:
     seed: int
     overwrite: bool
     synthetic: bool
+    incremental: bool = False
 
     @property
     def table(self) -> np.ndarray:
@@ -196,7 +201,7 @@ def make_config(opts: BuildOptions) -> BuildConfig:
         input_dir=root, output_dir=opts.output_dir, image_size=opts.image_size, resize=opts.resize,
         policy=policy, blank=opts.blank, holdout_fraction=opts.holdout_fraction, num_shards=opts.num_shards,
         shard_size_mb=opts.shard_size_mb, min_shards=opts.min_shards, encoding=opts.encoding, seed=opts.seed,
-        overwrite=opts.overwrite, synthetic=synthetic,
+        overwrite=opts.overwrite, synthetic=synthetic, incremental=opts.incremental,
     )
 
 
@@ -227,10 +232,15 @@ class ReadCsvFn(beam.DoFn):
 
 
 class ParseRowFn(beam.DoFn):
-    """(source split, CsvRow) -> (path, (split, Row, CsvRow)) | Reject (tagged REJECTED)."""
+    """(source split, CsvRow) -> (path, (split, Row, CsvRow, carried)) | Reject (REJECTED).
 
-    def __init__(self, holdout_fraction: float):
+    ``carried`` marks rows an incremental run keeps from the committed shards: they still
+    take part in duplicate detection, but are not encoded again.
+    """
+
+    def __init__(self, holdout_fraction: float, carried: frozenset = frozenset()):
         self.holdout_fraction = holdout_fraction
+        self.carried = carried
 
     def process(self, element):
         source_split, row = element
@@ -243,19 +253,22 @@ class ParseRowFn(beam.DoFn):
                 REJECTED, records.Reject(row.source, row.line, row.cells.get(chexpert.COL_PATH, ""), split,
                                          e.reason, e.detail))
             return
-        yield parsed.path, (split, parsed, row)
+        yield parsed.path, (split, parsed, row, (row.source, row.line) in self.carried)
 
 
 class RejectDuplicatesFn(beam.DoFn):
-    """(path, [(split, Row, CsvRow), ...]) -> (split, (Row, source, line)) for the first
-    occurrence (lowest file and line); later ones REJECTED."""
+    """(path, [(split, Row, CsvRow, carried), ...]) -> (split, (Row, source, line)) for the
+    first occurrence (lowest file and line) unless it is carried; later ones REJECTED."""
 
     def process(self, element):
         path, items = element
         items = sorted(items, key=lambda it: (it[2].source, it[2].line))
         first = items[0]
-        yield first[0], (first[1], first[2].source, first[2].line)
-        for split, _, row in items[1:]:
+        if first[3]:
+            Metrics.counter(NAMESPACE, "carried").inc()
+        else:
+            yield first[0], (first[1], first[2].source, first[2].line)
+        for split, _, row, _ in items[1:]:
             _reject_counter("duplicate_path").inc()
             yield beam.pvalue.TaggedOutput(
                 REJECTED, records.Reject(row.source, row.line, path, split, "duplicate_path",
@@ -277,17 +290,18 @@ class WriteShardFn(beam.DoFn):
     Writing the same shard twice (a retried bundle) rewrites the same file.
     """
 
-    def __init__(self, input_root: str, staging: str, settings: records.ExampleSettings):
+    def __init__(self, input_root: str, staging: str, settings: records.ExampleSettings, tag: str = ""):
         self.input_root = input_root
         self.staging = staging
         self.settings = settings
+        self.tag = tag
         self.written = Metrics.counter(NAMESPACE, "written")
         self.bytes = Metrics.counter(NAMESPACE, "bytes_written")
 
     def process(self, element):
         (split, index, num_shards), rows = element
-        name = records.shard_name(split, index, num_shards)
-        codes, targets_all, masks_all = [], [], []
+        name = records.shard_name(split, index, num_shards, self.tag)
+        codes, targets_all, masks_all, paths, view_list = [], [], [], [], []
         views: dict[str, int] = {}
         written = size = 0
         with FileSystems.create(posixpath.join(self.staging, name)) as writer:
@@ -302,6 +316,8 @@ class WriteShardFn(beam.DoFn):
                     continue
                 size += tfrecord.write_record(writer, serialized)
                 written += 1
+                paths.append(row.path)
+                view_list.append(row.view)
                 codes.append(row.codes)
                 targets_all.append(targets)
                 masks_all.append(mask)
@@ -310,7 +326,9 @@ class WriteShardFn(beam.DoFn):
         self.written.inc(written)
         self.bytes.inc(size)
         yield {"split": split, "shard": name, "index": index, "num_shards": num_shards, "written": written,
-               "bytes": size, "views": views, "raw_counts": raw_counts, "target_counts": mapped_counts}
+               "bytes": size, "views": views, "raw_counts": raw_counts, "target_counts": mapped_counts,
+               # Per record, for the index an incremental run keeps (and compacts from).
+               "paths": paths, "codes": [list(map(int, c)) for c in codes], "view_list": view_list}
 
 
 def _read_file(path: str, name: str) -> bytes:
@@ -323,12 +341,17 @@ def _read_file(path: str, name: str) -> bytes:
         raise chexpert.RowError("unreadable_file", f"{name}: {e}") from None
 
 
-def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, str]], staging: str) -> None:
-    """Adds the records job to ``p``; its outputs land in ``staging``."""
+def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, str]], staging: str,
+                   carried: frozenset = frozenset(), tag: str = "") -> None:
+    """Adds the records job to ``p``; its outputs land in ``staging``.
+
+    ``carried``: (source, line) of rows an incremental run keeps; ``tag``: its shard tag.
+    """
     to_json = lambda r: json.dumps(r.to_dict() if isinstance(r, records.Reject) else r, sort_keys=True)  # noqa: E731
     read = (p | "ListCsvs" >> beam.Create(sources)
               | "ReadCsv" >> beam.ParDo(ReadCsvFn()).with_outputs(REJECTED, main="rows"))
-    parsed = read.rows | "ParseRows" >> beam.ParDo(ParseRowFn(cfg.holdout_fraction)).with_outputs(REJECTED, main="rows")
+    parsed = read.rows | "ParseRows" >> beam.ParDo(ParseRowFn(cfg.holdout_fraction, carried)).with_outputs(
+        REJECTED, main="rows")
     unique = (parsed.rows
               | "GroupByPath" >> beam.GroupByKey()
               | "RejectDuplicates" >> beam.ParDo(RejectDuplicatesFn()).with_outputs(REJECTED, main="rows"))
@@ -341,7 +364,7 @@ def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, 
     written = (unique.rows
                | "AssignShards" >> beam.Map(_assign_shard, plan=beam.pvalue.AsDict(plan))
                | "GroupByShard" >> beam.GroupByKey()
-               | "WriteShards" >> beam.ParDo(WriteShardFn(cfg.input_dir, staging, cfg.example_settings()))
+               | "WriteShards" >> beam.ParDo(WriteShardFn(cfg.input_dir, staging, cfg.example_settings(), tag))
                                   .with_outputs(REJECTED, main="stats"))
     ((read[REJECTED], parsed[REJECTED], unique[REJECTED], written[REJECTED])
      | "MergeRejects" >> beam.Flatten()
@@ -384,15 +407,19 @@ def _read_jsonl(pattern: str) -> list[dict]:
 def summarize(cfg: BuildConfig, sources: list[dict], stats: list[dict], rejects: list[dict]) -> dict:
     """The manifest: options, policy, per-source reconciliation and per-split totals.
 
+    Args:
+        stats: one dict per listed shard (this run's, and in an incremental run the ones it
+            keeps), as WriteShardFn yields them.
+
     Raises:
         RuntimeError: rows in != written + rejected for some CSV.
     """
     split_source = {"train": "train.csv", "holdout": "train.csv", "valid": "valid.csv"}
     splits: dict = {}
-    for s in sorted(stats, key=lambda s: (s["split"], s["index"])):
+    for s in sorted(stats, key=lambda s: (s["split"], s["shard"])):
         sp = splits.setdefault(s["split"], {"rows": 0, "written": 0, "rejected": 0, "rejected_by_reason": {},
-                                            "num_shards": s["num_shards"], "shards": [], "bytes": 0,
-                                            "views": {}, "raw_counts": records.empty_counts(),
+                                            "shards": [], "bytes": 0, "views": {},
+                                            "raw_counts": records.empty_counts(),
                                             "target_counts": records.empty_counts()})
         sp["shards"].append(s["shard"])
         sp["written"] += s["written"]
@@ -401,6 +428,8 @@ def summarize(cfg: BuildConfig, sources: list[dict], stats: list[dict], rejects:
             sp["views"][view] = sp["views"].get(view, 0) + n
         records.merge_counts(sp["raw_counts"], s["raw_counts"])
         records.merge_counts(sp["target_counts"], s["target_counts"])
+    for sp in splits.values():
+        sp["num_shards"] = len(sp["shards"])
     by_source = {src["name"]: {"path": src["path"], "sha256": src["sha256"], "rows": src["rows"], "written": 0,
                                "rejected": 0, "rejected_by_reason": {}} for src in sources}
     for split, sp in splits.items():
@@ -419,8 +448,6 @@ def summarize(cfg: BuildConfig, sources: list[dict], stats: list[dict], rejects:
            for name, s in by_source.items() if s["rows"] != s["written"] + s["rejected"]]
     if bad:
         raise RuntimeError("counts do not reconcile, nothing committed: " + "; ".join(bad))
-    options = dataclasses.asdict(cfg)
-    options.pop("policy")
     return {
         "schema_version": chexpert.SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -429,60 +456,69 @@ def summarize(cfg: BuildConfig, sources: list[dict], stats: list[dict], rejects:
         "blank": cfg.blank,
         "image_size": cfg.image_size,
         "encoding": cfg.encoding,
-        "options": options,
+        "options": _options(cfg),
         "sources": by_source,
         "splits": splits,
+        "shard_stats": {s["shard"]: {k: v for k, v in s.items() if k != "paths"} for s in stats},
         "rows": sum(s["rows"] for s in by_source.values()),
         "written": sum(s["written"] for s in by_source.values()),
         "rejected": sum(s["rejected"] for s in by_source.values()),
     }
 
 
-def _fill_missing_shards(staging: str, stats: list[dict]) -> None:
+def _options(cfg: BuildConfig) -> dict:
+    options = dataclasses.asdict(cfg)
+    options.pop("policy")
+    return options
+
+
+def _fill_missing_shards(staging: str, stats: list[dict], tag: str) -> None:
     """Writes an empty shard for any index no row hashed to, so ``-of-N`` always holds N."""
     seen = {(s["split"], s["index"]) for s in stats}
     for split, n in {(s["split"], s["num_shards"]) for s in stats}:
         for i in range(n):
             if (split, i) not in seen:
-                name = records.shard_name(split, i, n)
+                name = records.shard_name(split, i, n, tag)
                 FileSystems.create(posixpath.join(staging, name)).close()
                 stats.append({"split": split, "shard": name, "index": i, "num_shards": n, "written": 0,
-                              "bytes": 0, "raw_counts": {}, "target_counts": {}})
+                              "bytes": 0, "views": {}, "raw_counts": {}, "target_counts": {}, "paths": [],
+                              "codes": [], "view_list": []})
 
 
-def commit(cfg: BuildConfig, staging: str, manifest: dict, rejects: list[dict]) -> None:
-    """Moves shards and dead letters into the output folder, then writes manifest.json.
-
-    The manifest goes last, by rename, so a reader that trusts only the manifest never sees
-    a half-written output. Files listed by a previous manifest are removed first.
+def commit(cfg: BuildConfig, staging: str, manifest: dict, rejects: list[dict], new_files: list[str],
+           index: dict) -> None:
+    """Moves this run's shards, dead letters and index into the output folder, writes
+    manifest.json by rename, then deletes what the previous manifest listed and this one
+    does not. A reader that trusts only the manifest never sees a half-written output.
     """
     out = cfg.output_dir
-    old_manifest = posixpath.join(out, MANIFEST)
-    if FileSystems.exists(old_manifest):
-        with FileSystems.open(old_manifest, compression_type="uncompressed") as f:
-            old = json.loads(f.read())
-        FileSystems.delete([old_manifest])
-        stale = [posixpath.join(out, n) for sp in old.get("splits", {}).values() for n in sp.get("shards", [])]
-        stale += [posixpath.join(out, n) for n in old.get("rejected_files", [])]
-        stale = [p for p in stale if FileSystems.exists(p)]
-        if stale:
-            FileSystems.delete(stale)
+    old = _read_manifest(out) or {}
     reject_files = []
     for name, _ in SOURCES:
-        rows = sorted((r for r in rejects if r["source"] == name), key=lambda r: r["row"])
         if name not in manifest["sources"]:
             continue
+        rows = sorted((r for r in rejects if r["source"] == name), key=lambda r: r["row"])
         fname = f"rejected-{name.removesuffix('.csv')}.jsonl"
         with FileSystems.create(posixpath.join(staging, fname)) as f:
             f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
         reject_files.append(fname)
+    with FileSystems.create(posixpath.join(staging, INDEX)) as f:
+        f.write("".join(json.dumps({"path": p, **index[p]}, sort_keys=True) + "\n" for p in sorted(index)).encode())
     manifest["rejected_files"] = reject_files
-    names = [n for sp in manifest["splits"].values() for n in sp["shards"]] + reject_files
+    manifest["index_file"] = INDEX
+    names = new_files + reject_files + [INDEX]
     FileSystems.rename([posixpath.join(staging, n) for n in names], [posixpath.join(out, n) for n in names])
     tmp = posixpath.join(staging, MANIFEST)
     with FileSystems.create(tmp) as f:
         f.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
-    FileSystems.rename([tmp], [old_manifest])
+    FileSystems.rename([tmp], [posixpath.join(out, MANIFEST)])
+    listed = {n for sp in manifest["splits"].values() for n in sp["shards"]} | set(reject_files)
+    stale = [n for sp in old.get("splits", {}).values() for n in sp.get("shards", [])]
+    stale += old.get("rejected_files", [])
+    stale = [posixpath.join(out, n) for n in stale if n not in listed]
+    stale = [p for p in stale if FileSystems.exists(p)]
+    if stale:
+        FileSystems.delete(stale)
     FileSystems.delete([staging])
 
 
@@ -506,35 +542,49 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         sources = list_sources(cfg)
     except chexpert.CsvHeaderError as e:
         raise ConfigError(str(e)) from None
-    fp = input_fingerprint(cfg, sources)
+    rows = scan_rows(cfg, sources)
+    fp = input_fingerprint(cfg, sources, rows)
     with runs.exclusive(cfg.output_dir):
         previous = _read_manifest(cfg.output_dir)
         if previous and previous.get("fingerprint") == fp:
             log.info("nothing new: inputs and options unchanged since %s; output left as it is", previous["created"])
             previous["nothing_new"] = True
             return previous
-        if previous and not cfg.overwrite:
+        if previous and not (cfg.overwrite or cfg.incremental):
             raise ConfigError(f"--output_dir={cfg.output_dir} already holds records (manifest.json) built from "
-                              "other inputs or options; pass --overwrite to replace them or choose another folder")
-        return _build(cfg, sources, options, fp)
+                              "other inputs or options; pass --overwrite to replace them, --incremental to update "
+                              "them, or choose another folder")
+        return _build(cfg, sources, rows, options, fp, previous if cfg.incremental else None)
 
 
-def input_fingerprint(cfg: BuildConfig, sources: list[dict]) -> str:
-    """Everything the output depends on: options, CSV digests, each listed file's size and
-    mtime (a cheap stat, not a read). Equal fingerprints mean a rebuild would be identical."""
-    options = dataclasses.asdict(cfg)
-    options.pop("overwrite")
-    parts = [json.dumps(options, sort_keys=True), str(chexpert.SCHEMA_VERSION)]
+def scan_rows(cfg: BuildConfig, sources: list[dict]) -> list[dict]:
+    """Each CSV row with a usable path: source, line, path, the image's stat, the cells'
+    digest. A stat, not a read: 224k of them take seconds."""
+    out = []
     for src in sources:
-        parts.append(f"{src['name']}\t{src['sha256']}")
         with FileSystems.open(src["path"], compression_type="uncompressed") as f:
             for item in records.read_csv_rows(f, src["name"]):
-                if isinstance(item, records.CsvRow):
-                    try:
-                        path = chexpert.normalize_path(item.cells.get(chexpert.COL_PATH) or "")
-                    except chexpert.RowError:
-                        continue
-                    parts.append(f"{path}\t{runs.file_stat(posixpath.join(cfg.input_dir, path))}")
+                if not isinstance(item, records.CsvRow):
+                    continue
+                try:
+                    path = chexpert.normalize_path(item.cells.get(chexpert.COL_PATH) or "")
+                except chexpert.RowError:
+                    continue
+                out.append({"source": src["name"], "line": item.line, "path": path,
+                            "stat": runs.file_stat(posixpath.join(cfg.input_dir, path)),
+                            "row": records.row_digest(item.cells)})
+    return out
+
+
+def input_fingerprint(cfg: BuildConfig, sources: list[dict], rows: list[dict]) -> str:
+    """Everything the output depends on: options, CSV digests, each listed file's size and
+    mtime. Equal fingerprints mean a rebuild would be identical."""
+    options = _options(cfg)
+    for transient in ("overwrite", "incremental"):
+        options.pop(transient)
+    parts = [json.dumps(options, sort_keys=True), json.dumps(cfg.policy, sort_keys=True), str(chexpert.SCHEMA_VERSION)]
+    parts += [f"{src['name']}\t{src['sha256']}" for src in sources]
+    parts += [f"{r['path']}\t{r['stat']}" for r in rows]
     return runs.fingerprint(parts)
 
 
@@ -546,23 +596,119 @@ def _read_manifest(output_dir: str) -> dict | None:
         return json.loads(f.read())
 
 
-def _build(cfg: BuildConfig, sources: list[dict], options: PipelineOptions, fp: str) -> dict:
+def _compatible(cfg: BuildConfig, previous: dict) -> str | None:
+    """Why an incremental run cannot reuse the committed output, or None if it can."""
+    if previous.get("schema_version") != chexpert.SCHEMA_VERSION:
+        return "schema version changed"
+    old, new = dict(previous.get("options", {})), _options(cfg)
+    for transient in ("overwrite", "incremental"):
+        old.pop(transient, None)
+        new.pop(transient, None)
+    if old != new or previous.get("policy") != cfg.policy:
+        return "options or policy changed"
+    if not FileSystems.exists(posixpath.join(cfg.output_dir, previous.get("index_file", INDEX))):
+        return "no index of the committed records"
+    return None
+
+
+def _carry_over(cfg: BuildConfig, rows: list[dict], previous: dict, staging: str, tag: str):
+    """Decides what an incremental run keeps.
+
+    Returns:
+        ``(carried lines, kept stats, new files, index)``: the (source, line) of rows kept
+        as they are; stats of every committed shard kept (untouched, or compacted to drop
+        records of changed or removed rows); names of compacted shards written to
+        ``staging``; the index entries of the kept records.
+    """
+    with FileSystems.open(posixpath.join(cfg.output_dir, previous.get("index_file", INDEX)),
+                          compression_type="uncompressed") as f:
+        old_index = {e["path"]: e for e in map(json.loads, f.read().decode().splitlines())}
+    first: dict[str, dict] = {}
+    for r in rows:
+        first.setdefault(r["path"], r)  # rows come in file, then line order: the first occurrence
+    keep = {p: e for p, e in old_index.items()
+            if p in first and first[p]["stat"] == e["stat"] and first[p]["row"] == e["row"]}
+    carried = frozenset((first[p]["source"], first[p]["line"]) for p in keep)
+    dropped_from = {e["shard"] for p, e in old_index.items() if p not in keep}
+    kept_stats, new_files, index = [], [], {}
+    for name, st in previous.get("shard_stats", {}).items():
+        if name not in dropped_from:
+            kept_stats.append(dict(st))
+            continue
+        # Compaction: copy the kept records (no decoding). A shard's records are its index
+        # paths in sorted order, as WriteShardFn writes them.
+        in_shard = sorted(p for p, e in old_index.items() if e["shard"] == name)
+        survivors = [p for p in in_shard if p in keep]
+        if not survivors:
+            continue
+        new_name = name.replace(".tfrecord", f".{tag}.tfrecord")
+        size = 0
+        with FileSystems.open(posixpath.join(cfg.output_dir, name), compression_type="uncompressed") as src, \
+                FileSystems.create(posixpath.join(staging, new_name)) as dst:
+            for path, data in zip(in_shard, tfrecord.read_records(src, name)):
+                if path in keep:
+                    size += tfrecord.write_record(dst, data)
+        new_files.append(new_name)
+        kept_stats.append({**_stats_for(cfg, survivors, keep, st["split"]), "shard": new_name, "bytes": size})
+        for p in survivors:
+            keep[p] = {**keep[p], "shard": new_name}
+    for p, e in keep.items():
+        index[p] = {k: v for k, v in e.items() if k != "path"}
+    return carried, kept_stats, new_files, index
+
+
+def _stats_for(cfg: BuildConfig, paths: list[str], entries: dict, split: str) -> dict:
+    """Shard stats recomputed from the index entries' stored label codes."""
+    codes = np.array([entries[p]["codes"] for p in paths], np.int64)
+    draws = np.stack([chexpert.draws_for(p, cfg.seed) for p in paths])
+    targets, mask = chexpert.apply_policy(codes, draws, cfg.table)
+    raw_counts, target_counts = records.label_counts(codes, targets, mask)
+    views: dict[str, int] = {}
+    for p in paths:
+        views[entries[p]["view"]] = views.get(entries[p]["view"], 0) + 1
+    return {"split": split, "written": len(paths), "views": views, "raw_counts": raw_counts,
+            "target_counts": target_counts}
+
+
+def _build(cfg: BuildConfig, sources: list[dict], rows: list[dict], options: PipelineOptions, fp: str,
+           previous: dict | None) -> dict:
     if "://" not in cfg.output_dir:
         for stale in glob.glob(os.path.join(cfg.output_dir, ".staging-*")):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed run: never listed by any manifest
     staging = posixpath.join(cfg.output_dir, f".staging-{uuid.uuid4().hex[:12]}")
     FileSystems.mkdirs(staging)
+    carried, kept_stats, new_files, index = frozenset(), [], [], {}
+    tag = ""
+    if previous:
+        why = _compatible(cfg, previous)
+        if why:
+            log.warning("--incremental: %s since the committed run; rebuilding everything", why)
+        else:
+            tag = "u" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+            carried, kept_stats, new_files, index = _carry_over(cfg, rows, previous, staging, tag)
+            log.info("--incremental: %d rows kept from the committed records, %d to process", len(carried),
+                     len(rows) - len(carried))
     log.info("input %s (%s), %d CSV rows, output %s, policy %s", cfg.input_dir,
              "synthetic" if cfg.synthetic else "CheXpert", sum(s["rows"] for s in sources), cfg.output_dir,
              ",".join(f"{k}={v}" for k, v in cfg.policy.items()))
     with beam.Pipeline(options=options) as p:
-        build_pipeline(p, cfg, [(s["path"], s["split"]) for s in sources], staging)
+        build_pipeline(p, cfg, [(s["path"], s["split"]) for s in sources], staging, carried, tag)
     stats = _read_jsonl(posixpath.join(staging, "stats*.jsonl"))
     rejects = _read_jsonl(posixpath.join(staging, "rejects*.jsonl"))
-    _fill_missing_shards(staging, stats)
-    manifest = summarize(cfg, sources, stats, rejects)
+    _fill_missing_shards(staging, stats, tag)
+    by_path = {r["path"]: r for r in reversed(rows)}  # first occurrence wins
+    for s in stats:
+        new_files.append(s["shard"])
+        for p, codes, view in zip(s["paths"], s.pop("codes"), s.pop("view_list")):
+            index[p] = {"stat": by_path[p]["stat"], "row": by_path[p]["row"], "split": s["split"],
+                        "shard": s["shard"], "codes": codes, "view": view}
+    for path in (posixpath.join(staging, "stats*.jsonl"), posixpath.join(staging, "rejects*.jsonl")):
+        for m in FileSystems.match([path])[0].metadata_list:
+            FileSystems.delete([m.path])
+    manifest = summarize(cfg, sources, kept_stats + stats, rejects)
     manifest["fingerprint"] = fp
-    commit(cfg, staging, manifest, rejects)
+    manifest["incremental"] = {"tag": tag, "kept": len(carried), "processed": len(rows) - len(carried)} if tag else None
+    commit(cfg, staging, manifest, rejects, new_files, index)
     manifest["nothing_new"] = False
     return manifest
 

@@ -171,8 +171,15 @@ def shard_of(key: str, num_shards: int) -> int:
     return int.from_bytes(hashlib.sha256(("shard:" + key).encode()).digest()[:8], "big") % num_shards
 
 
-def shard_name(split: str, index: int, num_shards: int) -> str:
-    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+def shard_name(split: str, index: int, num_shards: int, tag: str = "") -> str:
+    """``train-00003-of-00008.tfrecord``; an incremental run's shards carry its tag:
+    ``train-u20261125T182300-00000-of-00001.tfrecord``."""
+    return f"{split}-{tag + '-' if tag else ''}{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def row_digest(cells: dict) -> str:
+    """sha256 of a CSV row's cells: a relabelled row is a changed row."""
+    return hashlib.sha256("\x1f".join(f"{k}={cells[k]}" for k in sorted(cells)).encode()).hexdigest()[:32]
 
 
 @dataclasses.dataclass(frozen=True)

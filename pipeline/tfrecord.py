@@ -31,3 +31,27 @@ def write_record(f: BinaryIO, data: bytes) -> int:
     f.write(data)
     f.write(struct.pack("<I", masked_crc32c(data)))
     return len(data) + 16
+
+
+class CorruptRecordError(IOError):
+    """A TFRecord whose length or data checksum does not match."""
+
+
+def read_records(f: BinaryIO, name: str = "shard"):
+    """Yields each record's bytes from an open TFRecord file, verifying both CRCs."""
+    offset = 0
+    while True:
+        header = f.read(12)
+        if not header:
+            return
+        if len(header) < 12:
+            raise CorruptRecordError(f"{name}: truncated record header at byte {offset}")
+        length, length_crc = struct.unpack("<QI", header)
+        if masked_crc32c(header[:8]) != length_crc:
+            raise CorruptRecordError(f"{name}: bad length checksum at byte {offset}")
+        data = f.read(length)
+        footer = f.read(4)
+        if len(data) < length or len(footer) < 4 or struct.unpack("<I", footer)[0] != masked_crc32c(data):
+            raise CorruptRecordError(f"{name}: bad or truncated record at byte {offset}")
+        offset += length + 16
+        yield data

@@ -132,3 +132,64 @@ def test_score_killed_midway_then_rerun_scores_every_input_exactly_once(trained_
     full = _score(trained_job, tmp_path / "full", f"--csv={csv_path}")
     assert open(os.path.join(out, "scores.jsonl"), "rb").read() == (tmp_path / "full" / "scores.jsonl").read_bytes()
     assert full["scored"] == m["scored"]
+
+
+def _records_by_split(out):
+    from pipeline import tfrecord
+
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    got = {}
+    for split, sp in m["splits"].items():
+        recs = []
+        for name in sp["shards"]:
+            with open(os.path.join(out, name), "rb") as f:
+                recs += list(tfrecord.read_records(f, name))
+        got[split] = sorted(recs)
+    return m, got
+
+
+def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_path):
+    from pipeline import build_records
+
+    root = str(tmp_path / "in")
+    make_sample.generate(root, num_patients=30, num_valid_patients=4, seed=11, workers=1, progress=False)
+    ds = os.path.join(root, make_sample.DATASET_DIR)
+    csv_path = os.path.join(ds, "train.csv")
+    lines = open(csv_path).read().splitlines()
+    base = [line for line in lines if "patient0002" not in line and "patient0003" not in line]  # patients 20-30 later
+    open(csv_path, "w").write("\n".join(base) + "\n")
+    args = [f"--input_dir={root}", "--image_size=32", "--min_shards=2", "--holdout_fraction=0.2",
+            "--runner=DirectRunner"]
+    out = str(tmp_path / "out")
+    first = build_records.run([f"--output_dir={out}", *args])
+    # New rows (patients 20-30), one relabelled row, one removed row, one replaced image.
+    changed = lines[:]
+    relabel = changed.index(base[3])
+    changed[relabel] = changed[relabel].replace(",Frontal,", ",Frontal,", 1)[:-1] + "0.0"
+    removed = base[5]
+    changed.remove(removed)
+    replaced = base[8].split(",")[0]
+    img = images.jpeg_bytes(images.gradient(390, 320))
+    open(os.path.join(root, replaced), "wb").write(img)
+    open(csv_path, "w").write("\n".join(changed) + "\n")
+    inc = build_records.run([f"--output_dir={out}", "--incremental", *args])
+    n_new = len(lines) - len(base)
+    assert inc["incremental"]["processed"] == n_new + 2  # new rows, the relabelled row, the replaced image
+    n_valid = len(open(os.path.join(ds, "valid.csv")).read().splitlines()) - 1
+    assert inc["incremental"]["kept"] == len(base) - 1 - 3 + n_valid  # not the header, relabelled, removed, replaced
+    ref = str(tmp_path / "ref")
+    full = build_records.run([f"--output_dir={ref}", *args])
+    m_inc, recs_inc = _records_by_split(out)
+    m_ref, recs_ref = _records_by_split(ref)
+    assert recs_inc == recs_ref  # the same records, byte for byte, in every split
+    for split in m_ref["splits"]:
+        for key in ("rows", "written", "rejected", "bytes", "views", "raw_counts", "target_counts"):
+            assert m_inc["splits"][split][key] == m_ref["splits"][split][key], (split, key)
+    assert {k: {f: v for f, v in s.items()} for k, s in m_inc["sources"].items()} == m_ref["sources"]
+    for name in m_ref["rejected_files"]:
+        assert open(os.path.join(out, name), "rb").read() == open(os.path.join(ref, name), "rb").read()
+    listed = {n for sp in m_inc["splits"].values() for n in sp["shards"]}
+    on_disk = {n for n in os.listdir(out) if n.endswith(".tfrecord")}
+    assert listed == on_disk  # replaced shards were deleted after the commit
+    assert build_records.run([f"--output_dir={out}", "--incremental", *args])["nothing_new"] is True
+    assert first["written"] < full["written"]

@@ -1,0 +1,108 @@
+r"""build_records at CheXpert's full size on this machine (not run in CI).
+
+    python -m benchmarks.full_scale [--data_dir data/fullscale]
+
+1. Generates (once; reused if present) a synthetic CheXpert-small with 223,414 train rows
+   (the real train.csv's count and prevalence) and 234 valid rows, plus 1% more rows kept
+   aside for step 3.
+2. Full build on DirectRunner with both cores: wall time, images/s, peak RSS of the process
+   tree, disk size of the records.
+3. Appends the 1% new rows to train.csv and reruns with ``--incremental``: wall time and its
+   fraction of the full build.
+4. Reruns once more on unchanged input ("nothing new").
+
+Goals: full build <= 15 min, peak RSS <= 4 GB, incremental rerun <= 5% of the full time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+from pipeline import make_sample
+
+TRAIN_ROWS = 223_414
+VALID_ROWS = 234
+NEW_FRACTION = 0.01
+
+
+def _peak(proc: subprocess.Popen, stop: threading.Event, out: list) -> None:
+    peak, root = 0, psutil.Process(proc.pid)
+    while not stop.is_set():
+        try:
+            peak = max(peak, sum(p.memory_info().rss for p in [root] + root.children(recursive=True)))
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    out.append(peak)
+
+
+def run_job(args: list[str]) -> tuple[float, int, str]:
+    cmd = [sys.executable, "-m", "pipeline.build_records", "--runner=DirectRunner", "--direct_num_workers=2",
+           "--direct_running_mode=multi_processing", *args]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stop, peak = threading.Event(), []
+    t = threading.Thread(target=_peak, args=(proc, stop, peak))
+    t.start()
+    out, _ = proc.communicate()
+    stop.set()
+    t.join()
+    if proc.returncode:
+        raise RuntimeError(out[-4000:])
+    return time.perf_counter() - start, peak[0], out
+
+
+def _write_csv(src: str, dst: str, rows: int) -> None:
+    with open(src) as f:
+        lines = f.read().splitlines()
+    with open(dst, "w") as f:
+        f.write("\n".join(lines[: rows + 1]) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", default="data/fullscale")
+    parser.add_argument("--records_dir", default="data/fullscale-records")
+    args = parser.parse_args()
+    ds = os.path.join(args.data_dir, make_sample.DATASET_DIR)
+    all_rows = os.path.join(args.data_dir, "train-all.csv")
+    need = int(TRAIN_ROWS * (1 + NEW_FRACTION)) + 10
+    if not os.path.exists(all_rows):
+        start = time.perf_counter()
+        # ~3.43 images per patient; a margin so that the 1% extra rows exist.
+        make_sample.generate(args.data_dir, num_patients=int(need / 3.3), num_valid_patients=200, seed=42)
+        shutil.move(os.path.join(ds, "train.csv"), all_rows)
+        print(f"generated in {time.perf_counter() - start:.0f}s")
+    with open(all_rows) as f:
+        have = sum(1 for _ in f) - 1
+    assert have >= need, f"only {have} rows generated"
+    _write_csv(all_rows, os.path.join(ds, "train.csv"), TRAIN_ROWS)
+    with open(os.path.join(ds, "valid.csv")) as f:
+        print(f"train rows {TRAIN_ROWS}, valid rows {sum(1 for _ in f) - 1}")
+    shutil.rmtree(args.records_dir, ignore_errors=True)
+    job = [f"--input_dir={args.data_dir}", f"--output_dir={args.records_dir}"]
+    full, rss, _ = run_job(job)
+    size = sum(os.path.getsize(os.path.join(args.records_dir, n)) for n in os.listdir(args.records_dir)
+               if not n.startswith("."))
+    images = TRAIN_ROWS + VALID_ROWS
+    print(f"full build      {full:7.1f} s  {images / full:6.0f} img/s  peak RSS {rss / 2**30:.2f} GiB  "
+          f"records {size / 2**30:.1f} GiB")
+    new_rows = int(TRAIN_ROWS * NEW_FRACTION)
+    _write_csv(all_rows, os.path.join(ds, "train.csv"), TRAIN_ROWS + new_rows)
+    inc, rss_inc, out = run_job(job + ["--incremental"])
+    print(f"incremental     {inc:7.1f} s  (+{new_rows} rows)  peak RSS {rss_inc / 2**30:.2f} GiB  "
+          f"= {100 * inc / full:.1f}% of the full build (goal <= 5%)")
+    same, _, out = run_job(job + ["--incremental"])
+    print(f"unchanged rerun {same:7.1f} s  ({'nothing new' if 'nothing new' in out else 'REBUILT'})")
+
+
+if __name__ == "__main__":
+    main()
