@@ -213,16 +213,28 @@ def _reject_counter(reason: str):
 
 
 class ReadCsvFn(beam.DoFn):
-    """(csv path, source split) -> CsvRow | Reject (tagged REJECTED), one per data line."""
+    """(csv path, source split) -> CsvRow | Reject (tagged REJECTED), one per data line.
 
-    def __init__(self):
+    ``skip``: {csv name: int array of line numbers} an incremental run has already settled
+    (kept records, and duplicates of them); a compact array, not a set, since it travels
+    to every worker.
+    """
+
+    def __init__(self, skip: dict | None = None):
+        self.skip = skip or {}
         self.rows_read = Metrics.counter(NAMESPACE, "rows_read")
+
+    def setup(self):
+        self._skip = {name: set(lines.tolist()) for name, lines in self.skip.items()}
 
     def process(self, element):
         path, source_split = element
         source = posixpath.basename(path)
+        skip = self._skip.get(source, set())
         with FileSystems.open(path) as f:
             for item in records.read_csv_rows(f, source):
+                if (item.row if isinstance(item, records.Reject) else item.line) in skip:
+                    continue
                 self.rows_read.inc()
                 if isinstance(item, records.Reject):
                     _reject_counter(item.reason).inc()
@@ -232,15 +244,10 @@ class ReadCsvFn(beam.DoFn):
 
 
 class ParseRowFn(beam.DoFn):
-    """(source split, CsvRow) -> (path, (split, Row, CsvRow, carried)) | Reject (REJECTED).
+    """(source split, CsvRow) -> (path, (split, Row, CsvRow)) | Reject (tagged REJECTED)."""
 
-    ``carried`` marks rows an incremental run keeps from the committed shards: they still
-    take part in duplicate detection, but are not encoded again.
-    """
-
-    def __init__(self, holdout_fraction: float, carried: frozenset = frozenset()):
+    def __init__(self, holdout_fraction: float):
         self.holdout_fraction = holdout_fraction
-        self.carried = carried
 
     def process(self, element):
         source_split, row = element
@@ -253,22 +260,19 @@ class ParseRowFn(beam.DoFn):
                 REJECTED, records.Reject(row.source, row.line, row.cells.get(chexpert.COL_PATH, ""), split,
                                          e.reason, e.detail))
             return
-        yield parsed.path, (split, parsed, row, (row.source, row.line) in self.carried)
+        yield parsed.path, (split, parsed, row)
 
 
 class RejectDuplicatesFn(beam.DoFn):
-    """(path, [(split, Row, CsvRow, carried), ...]) -> (split, (Row, source, line)) for the
-    first occurrence (lowest file and line) unless it is carried; later ones REJECTED."""
+    """(path, [(split, Row, CsvRow), ...]) -> (split, (Row, source, line)) for the first
+    occurrence (lowest file and line); later ones REJECTED."""
 
     def process(self, element):
         path, items = element
         items = sorted(items, key=lambda it: (it[2].source, it[2].line))
         first = items[0]
-        if first[3]:
-            Metrics.counter(NAMESPACE, "carried").inc()
-        else:
-            yield first[0], (first[1], first[2].source, first[2].line)
-        for split, _, row, _ in items[1:]:
+        yield first[0], (first[1], first[2].source, first[2].line)
+        for split, _, row in items[1:]:
             _reject_counter("duplicate_path").inc()
             yield beam.pvalue.TaggedOutput(
                 REJECTED, records.Reject(row.source, row.line, path, split, "duplicate_path",
@@ -342,15 +346,15 @@ def _read_file(path: str, name: str) -> bytes:
 
 
 def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, str]], staging: str,
-                   carried: frozenset = frozenset(), tag: str = "") -> None:
+                   skip: dict | None = None, tag: str = "") -> None:
     """Adds the records job to ``p``; its outputs land in ``staging``.
 
-    ``carried``: (source, line) of rows an incremental run keeps; ``tag``: its shard tag.
+    ``skip``: lines an incremental run has settled (see ReadCsvFn); ``tag``: its shard tag.
     """
     to_json = lambda r: json.dumps(r.to_dict() if isinstance(r, records.Reject) else r, sort_keys=True)  # noqa: E731
     read = (p | "ListCsvs" >> beam.Create(sources)
-              | "ReadCsv" >> beam.ParDo(ReadCsvFn()).with_outputs(REJECTED, main="rows"))
-    parsed = read.rows | "ParseRows" >> beam.ParDo(ParseRowFn(cfg.holdout_fraction, carried)).with_outputs(
+              | "ReadCsv" >> beam.ParDo(ReadCsvFn(skip)).with_outputs(REJECTED, main="rows"))
+    parsed = read.rows | "ParseRows" >> beam.ParDo(ParseRowFn(cfg.holdout_fraction)).with_outputs(
         REJECTED, main="rows")
     unique = (parsed.rows
               | "GroupByPath" >> beam.GroupByKey()
@@ -615,9 +619,10 @@ def _carry_over(cfg: BuildConfig, rows: list[dict], previous: dict, staging: str
     """Decides what an incremental run keeps.
 
     Returns:
-        ``(carried lines, kept stats, new files, index)``: the (source, line) of rows kept
-        as they are; stats of every committed shard kept (untouched, or compacted to drop
-        records of changed or removed rows); names of compacted shards written to
+        ``(skip, dup_rejects, kept stats, new files, index)``: {csv: line numbers} the
+        pipeline need not read (kept rows and later duplicates of them); dead letters for
+        those duplicates; stats of every committed shard kept (untouched, or compacted to
+        drop records of changed or removed rows); names of compacted shards written to
         ``staging``; the index entries of the kept records.
     """
     with FileSystems.open(posixpath.join(cfg.output_dir, previous.get("index_file", INDEX)),
@@ -628,7 +633,19 @@ def _carry_over(cfg: BuildConfig, rows: list[dict], previous: dict, staging: str
         first.setdefault(r["path"], r)  # rows come in file, then line order: the first occurrence
     keep = {p: e for p, e in old_index.items()
             if p in first and first[p]["stat"] == e["stat"] and first[p]["row"] == e["row"]}
-    carried = frozenset((first[p]["source"], first[p]["line"]) for p in keep)
+    skip: dict[str, list[int]] = {}
+    dup_rejects = []
+    for r in rows:
+        if r["path"] not in keep:
+            continue
+        skip.setdefault(r["source"], []).append(r["line"])
+        f = first[r["path"]]
+        if r is not f:
+            split = keep[r["path"]]["split"]
+            dup_rejects.append(records.Reject(r["source"], r["line"], r["path"], split, "duplicate_path",
+                                              f"Path {r['path']!r} already appears at {f['source']} line {f['line']}"
+                                              ).to_dict())
+    skip_arrays = {name: np.array(sorted(lines), np.int64) for name, lines in skip.items()}
     dropped_from = {e["shard"] for p, e in old_index.items() if p not in keep}
     kept_stats, new_files, index = [], [], {}
     for name, st in previous.get("shard_stats", {}).items():
@@ -654,7 +671,7 @@ def _carry_over(cfg: BuildConfig, rows: list[dict], previous: dict, staging: str
             keep[p] = {**keep[p], "shard": new_name}
     for p, e in keep.items():
         index[p] = {k: v for k, v in e.items() if k != "path"}
-    return carried, kept_stats, new_files, index
+    return skip_arrays, dup_rejects, kept_stats, new_files, index
 
 
 def _stats_for(cfg: BuildConfig, paths: list[str], entries: dict, split: str) -> dict:
@@ -677,7 +694,7 @@ def _build(cfg: BuildConfig, sources: list[dict], rows: list[dict], options: Pip
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed run: never listed by any manifest
     staging = posixpath.join(cfg.output_dir, f".staging-{uuid.uuid4().hex[:12]}")
     FileSystems.mkdirs(staging)
-    carried, kept_stats, new_files, index = frozenset(), [], [], {}
+    skip, dup_rejects, kept_stats, new_files, index = None, [], [], [], {}
     tag = ""
     if previous:
         why = _compatible(cfg, previous)
@@ -685,16 +702,17 @@ def _build(cfg: BuildConfig, sources: list[dict], rows: list[dict], options: Pip
             log.warning("--incremental: %s since the committed run; rebuilding everything", why)
         else:
             tag = "u" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-            carried, kept_stats, new_files, index = _carry_over(cfg, rows, previous, staging, tag)
-            log.info("--incremental: %d rows kept from the committed records, %d to process", len(carried),
-                     len(rows) - len(carried))
+            skip, dup_rejects, kept_stats, new_files, index = _carry_over(cfg, rows, previous, staging, tag)
+            kept = len(index)
+            log.info("--incremental: %d rows kept from the committed records, %d to process", kept,
+                     len(rows) - kept - len(dup_rejects))
     log.info("input %s (%s), %d CSV rows, output %s, policy %s", cfg.input_dir,
              "synthetic" if cfg.synthetic else "CheXpert", sum(s["rows"] for s in sources), cfg.output_dir,
              ",".join(f"{k}={v}" for k, v in cfg.policy.items()))
     with beam.Pipeline(options=options) as p:
-        build_pipeline(p, cfg, [(s["path"], s["split"]) for s in sources], staging, carried, tag)
+        build_pipeline(p, cfg, [(s["path"], s["split"]) for s in sources], staging, skip, tag)
     stats = _read_jsonl(posixpath.join(staging, "stats*.jsonl"))
-    rejects = _read_jsonl(posixpath.join(staging, "rejects*.jsonl"))
+    rejects = _read_jsonl(posixpath.join(staging, "rejects*.jsonl")) + dup_rejects
     _fill_missing_shards(staging, stats, tag)
     by_path = {r["path"]: r for r in reversed(rows)}  # first occurrence wins
     for s in stats:
@@ -707,7 +725,8 @@ def _build(cfg: BuildConfig, sources: list[dict], rows: list[dict], options: Pip
             FileSystems.delete([m.path])
     manifest = summarize(cfg, sources, kept_stats + stats, rejects)
     manifest["fingerprint"] = fp
-    manifest["incremental"] = {"tag": tag, "kept": len(carried), "processed": len(rows) - len(carried)} if tag else None
+    manifest["incremental"] = ({"tag": tag, "kept": kept, "processed": manifest["rows"] - kept - len(dup_rejects)}
+                               if tag else None)
     commit(cfg, staging, manifest, rejects, new_files, index)
     manifest["nothing_new"] = False
     return manifest

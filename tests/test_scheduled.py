@@ -165,14 +165,18 @@ def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_
     # New rows (patients 20-30), one relabelled row, one removed row, one replaced image.
     changed = lines[:]
     relabel = changed.index(base[3])
-    changed[relabel] = changed[relabel].replace(",Frontal,", ",Frontal,", 1)[:-1] + "0.0"
+    cells = changed[relabel].split(",")
+    cells[-1] = "0.0" if cells[-1] != "0.0" else "1.0"  # Support Devices relabelled
+    changed[relabel] = ",".join(cells)
     removed = base[5]
     changed.remove(removed)
     replaced = base[8].split(",")[0]
     img = images.jpeg_bytes(images.gradient(390, 320))
     open(os.path.join(root, replaced), "wb").write(img)
+    changed.append(base[10])  # a later duplicate of a kept row: rejected, as a full build would
     open(csv_path, "w").write("\n".join(changed) + "\n")
     inc = build_records.run([f"--output_dir={out}", "--incremental", *args])
+    assert inc["sources"]["train.csv"]["rejected_by_reason"] == {"duplicate_path": 1}
     n_new = len(lines) - len(base)
     assert inc["incremental"]["processed"] == n_new + 2  # new rows, the relabelled row, the replaced image
     n_valid = len(open(os.path.join(ds, "valid.csv")).read().splitlines()) - 1
