@@ -18,14 +18,11 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-import psutil
-
+from benchmarks import measure
 from pipeline import imaging, make_sample
 
 
@@ -38,19 +35,6 @@ def floor(dataset_dir: str, size: int) -> tuple[int, float]:
     return len(files), time.perf_counter() - start
 
 
-def _peak_rss(proc: subprocess.Popen, stop: threading.Event, out: list) -> None:
-    peak = 0
-    root = psutil.Process(proc.pid)
-    while not stop.is_set():
-        try:
-            procs = [root] + root.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    out.append(peak)
-
-
 def beam_run(input_dir: str, workers: int, extra: list[str]) -> tuple[float, int]:
     """Wall seconds and peak RSS bytes of one build_records run."""
     with tempfile.TemporaryDirectory() as out:
@@ -58,18 +42,8 @@ def beam_run(input_dir: str, workers: int, extra: list[str]) -> tuple[float, int
                f"--output_dir={out}", f"--direct_num_workers={workers}", *extra]
         if workers > 1:
             cmd.append("--direct_running_mode=multi_processing")
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        stop, peak = threading.Event(), []
-        t = threading.Thread(target=_peak_rss, args=(proc, stop, peak))
-        t.start()
-        _, err = proc.communicate()
-        wall = time.perf_counter() - start
-        stop.set()
-        t.join()
-        if proc.returncode:
-            raise RuntimeError(f"build_records failed:\n{err[-3000:]}")
-        return wall, peak[0]
+        wall, peak, _ = measure.run_measured(cmd)
+        return wall, peak
 
 
 def bench(label: str, root: str, dataset_dir: str, size: int, extra: list[str], tiny_root: str) -> None:

@@ -20,44 +20,19 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
-import threading
 import time
 
-import psutil
-
+from benchmarks import measure
 from pipeline import make_sample
 
 TRAIN_ROWS = 223_414
 NEW_FRACTION = 0.01
 
 
-def _peak(proc: subprocess.Popen, stop: threading.Event, out: list) -> None:
-    peak, root = 0, psutil.Process(proc.pid)
-    while not stop.is_set():
-        try:
-            peak = max(peak, sum(p.memory_info().rss for p in [root] + root.children(recursive=True)))
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
-    out.append(peak)
-
-
 def run_job(args: list[str]) -> tuple[float, int, str]:
-    cmd = [sys.executable, "-m", "pipeline.build_records", "--runner=DirectRunner", "--direct_num_workers=2",
-           "--direct_running_mode=multi_processing", *args]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    stop, peak = threading.Event(), []
-    t = threading.Thread(target=_peak, args=(proc, stop, peak))
-    t.start()
-    out, _ = proc.communicate()
-    stop.set()
-    t.join()
-    if proc.returncode:
-        raise RuntimeError(out[-4000:])
-    return time.perf_counter() - start, peak[0], out
+    return measure.run_measured([sys.executable, "-m", "pipeline.build_records", "--runner=DirectRunner",
+                                 "--direct_num_workers=2", "--direct_running_mode=multi_processing", *args])
 
 
 def _write_csv(src: str, dst: str, rows: int) -> None:

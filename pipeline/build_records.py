@@ -59,7 +59,7 @@ log = logging.getLogger("build_records")
 NAMESPACE = "build_records"
 REJECTED = "rejected"
 MANIFEST = "manifest.json"
-INDEX = "index.jsonl"
+INDEX = "index.tsv"
 DEFAULT_OUTPUT = "data/records"
 DEFAULT_DATA = "data"
 SYNTHETIC_DIR = "data/synthetic"
@@ -507,7 +507,7 @@ def commit(cfg: BuildConfig, staging: str, manifest: dict, rejects: list[dict], 
             f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
         reject_files.append(fname)
     with FileSystems.create(posixpath.join(staging, INDEX)) as f:
-        f.write("".join(json.dumps({"path": p, **index[p]}, sort_keys=True) + "\n" for p in sorted(index)).encode())
+        f.write(records.write_index(index))
     manifest["rejected_files"] = reject_files
     manifest["index_file"] = INDEX
     names = new_files + reject_files + [INDEX]
@@ -533,11 +533,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         ConfigError: a bad flag, input folder or CSV header, before any work.
         RuntimeError: counts that do not reconcile (nothing is committed).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a.startswith("--default_sdk_harness_log_level") for a in argv):
-        # Local multi-process workers otherwise log every gRPC channel at INFO.
-        argv.append("--default_sdk_harness_log_level=WARNING")
-    options = PipelineOptions(argv)
+    options = PipelineOptions(runs.runner_args(sys.argv[1:] if argv is None else argv))
     options.view_as(SetupOptions).save_main_session = save_main_session
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"  # Prism would download a binary
@@ -627,7 +623,7 @@ def _carry_over(cfg: BuildConfig, rows: list[dict], previous: dict, staging: str
     """
     with FileSystems.open(posixpath.join(cfg.output_dir, previous.get("index_file", INDEX)),
                           compression_type="uncompressed") as f:
-        old_index = {e["path"]: e for e in map(json.loads, f.read().decode().splitlines())}
+        old_index = records.read_index(f.read())
     first: dict[str, dict] = {}
     for r in rows:
         first.setdefault(r["path"], r)  # rows come in file, then line order: the first occurrence
@@ -733,11 +729,7 @@ def _build(cfg: BuildConfig, sources: list[dict], rows: list[dict], options: Pip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    # Local multi-process workers relay harmless start-up warnings (unknown job flags, no
-    # semi-persistent directory) through this logger.
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    runs.configure_logging()
     try:
         manifest = run(argv)
     except (ConfigError, runs.LockedError) as e:

@@ -94,3 +94,22 @@ def file_stat(path: str) -> str:
     except OSError:
         return "missing"
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def configure_logging() -> None:
+    """Our INFO lines, Beam's warnings; not the local workers' relayed start-up noise."""
+    # force: importing Beam has already given the root logger a handler at WARNING.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    # Local multi-process workers relay harmless start-up warnings (unknown job flags, no
+    # semi-persistent directory) through this logger.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+
+
+def runner_args(argv: list[str]) -> list[str]:
+    """Runner flags with quiet local workers unless the user set their log level."""
+    argv = list(argv)
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in argv):
+        # Local multi-process workers otherwise log every gRPC channel at INFO.
+        argv.append("--default_sdk_harness_log_level=WARNING")
+    return argv

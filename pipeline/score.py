@@ -260,9 +260,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     """Scores the inputs; returns the committed manifest (or the unchanged one)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     opts, pipeline_args = make_parser().parse_known_args(argv)
-    if not any(a.startswith("--default_sdk_harness_log_level") for a in pipeline_args):
-        pipeline_args.append("--default_sdk_harness_log_level=WARNING")
-    options = PipelineOptions(pipeline_args)
+    options = PipelineOptions(runs.runner_args(pipeline_args))
     options.view_as(SetupOptions).save_main_session = save_main_session
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
@@ -342,9 +340,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    runs.configure_logging()
     try:
         m = run(argv)
     except (ConfigError, runs.LockedError) as e:

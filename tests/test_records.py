@@ -98,3 +98,13 @@ def test_label_counts_buckets_codes_and_mapped_targets():
     raw, mapped = records.label_counts(codes, targets, mask)
     assert raw["edema"] == {"1": 1, "-1": 1, "blank": 1}
     assert mapped["edema"] == {"1": 1, "soft": 1, "masked": 1}
+
+
+def test_index_round_trips_and_row_digest_sees_relabels():
+    index = {"a/b.jpg": {"stat": "10:20", "row": "ff", "split": "train", "shard": "train-00000-of-00001.tfrecord",
+                         "codes": [1, 0, -1, -2] * 3 + [1, 0], "view": "frontal"}}
+    assert records.read_index(records.write_index(index)) == index
+    cells = dict(zip(chexpert.CSV_COLUMNS, _line("d/train/patient1/study1/a.jpg").split(",")))
+    relabelled = {**cells, "Edema": "0.0"}
+    assert records.row_digest(cells) != records.row_digest(relabelled)
+    assert records.row_digest(cells) == records.row_digest(dict(cells))
