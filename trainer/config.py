@@ -61,6 +61,9 @@ class TrainConfig:
     shuffle_buffer: int = 2048
     train_split: str = "train"
     eval_split: str = "valid"
+    teacher: tuple[str, ...] = ()
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
     # How the records were made (from their manifest): what predict and serving repeat.
     records_image_size: int = 320
     records_encoding: str = "raw"
@@ -79,6 +82,7 @@ class TrainConfig:
     def from_json(cls, text: str) -> "TrainConfig":
         d = json.loads(text)
         d["tasks"] = tuple(d["tasks"])
+        d["teacher"] = tuple(d.get("teacher", ()))
         return cls(**d)
 
 
@@ -156,6 +160,10 @@ def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str =
         (0 < cfg.threshold < 1, "--threshold must be in (0, 1)"),
         (cfg.weights in ("none", "imagenet") or os.path.exists(cfg.weights),
          f"--weights={cfg.weights}: expected none, imagenet or an existing weights file"),
+        (0.0 <= cfg.distill_alpha <= 1.0, "--distill_alpha must be in [0, 1]"),
+        (cfg.distill_temperature > 0, "--distill_temperature must be > 0"),
+        (all(os.path.exists(os.path.join(t, "model.keras")) for t in cfg.teacher),
+         f"--teacher: every teacher must be a trainer.task job folder with model.keras ({', '.join(cfg.teacher)})"),
         (cfg.train_split in manifest["splits"], f"the records have no '{cfg.train_split}' split"),
         (cfg.eval_split in manifest["splits"], f"the records have no '{cfg.eval_split}' split"),
     )

@@ -166,6 +166,7 @@ def make_dataset(
     batch_size: int,
     input_context: tf.distribute.InputContext | None = None,
     skip_errors: bool = False,
+    teacher=None,
 ) -> tf.data.Dataset:
     """Builds the input pipeline described in the module docstring.
 
@@ -177,6 +178,8 @@ def make_dataset(
         input_context: from ``strategy.distribute_datasets_from_function``; shards files.
         skip_errors: drop records that fail to read instead of raising (``--skip_corrupt``
             after ``scan_shards`` removed the files known to be bad).
+        teacher: a ``distill.lookup`` function, paths (B,) -> teacher logits (B, T): adds
+            ``"teacher"`` to training batches.
 
     Returns:
         A dataset of dicts (see module docstring).
@@ -218,6 +221,8 @@ def make_dataset(
             image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
         targets, masks = tf_example.policy_targets(f[ex.LABELS_RAW], f[ex.LABELS_DRAW], table)
         out = {"image": image, "targets": tf.gather(targets, idx, axis=-1), "masks": tf.gather(masks, idx, axis=-1)}
+        if teacher is not None:
+            out["teacher"] = teacher(f[ex.SOURCE_PATH])
         if not training:
             out.update(raw=tf.gather(f[ex.LABELS_RAW], idx, axis=-1), path=f[ex.SOURCE_PATH], study=f[ex.STUDY_ID])
         return out

@@ -52,6 +52,10 @@ flags.DEFINE_enum("views", "frontal", list(config_lib.VIEWS), "Train and evaluat
 flags.DEFINE_boolean("skip_corrupt", False, "Skip (and report) corrupt shards instead of stopping.")
 flags.DEFINE_integer("patience", 3, "Early stopping: epochs without a better validation mean AUROC.")
 flags.DEFINE_integer("shuffle_buffer", 2048, "Examples in the shuffle buffer (uint8 images).")
+flags.DEFINE_list("teacher", [], "Distil from these trainer.task job folders (comma list: an ensemble, averaged). "
+                                 "Their predictions are computed once and cached in the job folder.")
+flags.DEFINE_float("distill_alpha", 0.5, "Weight of the teacher's soft targets; 1 - alpha weighs the labels.")
+flags.DEFINE_float("distill_temperature", 2.0, "Softening temperature T for teacher and student logits.")
 
 
 def config_from_flags() -> config_lib.TrainConfig:
@@ -64,6 +68,8 @@ def config_from_flags() -> config_lib.TrainConfig:
         threshold=FLAGS.threshold, strategy=FLAGS.strategy, jit_compile=FLAGS.jit_compile,
         precision=FLAGS.precision, seed=FLAGS.seed, augment=FLAGS.augment, views=FLAGS.views,
         skip_corrupt=FLAGS.skip_corrupt, patience=FLAGS.patience, shuffle_buffer=FLAGS.shuffle_buffer,
+        teacher=tuple(FLAGS.teacher), distill_alpha=FLAGS.distill_alpha,
+        distill_temperature=FLAGS.distill_temperature,
     )
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from schemas import chexpert
+from trainer import distill
 from trainer import input as input_lib
 from trainer import metrics as metrics_lib
 from trainer import model as model_lib
@@ -102,10 +103,16 @@ class Trainer:
         self._step = tf.function(self._distributed_step)
         self._predict = tf.function(self._predict_fn, jit_compile=cfg.jit_compile, reduce_retracing=True)
 
-    def _forward_backward(self, image, targets, masks, denominators):
+    def _forward_backward(self, image, targets, masks, denominators, teacher=None):
         with tf.GradientTape() as tape:
             logits = self.model(image, training=True)
             loss = model_lib.masked_loss(logits, targets, masks, denominators, self.cfg)
+            if teacher is not None:
+                soft = distill.distill_loss(distill.student_logits(logits, self.cfg), teacher,
+                                            self.cfg.distill_temperature,
+                                            self.cfg.batch_size * self.strategy.num_replicas_in_sync)
+                # masked_loss is this replica's share of a mean; so is soft: the sum is the mix.
+                loss = (1.0 - self.cfg.distill_alpha) * loss + self.cfg.distill_alpha * soft
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, self.model.trainable_variables)
         return loss, grads
@@ -113,7 +120,8 @@ class Trainer:
     def _replica_step(self, batch):
         ctx = tf.distribute.get_replica_context()
         denominators = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(batch["masks"], axis=0))
-        loss, grads = self.forward_backward(batch["image"], batch["targets"], batch["masks"], denominators)
+        loss, grads = self.forward_backward(batch["image"], batch["targets"], batch["masks"], denominators,
+                                            batch.get("teacher"))
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return loss
 
@@ -246,13 +254,19 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
              replicas, global_batch, cfg.batch_size, steps, n_train, cfg.views, "on" if cfg.jit_compile else "off",
              cfg.precision)
 
+    teacher = None
+    if cfg.teacher:
+        paths, logits = distill.teacher_cache(cfg, job_dir)
+        teacher = distill.lookup(paths, logits)
+        log.info("distilling from %s: %d cached teacher predictions, alpha %.2f, T %.1f", ", ".join(cfg.teacher),
+                 len(paths), cfg.distill_alpha, cfg.distill_temperature)
     with _precision_policy(cfg.precision):
         trainer = Trainer(cfg, strategy)
         prob_model = model_lib.probability_model(trainer.model, cfg)
         train_ds = strategy.distribute_datasets_from_function(
             lambda ctx: input_lib.make_dataset(train_files, cfg, training=True,
                                                batch_size=ctx.get_per_replica_batch_size(global_batch),
-                                               input_context=ctx, skip_errors=cfg.skip_corrupt))
+                                               input_context=ctx, skip_errors=cfg.skip_corrupt, teacher=teacher))
         eval_ds = input_lib.make_dataset(eval_files, cfg, training=False, batch_size=max(cfg.batch_size, 32),
                                          skip_errors=cfg.skip_corrupt)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)

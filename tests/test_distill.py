@@ -1,0 +1,59 @@
+"""Distillation: the loss against a hand computation, and a student trained from a cached
+teacher."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import config as config_lib
+from trainer import distill, train
+
+
+def test_distillation_loss_equals_a_hand_computation(records_dir):
+    cfg = config_lib.make_config(pathology="atelectasis,cardiomegaly", records_dir=records_dir, job_dir="/tmp/x",
+                                 image_size=32, backbone="tiny")
+    logits = {"cardiomegaly": tf.constant([[0.5, 2.0, -1.0], [1.0, -1.0, 0.0]]),
+              "atelectasis": tf.constant([[0.3], [-2.0]])}
+    student = distill.student_logits(logits, cfg)
+    np.testing.assert_allclose(student.numpy(), [[1.5, 0.3], [-2.0, -2.0]], rtol=1e-6)  # CSV order: card, atel
+    teacher = tf.constant([[2.0, -1.0], [0.0, 1.0]])
+    t = 2.0
+    got = float(distill.distill_loss(student, teacher, t, global_batch=2))
+
+    def sig(x):
+        return 1 / (1 + np.exp(-x))
+
+    q, p = sig(teacher.numpy() / t), sig(student.numpy() / t)
+    bce = -(q * np.log(p) + (1 - q) * np.log(1 - p))
+    assert got == pytest.approx(t * t * bce.mean(), rel=1e-5)
+    # Equal logits: the loss is T^2 times the teacher's entropy, its minimum.
+    same = float(distill.distill_loss(teacher, teacher, t, global_batch=2))
+    ent = -(q * np.log(q) + (1 - q) * np.log(1 - q))
+    assert same == pytest.approx(t * t * ent.mean(), rel=1e-5)
+
+
+def test_student_trains_from_a_cached_teacher(trained_job, records_dir, tmp_path):
+    job = tmp_path / "student"
+    cfg = config_lib.make_config(pathology="atelectasis", records_dir=records_dir, job_dir=str(job), image_size=32,
+                                 backbone="tiny", epochs=1, steps_per_epoch=3, batch_size=4, teacher=(trained_job,),
+                                 distill_alpha=0.7, distill_temperature=3.0)
+    report = train.run(cfg)
+    assert set(report["tasks"]) == {"atelectasis"} and 0.0 <= report["tasks"]["atelectasis"]["auroc"] <= 1.0
+    cache = job / distill.CACHE
+    with np.load(cache) as z:
+        paths, logits = z["paths"], z["logits"]
+    assert logits.shape == (len(paths), 1) and np.isfinite(logits).all()
+    mtime = os.path.getmtime(cache)
+    p2, l2 = distill.teacher_cache(cfg, str(job))  # reused, not recomputed
+    assert os.path.getmtime(cache) == mtime and np.array_equal(l2, logits)
+    fn = distill.lookup(paths, logits)
+    got = fn(tf.constant([paths[3], b"not/a/record.jpg"])).numpy()
+    np.testing.assert_array_equal(got[0], logits[3])
+    assert (got[1] == 0).all()  # unknown record: P = 0.5
+    with pytest.raises(config_lib.ConfigError, match="--teacher"):
+        config_lib.make_config(pathology="atelectasis", records_dir=records_dir, job_dir=str(job), image_size=32,
+                               teacher=("/nonexistent",))
