@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -289,7 +290,9 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
         iterator = iter(train_ds)
         for epoch in range(int(epoch_var.numpy()), cfg.epochs):
             start = time.perf_counter()
-            bar = keras.utils.Progbar(steps, stateful_metrics=["loss"], verbose=1 if chief else 0)
+            # A live bar on a terminal; one line per epoch in log files (cron, CI).
+            bar = keras.utils.Progbar(steps, stateful_metrics=["loss"],
+                                      verbose=(1 if sys.stdout.isatty() else 2) if chief else 0)
             losses = []
             for step in range(steps):
                 try:
