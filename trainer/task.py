@@ -19,6 +19,7 @@ import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from trainer import config as config_lib
 
@@ -86,7 +87,8 @@ def print_report(report: dict, job_dir: str) -> None:
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # Our progress at INFO; TensorFlow's own INFO lines (saver callbacks, ...) stay hidden.
+    # Our progress at INFO; TensorFlow's own INFO lines (savers, fingerprints, ...) hidden.
+    absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("trainer").setLevel(logging.INFO)
     try:
         cfg = config_from_flags()
