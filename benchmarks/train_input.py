@@ -17,7 +17,6 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer import input as input_lib

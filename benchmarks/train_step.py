@@ -21,7 +21,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import make_sample
 from trainer import config as config_lib
 from trainer import train
 

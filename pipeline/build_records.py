@@ -40,7 +40,7 @@ import posixpath
 import shutil
 import sys
 import uuid
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import apache_beam as beam
 import numpy as np

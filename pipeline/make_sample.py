@@ -44,7 +44,7 @@ import multiprocessing
 import os
 import sys
 import time
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw

@@ -250,15 +250,6 @@ def build_example(row: chexpert.Row, data: bytes, settings: ExampleSettings) -> 
     return serialized, targets, mask
 
 
-def target_key(target: float, mask: float) -> str:
-    """The manifest's bucket for a mapped target: ``masked``, ``0``, ``1``, ``2`` or ``soft``."""
-    if mask == 0:
-        return "masked"
-    if target in (0.0, 1.0, 2.0):
-        return str(int(target))
-    return "soft"
-
-
 CODE_KEYS = {int(chexpert.Code.POSITIVE): "1", int(chexpert.Code.NEGATIVE): "0",
              int(chexpert.Code.UNCERTAIN): "-1", int(chexpert.Code.BLANK): "blank"}
 
@@ -274,7 +265,8 @@ def label_counts(codes, targets, mask) -> tuple[dict, dict]:
         codes: int (n, 14); targets, mask: float32 (n, 14).
 
     Returns:
-        ``(raw, mapped)``: {slug: {key: count}} with ``CODE_KEYS`` / ``target_key`` keys.
+        ``(raw, mapped)``: {slug: {key: count}}; raw keys are ``CODE_KEYS`` values, mapped keys
+        ``masked``, ``0``, ``1``, ``2`` (class or hard target) or ``soft``.
     """
     n = chexpert.NUM_OBSERVATIONS
     codes = np.asarray(codes, np.int64).reshape(-1, n)

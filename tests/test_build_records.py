@@ -7,7 +7,6 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 import socket
 
 import numpy as np

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from pipeline import make_sample, score
@@ -77,7 +76,7 @@ def test_incremental_scores_only_new_inputs_and_equals_a_full_run(trained_job, i
     shutil.copy(extra[0], image_folder / "img03.jpg")  # changed content
     m = _score(trained_job, out, f"--input_pattern={image_folder}/*.jpg", "--incremental")
     assert (m["scored_this_run"], m["carried_over"], m["inputs"]) == (3, 14, 17)
-    full = _score(trained_job, tmp_path / "full", f"--input_pattern={image_folder}/*.jpg")
+    _score(trained_job, tmp_path / "full", f"--input_pattern={image_folder}/*.jpg")
     for name in ("scores.jsonl", "scores.csv", "rejected.jsonl"):
         assert (out / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
 

@@ -6,7 +6,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from schemas import chexpert

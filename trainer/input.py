@@ -35,7 +35,6 @@ import logging
 import math
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from schemas import chexpert
@@ -232,13 +231,3 @@ def make_dataset(
     options.deterministic = not training
     ds = ds.with_options(options)
     return ds.prefetch(AUTOTUNE)
-
-
-def class_balance(manifest: dict, split: str, tasks) -> np.ndarray:
-    """Fraction of positives per task among known labels in ``split`` (for logging)."""
-    out = []
-    for t in tasks:
-        c = manifest["splits"][split]["raw_counts"][t]
-        pos, neg = c.get("1", 0), c.get("0", 0) + c.get("blank", 0)
-        out.append(pos / max(pos + neg, 1))
-    return np.array(out)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from trainer.config import TrainConfig
@@ -193,7 +192,3 @@ def masked_loss(logits: dict, targets: tf.Tensor, masks: tf.Tensor, denominators
             ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets[:, i], logits=z[:, 0])
         per_task.append(tf.reduce_sum(ce * masks[:, i]) / tf.maximum(denominators[i], 1.0))
     return tf.add_n(per_task) / float(len(per_task))
-
-
-def count_params(model: keras.Model) -> int:
-    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
