@@ -393,19 +393,12 @@ def list_sources(cfg: BuildConfig) -> list[dict]:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             data = f.read()
         records.read_header(records.iter_lines(io.BytesIO(data)), name)
+        # "data" is kept for scan_rows, so the driver reads each CSV once.
         found.append({"name": name, "path": path, "split": split, "sha256": hashlib.sha256(data).hexdigest(),
-                      "rows": records.count_data_rows(io.BytesIO(data))})
+                      "rows": records.count_data_rows(io.BytesIO(data)), "data": data})
     if not found:
         raise ConfigError(f"--input_dir={cfg.input_dir}: neither train.csv nor valid.csv found in {folder}")
     return found
-
-
-def _read_jsonl(pattern: str) -> list[dict]:
-    out = []
-    for match in FileSystems.match([pattern])[0].metadata_list:
-        with FileSystems.open(match.path, compression_type="uncompressed") as f:
-            out.extend(json.loads(line) for line in f.read().decode().splitlines() if line.strip())
-    return out
 
 
 def summarize(cfg: BuildConfig, sources: list[dict], stats: list[dict], rejects: list[dict]) -> dict:
@@ -474,6 +467,15 @@ def _options(cfg: BuildConfig) -> dict:
     options = dataclasses.asdict(cfg)
     options.pop("policy")
     return options
+
+
+# How a run treats existing output, not what it writes: left out of comparisons.
+_TRANSIENT_OPTIONS = ("overwrite", "incremental")
+
+
+def _output_options(options: dict) -> dict:
+    """The options that determine the records (``_options`` less the transient ones)."""
+    return {k: v for k, v in options.items() if k not in _TRANSIENT_OPTIONS}
 
 
 def _fill_missing_shards(staging: str, stats: list[dict], tag: str) -> None:
@@ -562,27 +564,23 @@ def scan_rows(cfg: BuildConfig, sources: list[dict]) -> list[dict]:
     digest. A stat, not a read: 224k of them take seconds."""
     out = []
     for src in sources:
-        with FileSystems.open(src["path"], compression_type="uncompressed") as f:
-            for item in records.read_csv_rows(f, src["name"]):
-                if not isinstance(item, records.CsvRow):
-                    continue
-                try:
-                    path = chexpert.normalize_path(item.cells.get(chexpert.COL_PATH) or "")
-                except chexpert.RowError:
-                    continue
-                out.append({"source": src["name"], "line": item.line, "path": path,
-                            "stat": runs.file_stat(posixpath.join(cfg.input_dir, path)),
-                            "row": records.row_digest(item.cells)})
+        for item in records.read_csv_rows(io.BytesIO(src["data"]), src["name"]):
+            if not isinstance(item, records.CsvRow):
+                continue
+            try:
+                path = chexpert.normalize_path(item.cells.get(chexpert.COL_PATH) or "")
+            except chexpert.RowError:
+                continue
+            out.append({"source": src["name"], "line": item.line, "path": path,
+                        "stat": runs.file_stat(posixpath.join(cfg.input_dir, path)),
+                        "row": records.row_digest(item.cells)})
     return out
 
 
 def input_fingerprint(cfg: BuildConfig, sources: list[dict], rows: list[dict]) -> str:
     """Everything the output depends on: options, CSV digests, each listed file's size and
     mtime. Equal fingerprints mean a rebuild would be identical."""
-    options = _options(cfg)
-    for transient in ("overwrite", "incremental"):
-        options.pop(transient)
-    parts = [json.dumps(options, sort_keys=True), json.dumps(cfg.policy, sort_keys=True), str(chexpert.SCHEMA_VERSION)]
+    parts = [json.dumps(_output_options(_options(cfg)), sort_keys=True), json.dumps(cfg.policy, sort_keys=True), str(chexpert.SCHEMA_VERSION)]
     parts += [f"{src['name']}\t{src['sha256']}" for src in sources]
     parts += [f"{r['path']}\t{r['stat']}" for r in rows]
     return runs.fingerprint(parts)
@@ -600,10 +598,7 @@ def _compatible(cfg: BuildConfig, previous: dict) -> str | None:
     """Why an incremental run cannot reuse the committed output, or None if it can."""
     if previous.get("schema_version") != chexpert.SCHEMA_VERSION:
         return "schema version changed"
-    old, new = dict(previous.get("options", {})), _options(cfg)
-    for transient in ("overwrite", "incremental"):
-        old.pop(transient, None)
-        new.pop(transient, None)
+    old, new = _output_options(previous.get("options", {})), _output_options(_options(cfg))
     if old != new or previous.get("policy") != cfg.policy:
         return "options or policy changed"
     if not FileSystems.exists(posixpath.join(cfg.output_dir, previous.get("index_file", INDEX))):
@@ -707,8 +702,8 @@ def _build(cfg: BuildConfig, sources: list[dict], rows: list[dict], options: Pip
              ",".join(f"{k}={v}" for k, v in cfg.policy.items()))
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, cfg, [(s["path"], s["split"]) for s in sources], staging, skip, tag)
-    stats = _read_jsonl(posixpath.join(staging, "stats*.jsonl"))
-    rejects = _read_jsonl(posixpath.join(staging, "rejects*.jsonl")) + dup_rejects
+    stats = runs.read_jsonl(posixpath.join(staging, "stats*.jsonl"))
+    rejects = runs.read_jsonl(posixpath.join(staging, "rejects*.jsonl")) + dup_rejects
     _fill_missing_shards(staging, stats, tag)
     by_path = {r["path"]: r for r in reversed(rows)}  # first occurrence wins
     for s in stats:

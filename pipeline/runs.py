@@ -23,6 +23,8 @@ import os
 import socket
 from typing import Iterable, Iterator
 
+from apache_beam.io.filesystems import FileSystems
+
 log = logging.getLogger(__name__)
 LOCK = ".lock"
 
@@ -113,3 +115,12 @@ def runner_args(argv: list[str]) -> list[str]:
         # Local multi-process workers otherwise log every gRPC channel at INFO.
         argv.append("--default_sdk_harness_log_level=WARNING")
     return argv
+
+
+def read_jsonl(pattern: str) -> list[dict]:
+    """Every JSON line of the files matching ``pattern`` (any Beam filesystem), in path order."""
+    out = []
+    for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            out.extend(json.loads(line) for line in f.read().decode().splitlines() if line.strip())
+    return out

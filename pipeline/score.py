@@ -134,18 +134,19 @@ class LoadImageFn(beam.DoFn):
         self.job_dir = job_dir
 
     def setup(self):
-        from trainer.config import TrainConfig  # the config only; TF comes with the model
+        # Imported per worker, not at module import: the launcher needs no TensorFlow.
+        from trainer import inference
+        from trainer.config import TrainConfig
 
+        self._model_input = inference.model_input
         with open(os.path.join(self.job_dir, "config.json")) as f:
             self.cfg = TrainConfig.from_json(f.read())
 
     def process(self, item: Input):
-        from trainer import inference
-
         try:
             with FileSystems.open(item.path, compression_type="uncompressed") as f:
                 data = f.read()
-            yield item.key, inference.model_input(data, item.key, self.cfg)
+            yield item.key, self._model_input(data, item.key, self.cfg)
         except chexpert.RowError as e:
             Metrics.counter(NAMESPACE, f"rejected_{e.reason}").inc()
             yield beam.pvalue.TaggedOutput(REJECTED, {"key": item.key, "reason": e.reason, "detail": e.detail})
@@ -218,14 +219,6 @@ def build_pipeline(p, inputs: list[Input], job_dir: str, model_format: str, thre
      | "WriteRejects" >> beam.io.WriteToText(posixpath.join(staging, "rejects"), file_name_suffix=".jsonl"))
 
 
-def _read_jsonl(pattern: str) -> list[dict]:
-    out = []
-    for path in sorted(glob.glob(pattern)):
-        with open(path) as f:
-            out += [json.loads(line) for line in f if line.strip()]
-    return out
-
-
 def _model_digest(job_dir: str, model_format: str) -> str:
     import hashlib
 
@@ -291,8 +284,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         carried: dict[str, dict] = {}
         todo = inputs
         if opts.incremental and previous.get("model") == model and previous.get("threshold") == threshold:
-            old_rows = {r["path"]: r for r in _read_jsonl(os.path.join(out, "scores.jsonl"))}
-            old_rejects = {r["key"]: r for r in _read_jsonl(os.path.join(out, "rejected.jsonl"))}
+            old_rows = {r["path"]: r for r in runs.read_jsonl(os.path.join(out, "scores.jsonl"))}
+            old_rejects = {r["key"]: r for r in runs.read_jsonl(os.path.join(out, "rejected.jsonl"))}
             index = previous.get("index", {})
             todo = []
             for i in inputs:
@@ -308,8 +301,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         if todo:
             with beam.Pipeline(options=options) as p:
                 build_pipeline(p, todo, opts.job_dir, opts.model_format, threshold, opts.batch_size, staging)
-        rows = _read_jsonl(os.path.join(staging, "scores*.jsonl"))
-        rejects = _read_jsonl(os.path.join(staging, "rejects*.jsonl"))
+        rows = runs.read_jsonl(os.path.join(staging, "scores*.jsonl"))
+        rejects = runs.read_jsonl(os.path.join(staging, "rejects*.jsonl"))
         rows += [c for c in carried.values() if "rejected" not in c]
         rejects += [c["rejected"] for c in carried.values() if "rejected" in c] + csv_rejects
         rows.sort(key=lambda r: r["path"])
