@@ -14,10 +14,20 @@ With no ``--input_dir`` and no CheXpert under ``./data``, a synthetic sample is 
 On Dataflow, add ``--runner=DataflowRunner --project=P --region=R
 --temp_location=gs://B/tmp --setup_file=./setup.py`` and use ``gs://`` for both folders.
 
+U-SelfTrained (the CheXpert paper's policy for Consolidation): with ``--teacher JOB_DIR``, a
+trainer.task job trained with that observation ``ignore``d, the job runs the teacher over
+every row with an uncertain ``self_trained`` label and stores its P(positive) as the soft
+target of exactly those entries (known labels are untouched)::
+
+    python -m pipeline.build_records --runner=DirectRunner --teacher=jobs/teacher \
+        --policy=consolidation=self_trained --output_dir=data/records-selftrained
+
 Graph (row-sized elements are grouped, never pixels)::
 
     ListCsvs -> ReadCsv -> ParseRows -> GroupByPath -> RejectDuplicates
         -> CountPerSplit (side input) -> AssignShards -> GroupByShard -> WriteShards
+    with --teacher: RejectDuplicates -> NeedsTeacher -> TeacherImages -> Teacher (RunInference)
+        -> TeacherTargets (side input, path -> probabilities) -> WriteShards
     every stage's rejects -> WriteRejects;  WriteShards' stats -> WriteStats
 
 The driver then checks that rows in = written + rejected for every CSV, writes
@@ -97,6 +107,10 @@ class BuildOptions(PipelineOptions):
         parser.add_argument("--incremental", action="store_true",
                             help="Encode only rows whose image (size, mtime) or CSV cells are new or changed; keep "
                                  "the committed shards for the rest (same options required, else a full rebuild).")
+        parser.add_argument("--teacher", default="",
+                            help="A trainer.task job folder (model.keras) whose P(positive) becomes the target of "
+                                 "every uncertain label under the self_trained policy (U-SelfTrained).")
+        parser.add_argument("--teacher_batch_size", type=int, default=32, help="RunInference batch for --teacher.")
         parser.add_argument("--sample_patients", type=int, default=1000,
                             help="Train patients of the synthetic sample generated when no data is found.")
 
@@ -120,10 +134,20 @@ class BuildConfig:
     overwrite: bool
     synthetic: bool
     incremental: bool = False
+    teacher: str = ""  # job folder; "" = no teacher
+    teacher_sha256: str = ""  # of its model.keras: a retrained teacher is a changed input
+    teacher_batch_size: int = 32
 
     @property
     def table(self) -> np.ndarray:
         return chexpert.policy_matrix(self.policy, self.blank)
+
+    @property
+    def teacher_indices(self) -> tuple[int, ...]:
+        """Observation indices whose uncertain entries take the teacher's probability."""
+        if not self.teacher:
+            return ()
+        return tuple(chexpert.OBSERVATION_INDEX[s] for s in chexpert.teacher_observations(self.policy))
 
     def example_settings(self) -> records.ExampleSettings:
         return records.ExampleSettings(self.image_size, self.resize, self.encoding, self.table, self.seed)
@@ -187,10 +211,14 @@ def make_config(opts: BuildOptions) -> BuildConfig:
     if opts.num_shards < 0 or opts.min_shards < 1 or opts.shard_size_mb <= 0:
         raise ConfigError("--num_shards must be >= 0, --min_shards >= 1 and --shard_size_mb > 0")
     try:
-        policy = chexpert.resolve_policies(chexpert.parse_policy_overrides(opts.policy))
+        policy = chexpert.resolve_policies(chexpert.parse_policy_overrides(opts.policy),
+                                           have_teacher=bool(opts.teacher))
         chexpert.policy_matrix(policy, opts.blank)
     except chexpert.PolicyError as e:
         raise ConfigError(str(e)) from None
+    teacher_sha256 = check_teacher(opts.teacher, policy) if opts.teacher else ""
+    if opts.teacher_batch_size < 1:
+        raise ConfigError("--teacher_batch_size must be >= 1")
     synthetic = False
     input_dir = opts.input_dir
     if input_dir is None:
@@ -202,7 +230,41 @@ def make_config(opts: BuildOptions) -> BuildConfig:
         policy=policy, blank=opts.blank, holdout_fraction=opts.holdout_fraction, num_shards=opts.num_shards,
         shard_size_mb=opts.shard_size_mb, min_shards=opts.min_shards, encoding=opts.encoding, seed=opts.seed,
         overwrite=opts.overwrite, synthetic=synthetic, incremental=opts.incremental,
+        teacher=opts.teacher, teacher_sha256=teacher_sha256, teacher_batch_size=opts.teacher_batch_size,
     )
+
+
+def check_teacher(job_dir: str, policy: dict) -> str:
+    """Checks a --teacher job folder against the policy; returns its model's sha256.
+
+    Raises:
+        ConfigError: no model, no self_trained observation, or a teacher that does not
+            predict one of them.
+    """
+    observations = chexpert.teacher_observations(policy)
+    if not observations:
+        raise ConfigError(f"--teacher={job_dir}: no observation uses the self_trained policy, so the teacher would "
+                          "change nothing; add e.g. --policy=consolidation=self_trained")
+    paths = {name: os.path.join(job_dir, name) for name in ("config.json", "model.keras")}
+    missing = [name for name, p in paths.items() if not os.path.exists(p)]
+    if missing:
+        raise ConfigError(f"--teacher={job_dir}: no {' or '.join(missing)}; expected a trainer.task --job_dir "
+                          "that finished training")
+    with open(paths["config.json"]) as f:
+        teacher_cfg = json.load(f)
+    absent = [s for s in observations if s not in teacher_cfg.get("tasks", ())]
+    if absent:
+        raise ConfigError(f"--teacher={job_dir} predicts {', '.join(teacher_cfg.get('tasks', ()))} but not "
+                          f"{', '.join(absent)} (self_trained here); train it with --pathology including them")
+    for slug in observations:
+        if teacher_cfg.get("policy", {}).get(slug) not in ("ignore", None):
+            log.warning("--teacher=%s was trained with %s=%s; U-SelfTrained expects a teacher trained with %s=ignore",
+                        job_dir, slug, teacher_cfg["policy"][slug], slug)
+    digest = hashlib.sha256()
+    with open(paths["model.keras"], "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --- Beam wiring ----------------------------------------------------------------------------
@@ -289,30 +351,35 @@ class WriteShardFn(beam.DoFn):
     """((split, shard, num_shards), [(Row, source, line), ...]) -> one TFRecord file in the
     staging folder.
 
+    ``teacher`` (side input, with --teacher): {path: [P(positive) per teacher index]}.
+
     Reads, decodes and encodes one image at a time, so a worker's memory is one shard's
     row list plus one image. Yields the shard's stats dict; undecodable images are REJECTED.
     Writing the same shard twice (a retried bundle) rewrites the same file.
     """
 
-    def __init__(self, input_root: str, staging: str, settings: records.ExampleSettings, tag: str = ""):
+    def __init__(self, input_root: str, staging: str, settings: records.ExampleSettings, tag: str = "",
+                 teacher_indices: tuple[int, ...] = ()):
         self.input_root = input_root
         self.staging = staging
         self.settings = settings
         self.tag = tag
+        self.teacher_indices = teacher_indices
         self.written = Metrics.counter(NAMESPACE, "written")
         self.bytes = Metrics.counter(NAMESPACE, "bytes_written")
 
-    def process(self, element):
+    def process(self, element, teacher=None):
         (split, index, num_shards), rows = element
         name = records.shard_name(split, index, num_shards, self.tag)
-        codes, targets_all, masks_all, paths, view_list = [], [], [], [], []
+        codes, targets_all, masks_all, paths, view_list, teacher_list = [], [], [], [], [], []
         views: dict[str, int] = {}
         written = size = 0
         with FileSystems.create(posixpath.join(self.staging, name)) as writer:
             for row, source, line in sorted(rows, key=lambda r: r[0].path):  # sorted: same bytes every run
                 try:
                     data = _read_file(posixpath.join(self.input_root, row.path), row.path)
-                    serialized, targets, mask = records.build_example(row, data, self.settings)
+                    soft = teacher_vector(row.codes, (teacher or {}).get(row.path), self.teacher_indices)
+                    serialized, targets, mask = records.build_example(row, data, self.settings, soft)
                 except chexpert.RowError as e:
                     _reject_counter(e.reason).inc()
                     yield beam.pvalue.TaggedOutput(
@@ -325,6 +392,7 @@ class WriteShardFn(beam.DoFn):
                 codes.append(row.codes)
                 targets_all.append(targets)
                 masks_all.append(mask)
+                teacher_list.append(None if soft is None else soft.tolist())
                 views[row.view] = views.get(row.view, 0) + 1
         raw_counts, mapped_counts = records.label_counts(codes, targets_all, masks_all)
         self.written.inc(written)
@@ -332,7 +400,76 @@ class WriteShardFn(beam.DoFn):
         yield {"split": split, "shard": name, "index": index, "num_shards": num_shards, "written": written,
                "bytes": size, "views": views, "raw_counts": raw_counts, "target_counts": mapped_counts,
                # Per record, for the index an incremental run keeps (and compacts from).
-               "paths": paths, "codes": [list(map(int, c)) for c in codes], "view_list": view_list}
+               "relabelled": relabelled_counts(teacher_list),
+               "paths": paths, "codes": [list(map(int, c)) for c in codes], "view_list": view_list,
+               "teacher_list": teacher_list}
+
+
+def teacher_vector(codes, probs, indices: tuple[int, ...]) -> np.ndarray | None:
+    """A row's ``labels/teacher``: the teacher's probability at each uncertain entry of a
+    teacher observation, ``NO_TEACHER`` everywhere else.
+
+    Args:
+        codes: the row's 14 codes.
+        probs: the teacher's P(positive) per entry of ``indices`` (None: not run on the row).
+        indices: observation indices under a teacher policy.
+
+    Returns:
+        float32 (14,), or None when the row has no teacher value.
+    """
+    if probs is None:
+        return None
+    out = chexpert.no_teacher()
+    for i, p in zip(indices, probs):
+        if codes[i] == chexpert.Code.UNCERTAIN:
+            out[i] = p
+    return out if (out >= 0).any() else None
+
+
+def relabelled_counts(teacher_list: list) -> dict:
+    """{slug: entries holding a teacher value} over a shard's ``labels/teacher`` vectors."""
+    counts: dict[str, int] = {}
+    for soft in teacher_list:
+        for i, v in enumerate(soft or ()):
+            if v >= 0:
+                counts[chexpert.OBSERVATIONS[i]] = counts.get(chexpert.OBSERVATIONS[i], 0) + 1
+    return counts
+
+
+def needs_teacher(codes, indices: tuple[int, ...]) -> bool:
+    return any(codes[i] == chexpert.Code.UNCERTAIN for i in indices)
+
+
+class TeacherImageFn(beam.DoFn):
+    """(split, (Row, source, line)) -> (path, uint8 (S, S, 1)) as the teacher saw images in
+    training, for rows with an uncertain label under a teacher policy.
+
+    An image that cannot be read is skipped here (counted); WriteShards meets the same
+    error and dead-letters the row with its reason, so each bad row is rejected once.
+    """
+
+    def __init__(self, input_root: str, job_dir: str, indices: tuple[int, ...]):
+        self.input_root, self.job_dir, self.indices = input_root, job_dir, indices
+        self.skipped = Metrics.counter(NAMESPACE, "teacher_skipped_unreadable")
+
+    def setup(self):
+        # Imported per worker and only with --teacher: the records job needs no TensorFlow.
+        from trainer import inference
+        from trainer.config import TrainConfig
+
+        self._model_input = inference.model_input
+        with open(os.path.join(self.job_dir, "config.json")) as f:
+            self.cfg = TrainConfig.from_json(f.read())
+
+    def process(self, element):
+        _, (row, _, _) = element
+        if not needs_teacher(row.codes, self.indices):
+            return
+        try:
+            data = _read_file(posixpath.join(self.input_root, row.path), row.path)
+            yield row.path, self._model_input(data, row.path, self.cfg)
+        except chexpert.RowError:
+            self.skipped.inc()
 
 
 def _read_file(path: str, name: str) -> bytes:
@@ -365,10 +502,14 @@ def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, 
             | "ShardsPerSplit" >> beam.Map(lambda kv: (kv[0], records.num_shards_for(
                 kv[1], image_size=cfg.image_size, encoding=cfg.encoding, shard_size_mb=cfg.shard_size_mb,
                 min_shards=cfg.min_shards, fixed=cfg.num_shards))))
+    side = {}
+    if cfg.teacher:
+        side["teacher"] = beam.pvalue.AsDict(teacher_targets(unique.rows, cfg))
     written = (unique.rows
                | "AssignShards" >> beam.Map(_assign_shard, plan=beam.pvalue.AsDict(plan))
                | "GroupByShard" >> beam.GroupByKey()
-               | "WriteShards" >> beam.ParDo(WriteShardFn(cfg.input_dir, staging, cfg.example_settings(), tag))
+               | "WriteShards" >> beam.ParDo(WriteShardFn(cfg.input_dir, staging, cfg.example_settings(), tag,
+                                                          cfg.teacher_indices), **side)
                                   .with_outputs(REJECTED, main="stats"))
     ((read[REJECTED], parsed[REJECTED], unique[REJECTED], written[REJECTED])
      | "MergeRejects" >> beam.Flatten()
@@ -377,6 +518,21 @@ def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, 
     (written.stats
      | "StatsToJson" >> beam.Map(to_json)
      | "WriteStats" >> beam.io.WriteToText(posixpath.join(staging, "stats"), file_name_suffix=".jsonl"))
+
+
+def teacher_targets(rows: beam.PCollection, cfg: BuildConfig) -> beam.PCollection:
+    """The teacher stage: (split, (Row, source, line)) -> (path, [P(positive) per teacher
+    observation]) for the rows that need it, scored in batches by RunInference."""
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+    from pipeline.score import ChexpertModelHandler
+
+    slugs = chexpert.teacher_observations(cfg.policy)
+    handler = KeyedModelHandler(ChexpertModelHandler(cfg.teacher, max_batch_size=cfg.teacher_batch_size))
+    return (rows
+            | "TeacherImages" >> beam.ParDo(TeacherImageFn(cfg.input_dir, cfg.teacher, cfg.teacher_indices))
+            | "Teacher" >> RunInference(handler)
+            | "TeacherTargets" >> beam.MapTuple(lambda path, result: (path, [result.inference[s] for s in slugs])))
 
 
 # --- Driver: inputs, reconciliation, commit --------------------------------------------------
@@ -456,11 +612,30 @@ def summarize(cfg: BuildConfig, sources: list[dict], stats: list[dict], rejects:
         "options": _options(cfg),
         "sources": by_source,
         "splits": splits,
+        "teacher": _teacher_summary(cfg, stats),
         "shard_stats": {s["shard"]: {k: v for k, v in s.items() if k != "paths"} for s in stats},
         "rows": sum(s["rows"] for s in by_source.values()),
         "written": sum(s["written"] for s in by_source.values()),
         "rejected": sum(s["rejected"] for s in by_source.values()),
     }
+
+
+def _teacher_summary(cfg: BuildConfig, stats: list[dict]) -> dict | None:
+    """The manifest's record of the teacher: which model, which observations, how many
+    uncertain entries it relabelled per split and observation."""
+    if not cfg.teacher:
+        return None
+    with open(os.path.join(cfg.teacher, "config.json")) as f:
+        teacher_cfg = json.load(f)
+    slugs = chexpert.teacher_observations(cfg.policy)
+    relabelled: dict = {}
+    for s in stats:
+        per = relabelled.setdefault(s["split"], {slug: 0 for slug in slugs})
+        for slug in slugs:
+            per[slug] += s.get("relabelled", {}).get(slug, 0)
+    return {"job_dir": os.path.abspath(cfg.teacher), "model_sha256": cfg.teacher_sha256,
+            "tasks": teacher_cfg.get("tasks"), "trained_policy": {s: teacher_cfg.get("policy", {}).get(s) for s in slugs},
+            "observations": list(slugs), "relabelled": relabelled}
 
 
 def _options(cfg: BuildConfig) -> dict:
@@ -488,7 +663,7 @@ def _fill_missing_shards(staging: str, stats: list[dict], tag: str) -> None:
                 FileSystems.create(posixpath.join(staging, name)).close()
                 stats.append({"split": split, "shard": name, "index": i, "num_shards": n, "written": 0,
                               "bytes": 0, "views": {}, "raw_counts": {}, "target_counts": {}, "paths": [],
-                              "codes": [], "view_list": []})
+                              "codes": [], "view_list": [], "teacher_list": []})
 
 
 def commit(cfg: BuildConfig, staging: str, manifest: dict, rejects: list[dict], new_files: list[str],
@@ -669,13 +844,15 @@ def _stats_for(cfg: BuildConfig, paths: list[str], entries: dict, split: str) ->
     """Shard stats recomputed from the index entries' stored label codes."""
     codes = np.array([entries[p]["codes"] for p in paths], np.int64)
     draws = np.stack([chexpert.draws_for(p, cfg.seed) for p in paths])
-    targets, mask = chexpert.apply_policy(codes, draws, cfg.table)
+    teacher = np.stack([chexpert.no_teacher() if entries[p].get("teacher") is None
+                        else np.asarray(entries[p]["teacher"], np.float32) for p in paths])
+    targets, mask = chexpert.apply_policy(codes, draws, cfg.table, teacher)
     raw_counts, target_counts = records.label_counts(codes, targets, mask)
     views: dict[str, int] = {}
     for p in paths:
         views[entries[p]["view"]] = views.get(entries[p]["view"], 0) + 1
     return {"split": split, "written": len(paths), "views": views, "raw_counts": raw_counts,
-            "target_counts": target_counts}
+            "target_counts": target_counts, "relabelled": relabelled_counts([entries[p].get("teacher") for p in paths])}
 
 
 def _build(cfg: BuildConfig, sources: list[dict], rows: list[dict], options: PipelineOptions, fp: str,
@@ -700,6 +877,9 @@ def _build(cfg: BuildConfig, sources: list[dict], rows: list[dict], options: Pip
     log.info("input %s (%s), %d CSV rows, output %s, policy %s", cfg.input_dir,
              "synthetic" if cfg.synthetic else "CheXpert", sum(s["rows"] for s in sources), cfg.output_dir,
              ",".join(f"{k}={v}" for k, v in cfg.policy.items()))
+    if cfg.teacher:
+        log.info("teacher %s (model sha256 %s...) relabels uncertain %s", cfg.teacher, cfg.teacher_sha256[:12],
+                 ", ".join(chexpert.teacher_observations(cfg.policy)))
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, cfg, [(s["path"], s["split"]) for s in sources], staging, skip, tag)
     stats = runs.read_jsonl(posixpath.join(staging, "stats*.jsonl"))
@@ -708,9 +888,9 @@ def _build(cfg: BuildConfig, sources: list[dict], rows: list[dict], options: Pip
     by_path = {r["path"]: r for r in reversed(rows)}  # first occurrence wins
     for s in stats:
         new_files.append(s["shard"])
-        for p, codes, view in zip(s["paths"], s.pop("codes"), s.pop("view_list")):
+        for p, codes, view, soft in zip(s["paths"], s.pop("codes"), s.pop("view_list"), s.pop("teacher_list")):
             index[p] = {"stat": by_path[p]["stat"], "row": by_path[p]["row"], "split": s["split"],
-                        "shard": s["shard"], "codes": codes, "view": view}
+                        "shard": s["shard"], "codes": codes, "view": view, "teacher": soft}
     for path in (posixpath.join(staging, "stats*.jsonl"), posixpath.join(staging, "rejects*.jsonl")):
         for m in FileSystems.match([path])[0].metadata_list:
             FileSystems.delete([m.path])
@@ -741,6 +921,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if src["rejected"]:
             print(f"{name}: {src['rejected']} rejected: "
                   + ", ".join(f"{k}={v}" for k, v in sorted(src["rejected_by_reason"].items())))
+    if manifest.get("teacher"):
+        t = manifest["teacher"]
+        print(f"teacher {t['job_dir']} relabelled uncertain entries: " + "; ".join(
+            f"{split} " + ", ".join(f"{slug}={n}" for slug, n in per.items())
+            for split, per in sorted(t["relabelled"].items())))
     print(f"records written to {manifest['options']['output_dir']} "
           f"({manifest['written']} of {manifest['rows']} rows; rejects in rejected-*.jsonl)")
     return 0

@@ -30,6 +30,12 @@ a distinct middle band, severity U(0.40, 0.58) with truth = severity > 0.5, whic
 the real one: only 1.0/0.0, from the truth. The truth and severities of every study go to
 ``hidden_truth.csv`` so experiments can compute the oracle.
 
+Difficulty. By default each image shows its severities exactly, so a small CNN reaches
+AUROC ~1.0 and every uncertainty policy looks alike. ``--signal_noise SIGMA`` draws each
+image's *visible* severity per finding as ``clip(severity + N(0, SIGMA), 0, 1)``: the truth
+then is no longer readable off the image near the band edges, which is where the policies
+for uncertain labels differ (see benchmarks/uncertainty.py).
+
 Deterministic for a seed: each patient draws from its own generator seeded by (seed,
 patient number), so the output does not depend on the number of worker processes.
 """
@@ -215,7 +221,8 @@ def _add_blob(img, cx, cy, r, amp):
     img[y0:y1, x0:x1] += amp * np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2.0 * r * r)))
 
 
-def render(study: Study, view: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def render(study: Study, view: str, size: tuple[int, int], rng: np.random.Generator,
+           signal_noise: float = 0.0) -> np.ndarray:
     """Draws one radiograph from the study's hidden severities.
 
     Args:
@@ -223,11 +230,15 @@ def render(study: Study, view: str, size: tuple[int, int], rng: np.random.Genera
         view: ``frontal`` or ``lateral``.
         size: PIL (width, height) of the small image; full-size images are upsampled.
         rng: the image's generator (anatomy jitter, blob positions, noise offset).
+        signal_noise: SD of the per-finding noise between hidden and visible severity.
 
     Returns:
         uint8 array (height, width).
     """
-    s = {slug: float(v) for slug, v in zip(chexpert.OBSERVATIONS, study.severity)}
+    severity = study.severity
+    if signal_noise > 0:  # drawn only when asked: the default output stays byte-identical
+        severity = np.clip(severity + rng.normal(0.0, signal_noise, severity.shape), 0.0, 1.0)
+    s = {slug: float(v) for slug, v in zip(chexpert.OBSERVATIONS, severity)}
     w, h = size
     img = np.full((h, w), 18.0, np.float32)
     j = lambda scale: rng.normal(0.0, scale)  # noqa: E731 (anatomy jitter, in image fractions)
@@ -335,7 +346,7 @@ def encode_jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
 
 def _write_patient(args) -> list[tuple[list[str], list[str]]]:
     """Renders and writes one patient's images; returns (csv row, truth row) per image."""
-    root, dataset_dir, patient, split, seed, full_size = args
+    root, dataset_dir, patient, split, seed, full_size, signal_noise = args
     rows = []
     for study in make_patient(patient, split, seed):
         rng = np.random.default_rng([seed, patient, study.number, 7])
@@ -344,7 +355,7 @@ def _write_patient(args) -> list[tuple[list[str], list[str]]]:
         for name, proj in study.views:
             view = "lateral" if "lateral" in name else "frontal"
             small = SMALL_FRONTAL_SIZE if view == "frontal" else SMALL_FRONTAL_SIZE[::-1]
-            pixels = render(study, view, small, rng)
+            pixels = render(study, view, small, rng, signal_noise)
             if full_size:
                 full = FULL_FRONTAL_SIZE if view == "frontal" else FULL_FRONTAL_SIZE[::-1]
                 up = np.asarray(Image.fromarray(pixels).resize(full, Image.BICUBIC), np.float32)
@@ -378,6 +389,7 @@ def generate(
     full_size: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    signal_noise: float = 0.0,
 ) -> str:
     """Writes a synthetic CheXpert under ``output_dir``.
 
@@ -390,15 +402,18 @@ def generate(
         full_size: write ~2828x2320 originals instead of 390x320.
         workers: processes (default: all cores).
         progress: print a progress bar to stderr.
+        signal_noise: SD of the noise between hidden and visible severities (0: exact).
 
     Returns:
         The dataset folder.
     """
     dataset_dir = DATASET_DIR_FULL if full_size else DATASET_DIR
     os.makedirs(os.path.join(output_dir, dataset_dir), exist_ok=True)
-    jobs = [(output_dir, dataset_dir, p, "train", seed, full_size) for p in range(1, num_patients + 1)]
+    if signal_noise < 0:
+        raise ValueError(f"signal_noise={signal_noise}: expected >= 0")
+    jobs = [(output_dir, dataset_dir, p, "train", seed, full_size, signal_noise) for p in range(1, num_patients + 1)]
     jobs += [
-        (output_dir, dataset_dir, p, "valid", seed, full_size)
+        (output_dir, dataset_dir, p, "valid", seed, full_size, signal_noise)
         for p in range(FIRST_VALID_PATIENT, FIRST_VALID_PATIENT + num_valid_patients)
     ]
     workers = workers or os.cpu_count() or 1
@@ -443,8 +458,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="Fixes every label and pixel.")
     parser.add_argument("--full_size", action="store_true", help="Write ~2828x2320 originals (CheXpert-v1.0).")
     parser.add_argument("--workers", type=int, default=None, help="Processes (default: all cores).")
+    parser.add_argument("--signal_noise", type=float, default=0.0,
+                        help="SD of the noise between each finding's hidden and visible severity (0: exact; "
+                             "0.15 makes the uncertainty policies differ).")
     args = parser.parse_args(argv)
-    for flag in ("num_patients", "num_valid_patients"):
+    for flag in ("num_patients", "num_valid_patients", "signal_noise"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag} must be >= 0")
     start = time.perf_counter()
@@ -455,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         full_size=args.full_size,
         workers=args.workers,
+        signal_noise=args.signal_noise,
     )
     print(f"wrote synthetic CheXpert to {path} in {time.perf_counter() - start:.1f}s")
 

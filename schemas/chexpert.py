@@ -11,12 +11,16 @@ Label codes as stored in records (int64):
     BLANK = -2     (empty cell: the report did not mention the observation)
 
 An uncertainty policy maps each code to a target and a loss mask. Every policy here is one
-row of ``POLICY_TABLE``: for each code a ``(low, high, mask)`` triple, and the target is
-``low + draw * (high - low)`` where ``draw`` is a per-record uniform number in [0, 1) stored
-with the record. Deterministic policies have ``low == high``; label smoothing (``lsr_*``)
-has a range. The numpy writer (``apply_policy``) and the tf.data reader
-(``schemas.example.policy_targets``) both evaluate this one table, so a record parsed with a
-policy gives exactly the targets the records job wrote for it.
+row of ``POLICY_TABLE``: for each code a ``(low, high, mask, from_teacher)`` entry, and the
+target is ``low + draw * (high - low)`` where ``draw`` is a per-record uniform number in
+[0, 1) stored with the record. Deterministic policies have ``low == high``; label smoothing
+(``lsr_*``) has a range. ``self_trained`` (U-SelfTrained, the CheXpert paper's) is the one
+entry with ``from_teacher = 1``: its draw is the teacher model's probability stored with the
+record (``labels/teacher``), so the target *is* that probability; where a record has no
+teacher value (-1) the entry is masked, i.e. ``ignore``. The numpy writer
+(``apply_policy``) and the tf.data reader (``schemas.tf_example.policy_targets``) both
+evaluate this one table, so a record parsed with a policy gives exactly the targets the
+records job wrote for it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+# 2: records carry labels/teacher (U-SelfTrained); readers of version 1 records default it.
+SCHEMA_VERSION = 2
 
 # --- CSV layout -------------------------------------------------------------------------
 
@@ -270,24 +275,28 @@ def parse_row(row: Mapping[str, str | None]) -> Row:
 
 BLANK_POLICIES = ("negative", "ignore")
 
-# (low, high, mask) for BLANK, UNCERTAIN, NEGATIVE, POSITIVE (column = code + CODE_OFFSET).
-# BLANK's entry is the "blank = negative" default; --blank=ignore overrides its mask to 0.
-# `multiclass` targets are class indices: 0 negative, 1 positive, 2 uncertain.
-_NEG = (0.0, 0.0, 1.0)
-_POS = (1.0, 1.0, 1.0)
-_MASKED = (0.0, 0.0, 0.0)
-POLICY_TABLE: dict[str, tuple[tuple[float, float, float], ...]] = {
+# (low, high, mask, from_teacher) for BLANK, UNCERTAIN, NEGATIVE, POSITIVE (column = code +
+# CODE_OFFSET). BLANK's entry is the "blank = negative" default; --blank=ignore overrides its
+# mask to 0. `multiclass` targets are class indices: 0 negative, 1 positive, 2 uncertain.
+_NEG = (0.0, 0.0, 1.0, 0.0)
+_POS = (1.0, 1.0, 1.0, 0.0)
+_MASKED = (0.0, 0.0, 0.0, 0.0)
+POLICY_TABLE: dict[str, tuple[tuple[float, float, float, float], ...]] = {
     "ignore": (_NEG, _MASKED, _NEG, _POS),
     "zeros": (_NEG, _NEG, _NEG, _POS),
     "ones": (_NEG, _POS, _NEG, _POS),
-    "multiclass": (_NEG, (2.0, 2.0, 1.0), _NEG, _POS),
+    "multiclass": (_NEG, (2.0, 2.0, 1.0, 0.0), _NEG, _POS),
     # Label-smoothing regularisation (Pham et al. 2019): uncertain -> U(0.55, 0.85) / U(0, 0.3).
-    "lsr_ones": (_NEG, (0.55, 0.85, 1.0), _NEG, _POS),
-    "lsr_zeros": (_NEG, (0.0, 0.3, 1.0), _NEG, _POS),
+    "lsr_ones": (_NEG, (0.55, 0.85, 1.0, 0.0), _NEG, _POS),
+    "lsr_zeros": (_NEG, (0.0, 0.3, 1.0, 0.0), _NEG, _POS),
+    # U-SelfTrained: uncertain -> the teacher's P(positive); known labels stay as they are.
+    "self_trained": (_NEG, (0.0, 1.0, 1.0, 1.0), _NEG, _POS),
 }
-# Policies that need something the table alone cannot give.
+TABLE_COLUMNS = ("low", "high", "mask", "from_teacher")
+# Policies whose targets need a teacher's probabilities stored in the records.
 TEACHER_POLICIES = ("self_trained",)
-POLICIES = tuple(POLICY_TABLE) + TEACHER_POLICIES
+POLICIES = tuple(POLICY_TABLE)
+NO_TEACHER = -1.0  # labels/teacher where no teacher value was stored
 MULTICLASS = "multiclass"
 NUM_CLASSES_MULTICLASS = 3
 
@@ -341,9 +350,13 @@ def resolve_policies(
 ) -> dict[str, str]:
     """The policy for each of the 14 observations: defaults, then the user's overrides.
 
-    ``self_trained`` needs a teacher. Where it is only the default (Consolidation), it falls
-    back to ``SELF_TRAINED_FALLBACK``; where the user asked for it explicitly, that is an
-    error rather than a silent change of the experiment.
+    ``self_trained`` needs a teacher. Where it is only the default (Consolidation) and no
+    teacher is given, it falls back to ``SELF_TRAINED_FALLBACK``; where the user asked for it
+    explicitly, that is an error rather than a silent change of the experiment.
+
+    Args:
+        overrides: slug -> policy (``parse_policy_overrides``).
+        have_teacher: a teacher model will supply the ``self_trained`` targets.
 
     Returns:
         slug -> a policy name in ``POLICY_TABLE``, for all 14 observations in order.
@@ -358,13 +371,18 @@ def resolve_policies(
         if policy in TEACHER_POLICIES and not have_teacher:
             if slug in overrides:
                 raise PolicyError(
-                    f"--policy {slug}=self_trained is not yet available: it needs a teacher model "
-                    "(U-SelfTrained, the teacher-student work); use ignore, zeros, ones, multiclass, "
-                    "lsr_ones or lsr_zeros"
+                    f"--policy {slug}=self_trained needs a teacher: build the records with "
+                    "`python -m pipeline.build_records --teacher JOB_DIR` (a trainer.task job trained with "
+                    f"{slug}=ignore), or use ignore, zeros, ones, multiclass, lsr_ones or lsr_zeros"
                 )
             policy = SELF_TRAINED_FALLBACK
         out[slug] = policy
     return out
+
+
+def teacher_observations(policies: Mapping[str, str]) -> tuple[str, ...]:
+    """The observations whose targets come from a teacher, in CSV order."""
+    return tuple(s for s in OBSERVATIONS if policies.get(s) in TEACHER_POLICIES)
 
 
 def policy_matrix(policies: Mapping[str, str], blank: str = "negative") -> np.ndarray:
@@ -375,14 +393,15 @@ def policy_matrix(policies: Mapping[str, str], blank: str = "negative") -> np.nd
         blank: ``negative`` (blank counts as a known negative) or ``ignore`` (masked).
 
     Returns:
-        float32 array of shape (14, 4, 3): [observation, code + CODE_OFFSET, (low, high, mask)].
+        float32 array of shape (14, 4, 4): [observation, code + CODE_OFFSET,
+        (low, high, mask, from_teacher)].
 
     Raises:
         PolicyError: unknown policy or blank mode.
     """
     if blank not in BLANK_POLICIES:
         raise PolicyError(f"--blank={blank!r}; expected one of {', '.join(BLANK_POLICIES)}")
-    table = np.zeros((NUM_OBSERVATIONS, len(CODES), 3), np.float32)
+    table = np.zeros((NUM_OBSERVATIONS, len(CODES), len(TABLE_COLUMNS)), np.float32)
     for i, slug in enumerate(OBSERVATIONS):
         policy = policies[slug]
         if policy not in POLICY_TABLE:
@@ -393,21 +412,36 @@ def policy_matrix(policies: Mapping[str, str], blank: str = "negative") -> np.nd
     return table
 
 
-def apply_policy(codes: np.ndarray, draws: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def no_teacher(shape: tuple[int, ...] = (NUM_OBSERVATIONS,)) -> np.ndarray:
+    """float32 ``labels/teacher`` for records without teacher values: all ``NO_TEACHER``."""
+    return np.full(shape, NO_TEACHER, np.float32)
+
+
+def apply_policy(
+    codes: np.ndarray, draws: np.ndarray, table: np.ndarray, teacher: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Maps raw codes to targets and loss masks (numpy; the writer's side).
 
     Args:
         codes: int array (..., 14) of ``Code`` values.
         draws: float32 array (..., 14), uniform in [0, 1): the record's ``labels/draw``.
-        table: float32 (14, 4, 3) from ``policy_matrix``.
+        table: float32 (14, 4, 4) from ``policy_matrix``.
+        teacher: float32 (..., 14) ``labels/teacher``: a teacher's P(positive), or
+            ``NO_TEACHER``; None means no teacher values at all.
 
     Returns:
         ``(targets, mask)``, both float32 of shape (..., 14).
     """
     codes = np.asarray(codes, np.int64)
-    entry = table[np.arange(NUM_OBSERVATIONS), codes + CODE_OFFSET]  # (..., 14, 3)
-    low, high, mask = entry[..., 0], entry[..., 1], entry[..., 2]
-    targets = low + np.asarray(draws, np.float32) * (high - low)
+    draws = np.asarray(draws, np.float32)
+    teacher = no_teacher(draws.shape) if teacher is None else np.asarray(teacher, np.float32)
+    entry = table[np.arange(NUM_OBSERVATIONS), codes + CODE_OFFSET]  # (..., 14, 4)
+    low, high, mask, from_teacher = (entry[..., k] for k in range(4))
+    use_teacher = from_teacher > 0
+    have = teacher >= 0.0
+    source = np.where(use_teacher, np.where(have, teacher, 0.0), draws).astype(np.float32)
+    targets = low + source * (high - low)
+    mask = np.where(use_teacher & ~have, 0.0, mask)  # no teacher value: ignore
     return targets.astype(np.float32), mask.astype(np.float32)
 
 

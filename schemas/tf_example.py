@@ -9,11 +9,14 @@ import numpy as np
 import tensorflow as tf
 
 from schemas import chexpert
-from schemas.example import FEATURES, IMAGE_ENCODED, IMAGE_FORMAT, IMAGE_HEIGHT, IMAGE_WIDTH
+from schemas.example import DEFAULTS, FEATURES, IMAGE_ENCODED, IMAGE_FORMAT, IMAGE_HEIGHT, IMAGE_WIDTH
 
 _N = chexpert.NUM_OBSERVATIONS
 _DTYPES = {"bytes": tf.string, "int64": tf.int64, "float": tf.float32}
-FEATURE_SPEC = {key: tf.io.FixedLenFeature(list(shape), _DTYPES[kind]) for key, (kind, shape) in FEATURES.items()}
+FEATURE_SPEC = {
+    key: tf.io.FixedLenFeature(list(shape), _DTYPES[kind], default_value=DEFAULTS.get(key))
+    for key, (kind, shape) in FEATURES.items()
+}
 
 
 def decode_image(encoded: tf.Tensor, image_format: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
@@ -54,7 +57,9 @@ def parse(serialized: tf.Tensor, *, decode: bool = True) -> dict[str, tf.Tensor]
     return features
 
 
-def policy_targets(raw: tf.Tensor, draws: tf.Tensor, table: np.ndarray | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def policy_targets(
+    raw: tf.Tensor, draws: tf.Tensor, table: np.ndarray | tf.Tensor, teacher: tf.Tensor | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Maps raw codes to targets and masks in TensorFlow (the reader's side).
 
     Evaluates the same table as ``chexpert.apply_policy`` with the same arithmetic, so the
@@ -63,13 +68,21 @@ def policy_targets(raw: tf.Tensor, draws: tf.Tensor, table: np.ndarray | tf.Tens
     Args:
         raw: int64 (..., 14) ``labels/raw``.
         draws: float32 (..., 14) ``labels/draw``.
-        table: float32 (14, 4, 3) from ``chexpert.policy_matrix``.
+        table: float32 (14, 4, 4) from ``chexpert.policy_matrix``.
+        teacher: float32 (..., 14) ``labels/teacher`` (``NO_TEACHER`` where absent), or None.
 
     Returns:
         ``(targets, mask)``: float32 (..., 14) each.
     """
-    table = tf.reshape(tf.constant(table, tf.float32), [_N * len(chexpert.CODES), 3])
+    cols = len(chexpert.TABLE_COLUMNS)
+    table = tf.reshape(tf.constant(table, tf.float32), [_N * len(chexpert.CODES), cols])
     flat = tf.range(_N, dtype=tf.int64) * len(chexpert.CODES) + (tf.cast(raw, tf.int64) + chexpert.CODE_OFFSET)
-    entry = tf.gather(table, flat)  # (..., 14, 3)
-    low, high, mask = entry[..., 0], entry[..., 1], entry[..., 2]
-    return low + tf.cast(draws, tf.float32) * (high - low), mask
+    entry = tf.gather(table, flat)  # (..., 14, 4)
+    low, high, mask, from_teacher = (entry[..., k] for k in range(cols))
+    draws = tf.cast(draws, tf.float32)
+    teacher = tf.fill(tf.shape(draws), chexpert.NO_TEACHER) if teacher is None else tf.cast(teacher, tf.float32)
+    use_teacher = from_teacher > 0
+    have = teacher >= 0.0
+    source = tf.where(use_teacher, tf.where(have, teacher, 0.0), draws)
+    mask = tf.where(use_teacher & ~have, 0.0, mask)
+    return low + source * (high - low), mask

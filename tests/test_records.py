@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -102,7 +103,10 @@ def test_label_counts_buckets_codes_and_mapped_targets():
 
 def test_index_round_trips_and_row_digest_sees_relabels():
     index = {"a/b.jpg": {"stat": "10:20", "row": "ff", "split": "train", "shard": "train-00000-of-00001.tfrecord",
-                         "codes": [1, 0, -1, -2] * 3 + [1, 0], "view": "frontal"}}
+                         "codes": [1, 0, -1, -2] * 3 + [1, 0], "view": "frontal", "teacher": None},
+             "a/c.jpg": {"stat": "11:20", "row": "fe", "split": "train", "shard": "train-00000-of-00001.tfrecord",
+                         "codes": [-1] * 14, "view": "lateral",
+                         "teacher": [float(v) for v in np.float32([0.1, 1 / 3] + [-1.0] * 12)]}}
     assert records.read_index(records.write_index(index)) == index
     cells = dict(zip(chexpert.CSV_COLUMNS, _line("d/train/patient1/study1/a.jpg").split(",")))
     relabelled = {**cells, "Edema": "0.0"}

@@ -92,8 +92,31 @@ def test_default_mapping_is_the_papers_and_self_trained_falls_back():
     assert p["cardiomegaly"] == "multiclass" and p["pleural_effusion"] == "multiclass"
     assert p["consolidation"] == chexpert.SELF_TRAINED_FALLBACK == "ignore"
     assert p["fracture"] == "ones"
-    with pytest.raises(chexpert.PolicyError, match="not yet available"):
+    with pytest.raises(chexpert.PolicyError, match="needs a teacher.*--teacher JOB_DIR"):
         chexpert.resolve_policies({"consolidation": "self_trained"})
+    assert chexpert.resolve_policies({"consolidation": "self_trained"}, have_teacher=True)["consolidation"] == (
+        "self_trained")
+
+
+def test_self_trained_takes_the_teacher_only_for_uncertain_entries():
+    table = chexpert.policy_matrix({s: "self_trained" for s in chexpert.OBSERVATIONS})
+    codes = np.tile(CODES[:, None], (1, 14))  # blank, uncertain, negative, positive
+    draws = np.full((4, 14), 0.5, np.float32)
+    teacher = np.full((4, 14), 0.3, np.float32)
+    teacher[:, 7] = chexpert.NO_TEACHER  # observation 7: the job stored no teacher value
+    t, m = chexpert.apply_policy(codes, draws, table, teacher)
+    np.testing.assert_allclose(t[:, 0], [0, 0.3, 0, 1], atol=0)  # the teacher's value, exactly
+    np.testing.assert_array_equal(m[:, 0], [1, 1, 1, 1])
+    np.testing.assert_array_equal(t[:, 7], [0, 0, 0, 1])  # no teacher value: ignore
+    np.testing.assert_array_equal(m[:, 7], [1, 0, 1, 1])
+    # Without any teacher vector self_trained is `ignore`; the reader agrees exactly.
+    t0, m0 = chexpert.apply_policy(codes, draws, table)
+    ti, mi = chexpert.apply_policy(codes, draws, chexpert.policy_matrix({s: "ignore" for s in chexpert.OBSERVATIONS}))
+    np.testing.assert_array_equal(m0, mi)
+    np.testing.assert_array_equal(t0, ti)
+    tt, tm = tf_example.policy_targets(tf.constant(codes), tf.constant(draws), table, tf.constant(teacher))
+    np.testing.assert_array_equal(tt.numpy(), t)
+    np.testing.assert_array_equal(tm.numpy(), m)
 
 
 def test_policy_overrides_parse_and_errors_name_the_item():

@@ -131,10 +131,12 @@ def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str =
     manifest = read_manifest(records_dir)
     try:
         overrides = chexpert.parse_policy_overrides(policy)
+        taught = set((manifest.get("teacher") or {}).get("observations") or ())
         for slug, p in overrides.items():
-            if p in chexpert.TEACHER_POLICIES:
-                raise chexpert.PolicyError(f"--policy {slug}={p} is not yet available in the trainer: it needs a "
-                                           "teacher model")
+            if p in chexpert.TEACHER_POLICIES and slug not in taught:
+                raise chexpert.PolicyError(
+                    f"--policy {slug}={p}: the records in {records_dir} hold no teacher targets for {slug}; build "
+                    f"them with `python -m pipeline.build_records --teacher JOB_DIR --policy {slug}=self_trained`")
         resolved = dict(manifest.get("policy") or chexpert.resolve_policies())
         resolved.update(overrides)
         blank = blank or manifest.get("blank", "negative")

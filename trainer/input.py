@@ -218,7 +218,7 @@ def make_dataset(
             if training and cfg.augment:
                 image = _affine(image, size)
             image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-        targets, masks = tf_example.policy_targets(f[ex.LABELS_RAW], f[ex.LABELS_DRAW], table)
+        targets, masks = tf_example.policy_targets(f[ex.LABELS_RAW], f[ex.LABELS_DRAW], table, f[ex.LABELS_TEACHER])
         out = {"image": image, "targets": tf.gather(targets, idx, axis=-1), "masks": tf.gather(masks, idx, axis=-1)}
         if teacher is not None:
             out["teacher"] = teacher(f[ex.SOURCE_PATH])

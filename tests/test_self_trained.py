@@ -1,0 +1,122 @@
+"""U-SelfTrained as a records-job stage: `build_records --teacher JOB_DIR`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import build_records, make_sample
+from schemas import chexpert
+from schemas import example as example_lib
+from schemas import tf_example
+
+CONS = chexpert.OBSERVATION_INDEX["consolidation"]
+UNC = int(chexpert.Code.UNCERTAIN)
+
+
+@pytest.fixture(scope="module")
+def teacher_job(records_dir, tmp_path_factory) -> str:
+    """A tiny consolidation teacher trained with consolidation=ignore (the records' default)."""
+    from trainer import config as config_lib
+    from trainer import train
+
+    job = str(tmp_path_factory.mktemp("teacher"))
+    cfg = config_lib.make_config(pathology="consolidation,edema", records_dir=records_dir, job_dir=job, image_size=32,
+                                 backbone="tiny", epochs=1, steps_per_epoch=4, batch_size=8, learning_rate=1e-3)
+    assert cfg.policy["consolidation"] == "ignore"
+    train.run(cfg)
+    return job
+
+
+@pytest.fixture(scope="module")
+def taught(sample_dir, teacher_job, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("records_taught"))
+    manifest = build_records.run([f"--input_dir={sample_dir}", f"--output_dir={out}", "--image_size=32",
+                                  "--num_shards=2", "--holdout_fraction=0.2", f"--teacher={teacher_job}",
+                                  "--teacher_batch_size=8", "--runner=DirectRunner"])
+    return out, manifest
+
+
+def _records(out, manifest):
+    files = [os.path.join(out, n) for sp in manifest["splits"].values() for n in sp["shards"]]
+    return {r[example_lib.SOURCE_PATH].decode(): r
+            for r in tf.data.TFRecordDataset(files).map(tf_example.parse).as_numpy_iterator()}
+
+
+def test_teacher_relabels_only_uncertain_entries_with_its_probability(taught, records_dir, teacher_job, sample_dir):
+    from trainer import inference
+
+    out, manifest = taught
+    assert manifest["policy"]["consolidation"] == "self_trained"
+    plain = build_records._read_manifest(records_dir)
+    got, before = _records(out, manifest), _records(records_dir, plain)
+    assert set(got) == set(before)
+    uncertain = [p for p, r in got.items() if r[example_lib.LABELS_RAW][CONS] == UNC]
+    assert 5 <= len(uncertain) < len(got)
+    job = inference.load_job(teacher_job)
+    for path, rec in got.items():
+        teacher = rec[example_lib.LABELS_TEACHER]
+        old = before[path]
+        # Known labels and every other observation: exactly the records built without a teacher.
+        np.testing.assert_array_equal(rec[example_lib.LABELS_RAW], old[example_lib.LABELS_RAW])
+        np.testing.assert_array_equal(rec["image"], old["image"])
+        others = np.arange(14) != CONS
+        np.testing.assert_array_equal(rec[example_lib.LABELS_TARGET][others], old[example_lib.LABELS_TARGET][others])
+        np.testing.assert_array_equal(rec[example_lib.LABELS_MASK][others], old[example_lib.LABELS_MASK][others])
+        np.testing.assert_array_equal(teacher[others], chexpert.NO_TEACHER)
+        if path not in uncertain:
+            assert teacher[CONS] == chexpert.NO_TEACHER
+            assert rec[example_lib.LABELS_TARGET][CONS] == old[example_lib.LABELS_TARGET][CONS]
+            assert rec[example_lib.LABELS_MASK][CONS] == old[example_lib.LABELS_MASK][CONS]
+            continue
+        # Uncertain: was masked (ignore); now the teacher's P(positive), in the loss.
+        assert old[example_lib.LABELS_MASK][CONS] == 0 and rec[example_lib.LABELS_MASK][CONS] == 1
+        assert rec[example_lib.LABELS_TARGET][CONS] == teacher[CONS]
+    # The stored values are the teacher's predictions on those images (same preprocessing).
+    with open(os.path.join(sample_dir, uncertain[0]), "rb") as f:
+        x = inference.model_input(f.read(), uncertain[0], job.cfg)
+    want = inference.predict_batch(job, x[None])[0, job.tasks.index("consolidation")]
+    assert got[uncertain[0]][example_lib.LABELS_TEACHER][CONS] == pytest.approx(want, abs=1e-5)
+    # The manifest names the teacher and counts what it relabelled.
+    t = manifest["teacher"]
+    assert t["job_dir"] == os.path.abspath(teacher_job)
+    with open(os.path.join(teacher_job, "model.keras"), "rb") as f:
+        assert t["model_sha256"] == hashlib.sha256(f.read()).hexdigest()
+    assert t["observations"] == ["consolidation"] and t["trained_policy"] == {"consolidation": "ignore"}
+    assert sum(per["consolidation"] for per in t["relabelled"].values()) == len(uncertain)
+    assert manifest["written"] == plain["written"] and manifest["rejected"] == plain["rejected"]
+
+
+def test_trainer_reads_the_soft_targets(taught):
+    from trainer import config as config_lib
+    from trainer import input as input_lib
+
+    out, manifest = taught
+    cfg = config_lib.make_config(pathology="consolidation", records_dir=out, job_dir="unused", image_size=32,
+                                 policy="consolidation=self_trained", views="all")
+    files = input_lib.shard_files(out, "train", manifest)
+    batches = list(input_lib.make_dataset(files, cfg, training=False, batch_size=64).as_numpy_iterator())
+    targets = np.concatenate([b["targets"][:, 0] for b in batches])
+    masks = np.concatenate([b["masks"][:, 0] for b in batches])
+    raw = np.concatenate([b["raw"][:, 0] for b in batches])
+    soft = raw == UNC
+    assert soft.any() and (masks[soft] == 1).all()
+    assert ((targets[soft] > 0) & (targets[soft] < 1)).all()
+    assert set(np.unique(targets[~soft])) <= {0.0, 1.0}
+
+
+def test_teacher_flag_errors_name_the_problem(sample_dir, trained_job, teacher_job, tmp_path):
+    base = [f"--input_dir={sample_dir}", f"--output_dir={tmp_path}", "--image_size=32"]
+    with pytest.raises(build_records.ConfigError, match="predicts cardiomegaly, atelectasis but not consolidation"):
+        build_records.run(base + [f"--teacher={trained_job}"])
+    with pytest.raises(build_records.ConfigError, match="no observation uses the self_trained policy"):
+        build_records.run(base + [f"--teacher={teacher_job}", "--policy=consolidation=ignore"])
+    with pytest.raises(build_records.ConfigError, match="no config.json or model.keras"):
+        build_records.run(base + [f"--teacher={tmp_path}"])
+    with pytest.raises(build_records.ConfigError, match="needs a teacher"):
+        build_records.run(base + ["--policy=consolidation=self_trained"])
+    assert not os.path.exists(os.path.join(tmp_path, "manifest.json"))
