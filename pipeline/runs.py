@@ -108,12 +108,31 @@ def configure_logging() -> None:
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
 
 
+_LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner")
+
+
 def runner_args(argv: list[str]) -> list[str]:
-    """Runner flags with quiet local workers unless the user set their log level."""
+    """Runner flags with quiet local workers unless the user set their log level, and, on
+    the local runner, no attempt to fetch Prism.
+
+    Beam's DirectRunner first tries the PrismRunner, which downloads a binary from GitHub at
+    every start and falls back when that fails: offline it costs a failed lookup, behind a
+    firewall that drops packets a hung connection. The DirectRunner skips Prism when a
+    pipeline allows unsafe triggers; these jobs use the default trigger only, so the flag
+    changes nothing else.
+    """
     argv = list(argv)
     if not any(a.startswith("--default_sdk_harness_log_level") for a in argv):
         # Local multi-process workers otherwise log every gRPC channel at INFO.
         argv.append("--default_sdk_harness_log_level=WARNING")
+    runner = "DirectRunner"  # what Beam runs when no --runner is given
+    for i, a in enumerate(argv):
+        if a.startswith("--runner="):
+            runner = a.split("=", 1)[1]
+        elif a == "--runner" and i + 1 < len(argv):
+            runner = argv[i + 1]
+    if runner in _LOCAL_RUNNERS and "--allow_unsafe_triggers" not in argv:
+        argv.append("--allow_unsafe_triggers")
     return argv
 
 

@@ -6,6 +6,7 @@ import collections
 import csv
 import hashlib
 import json
+import logging
 import os
 import socket
 
@@ -162,3 +163,11 @@ def test_bad_flags_name_the_flag(sample_dir, tmp_path):
         _run(sample_dir, str(tmp_path), "--policy=edema=maybe")
     with pytest.raises(build_records.ConfigError, match="--input_dir"):
         _run(str(tmp_path / "nowhere"), str(tmp_path))
+
+
+def test_local_runs_never_try_to_download_prism(sample_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="apache_beam")
+    _run(sample_dir, str(tmp_path), "--image_size=32")
+    assert [r for r in caplog.records if r.name.startswith("apache_beam.runners")], "no runner log captured"
+    assert not [r for r in caplog.records if "Prism" in r.getMessage()]
+    assert "--allow_unsafe_triggers" not in runs.runner_args(["--runner", "DataflowRunner"])
