@@ -12,7 +12,7 @@ DEMO_DATA := data/synthetic
 DEMO_RECORDS := data/records
 DEMO_PATIENTS ?= 1000
 
-.PHONY: demo test venv records sample bench gui clean
+.PHONY: demo test venv records sample bench gui clean selftrained teach
 
 $(STAMP): setup.cfg pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required" or 0)'
@@ -40,6 +40,22 @@ demo: records
 	rm -rf jobs/atelectasis jobs/cardiomegaly  # a fresh demo, not a resume of the last one
 	$(BIN)/python -m trainer.task --pathology atelectasis --job_dir jobs/atelectasis $(DEMO_TRAIN)
 	$(BIN)/python -m trainer.task --pathology cardiomegaly --job_dir jobs/cardiomegaly $(DEMO_TRAIN)
+
+# U-SelfTrained, the whole loop: a Consolidation teacher trained with its uncertain labels
+# ignored relabels them inside the records job; the student trains on those soft targets.
+selftrained: records
+	$(BIN)/python -m trainer.task --pathology consolidation --policy consolidation=ignore \
+		--job_dir jobs/consolidation-teacher $(DEMO_TRAIN)
+	$(BIN)/python -m pipeline.build_records --runner=DirectRunner \
+		--direct_num_workers=2 --direct_running_mode=multi_processing \
+		--input_dir=$(DEMO_DATA) --output_dir=data/records-selftrained --overwrite \
+		--teacher=jobs/consolidation-teacher --policy=consolidation=self_trained
+	$(BIN)/python -m trainer.task --pathology consolidation --records_dir data/records-selftrained \
+		--job_dir jobs/consolidation-selftrained $(DEMO_TRAIN)
+
+# Learning to teach (experiment): a REINFORCE data-selection teacher against baselines.
+teach: $(STAMP)
+	$(BIN)/python -m trainer.teaching.experiment --work_dir data/teaching
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

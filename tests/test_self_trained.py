@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import build_records, make_sample
+from pipeline import build_records
 from schemas import chexpert
 from schemas import example as example_lib
 from schemas import tf_example
@@ -120,3 +120,38 @@ def test_teacher_flag_errors_name_the_problem(sample_dir, trained_job, teacher_j
     with pytest.raises(build_records.ConfigError, match="needs a teacher"):
         build_records.run(base + ["--policy=consolidation=self_trained"])
     assert not os.path.exists(os.path.join(tmp_path, "manifest.json"))
+
+
+def test_incremental_build_with_a_teacher_equals_a_full_rebuild(sample_dir, teacher_job, tmp_path):
+    import csv
+    import shutil
+
+    from pipeline import make_sample
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir, data)
+    args = [f"--input_dir={data}", "--image_size=32", "--num_shards=2", f"--teacher={teacher_job}",
+            "--runner=DirectRunner"]
+    out = str(tmp_path / "inc")
+    build_records.run([f"--output_dir={out}", *args])
+    csv_path = data / make_sample.DATASET_DIR / "train.csv"
+    with open(csv_path) as f:
+        rows = list(csv.reader(f))
+    col = rows[0].index("Consolidation")
+    unc = next(i for i, r in enumerate(rows[1:], 1) if r[col] == "-1.0")
+    known = next(i for i, r in enumerate(rows[1:], 1) if r[col] == "")
+    rows[unc][col], rows[known][col] = "1.0", "-1.0"  # one entry loses its teacher value, one gains one
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    inc = build_records.run([f"--output_dir={out}", "--incremental", *args])
+    assert inc["incremental"]["processed"] == 2
+    full = build_records.run([f"--output_dir={tmp_path / 'full'}", *args])
+    a, b = _records(out, inc), _records(str(tmp_path / "full"), full)
+    assert set(a) == set(b)
+    for path in a:
+        for key in (example_lib.LABELS_TARGET, example_lib.LABELS_MASK, example_lib.LABELS_TEACHER):
+            np.testing.assert_array_equal(a[path][key], b[path][key])
+    assert a[rows[known][0]][example_lib.LABELS_TEACHER][CONS] >= 0
+    assert a[rows[unc][0]][example_lib.LABELS_TEACHER][CONS] == chexpert.NO_TEACHER
+    assert inc["teacher"]["relabelled"] == full["teacher"]["relabelled"]
+    assert inc["splits"]["train"]["target_counts"] == full["splits"]["train"]["target_counts"]
