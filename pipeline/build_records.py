@@ -26,7 +26,7 @@ Graph (row-sized elements are grouped, never pixels)::
 
     ListCsvs -> ReadCsv -> ParseRows -> GroupByPath -> RejectDuplicates
         -> CountPerSplit (side input) -> AssignShards -> GroupByShard -> WriteShards
-    with --teacher: RejectDuplicates -> NeedsTeacher -> TeacherImages -> Teacher (RunInference)
+    with --teacher: RejectDuplicates -> TeacherImages (rows that need it) -> Teacher (RunInference)
         -> TeacherTargets (side input, path -> probabilities) -> WriteShards
     every stage's rejects -> WriteRejects;  WriteShards' stats -> WriteStats
 

@@ -91,3 +91,13 @@ def test_episodes_are_paired_by_seed_and_selectors_keep_what_they_say(toy):
     f[:, policy.FEATURES.index("progress")] = 1.0
     assert policy.Curriculum(start=0.5).select(f, np.random.default_rng(0)).all()
     assert experiment.reward(10, 100, True) == pytest.approx(np.log(10)) and experiment.reward(100, 100, False) == 0
+
+
+def test_curriculum_keeps_the_easiest_of_each_class():
+    loss = np.array([0.1, 0.2, 0.3, 0.4, 3.0, 3.1, 3.2, 3.3])
+    label = np.array([1, 1, 1, 1, 0, 0, 0, 0], np.float32)
+    f = policy.features(np.full(8, 0.5), loss, label, np.zeros(8), progress=0.0)
+    keep = policy.Curriculum(start=0.5).select(f, np.random.default_rng(0))
+    np.testing.assert_array_equal(keep, [1, 1, 0, 0, 1, 1, 0, 0])  # not the four lowest losses overall
+    hard = policy.HardestFirst(keep=0.5).select(f, np.random.default_rng(0))
+    np.testing.assert_array_equal(hard, [0, 0, 0, 0, 1, 1, 1, 1])

@@ -19,7 +19,8 @@ Then:
 3. evaluation on ``--eval_seeds`` unseen seeds, paired (the same initial weights and
    candidate stream for every selector): steps to the target for the learned teacher
    (``l2t``), ``random`` (keep each candidate with p = 0.5, the teacher's starting point),
-   ``all`` (plain SGD on every candidate) and ``curriculum`` (lowest loss first).
+   ``all`` (plain SGD on every candidate), ``curriculum`` (lowest loss first, per class) and
+   ``hardest`` (highest loss first, a control for what the teacher learns).
 
 A step is one student update on the candidates a selector kept out of ``--candidates``; the
 target is checked every ``--eval_every`` steps; an episode that never reaches it counts as
@@ -190,7 +191,7 @@ def prepare_records(work_dir: str, num_patients: int, signal_noise: float, image
 
 def summarize(results: dict[str, list[Episode]]) -> list[str]:
     """Markdown rows: steps to target per selector, mean +- SD, median, reached."""
-    lines = ["| selector | steps to target, mean ± SD | median | reached | kept per step | final AUROC |",
+    lines = ["| selector | steps to target, mean ± SD | median | reached | kept per step | AUROC when stopped |",
              "|---|---|---|---|---|---|"]
     for name, eps in results.items():
         steps = np.array([e.steps for e in eps], float)
@@ -215,11 +216,11 @@ def main(argv=None) -> int:
     parser.add_argument("--max_steps", type=int, default=150)
     parser.add_argument("--eval_every", type=int, default=5)
     parser.add_argument("--target_auroc", default="auto", help="A number, or auto (see the module docstring).")
-    parser.add_argument("--iterations", type=int, default=12, help="REINFORCE updates of the teacher.")
+    parser.add_argument("--iterations", type=int, default=40, help="REINFORCE updates of the teacher.")
     parser.add_argument("--episodes_per_update", type=int, default=4)
-    parser.add_argument("--eval_seeds", type=int, default=6)
+    parser.add_argument("--eval_seeds", type=int, default=12)
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="The student's Adam learning rate.")
-    parser.add_argument("--teacher_learning_rate", type=float, default=0.05)
+    parser.add_argument("--teacher_learning_rate", type=float, default=0.1)
     parser.add_argument("--out", default=None, help="Write results and the teacher's history as JSON here.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
@@ -247,8 +248,9 @@ def main(argv=None) -> int:
     teacher = policy.LearnedTeacher(learning_rate=args.teacher_learning_rate)
     history = train_teacher(student, task, teacher, iterations=args.iterations,
                             episodes_per_update=args.episodes_per_update, seed0=1000, **kw)
-    selectors = [teacher, policy.RandomSelection(), policy.RandomSelection(keep=1.0), policy.Curriculum()]
-    names = ["l2t", "random", "all", "curriculum"]
+    selectors = [teacher, policy.RandomSelection(), policy.RandomSelection(keep=1.0), policy.Curriculum(),
+                 policy.HardestFirst()]
+    names = ["l2t", "random", "all", "curriculum", "hardest"]
     results: dict[str, list[Episode]] = {n: [] for n in names}
     for seed in range(args.eval_seeds):
         for name, selector in zip(names, selectors):

@@ -130,8 +130,14 @@ class RandomSelection:
 
 
 class Curriculum:
-    """Easy samples first (self-paced learning): keeps the fraction ``start + (1 - start) *
-    min(1, progress / ramp)`` of the candidates with the lowest current loss."""
+    """Easy samples first (self-paced learning), per class: keeps the fraction ``start +
+    (1 - start) * min(1, progress / ramp)`` of each label's candidates with the lowest
+    current loss.
+
+    Per class, because the plain version collapses: a fresh student's losses are lowest on
+    whichever class its initial bias favours, so it keeps only that class, learns to predict
+    it everywhere, and never sees the other (measured: it reached no target, BUILD_NOTES).
+    """
 
     name = "curriculum"
 
@@ -141,8 +147,28 @@ class Curriculum:
     def select(self, f: np.ndarray, rng: np.random.Generator, trajectory=None) -> np.ndarray:
         progress = float(f[0, FEATURES.index("progress")])
         frac = self.start + (1 - self.start) * min(1.0, progress / self.ramp)
-        k = max(1, int(round(frac * len(f))))
-        order = np.argsort(f[:, FEATURES.index("loss")], kind="stable")
+        loss, label = f[:, FEATURES.index("loss")], f[:, FEATURES.index("label")] >= 0.5
+        keep = np.zeros(len(f), np.float32)
+        for cls in (False, True):
+            members = np.flatnonzero(label == cls)
+            if len(members):
+                k = max(1, int(round(frac * len(members))))
+                keep[members[np.argsort(loss[members], kind="stable")[:k]]] = 1.0
+        return keep
+
+
+class HardestFirst:
+    """The opposite control (hard-example mining): keeps the fraction ``keep`` of the
+    candidates with the highest current loss."""
+
+    name = "hardest"
+
+    def __init__(self, keep: float = 0.5):
+        self.keep = keep
+
+    def select(self, f: np.ndarray, rng: np.random.Generator, trajectory=None) -> np.ndarray:
+        k = max(1, int(round(self.keep * len(f))))
+        order = np.argsort(-f[:, FEATURES.index("loss")], kind="stable")
         keep = np.zeros(len(f), np.float32)
         keep[order[:k]] = 1.0
         return keep
