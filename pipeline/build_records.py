@@ -64,6 +64,7 @@ from pipeline import records
 from pipeline import runs
 from pipeline import tfrecord
 from schemas import chexpert
+from schemas import example as example_lib
 
 log = logging.getLogger("build_records")
 NAMESPACE = "build_records"
@@ -375,7 +376,8 @@ class WriteShardFn(beam.DoFn):
         views: dict[str, int] = {}
         written = size = 0
         with FileSystems.create(posixpath.join(self.staging, name)) as writer:
-            for row, source, line in sorted(rows, key=lambda r: r[0].path):  # sorted: same bytes every run
+            # Sorted: the same bytes every run, frontal views first (example_lib.RECORD_ORDER).
+            for row, source, line in sorted(rows, key=lambda r: example_lib.record_order(r[0].path, r[0].view)):
                 try:
                     data = _read_file(posixpath.join(self.input_root, row.path), row.path)
                     soft = teacher_vector(row.codes, (teacher or {}).get(row.path), self.teacher_indices)
@@ -603,6 +605,7 @@ def summarize(cfg: BuildConfig, sources: list[dict], stats: list[dict], rejects:
         raise RuntimeError("counts do not reconcile, nothing committed: " + "; ".join(bad))
     return {
         "schema_version": chexpert.SCHEMA_VERSION,
+        "record_order": example_lib.RECORD_ORDER,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "observations": list(chexpert.OBSERVATIONS),
         "policy": cfg.policy,
@@ -755,7 +758,8 @@ def scan_rows(cfg: BuildConfig, sources: list[dict]) -> list[dict]:
 def input_fingerprint(cfg: BuildConfig, sources: list[dict], rows: list[dict]) -> str:
     """Everything the output depends on: options, CSV digests, each listed file's size and
     mtime. Equal fingerprints mean a rebuild would be identical."""
-    parts = [json.dumps(_output_options(_options(cfg)), sort_keys=True), json.dumps(cfg.policy, sort_keys=True), str(chexpert.SCHEMA_VERSION)]
+    parts = [json.dumps(_output_options(_options(cfg)), sort_keys=True), json.dumps(cfg.policy, sort_keys=True),
+             str(chexpert.SCHEMA_VERSION), example_lib.RECORD_ORDER]
     parts += [f"{src['name']}\t{src['sha256']}" for src in sources]
     parts += [f"{r['path']}\t{r['stat']}" for r in rows]
     return runs.fingerprint(parts)
@@ -773,6 +777,8 @@ def _compatible(cfg: BuildConfig, previous: dict) -> str | None:
     """Why an incremental run cannot reuse the committed output, or None if it can."""
     if previous.get("schema_version") != chexpert.SCHEMA_VERSION:
         return "schema version changed"
+    if previous.get("record_order") != example_lib.RECORD_ORDER:
+        return "the order of records inside shards changed"  # compaction relies on it
     old, new = _output_options(previous.get("options", {})), _output_options(_options(cfg))
     if old != new or previous.get("policy") != cfg.policy:
         return "options or policy changed"
@@ -819,8 +825,9 @@ def _carry_over(cfg: BuildConfig, rows: list[dict], previous: dict, staging: str
             kept_stats.append(dict(st))
             continue
         # Compaction: copy the kept records (no decoding). A shard's records are its index
-        # paths in sorted order, as WriteShardFn writes them.
-        in_shard = sorted(p for p, e in old_index.items() if e["shard"] == name)
+        # entries in example_lib.record_order, as WriteShardFn writes them.
+        in_shard = sorted((p for p, e in old_index.items() if e["shard"] == name),
+                          key=lambda p: example_lib.record_order(p, old_index[p]["view"]))
         survivors = [p for p in in_shard if p in keep]
         if not survivors:
             continue

@@ -90,6 +90,17 @@ FEATURES: dict[str, tuple[str, tuple[int, ...]]] = {
 DEFAULTS = {LABELS_TEACHER: [chexpert.NO_TEACHER] * _N}
 
 
+# How records are ordered inside a shard (the manifest's ``record_order``): frontal views
+# first, each group by path. A reader that wants frontal views then reads each shard's first
+# N records (N from the manifest's shard_stats) instead of parsing every record's view.
+RECORD_ORDER = "frontal_first"
+
+
+def record_order(path: str, view: str) -> tuple[bool, str]:
+    """Sort key of a record inside its shard (``RECORD_ORDER``)."""
+    return (view != "frontal", path)
+
+
 # --- protobuf wire format (just what tf.train.Example needs) ---------------------------------
 # Built as a list of chunks joined once at the end, so the ~100 KB image is copied once.
 

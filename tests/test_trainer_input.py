@@ -115,3 +115,32 @@ def test_corrupt_shard_is_found_and_named(records_dir, tmp_path):
     bad.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
     good, broken = input_lib.scan_shards([src, str(bad)])
     assert good == [src] and list(broken) == [str(bad)]
+
+
+def test_shards_hold_frontal_views_first_so_the_reader_takes_a_head(records_dir, tmp_path):
+    from schemas import example as ex
+    from schemas import tf_example
+
+    m = _manifest(records_dir)
+    assert m["record_order"] == ex.RECORD_ORDER
+    files = input_lib.shard_files(records_dir, "train", m)
+    heads = input_lib.frontal_counts(records_dir, files)
+    assert sum(heads) == m["splits"]["train"]["views"]["frontal"]
+    saw_lateral = False
+    for f, n in zip(files, heads):
+        views = [r[ex.IMAGE_VIEW] for r in tf.data.TFRecordDataset(f).map(
+            lambda s: tf_example.parse(s, decode=False)).as_numpy_iterator()]
+        assert views == [b"frontal"] * n + [b"lateral"] * (len(views) - n)
+        saw_lateral |= len(views) > n
+    assert saw_lateral  # else the check above proves nothing
+    # Reading the heads gives exactly what the per-record filter gives.
+    cfg = _cfg(records_dir, pathology="atelectasis")
+    paths = {}
+    for how in ("auto", "filter"):
+        ds = input_lib.make_dataset(files, cfg, training=False, batch_size=64, frontal_only_by=how)
+        paths[how] = sorted(p for b in ds.as_numpy_iterator() for p in b["path"])
+    assert paths["auto"] == paths["filter"] and len(paths["auto"]) == sum(heads)
+    # A file the manifest does not describe (here: a copy elsewhere) falls back to filtering.
+    copy = tmp_path / os.path.basename(files[0])
+    copy.write_bytes(open(files[0], "rb").read())
+    assert input_lib.frontal_counts(records_dir, [str(copy)]) is None
