@@ -94,7 +94,7 @@ def main() -> int:
     parser.add_argument("--num_valid_patients", type=int, default=600)
     parser.add_argument("--signal_noise", type=float, default=0.15)
     parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--work_dir", default=None, help="Keep the data and jobs here (default: a temp folder).")
     parser.add_argument("--out", default=None, help="Also write the per-run results as JSON here.")
     args = parser.parse_args()
