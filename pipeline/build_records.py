@@ -442,36 +442,35 @@ def needs_teacher(codes, indices: tuple[int, ...]) -> bool:
     return any(codes[i] == chexpert.Code.UNCERTAIN for i in indices)
 
 
-class TeacherImageFn(beam.DoFn):
-    """(split, (Row, source, line)) -> (path, uint8 (S, S, 1)) as the teacher saw images in
-    training, for rows with an uncertain label under a teacher policy.
+def teacher_image_fn(input_root: str, job_dir: str, indices: tuple[int, ...]) -> beam.DoFn:
+    """The DoFn of the TeacherImages stage (built here so that Beam's ML module is imported
+    only with --teacher)."""
+    from pipeline.score import LoadImageFn
 
-    An image that cannot be read is skipped here (counted); WriteShards meets the same
-    error and dead-letters the row with its reason, so each bad row is rejected once.
-    """
+    class TeacherImageFn(LoadImageFn):
+        """(split, (Row, source, line)) -> (path, uint8 (S, S, 1)) as the teacher saw images
+        in training (the scoring job's loader: same config, same preprocessing), for rows
+        with an uncertain label under a teacher policy.
 
-    def __init__(self, input_root: str, job_dir: str, indices: tuple[int, ...]):
-        self.input_root, self.job_dir, self.indices = input_root, job_dir, indices
-        self.skipped = Metrics.counter(NAMESPACE, "teacher_skipped_unreadable")
+        An image that cannot be read is skipped here (counted); WriteShards meets the same
+        error and dead-letters the row with its reason, so each bad row is rejected once.
+        """
 
-    def setup(self):
-        # Imported per worker and only with --teacher: the records job needs no TensorFlow.
-        from trainer import inference
-        from trainer.config import TrainConfig
+        def __init__(self):
+            super().__init__(job_dir)
+            self.skipped = Metrics.counter(NAMESPACE, "teacher_skipped_unreadable")
 
-        self._model_input = inference.model_input
-        with open(os.path.join(self.job_dir, "config.json")) as f:
-            self.cfg = TrainConfig.from_json(f.read())
+        def process(self, element):
+            _, (row, _, _) = element
+            if not needs_teacher(row.codes, indices):
+                return
+            try:
+                data = _read_file(posixpath.join(input_root, row.path), row.path)
+                yield row.path, self._model_input(data, row.path, self.cfg)
+            except chexpert.RowError:
+                self.skipped.inc()
 
-    def process(self, element):
-        _, (row, _, _) = element
-        if not needs_teacher(row.codes, self.indices):
-            return
-        try:
-            data = _read_file(posixpath.join(self.input_root, row.path), row.path)
-            yield row.path, self._model_input(data, row.path, self.cfg)
-        except chexpert.RowError:
-            self.skipped.inc()
+    return TeacherImageFn()
 
 
 def _read_file(path: str, name: str) -> bytes:
@@ -532,7 +531,7 @@ def teacher_targets(rows: beam.PCollection, cfg: BuildConfig) -> beam.PCollectio
     slugs = chexpert.teacher_observations(cfg.policy)
     handler = KeyedModelHandler(ChexpertModelHandler(cfg.teacher, max_batch_size=cfg.teacher_batch_size))
     return (rows
-            | "TeacherImages" >> beam.ParDo(TeacherImageFn(cfg.input_dir, cfg.teacher, cfg.teacher_indices))
+            | "TeacherImages" >> beam.ParDo(teacher_image_fn(cfg.input_dir, cfg.teacher, cfg.teacher_indices))
             | "Teacher" >> RunInference(handler)
             | "TeacherTargets" >> beam.MapTuple(lambda path, result: (path, [result.inference[s] for s in slugs])))
 
