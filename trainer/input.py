@@ -34,7 +34,6 @@ Elements are dicts:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -44,7 +43,7 @@ import tensorflow as tf
 from schemas import chexpert
 from schemas import example as ex
 from schemas import tf_example
-from trainer.config import TrainConfig
+from trainer.config import ConfigError, TrainConfig, read_manifest
 
 AUTOTUNE = tf.data.AUTOTUNE
 log = logging.getLogger(__name__)
@@ -67,11 +66,10 @@ def frontal_counts(records_dir: str, files: list[str]) -> list[int] | None:
     """Frontal records at the head of each file, when the records job wrote them frontal
     first (manifest ``record_order``); None when that cannot be relied on (older records, or
     a file the manifest does not describe), and the reader must filter per record."""
-    path = os.path.join(records_dir, "manifest.json")
-    if not os.path.exists(path):
+    try:
+        manifest = read_manifest(records_dir)
+    except ConfigError:
         return None
-    with open(path) as f:
-        manifest = json.load(f)
     if manifest.get("record_order") != ex.RECORD_ORDER:
         return None
     stats, root = manifest.get("shard_stats", {}), os.path.abspath(records_dir)
@@ -215,20 +213,24 @@ def make_dataset(
     table = chexpert.policy_matrix(cfg.policy, cfg.blank)
     idx = tf.constant(task_indices(cfg.tasks), tf.int64)
     size, stored = cfg.image_size, cfg.records_image_size
+    if frontal_only_by not in ("auto", "filter"):
+        raise ValueError(f"frontal_only_by={frontal_only_by!r}; expected auto or filter")
     heads = None
     if cfg.views == "frontal" and frontal_only_by == "auto":
         heads = frontal_counts(cfg.records_dir, files)
     if heads is not None:
         # Skip shards with no frontal record at all: nothing to open.
         files, heads = [f for f, n in zip(files, heads) if n], [n for n in heads if n]
-    files_ds = tf.data.Dataset.from_tensor_slices((files, heads if heads is not None else [-1] * len(files)))
+    files_ds = tf.data.Dataset.from_tensor_slices((
+        tf.constant(files, tf.string, shape=[len(files)]),
+        tf.constant(heads if heads is not None else [-1] * len(files), tf.int64, shape=[len(files)])))
     if training:
         files_ds = files_ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=True)
     if input_context and input_context.num_input_pipelines > 1:
         files_ds = files_ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     ds = files_ds.interleave(
         # take(-1) reads the whole file.
-        lambda f, n: tf.data.TFRecordDataset(f, buffer_size=1 << 20).take(tf.cast(n, tf.int64)),
+        lambda f, n: tf.data.TFRecordDataset(f, buffer_size=1 << 20).take(n),
         cycle_length=max(1, min(len(files), 8)),
         num_parallel_calls=AUTOTUNE,
         deterministic=not training,
