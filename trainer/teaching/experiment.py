@@ -219,6 +219,8 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=40, help="REINFORCE updates of the teacher.")
     parser.add_argument("--episodes_per_update", type=int, default=4)
     parser.add_argument("--eval_seeds", type=int, default=12)
+    parser.add_argument("--teacher_seed", type=int, default=1000,
+                        help="First data seed of the teacher's training episodes (evaluation uses 0..eval_seeds-1).")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="The student's Adam learning rate.")
     parser.add_argument("--teacher_learning_rate", type=float, default=0.1)
     parser.add_argument("--out", default=None, help="Write results and the teacher's history as JSON here.")
@@ -247,7 +249,7 @@ def main(argv=None) -> int:
     kw["target"] = target
     teacher = policy.LearnedTeacher(learning_rate=args.teacher_learning_rate)
     history = train_teacher(student, task, teacher, iterations=args.iterations,
-                            episodes_per_update=args.episodes_per_update, seed0=1000, **kw)
+                            episodes_per_update=args.episodes_per_update, seed0=args.teacher_seed, **kw)
     selectors = [teacher, policy.RandomSelection(), policy.RandomSelection(keep=1.0), policy.Curriculum(),
                  policy.HardestFirst()]
     names = ["l2t", "random", "all", "curriculum", "hardest"]
