@@ -92,6 +92,26 @@ def test_predict_scores_batches_flags_laterals_and_reports_bad_files(trained_job
     assert one[0]["probs"]["atelectasis"] == pytest.approx(results[0]["probs"]["atelectasis"], abs=1e-6)
 
 
+def test_a_saved_model_folder_alone_scores_like_its_job(trained_job, sample_dir, tmp_path):
+    # The export carries its config, so the folder works on its own (e.g. shipped to a hospital).
+    alone = tmp_path / "shipped"
+    shutil.copytree(os.path.join(trained_job, "saved_model"), alone)
+    sm, job = inference.load_job(str(alone)), inference.load_job(trained_job)
+    assert sm.tasks == job.tasks and not sm.is_keras and job.is_keras
+    valid = os.path.join(sample_dir, make_sample.DATASET_DIR, "valid")
+    files = predict.list_inputs([valid])[:6]
+    got, _ = predict.predict_files(sm, files, threshold=0.35)
+    want, _ = predict.predict_files(job, files, threshold=0.35)
+    for g, w in zip(got, want):
+        for t in job.tasks:
+            assert g["probs"][t] == pytest.approx(w["probs"][t], abs=1e-5)
+    with pytest.raises(inference.JobError, match="Grad-CAM needs the job's model.keras"):
+        predict.grad_cam(sm, np.zeros((32, 32, 1), np.uint8), "atelectasis")
+    os.remove(alone / "config.json")
+    with pytest.raises(inference.JobError, match="a SavedModel without config.json"):
+        inference.load_job(str(alone))
+
+
 def test_grad_cam_is_a_normalised_map_that_depends_on_the_image(trained_job):
     # At 32 px the tiny DenseNet's last feature map is 1x1; Grad-CAM needs a spatial map.
     cfg = dataclasses.replace(inference.load_job(trained_job).cfg, image_size=128)

@@ -24,15 +24,34 @@ from trainer.config import TrainConfig
 
 @dataclasses.dataclass
 class Job:
-    """A trained job: its config and its probability model."""
+    """A trained job: its config and its probability model.
+
+    ``model`` maps uint8 (B, S, S, 1) to {task: P(positive) (B,)}: the job's Keras model, or
+    for a SavedModel folder its ``serve_pixels`` signature (``SavedModelPixels``).
+    """
 
     job_dir: str
     cfg: TrainConfig
-    model: keras.Model
+    model: keras.Model | "SavedModelPixels"
 
     @property
     def tasks(self) -> tuple[str, ...]:
         return self.cfg.tasks
+
+    @property
+    def is_keras(self) -> bool:
+        """Whether layers are reachable (Grad-CAM needs them; a SavedModel has none)."""
+        return isinstance(self.model, keras.Model)
+
+
+class SavedModelPixels:
+    """A SavedModel's ``serve_pixels`` signature called like the Keras probability model."""
+
+    def __init__(self, path: str):
+        self.signature = tf.saved_model.load(path).signatures["serve_pixels"]
+
+    def __call__(self, images, training: bool = False) -> dict:
+        return self.signature(pixels=tf.cast(images, tf.uint8))
 
 
 class JobError(RuntimeError):
@@ -40,12 +59,22 @@ class JobError(RuntimeError):
 
 
 def load_job(job_dir: str) -> Job:
-    """Reads ``config.json`` and ``model.keras`` from a trainer.task job folder."""
+    """Reads a trainer.task job folder (``config.json`` + ``model.keras``), or a SavedModel
+    folder it exported (``JOB_DIR/saved_model``, which carries its own ``config.json``;
+    exports older than that find it in the job folder above)."""
+    if os.path.exists(os.path.join(job_dir, "saved_model.pb")):
+        for cfg_path in (os.path.join(job_dir, "config.json"),
+                         os.path.join(os.path.dirname(os.path.abspath(job_dir)), "config.json")):
+            if os.path.exists(cfg_path):
+                with open(cfg_path) as f:
+                    return Job(job_dir, TrainConfig.from_json(f.read()), SavedModelPixels(job_dir))
+        raise JobError(f"{job_dir}: a SavedModel without config.json (neither in it nor in the folder above); "
+                       "the preprocessing cannot be known")
     cfg_path, model_path = os.path.join(job_dir, "config.json"), os.path.join(job_dir, "model.keras")
     for p in (cfg_path, model_path):
         if not os.path.exists(p):
             raise JobError(f"{job_dir}: no {os.path.basename(p)}; is this a trainer.task --job_dir that finished "
-                           "an epoch?")
+                           "an epoch, or a SavedModel folder it exported?")
     with open(cfg_path) as f:
         cfg = TrainConfig.from_json(f.read())
     return Job(job_dir, cfg, keras.models.load_model(model_path))

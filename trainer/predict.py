@@ -8,7 +8,8 @@ own (``trainer.inference.model_input``). Prints a table and writes ``predictions
 ``predictions.json`` (per-observation P(positive), the positive calls at the thresholds,
 and any file that could not be read, with the reason) to ``--out_dir``. A lateral view given
 to a frontal-only model is scored with a warning. ``--job_dir`` may also name a SavedModel
-folder (``JOB_DIR/saved_model``); heatmaps need ``model.keras``.
+folder the trainer exported (``JOB_DIR/saved_model``, on its own: it carries its
+``config.json``); heatmaps need ``model.keras``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,13 @@ def grad_cam(job: inference.Job, image: np.ndarray, task: str) -> np.ndarray:
 
     Returns:
         float32 (S, S) in [0, 1].
+
+    Raises:
+        inference.JobError: the job is a SavedModel (no layers to take gradients at).
     """
+    if not job.is_keras:
+        raise inference.JobError(f"{job.job_dir}: Grad-CAM needs the job's model.keras; a SavedModel has no layers "
+                                 "to take gradients at")
     model = job.model
     backbone = next(l for l in model.layers if isinstance(l, keras.Model))
     conv_model = keras.Model(backbone.input, [backbone.get_layer(model_lib.LAST_CONV_LAYER).output, backbone.output])
@@ -152,6 +159,10 @@ def main(argv) -> int:
         job = inference.load_job(FLAGS.job_dir)
     except inference.JobError as e:
         print(f"trainer.predict: error: {e}", file=sys.stderr)
+        return 2
+    if FLAGS.heatmap and not job.is_keras:
+        print(f"trainer.predict: error: --heatmap needs model.keras; {FLAGS.job_dir} is a SavedModel folder (use "
+              "its job folder)", file=sys.stderr)
         return 2
     if FLAGS.heatmap and FLAGS.heatmap not in job.tasks:
         print(f"trainer.predict: error: --heatmap {FLAGS.heatmap}: the model predicts {', '.join(job.tasks)}",

@@ -204,6 +204,10 @@ def export_saved_model(prob_model: keras.Model, cfg: TrainConfig, path: str) -> 
     archive.add_endpoint("serve_pixels", lambda x: prob_model(x, training=False),
                          input_signature=[tf.TensorSpec([None, size, size, 1], tf.uint8, name="pixels")])
     archive.write_out(path, verbose=False)
+    # The preprocessing travels with the model: trainer.inference.load_job(path) works on
+    # the folder alone (SavedModel loaders ignore files they do not know).
+    with open(os.path.join(path, "config.json"), "w") as f:
+        f.write(cfg.to_json())
 
 
 def _truncate_history(path: str, epochs: int) -> None:

@@ -88,7 +88,10 @@ def create_app(job_dir: str, *, max_upload_mb: float = 20.0) -> FastAPI:
         if observation not in job.tasks:
             raise HTTPException(400, f"unknown observation {observation!r}; the model predicts {', '.join(job.tasks)}")
         _, image = read_upload(file)
-        cam = predict.grad_cam(job, image, observation)
+        try:
+            cam = predict.grad_cam(job, image, observation)
+        except inference.JobError as e:
+            raise HTTPException(400, str(e)) from None
         return {"observation": observation, "overlay": _png_data_url(predict.overlay(image, cam))}
 
     return app
