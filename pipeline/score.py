@@ -169,27 +169,19 @@ class ChexpertModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
     def load_model(self):
         from trainer import inference
 
-        if self.model_format == "saved_model":
-            import tensorflow as tf
-
-            return tf.saved_model.load(os.path.join(self.job_dir, "saved_model")).signatures["serve_pixels"]
-        return inference.load_job(self.job_dir)
+        # A SavedModel folder loads as a job too (its serve_pixels signature).
+        folder = os.path.join(self.job_dir, "saved_model") if self.model_format == "saved_model" else self.job_dir
+        return inference.load_job(folder)
 
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[PredictionResult]:
+        from trainer import inference
+
         # Always the same batch shape: CPU kernels give bit-identical per-image results for a
         # fixed batch size whatever the neighbours, but not across sizes (~1e-12 apart), and an
         # incremental run must reproduce a full run's scores exactly.
         images = np.zeros((self.max_batch_size, *batch[0].shape), np.uint8)
         images[: len(batch)] = np.stack(batch)
-        if self.model_format == "saved_model":
-            import tensorflow as tf
-
-            out = model(pixels=tf.constant(images))
-            probs = np.stack([out[t].numpy() for t in self.tasks], axis=-1)[: len(batch)]
-        else:
-            from trainer import inference
-
-            probs = inference.predict_batch(model, images)[: len(batch)]
+        probs = inference.predict_batch(model, images)[: len(batch)]
         return [PredictionResult(x, {t: float(v) for t, v in zip(self.tasks, p)}) for x, p in zip(batch, probs)]
 
     def batch_elements_kwargs(self):
