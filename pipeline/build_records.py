@@ -242,6 +242,9 @@ def check_teacher(job_dir: str, policy: dict) -> str:
         ConfigError: no model, no self_trained observation, or a teacher that does not
             predict one of them.
     """
+    if "://" in job_dir:
+        raise ConfigError(f"--teacher={job_dir}: the teacher is loaded from a local (or mounted) folder by every "
+                          "worker; copy the job folder there (e.g. into the workers' container image)")
     observations = chexpert.teacher_observations(policy)
     if not observations:
         raise ConfigError(f"--teacher={job_dir}: no observation uses the self_trained policy, so the teacher would "

@@ -117,6 +117,8 @@ def test_teacher_flag_errors_name_the_problem(sample_dir, trained_job, teacher_j
         build_records.run(base + [f"--teacher={teacher_job}", "--policy=consolidation=ignore"])
     with pytest.raises(build_records.ConfigError, match="no config.json or model.keras"):
         build_records.run(base + [f"--teacher={tmp_path}"])
+    with pytest.raises(build_records.ConfigError, match="local \\(or mounted\\) folder"):
+        build_records.run(base + ["--teacher=gs://bucket/jobs/teacher"])
     with pytest.raises(build_records.ConfigError, match="needs a teacher"):
         build_records.run(base + ["--policy=consolidation=self_trained"])
     assert not os.path.exists(os.path.join(tmp_path, "manifest.json"))
