@@ -101,3 +101,16 @@ def test_curriculum_keeps_the_easiest_of_each_class():
     np.testing.assert_array_equal(keep, [1, 1, 0, 0, 1, 1, 0, 0])  # not the four lowest losses overall
     hard = policy.HardestFirst(keep=0.5).select(f, np.random.default_rng(0))
     np.testing.assert_array_equal(hard, [0, 0, 0, 0, 1, 1, 1, 1])
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--observation=heart", "--observation=heart: expected one of"),
+    ("--policy=multiclass", "--policy=multiclass: expected a binary policy"),
+    ("--candidates=0", "--candidates must be >= 1"),
+    ("--target_auroc=2", "--target_auroc=2: expected auto or a number"),
+    ("--records_dir=/nonexistent", "--records_dir=/nonexistent: no manifest.json"),
+])
+def test_experiment_flags_are_checked_before_any_work(flag, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        experiment.main([flag])
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -225,6 +225,25 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher_learning_rate", type=float, default=0.1)
     parser.add_argument("--out", default=None, help="Write results and the teacher's history as JSON here.")
     args = parser.parse_args(argv)
+    from schemas import chexpert
+
+    if args.observation not in chexpert.OBSERVATIONS:
+        parser.error(f"--observation={args.observation}: expected one of {', '.join(chexpert.OBSERVATIONS)}")
+    if args.policy not in chexpert.POLICIES or args.policy == chexpert.MULTICLASS:
+        parser.error(f"--policy={args.policy}: expected a binary policy "
+                     f"({', '.join(p for p in chexpert.POLICIES if p != chexpert.MULTICLASS)})")
+    for flag in ("candidates", "max_steps", "eval_every", "iterations", "episodes_per_update", "eval_seeds"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be >= 1")
+    if args.target_auroc != "auto":
+        try:
+            ok = 0.5 < float(args.target_auroc) < 1.0
+        except ValueError:
+            ok = False
+        if not ok:
+            parser.error(f"--target_auroc={args.target_auroc}: expected auto or a number in (0.5, 1)")
+    if args.records_dir and not os.path.exists(os.path.join(args.records_dir, "manifest.json")):
+        parser.error(f"--records_dir={args.records_dir}: no manifest.json; build records with pipeline.build_records")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     from trainer.teaching import policy
     from trainer.teaching.student import Student, small_cnn
