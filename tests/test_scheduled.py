@@ -194,5 +194,19 @@ def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_
     listed = {n for sp in m_inc["splits"].values() for n in sp["shards"]}
     on_disk = {n for n in os.listdir(out) if n.endswith(".tfrecord")}
     assert listed == on_disk  # replaced shards were deleted after the commit
+    # Compacted and delta shards keep frontal records first, as many as the manifest says.
+    from pipeline import tfrecord
+    from schemas import example as ex
+    from schemas import tf_example
+
+    mixed = []
+    for name in listed:
+        with open(os.path.join(out, name), "rb") as f:
+            views = [tf_example.parse(r, decode=False)[ex.IMAGE_VIEW].numpy() for r in tfrecord.read_records(f, name)]
+        n = m_inc["shard_stats"][name]["views"].get("frontal", 0)
+        assert views == [b"frontal"] * n + [b"lateral"] * (len(views) - n), name
+        if 0 < n < len(views):
+            mixed.append(name)
+    assert [n for n in mixed if inc["incremental"]["tag"] in n]  # a compacted or delta shard holds both views
     assert build_records.run([f"--output_dir={out}", "--incremental", *args])["nothing_new"] is True
     assert first["written"] < full["written"]
