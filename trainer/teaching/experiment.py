@@ -39,6 +39,8 @@ import time
 
 import numpy as np
 
+from trainer.teaching import policy
+
 log = logging.getLogger("teaching")
 
 
@@ -61,7 +63,10 @@ class Task:
 
 @dataclasses.dataclass
 class Episode:
-    steps: int  # steps to the target, or max_steps
+    """One student's run: steps to the target (or max_steps), whether it got there, the
+    fraction of offered candidates kept, and the validation AUROC when it stopped."""
+
+    steps: int
     reached: bool
     kept_fraction: float
     final_auroc: float
@@ -83,8 +88,6 @@ def run_episode(student, task: Task, selector, *, seed: int, max_steps: int, tar
     only in the teacher's decisions (common random numbers: the reward's differences are
     then the decisions' doing, which is what the policy gradient needs).
     """
-    from trainer.teaching import policy
-
     student.reset(seed)
     data_rng = np.random.default_rng([seed, 1])
     select_rng = np.random.default_rng([seed if select_seed is None else select_seed, 2])
@@ -109,8 +112,6 @@ def train_teacher(student, task: Task, teacher, *, iterations: int, episodes_per
     """REINFORCE: each iteration runs ``episodes_per_update`` episodes on one new training
     seed (same initial student and candidate stream; the teacher's draws differ) and takes
     one policy-gradient step. Returns a log line per iteration."""
-    from trainer.teaching import policy
-
     history = []
     for it in range(iterations):
         rewards, trajectories, steps = [], [], []
@@ -245,8 +246,7 @@ def main(argv=None) -> int:
     if args.records_dir and not os.path.exists(os.path.join(args.records_dir, "manifest.json")):
         parser.error(f"--records_dir={args.records_dir}: no manifest.json; build records with pipeline.build_records")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    from trainer.teaching import policy
-    from trainer.teaching.student import Student, small_cnn
+    from trainer.teaching.student import Student, small_cnn  # TensorFlow: after the flags are checked
 
     start = time.perf_counter()
     records_dir = args.records_dir or prepare_records(args.work_dir, args.num_patients, args.signal_noise,
