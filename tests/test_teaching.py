@@ -114,3 +114,17 @@ def test_experiment_flags_are_checked_before_any_work(flag, message, capsys):
     with pytest.raises(SystemExit) as e:
         experiment.main([flag])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_load_task_reads_the_records_with_the_policy(records_dir):
+    import json
+    import os
+
+    manifest = json.load(open(os.path.join(records_dir, "manifest.json")))
+    ones = experiment.load_task(records_dir, "atelectasis", "ones", 32)
+    ignore = experiment.load_task(records_dir, "atelectasis", "ignore", 32)
+    assert ones.x_train.shape[1:] == (32, 32, 1) and ones.x_train.dtype == np.uint8
+    assert len(ones.y_train) == manifest["splits"]["train"]["views"]["frontal"]  # ones masks nothing
+    assert ones.uncertain.sum() > 0 and (ones.y_train[ones.uncertain == 1] == 1).all()
+    assert len(ignore.y_train) == len(ones.y_train) - ones.uncertain.sum() and ignore.uncertain.sum() == 0
+    assert len(ones.y_val) == manifest["splits"]["valid"]["views"]["frontal"] and set(ones.y_val) <= {0, 1}

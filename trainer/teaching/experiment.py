@@ -134,43 +134,34 @@ def train_teacher(student, task: Task, teacher, *, iterations: int, episodes_per
 def load_task(records_dir: str, observation: str, policy_name: str, image_size: int) -> Task:
     """One observation's frontal train and valid images from a records folder, in memory.
 
-    Training targets use the schema's own policy mapping (``policy_name`` for
-    ``observation``); valid labels are the valid split's (the hidden truth in the synthetic set).
+    Read through the trainer's own input pipeline (``trainer.input.make_dataset``: the same
+    policy targets, teacher values, view selection and resize as training), then put in path
+    order, so the experiment does not depend on how records are laid out in shards.
+    Training targets use ``policy_name`` for ``observation``; entries it masks (e.g.
+    ``ignore``) are left out. Valid labels are the valid split's (the hidden truth in the
+    synthetic set).
     """
-    import tensorflow as tf
-
     from schemas import chexpert
-    from schemas import example as ex
-    from schemas import tf_example
     from trainer import config as config_lib
     from trainer import input as input_lib
 
+    cfg = config_lib.make_config(pathology=observation, records_dir=records_dir, job_dir="unused",
+                                 policy=f"{observation}={policy_name}", image_size=image_size, augment=False)
     manifest = config_lib.read_manifest(records_dir)
-    policies = chexpert.resolve_policies({observation: policy_name})
-    table = chexpert.policy_matrix(policies, manifest.get("blank", "negative"))
-    i = chexpert.OBSERVATION_INDEX[observation]
     out = {}
     for split in ("train", "valid"):
         files = input_lib.shard_files(records_dir, split, manifest)
-        xs, ys, unc = [], [], []
-        for r in tf.data.TFRecordDataset(files).map(tf_example.parse).as_numpy_iterator():
-            if r[ex.IMAGE_VIEW] != b"frontal":
-                continue
-            raw = r[ex.LABELS_RAW]
-            if split == "train":
-                t, m = chexpert.apply_policy(raw, r[ex.LABELS_DRAW], table, r[ex.LABELS_TEACHER])
-                if m[i] == 0:
-                    continue  # masked under this policy (e.g. ignore): not a training sample
-                ys.append(t[i])
-            else:
-                ys.append(float(raw[i] == chexpert.Code.POSITIVE))
-            unc.append(float(raw[i] == chexpert.Code.UNCERTAIN))
-            xs.append(r["image"])
-        x = np.stack(xs)
-        if x.shape[1] != image_size:
-            x = tf.cast(tf.round(tf.image.resize(tf.cast(x, tf.float32), [image_size] * 2, antialias=True)),
-                        tf.uint8).numpy()
-        out[split] = (x, np.array(ys, np.float32), np.array(unc, np.float32))
+        batches = list(input_lib.make_dataset(files, cfg, training=False, batch_size=256).as_numpy_iterator())
+        cat = {k: np.concatenate([b[k] for b in batches]) for k in ("image", "targets", "masks", "raw", "path")}
+        order = np.argsort(cat["path"], kind="stable")
+        x, raw = cat["image"][order], cat["raw"][order, 0]
+        if split == "train":
+            keep = cat["masks"][order, 0] > 0
+            y = cat["targets"][order, 0]
+        else:
+            keep = np.ones(len(order), bool)
+            y = (raw == chexpert.Code.POSITIVE).astype(np.float32)
+        out[split] = (x[keep], y[keep].astype(np.float32), (raw[keep] == chexpert.Code.UNCERTAIN).astype(np.float32))
     return Task(out["train"][0], out["train"][1], out["train"][2], out["valid"][0], out["valid"][1].astype(int))
 
 
