@@ -366,7 +366,7 @@ def run(job_dirs: list[str], *, split: str = "valid", csv_path: str | None = Non
         w = csv.writer(f)
         w.writerow(["path", "study"] + [f"p_{t}" for t in tasks] + [f"label_{t}" for t in tasks])
         for path, r in sorted(preds.items()):
-            w.writerow([path, r["study"]] + [f"{r['probs'][t]:.6f}" for t in tasks] + [r["raw"][t] for t in tasks])
+            w.writerow([path, r["study"]] + [repr(float(r["probs"][t])) for t in tasks] + [r["raw"][t] for t in tasks])
     return out
 
 
