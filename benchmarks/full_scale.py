@@ -18,6 +18,7 @@ Goals: full build <= 15 min, peak RSS <= 4 GB, incremental rerun <= 5% of the fu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -66,8 +67,8 @@ def main() -> None:
     shutil.rmtree(args.records_dir, ignore_errors=True)
     job = [f"--input_dir={args.data_dir}", f"--output_dir={args.records_dir}"]
     full, rss, _ = run_job(job)
-    size = sum(os.path.getsize(os.path.join(args.records_dir, n)) for n in os.listdir(args.records_dir)
-               if not n.startswith("."))
+    with open(os.path.join(args.records_dir, "manifest.json")) as f:
+        size = sum(json.load(f)["files"].values())
     images = TRAIN_ROWS + valid_rows
     print(f"full build      {full:7.1f} s  {images / full:6.0f} img/s  peak RSS {rss / 2**30:.2f} GiB  "
           f"records {size / 2**30:.1f} GiB")

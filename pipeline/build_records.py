@@ -30,9 +30,12 @@ Graph (row-sized elements are grouped, never pixels)::
         -> TeacherTargets (side input, path -> probabilities) -> WriteShards
     every stage's rejects -> WriteRejects;  WriteShards' stats -> WriteStats
 
-The driver then checks that rows in = written + rejected for every CSV, writes
-``manifest.json`` and moves the shards from the staging folder into ``--output_dir``: the
-output appears only when the whole job succeeded.
+Every file a run writes is new, in its own snapshot folder ``OUTPUT/snapshot-<time>-<id>/``.
+The driver then checks that rows in = written + rejected for every CSV and the guards
+(``--max_reject_fraction``, ``--max_shrink_fraction``), and commits by writing
+``OUTPUT/manifest.json`` in one atomic step (``pipeline.commit``): the new records appear
+only when the whole job succeeded, and any fault before that leaves the committed ones as
+they were.
 """
 
 from __future__ import annotations
@@ -40,16 +43,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import glob
 import hashlib
 import io
 import json
 import logging
 import os
 import posixpath
-import shutil
 import sys
-import uuid
 from typing import Sequence
 
 import apache_beam as beam
@@ -58,10 +58,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
+from pipeline import commit as commit_lib
 from pipeline import imaging
 from pipeline import make_sample
 from pipeline import records
 from pipeline import runs
+from pipeline import storage
 from pipeline import tfrecord
 from schemas import chexpert
 from schemas import example as example_lib
@@ -69,13 +71,13 @@ from schemas import example as example_lib
 log = logging.getLogger("build_records")
 NAMESPACE = "build_records"
 REJECTED = "rejected"
-MANIFEST = "manifest.json"
 INDEX = "index.tsv"
 DEFAULT_OUTPUT = "data/records"
 DEFAULT_DATA = "data"
 SYNTHETIC_DIR = "data/synthetic"
 DATASET_DIRS = (make_sample.DATASET_DIR, make_sample.DATASET_DIR_FULL)
 SOURCES = (("train.csv", "train"), ("valid.csv", "valid"))
+PATIENT_OVERLAP = ("reject", "fail")
 
 
 class BuildOptions(PipelineOptions):
@@ -114,6 +116,15 @@ class BuildOptions(PipelineOptions):
         parser.add_argument("--teacher_batch_size", type=int, default=32, help="RunInference batch for --teacher.")
         parser.add_argument("--sample_patients", type=int, default=1000,
                             help="Train patients of the synthetic sample generated when no data is found.")
+        parser.add_argument("--max_reject_fraction", type=float, default=0.05,
+                            help="Fail and commit nothing when more than this fraction of CSV rows is rejected "
+                                 "(an unmounted image folder rejects them all).")
+        parser.add_argument("--max_shrink_fraction", type=float, default=0.05,
+                            help="Fail and commit nothing when the run would hold more than this fraction fewer "
+                                 "records than the committed output; 1 accepts any shrink.")
+        parser.add_argument("--patient_overlap", default="reject",
+                            help="A train.csv row whose patient also appears in valid.csv (valid-set leakage): "
+                                 "reject (dead letter patient_in_valid, the default) or fail (stop before any work).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +149,9 @@ class BuildConfig:
     teacher: str = ""  # job folder; "" = no teacher
     teacher_sha256: str = ""  # of its model.keras: a retrained teacher is a changed input
     teacher_batch_size: int = 32
+    max_reject_fraction: float = 0.05
+    max_shrink_fraction: float = 0.05
+    patient_overlap: str = "reject"
 
     @property
     def table(self) -> np.ndarray:
@@ -220,6 +234,15 @@ def make_config(opts: BuildOptions) -> BuildConfig:
     teacher_sha256 = check_teacher(opts.teacher, policy) if opts.teacher else ""
     if opts.teacher_batch_size < 1:
         raise ConfigError("--teacher_batch_size must be >= 1")
+    for flag in ("max_reject_fraction", "max_shrink_fraction"):
+        if not 0.0 <= getattr(opts, flag) <= 1.0:
+            raise ConfigError(f"--{flag}={getattr(opts, flag)}: expected a fraction in [0, 1]")
+    if opts.patient_overlap not in PATIENT_OVERLAP:
+        raise ConfigError(f"--patient_overlap={opts.patient_overlap}: expected one of {', '.join(PATIENT_OVERLAP)}")
+    try:
+        commit_lib.check_output_dir(opts.output_dir)
+    except commit_lib.OutputError as e:
+        raise ConfigError(str(e)) from None
     synthetic = False
     input_dir = opts.input_dir
     if input_dir is None:
@@ -232,6 +255,8 @@ def make_config(opts: BuildOptions) -> BuildConfig:
         shard_size_mb=opts.shard_size_mb, min_shards=opts.min_shards, encoding=opts.encoding, seed=opts.seed,
         overwrite=opts.overwrite, synthetic=synthetic, incremental=opts.incremental,
         teacher=opts.teacher, teacher_sha256=teacher_sha256, teacher_batch_size=opts.teacher_batch_size,
+        max_reject_fraction=opts.max_reject_fraction, max_shrink_fraction=opts.max_shrink_fraction,
+        patient_overlap=opts.patient_overlap,
     )
 
 
@@ -310,15 +335,23 @@ class ReadCsvFn(beam.DoFn):
 
 
 class ParseRowFn(beam.DoFn):
-    """(source split, CsvRow) -> (path, (split, Row, CsvRow)) | Reject (tagged REJECTED)."""
+    """(source split, CsvRow) -> (path, (split, Row, CsvRow)) | Reject (tagged REJECTED).
 
-    def __init__(self, holdout_fraction: float):
+    ``valid_patients``: patient ids of valid.csv; a train.csv row of one of them is rejected
+    as ``patient_in_valid`` (its images would leak into the validation set's patients).
+    """
+
+    def __init__(self, holdout_fraction: float, valid_patients: frozenset = frozenset()):
         self.holdout_fraction = holdout_fraction
+        self.valid_patients = valid_patients
 
     def process(self, element):
         source_split, row = element
         try:
             split, parsed = records.parse_csv_row(row, source_split, self.holdout_fraction)
+            if source_split == "train" and parsed.patient_id in self.valid_patients:
+                raise chexpert.RowError("patient_in_valid", f"patient {parsed.patient_id} also appears in valid.csv: "
+                                        "kept out of training (pass --patient_overlap=fail to stop instead)")
         except chexpert.RowError as e:
             _reject_counter(e.reason).inc()
             split = records.guess_split(row, source_split, self.holdout_fraction)
@@ -353,7 +386,7 @@ def _assign_shard(element, plan: dict):
 
 class WriteShardFn(beam.DoFn):
     """((split, shard, num_shards), [(Row, source, line), ...]) -> one TFRecord file in the
-    staging folder.
+    run's snapshot folder.
 
     ``teacher`` (side input, with --teacher): {path: [P(positive) per teacher index]}.
 
@@ -362,10 +395,10 @@ class WriteShardFn(beam.DoFn):
     Writing the same shard twice (a retried bundle) rewrites the same file.
     """
 
-    def __init__(self, input_root: str, staging: str, settings: records.ExampleSettings, tag: str = "",
+    def __init__(self, input_root: str, snapshot_dir: str, settings: records.ExampleSettings, tag: str = "",
                  teacher_indices: tuple[int, ...] = ()):
         self.input_root = input_root
-        self.staging = staging
+        self.snapshot_dir = snapshot_dir
         self.settings = settings
         self.tag = tag
         self.teacher_indices = teacher_indices
@@ -378,7 +411,7 @@ class WriteShardFn(beam.DoFn):
         codes, targets_all, masks_all, paths, view_list, teacher_list = [], [], [], [], [], []
         views: dict[str, int] = {}
         written = size = 0
-        with FileSystems.create(posixpath.join(self.staging, name)) as writer:
+        with storage.create(posixpath.join(self.snapshot_dir, name)) as writer:
             # Sorted: the same bytes every run, frontal views first (example_lib.RECORD_ORDER).
             for row, source, line in sorted(rows, key=lambda r: example_lib.record_order(r[0].path, r[0].view)):
                 try:
@@ -486,16 +519,17 @@ def _read_file(path: str, name: str) -> bytes:
         raise chexpert.RowError("unreadable_file", f"{name}: {e}") from None
 
 
-def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, str]], staging: str,
-                   skip: dict | None = None, tag: str = "") -> None:
-    """Adds the records job to ``p``; its outputs land in ``staging``.
+def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, str]], snapshot_dir: str,
+                   skip: dict | None = None, tag: str = "", valid_patients: frozenset = frozenset()) -> None:
+    """Adds the records job to ``p``; its outputs land in ``snapshot_dir``.
 
-    ``skip``: lines an incremental run has settled (see ReadCsvFn); ``tag``: its shard tag.
+    ``skip``: lines an incremental run has settled (see ReadCsvFn); ``tag``: its shard tag;
+    ``valid_patients``: see ParseRowFn.
     """
     to_json = lambda r: json.dumps(r.to_dict() if isinstance(r, records.Reject) else r, sort_keys=True)  # noqa: E731
     read = (p | "ListCsvs" >> beam.Create(sources)
               | "ReadCsv" >> beam.ParDo(ReadCsvFn(skip)).with_outputs(REJECTED, main="rows"))
-    parsed = read.rows | "ParseRows" >> beam.ParDo(ParseRowFn(cfg.holdout_fraction)).with_outputs(
+    parsed = read.rows | "ParseRows" >> beam.ParDo(ParseRowFn(cfg.holdout_fraction, valid_patients)).with_outputs(
         REJECTED, main="rows")
     unique = (parsed.rows
               | "GroupByPath" >> beam.GroupByKey()
@@ -512,16 +546,16 @@ def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, 
     written = (unique.rows
                | "AssignShards" >> beam.Map(_assign_shard, plan=beam.pvalue.AsDict(plan))
                | "GroupByShard" >> beam.GroupByKey()
-               | "WriteShards" >> beam.ParDo(WriteShardFn(cfg.input_dir, staging, cfg.example_settings(), tag,
+               | "WriteShards" >> beam.ParDo(WriteShardFn(cfg.input_dir, snapshot_dir, cfg.example_settings(), tag,
                                                           cfg.teacher_indices), **side)
                                   .with_outputs(REJECTED, main="stats"))
     ((read[REJECTED], parsed[REJECTED], unique[REJECTED], written[REJECTED])
      | "MergeRejects" >> beam.Flatten()
      | "RejectsToJson" >> beam.Map(to_json)
-     | "WriteRejects" >> beam.io.WriteToText(posixpath.join(staging, "rejects"), file_name_suffix=".jsonl"))
+     | "WriteRejects" >> beam.io.WriteToText(posixpath.join(snapshot_dir, "rejects"), file_name_suffix=".jsonl"))
     (written.stats
      | "StatsToJson" >> beam.Map(to_json)
-     | "WriteStats" >> beam.io.WriteToText(posixpath.join(staging, "stats"), file_name_suffix=".jsonl"))
+     | "WriteStats" >> beam.io.WriteToText(posixpath.join(snapshot_dir, "stats"), file_name_suffix=".jsonl"))
 
 
 def teacher_targets(rows: beam.PCollection, cfg: BuildConfig) -> beam.PCollection:
@@ -650,7 +684,7 @@ def _options(cfg: BuildConfig) -> dict:
 
 
 # How a run treats existing output, not what it writes: left out of comparisons.
-_TRANSIENT_OPTIONS = ("overwrite", "incremental")
+_TRANSIENT_OPTIONS = ("overwrite", "incremental", "max_reject_fraction", "max_shrink_fraction")
 
 
 def _output_options(options: dict) -> dict:
@@ -658,54 +692,47 @@ def _output_options(options: dict) -> dict:
     return {k: v for k, v in options.items() if k not in _TRANSIENT_OPTIONS}
 
 
-def _fill_missing_shards(staging: str, stats: list[dict], tag: str) -> None:
-    """Writes an empty shard for any index no row hashed to, so ``-of-N`` always holds N."""
+def _fill_missing_shards(snapshot_dir: str, stats: list[dict], tag: str) -> list[dict]:
+    """A full build: writes an empty shard for any index no row hashed to, so ``-of-N``
+    always holds N. An incremental run keeps only the delta shards that hold records (and
+    deletes the empty ones it wrote), so empty files do not pile up run after run."""
+    if tag:
+        empty = [s for s in stats if not s["written"]]
+        storage.delete([posixpath.join(snapshot_dir, s["shard"]) for s in empty])
+        return [s for s in stats if s["written"]]
     seen = {(s["split"], s["index"]) for s in stats}
     for split, n in {(s["split"], s["num_shards"]) for s in stats}:
         for i in range(n):
             if (split, i) not in seen:
                 name = records.shard_name(split, i, n, tag)
-                FileSystems.create(posixpath.join(staging, name)).close()
+                storage.write_bytes(posixpath.join(snapshot_dir, name), b"")
                 stats.append({"split": split, "shard": name, "index": i, "num_shards": n, "written": 0,
                               "bytes": 0, "views": {}, "raw_counts": {}, "target_counts": {}, "paths": [],
                               "codes": [], "view_list": [], "teacher_list": []})
+    return stats
 
 
-def commit(cfg: BuildConfig, staging: str, manifest: dict, rejects: list[dict], new_files: list[str],
-           index: dict) -> None:
-    """Moves this run's shards, dead letters and index into the output folder, writes
-    manifest.json by rename, then deletes what the previous manifest listed and this one
-    does not. A reader that trusts only the manifest never sees a half-written output.
-    """
+def write_snapshot(cfg: BuildConfig, snapshot: str, manifest: dict, rejects: list[dict], index: dict) -> None:
+    """Writes this run's dead letters and index into its snapshot folder and completes
+    ``manifest``: their names, and ``files``, every file the snapshot consists of (this
+    run's and the kept ones of earlier snapshots) with its size."""
     out = cfg.output_dir
-    old = _read_manifest(out) or {}
     reject_files = []
     for name, _ in SOURCES:
         if name not in manifest["sources"]:
             continue
         rows = sorted((r for r in rejects if r["source"] == name), key=lambda r: r["row"])
-        fname = f"rejected-{name.removesuffix('.csv')}.jsonl"
-        with FileSystems.create(posixpath.join(staging, fname)) as f:
-            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
-        reject_files.append(fname)
-    with FileSystems.create(posixpath.join(staging, INDEX)) as f:
-        f.write(records.write_index(index))
+        rel = f"{snapshot}/rejected-{name.removesuffix('.csv')}.jsonl"
+        storage.write_bytes(posixpath.join(out, rel), "".join(json.dumps(r, sort_keys=True) + "\n"
+                                                             for r in rows).encode())
+        reject_files.append(rel)
+    index_rel = f"{snapshot}/{INDEX}"
+    storage.write_bytes(posixpath.join(out, index_rel), records.write_index(index))
+    manifest["snapshot"] = snapshot
     manifest["rejected_files"] = reject_files
-    manifest["index_file"] = INDEX
-    names = new_files + reject_files + [INDEX]
-    FileSystems.rename([posixpath.join(staging, n) for n in names], [posixpath.join(out, n) for n in names])
-    tmp = posixpath.join(staging, MANIFEST)
-    with FileSystems.create(tmp) as f:
-        f.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
-    FileSystems.rename([tmp], [posixpath.join(out, MANIFEST)])
-    listed = {n for sp in manifest["splits"].values() for n in sp["shards"]} | set(reject_files)
-    stale = [n for sp in old.get("splits", {}).values() for n in sp.get("shards", [])]
-    stale += old.get("rejected_files", [])
-    stale = [posixpath.join(out, n) for n in stale if n not in listed]
-    stale = [p for p in stale if FileSystems.exists(p)]
-    if stale:
-        FileSystems.delete(stale)
-    FileSystems.delete([staging])
+    manifest["index_file"] = index_rel
+    shards = [n for sp in manifest["splits"].values() for n in sp["shards"]]
+    manifest["files"] = commit_lib.file_sizes(out, shards + reject_files + [index_rel])
 
 
 def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> dict:
@@ -713,6 +740,10 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
 
     Raises:
         ConfigError: a bad flag, input folder or CSV header, before any work.
+        commit_lib.LockedError: another run holds the output folder.
+        commit_lib.DamagedOutputError: the committed output is not what its manifest says
+            (``--overwrite`` replaces it).
+        commit_lib.GuardError: too many rejects, or too large a shrink (nothing committed).
         RuntimeError: counts that do not reconcile (nothing is committed).
     """
     options = PipelineOptions(runs.runner_args(sys.argv[1:] if argv is None else argv))
@@ -725,9 +756,11 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     except chexpert.CsvHeaderError as e:
         raise ConfigError(str(e)) from None
     rows = scan_rows(cfg, sources)
+    check_image_folders(cfg, rows)
+    valid_patients = check_patient_overlap(cfg, rows)
     fp = input_fingerprint(cfg, sources, rows)
-    with runs.exclusive(cfg.output_dir):
-        previous = _read_manifest(cfg.output_dir)
+    with commit_lib.exclusive(cfg.output_dir):
+        previous = _committed(cfg)
         if previous and previous.get("fingerprint") == fp:
             log.info("nothing new: inputs and options unchanged since %s; output left as it is", previous["created"])
             previous["nothing_new"] = True
@@ -736,12 +769,12 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
             raise ConfigError(f"--output_dir={cfg.output_dir} already holds records (manifest.json) built from "
                               "other inputs or options; pass --overwrite to replace them, --incremental to update "
                               "them, or choose another folder")
-        return _build(cfg, sources, rows, options, fp, previous if cfg.incremental else None)
+        return _build(cfg, sources, rows, options, fp, previous, valid_patients)
 
 
 def scan_rows(cfg: BuildConfig, sources: list[dict]) -> list[dict]:
-    """Each CSV row with a usable path: source, line, path, the image's stat, the cells'
-    digest. A stat, not a read: 224k of them take seconds."""
+    """Each CSV row with a usable path: source, line, path, patient, the image's stat, the
+    cells' digest. A stat, not a read: 224k of them take seconds."""
     out = []
     for src in sources:
         for item in records.read_csv_rows(io.BytesIO(src["data"]), src["name"]):
@@ -751,10 +784,45 @@ def scan_rows(cfg: BuildConfig, sources: list[dict]) -> list[dict]:
                 path = chexpert.normalize_path(item.cells.get(chexpert.COL_PATH) or "")
             except chexpert.RowError:
                 continue
-            out.append({"source": src["name"], "line": item.line, "path": path,
+            out.append({"source": src["name"], "line": item.line, "path": path, "patient": records.patient_of(path),
                         "stat": runs.file_stat(posixpath.join(cfg.input_dir, path)),
                         "row": records.row_digest(item.cells)})
     return out
+
+
+def check_image_folders(cfg: BuildConfig, rows: list[dict]) -> None:
+    """Fails when an image folder the CSV points into (``CheXpert-v1.0-small/train``) is
+    missing or holds none of the images listed: an unmounted disk, not a thousand bad rows.
+
+    Raises:
+        ConfigError: naming the folder.
+    """
+    if storage.is_remote(cfg.input_dir):
+        return  # no cheap stat there; the --max_reject_fraction guard still applies
+    listed: dict[str, list[int]] = {}
+    for r in rows:
+        n = listed.setdefault("/".join(r["path"].split("/")[:2]), [0, 0])
+        n[0] += 1
+        n[1] += r["stat"] != "missing"
+    for folder, (n, present) in sorted(listed.items()):
+        if not present:
+            full = posixpath.join(cfg.input_dir, folder)
+            state = "does not exist" if not os.path.isdir(full) else "holds none of them"
+            raise ConfigError(f"{full}: {n} CSV rows list images in this folder, but it {state}; is the image "
+                              f"folder there (mounted, unpacked)? (--input_dir={cfg.input_dir})")
+
+
+def check_patient_overlap(cfg: BuildConfig, rows: list[dict]) -> frozenset:
+    """valid.csv's patient ids; with ``--patient_overlap=fail``, fails when train.csv lists
+    any of them (otherwise those train rows become ``patient_in_valid`` dead letters)."""
+    valid = frozenset(r["patient"] for r in rows if r["source"] == "valid.csv" and r["patient"])
+    leaked = [r for r in rows if r["source"] == "train.csv" and r["patient"] in valid]
+    if leaked and cfg.patient_overlap == "fail":
+        first = leaked[0]
+        raise ConfigError(f"{len(leaked)} train.csv rows belong to patients of valid.csv (first: line {first['line']}, "
+                          f"{first['patient']}); valid-set leakage. --patient_overlap=reject keeps them out of "
+                          "training as dead letters instead")
+    return valid
 
 
 def input_fingerprint(cfg: BuildConfig, sources: list[dict], rows: list[dict]) -> str:
@@ -767,12 +835,26 @@ def input_fingerprint(cfg: BuildConfig, sources: list[dict], rows: list[dict]) -
     return runs.fingerprint(parts)
 
 
-def _read_manifest(output_dir: str) -> dict | None:
-    path = posixpath.join(output_dir, MANIFEST)
-    if not FileSystems.exists(path):
+def _committed(cfg: BuildConfig) -> dict | None:
+    """The committed manifest, verified against the files it lists, after collecting what
+    no manifest references (a killed run's snapshot). With ``--overwrite``, damaged output is
+    rebuilt (with a warning) instead of being an error.
+
+    Raises:
+        commit_lib.DamagedOutputError: without ``--overwrite``.
+    """
+    try:
+        previous = commit_lib.read_manifest(cfg.output_dir)
+        if previous is not None:
+            commit_lib.verify(cfg.output_dir, previous)
+    except commit_lib.DamagedOutputError as e:
+        if not cfg.overwrite:
+            raise
+        log.warning("%s; --overwrite: rebuilding the output from scratch", e)
         return None
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        return json.loads(f.read())
+    if previous is not None:
+        commit_lib.collect_garbage(cfg.output_dir, previous)
+    return previous
 
 
 def _compatible(cfg: BuildConfig, previous: dict) -> str | None:
@@ -784,29 +866,38 @@ def _compatible(cfg: BuildConfig, previous: dict) -> str | None:
     old, new = _output_options(previous.get("options", {})), _output_options(_options(cfg))
     if old != new or previous.get("policy") != cfg.policy:
         return "options or policy changed"
-    if not FileSystems.exists(posixpath.join(cfg.output_dir, previous.get("index_file", INDEX))):
+    if not previous.get("index_file"):
         return "no index of the committed records"
     return None
 
 
-def _carry_over(cfg: BuildConfig, rows: list[dict], previous: dict, staging: str, tag: str):
+def _carry_over(cfg: BuildConfig, rows: list[dict], previous: dict, snapshot: str, tag: str,
+                valid_patients: frozenset):
     """Decides what an incremental run keeps.
 
     Returns:
-        ``(skip, dup_rejects, kept stats, new files, index)``: {csv: line numbers} the
-        pipeline need not read (kept rows and later duplicates of them); dead letters for
-        those duplicates; stats of every committed shard kept (untouched, or compacted to
-        drop records of changed or removed rows); names of compacted shards written to
-        ``staging``; the index entries of the kept records.
+        ``(skip, dup_rejects, kept stats, index)``: {csv: line numbers} the pipeline need
+        not read (kept rows and later duplicates of them); dead letters for those
+        duplicates; stats of every committed shard kept (untouched, or compacted into this
+        run's ``snapshot`` to drop records of changed or removed rows); the index entries
+        of the kept records.
+
+    Raises:
+        commit_lib.DamagedOutputError: the committed index cannot be read.
     """
-    with FileSystems.open(posixpath.join(cfg.output_dir, previous.get("index_file", INDEX)),
-                          compression_type="uncompressed") as f:
-        old_index = records.read_index(f.read())
+    index_path = posixpath.join(cfg.output_dir, previous["index_file"])
+    try:
+        old_index = records.read_index(storage.read_bytes(index_path))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise commit_lib.DamagedOutputError(f"{index_path}: unreadable records index ({e}); rerun with --overwrite "
+                                            "to rebuild the output") from None
     first: dict[str, dict] = {}
     for r in rows:
         first.setdefault(r["path"], r)  # rows come in file, then line order: the first occurrence
     keep = {p: e for p, e in old_index.items()
-            if p in first and first[p]["stat"] == e["stat"] and first[p]["row"] == e["row"]}
+            if p in first and first[p]["stat"] == e["stat"] and first[p]["row"] == e["row"]
+            # a patient who has since appeared in valid.csv: the row must become a dead letter
+            and not (first[p]["source"] == "train.csv" and first[p]["patient"] in valid_patients)}
     skip: dict[str, list[int]] = {}
     dup_rejects = []
     for r in rows:
@@ -821,32 +912,32 @@ def _carry_over(cfg: BuildConfig, rows: list[dict], previous: dict, staging: str
                                               ).to_dict())
     skip_arrays = {name: np.array(sorted(lines), np.int64) for name, lines in skip.items()}
     dropped_from = {e["shard"] for p, e in old_index.items() if p not in keep}
-    kept_stats, new_files, index = [], [], {}
+    kept_stats, index = [], {}
     for name, st in previous.get("shard_stats", {}).items():
         if name not in dropped_from:
             kept_stats.append(dict(st))
             continue
-        # Compaction: copy the kept records (no decoding). A shard's records are its index
-        # entries in example_lib.record_order, as WriteShardFn writes them.
+        # Compaction: copy the kept records (no decoding) into a new shard of this run's
+        # snapshot; the committed shard itself is never touched. A shard's records are its
+        # index entries in example_lib.record_order, as WriteShardFn writes them.
         in_shard = sorted((p for p, e in old_index.items() if e["shard"] == name),
                           key=lambda p: example_lib.record_order(p, old_index[p]["view"]))
         survivors = [p for p in in_shard if p in keep]
         if not survivors:
             continue
-        new_name = name.replace(".tfrecord", f".{tag}.tfrecord")
+        new_name = f"{snapshot}/" + posixpath.basename(name).replace(".tfrecord", f".{tag}.tfrecord")
         size = 0
-        with FileSystems.open(posixpath.join(cfg.output_dir, name), compression_type="uncompressed") as src, \
-                FileSystems.create(posixpath.join(staging, new_name)) as dst:
+        with storage.open_read(posixpath.join(cfg.output_dir, name)) as src, \
+                storage.create(posixpath.join(cfg.output_dir, new_name)) as dst:
             for path, data in zip(in_shard, tfrecord.read_records(src, name)):
                 if path in keep:
                     size += tfrecord.write_record(dst, data)
-        new_files.append(new_name)
         kept_stats.append({**_stats_for(cfg, survivors, keep, st["split"]), "shard": new_name, "bytes": size})
         for p in survivors:
             keep[p] = {**keep[p], "shard": new_name}
     for p, e in keep.items():
         index[p] = {k: v for k, v in e.items() if k != "path"}
-    return skip_arrays, dup_rejects, kept_stats, new_files, index
+    return skip_arrays, dup_rejects, kept_stats, index
 
 
 def _stats_for(cfg: BuildConfig, paths: list[str], entries: dict, split: str) -> dict:
@@ -864,22 +955,35 @@ def _stats_for(cfg: BuildConfig, paths: list[str], entries: dict, split: str) ->
             "target_counts": target_counts, "relabelled": relabelled_counts([entries[p].get("teacher") for p in paths])}
 
 
+
+
 def _build(cfg: BuildConfig, sources: list[dict], rows: list[dict], options: PipelineOptions, fp: str,
-           previous: dict | None) -> dict:
-    if "://" not in cfg.output_dir:
-        for stale in glob.glob(os.path.join(cfg.output_dir, ".staging-*")):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run: never listed by any manifest
-    staging = posixpath.join(cfg.output_dir, f".staging-{uuid.uuid4().hex[:12]}")
-    FileSystems.mkdirs(staging)
-    skip, dup_rejects, kept_stats, new_files, index = None, [], [], [], {}
-    tag = ""
-    if previous:
+           previous: dict | None, valid_patients: frozenset) -> dict:
+    """Runs the pipeline into a new snapshot folder, reconciles, applies the guards and
+    commits; on any failure the committed output is as it was (the unfinished snapshot is
+    removed, or collected by the next run)."""
+    snapshot, snapshot_dir = commit_lib.new_snapshot(cfg.output_dir)
+    try:
+        return _build_into(cfg, sources, rows, options, fp, previous, valid_patients, snapshot, snapshot_dir)
+    except Exception:  # not committed (commit_lib.commit raises only before its atomic step)
+        try:
+            storage.delete([snapshot_dir])
+        except Exception as e:  # the next run collects it
+            log.warning("could not remove the unfinished snapshot %s: %s", snapshot_dir, e)
+        raise
+
+
+def _build_into(cfg: BuildConfig, sources: list[dict], rows: list[dict], options: PipelineOptions, fp: str,
+                previous: dict | None, valid_patients: frozenset, snapshot: str, snapshot_dir: str) -> dict:
+    skip, dup_rejects, kept_stats, index = None, [], [], {}
+    tag, kept = "", 0
+    if previous and cfg.incremental:
         why = _compatible(cfg, previous)
         if why:
             log.warning("--incremental: %s since the committed run; rebuilding everything", why)
         else:
-            tag = "u" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-            skip, dup_rejects, kept_stats, new_files, index = _carry_over(cfg, rows, previous, staging, tag)
+            tag = "u" + snapshot.removeprefix(commit_lib.SNAPSHOT_PREFIX).split("-")[0]
+            skip, dup_rejects, kept_stats, index = _carry_over(cfg, rows, previous, snapshot, tag, valid_patients)
             kept = len(index)
             log.info("--incremental: %d rows kept from the committed records, %d to process", kept,
                      len(rows) - kept - len(dup_rejects))
@@ -890,24 +994,31 @@ def _build(cfg: BuildConfig, sources: list[dict], rows: list[dict], options: Pip
         log.info("teacher %s (model sha256 %s...) relabels uncertain %s", cfg.teacher, cfg.teacher_sha256[:12],
                  ", ".join(chexpert.teacher_observations(cfg.policy)))
     with beam.Pipeline(options=options) as p:
-        build_pipeline(p, cfg, [(s["path"], s["split"]) for s in sources], staging, skip, tag)
-    stats = runs.read_jsonl(posixpath.join(staging, "stats*.jsonl"))
-    rejects = runs.read_jsonl(posixpath.join(staging, "rejects*.jsonl")) + dup_rejects
-    _fill_missing_shards(staging, stats, tag)
+        build_pipeline(p, cfg, [(s["path"], s["split"]) for s in sources], snapshot_dir, skip, tag, valid_patients)
+    temp = [posixpath.join(snapshot_dir, "stats*.jsonl"), posixpath.join(snapshot_dir, "rejects*.jsonl")]
+    stats = runs.read_jsonl(temp[0])
+    rejects = runs.read_jsonl(temp[1]) + dup_rejects
+    storage.delete([m.path for pattern in temp for m in FileSystems.match([pattern])[0].metadata_list])
+    stats = _fill_missing_shards(snapshot_dir, stats, tag)
     by_path = {r["path"]: r for r in reversed(rows)}  # first occurrence wins
     for s in stats:
-        new_files.append(s["shard"])
+        s["shard"] = f"{snapshot}/{s['shard']}"
         for p, codes, view, soft in zip(s["paths"], s.pop("codes"), s.pop("view_list"), s.pop("teacher_list")):
             index[p] = {"stat": by_path[p]["stat"], "row": by_path[p]["row"], "split": s["split"],
                         "shard": s["shard"], "codes": codes, "view": view, "teacher": soft}
-    for path in (posixpath.join(staging, "stats*.jsonl"), posixpath.join(staging, "rejects*.jsonl")):
-        for m in FileSystems.match([path])[0].metadata_list:
-            FileSystems.delete([m.path])
     manifest = summarize(cfg, sources, kept_stats + stats, rejects)
     manifest["fingerprint"] = fp
     manifest["incremental"] = ({"tag": tag, "kept": kept, "processed": manifest["rows"] - kept - len(dup_rejects)}
                                if tag else None)
-    commit(cfg, staging, manifest, rejects, new_files, index)
+    manifest["patient_overlap"] = {"mode": cfg.patient_overlap, "valid_patients": len(valid_patients),
+                                   "rows_rejected": sum(r["reason"] == "patient_in_valid" for r in rejects)}
+    commit_lib.check_rejected(manifest["rejected"], manifest["rows"], cfg.max_reject_fraction, "CSV rows",
+                              "--max_reject_fraction")
+    if previous:
+        commit_lib.check_shrink(manifest["written"], previous.get("written", 0), cfg.max_shrink_fraction,
+                                "records", "--max_shrink_fraction")
+    write_snapshot(cfg, snapshot, manifest, rejects, index)
+    commit_lib.commit(cfg.output_dir, manifest)
     manifest["nothing_new"] = False
     return manifest
 
@@ -916,9 +1027,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs.configure_logging()
     try:
         manifest = run(argv)
-    except (ConfigError, runs.LockedError) as e:
+    except (ConfigError, commit_lib.LockedError, commit_lib.OutputError) as e:
         print(f"build_records: error: {e}", file=sys.stderr)
         return 2
+    except (commit_lib.DamagedOutputError, commit_lib.GuardError) as e:
+        print(f"build_records: error: {e}", file=sys.stderr)
+        return 1
     if manifest.get("nothing_new"):
         print(f"nothing new: inputs and options unchanged; records in {manifest['options']['output_dir']} left as "
               "they are")
@@ -935,8 +1049,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"teacher {t['job_dir']} relabelled uncertain entries: " + "; ".join(
             f"{split} " + ", ".join(f"{slug}={n}" for slug, n in per.items())
             for split, per in sorted(t["relabelled"].items())))
-    print(f"records written to {manifest['options']['output_dir']} "
-          f"({manifest['written']} of {manifest['rows']} rows; rejects in rejected-*.jsonl)")
+    out = manifest["options"]["output_dir"]
+    print(f"records written to {out}/{manifest['snapshot']} ({manifest['written']} of {manifest['rows']} rows), "
+          f"committed by {out}/manifest.json; rejects in " + ", ".join(manifest["rejected_files"]))
     return 0
 
 

@@ -138,14 +138,20 @@ def parse_csv_row(row: CsvRow, source_split: str, holdout_fraction: float) -> tu
     return split_of(source_split, parsed.patient_id, holdout_fraction), parsed
 
 
+def patient_of(path: str) -> str | None:
+    """The patient folder a (normalized) CheXpert path names, e.g. ``patient00001``."""
+    parts = [p for p in path.split("/") if p.startswith("patient")]
+    return parts[0] if parts else None
+
+
 def guess_split(row: CsvRow, source_split: str, holdout_fraction: float) -> str | None:
     """The split of a row that failed validation, where its path still names a patient."""
     try:
         path = chexpert.normalize_path(row.cells.get(chexpert.COL_PATH) or "")
     except chexpert.RowError:
         return None
-    parts = [p for p in path.split("/") if p.startswith("patient")]
-    return split_of(source_split, parts[0], holdout_fraction) if parts else None
+    patient = patient_of(path)
+    return split_of(source_split, patient, holdout_fraction) if patient else None
 
 
 def num_shards_for(rows: int, *, image_size: int, encoding: str, shard_size_mb: float, min_shards: int,

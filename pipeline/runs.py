@@ -1,10 +1,5 @@
-"""What every scheduled job shares: an exclusive output lock and an input fingerprint.
-
-A run holds ``OUTPUT/.lock`` (created with O_EXCL) from start to commit; a second run
-started meanwhile exits with a message naming the holder. A lock left by a process that no
-longer exists on this host (``kill -9``) is taken over with a warning. Only local output
-folders can be locked this way; on object stores (gs://, s3://) the scheduler must not
-start overlapping runs.
+"""What every scheduled job shares besides its commit (``pipeline.commit``): an input
+fingerprint, runner flags, logging.
 
 The fingerprint is a sha256 over everything a run's output depends on (the input CSVs'
 digests, every input file's path, size and mtime, and the options): a rerun whose
@@ -14,70 +9,15 @@ byte for byte as it is.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import hashlib
 import json
 import logging
 import os
-import socket
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from apache_beam.io.filesystems import FileSystems
 
 log = logging.getLogger(__name__)
-LOCK = ".lock"
-
-
-class LockedError(RuntimeError):
-    """Another run holds the output folder's lock."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def exclusive(output_dir: str) -> Iterator[None]:
-    """Holds ``output_dir/.lock`` for the duration; raises LockedError if another run does."""
-    if "://" in output_dir:
-        log.warning("%s: object stores cannot be locked; do not start overlapping runs", output_dir)
-        yield
-        return
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, LOCK)
-    me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                with open(path) as f:
-                    holder = json.load(f)
-            except (OSError, ValueError):
-                holder = {}
-            if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
-                log.warning("%s: taking over a stale lock of pid %s (no longer running)", path, holder["pid"])
-                os.unlink(path)
-                continue
-            raise LockedError(f"{output_dir} is locked by another run (pid {holder.get('pid')} on "
-                              f"{holder.get('host')}, started {holder.get('started')}); wait for it to finish, or "
-                              f"delete {path} if that run is gone") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
 
 
 def fingerprint(parts: Iterable[str]) -> str:

@@ -9,29 +9,32 @@ Each input is read and preprocessed with the records job's own code (JPEG, PNG, 
 scored in batches by ``RunInference`` with the job's ``model.keras`` (or its SavedModel,
 ``--model_format=saved_model``), and written as ``scores.csv`` and ``scores.jsonl`` (one row
 per input, sorted by path: P(positive) per observation and the positive calls at the
-model's threshold), ``rejected.jsonl`` (unreadable inputs with the reason) and
-``manifest.json`` (counts, model, threshold, input fingerprint). Inputs = scored + rejected,
-or nothing is committed.
+model's threshold) and ``rejected.jsonl`` (unreadable inputs with the reason), in a new
+snapshot folder ``OUTPUT/snapshot-.../`` that ``OUTPUT/manifest.json`` (counts, model,
+threshold, input fingerprint, ``outputs``: where the files are) commits. Inputs = scored +
+rejected, or nothing is committed.
 
-Scheduled use: the output folder is locked while a run is in progress; results are staged
-and committed by renaming the manifest last; ``--incremental`` scores only inputs whose path,
-size or mtime changed since the committed run and carries the other rows over; a rerun on
-unchanged inputs says "nothing new" and changes nothing. Same code on Dataflow or Flink.
+Scheduled use: the output folder is locked while a run is in progress; a run writes only
+new files and commits them in one atomic step (``pipeline.commit``); more than
+``--max_reject_fraction`` rejects, or a shrink past ``--max_shrink_fraction``, commits
+nothing; ``--incremental`` scores only inputs whose path, size or mtime changed since the
+committed run and carries the other rows over; a rerun on unchanged inputs says "nothing
+new" and changes nothing. Same code on Dataflow or Flink.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import datetime
 import glob
+import io
 import json
 import logging
 import os
 import posixpath
-import shutil
 import sys
-import uuid
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
@@ -41,13 +44,13 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
-from pipeline import records, runs
+from pipeline import commit as commit_lib
+from pipeline import records, runs, storage
 from schemas import chexpert
 
 log = logging.getLogger("score")
 NAMESPACE = "score"
 REJECTED = "rejected"
-MANIFEST = "manifest.json"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -66,6 +69,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=64, help="Largest RunInference batch.")
     parser.add_argument("--incremental", action="store_true",
                         help="Score only new or changed inputs; carry the rest over from the committed run.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace the committed output even if it is damaged (files missing or resized).")
+    parser.add_argument("--max_reject_fraction", type=float, default=0.05,
+                        help="Fail and commit nothing when more than this fraction of inputs is rejected.")
+    parser.add_argument("--max_shrink_fraction", type=float, default=0.05,
+                        help="Fail and commit nothing when the run would hold more than this fraction fewer scores "
+                             "than the committed output; 1 accepts any shrink.")
     return parser
 
 
@@ -123,6 +133,10 @@ def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
         seen.add(path)
         full = os.path.join(root, path)
         inputs.append(Input(path, full, runs.file_stat(full)))
+    if inputs and all(i.stat == "missing" for i in inputs):
+        state = "does not exist" if not os.path.isdir(root) else "holds none of them"
+        raise ConfigError(f"{root}: the {len(inputs)} images --csv={opts.csv} lists are relative to this folder, but "
+                          f"it {state}; is the image folder mounted? (set it with --image_root)")
     return inputs, rejected
 
 
@@ -198,17 +212,17 @@ def score_row(key: str, probs: dict, threshold: float) -> dict:
 
 
 def build_pipeline(p, inputs: list[Input], job_dir: str, model_format: str, threshold: float, batch_size: int,
-                   staging: str) -> None:
+                   snapshot_dir: str) -> None:
     loaded = (p | "ListInputs" >> beam.Create(inputs)
                 | "Reshuffle" >> beam.Reshuffle()
                 | "LoadImages" >> beam.ParDo(LoadImageFn(job_dir)).with_outputs(REJECTED, main="images"))
     (loaded.images
      | "RunInference" >> RunInference(KeyedModelHandler(ChexpertModelHandler(job_dir, model_format, batch_size)))
      | "ToRows" >> beam.MapTuple(lambda key, result: json.dumps(score_row(key, result.inference, threshold)))
-     | "WriteScores" >> beam.io.WriteToText(posixpath.join(staging, "scores"), file_name_suffix=".jsonl"))
+     | "WriteScores" >> beam.io.WriteToText(posixpath.join(snapshot_dir, "scores"), file_name_suffix=".jsonl"))
     (loaded[REJECTED]
      | "RejectsToJson" >> beam.Map(json.dumps)
-     | "WriteRejects" >> beam.io.WriteToText(posixpath.join(staging, "rejects"), file_name_suffix=".jsonl"))
+     | "WriteRejects" >> beam.io.WriteToText(posixpath.join(snapshot_dir, "rejects"), file_name_suffix=".jsonl"))
 
 
 def _model_digest(job_dir: str, model_format: str) -> str:
@@ -224,25 +238,53 @@ def _model_digest(job_dir: str, model_format: str) -> str:
     return h.hexdigest()
 
 
-def write_outputs(out_dir: str, rows: list[dict], rejected: list[dict], tasks: Sequence[str], manifest: dict) -> None:
-    """Writes scores and dead letters into ``out_dir``, manifest last (by rename)."""
-    with open(os.path.join(out_dir, "scores.jsonl"), "w") as f:
-        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-    with open(os.path.join(out_dir, "scores.csv"), "w") as f:
-        f.write(",".join(["path"] + [f"p_{t}" for t in tasks] + ["positive"]) + "\n")
-        for r in rows:
-            f.write(",".join([json.dumps(r["path"])] + [f"{r['probabilities'][t]:.6f}" for t in tasks]
-                             + [";".join(r["positive"])]) + "\n")
-    with open(os.path.join(out_dir, "rejected.jsonl"), "w") as f:
-        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rejected)
-    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+def write_outputs(output_dir: str, snapshot: str, rows: list[dict], rejected: list[dict],
+                  tasks: Sequence[str]) -> dict[str, str]:
+    """Writes scores and dead letters into the run's snapshot folder.
+
+    Returns:
+        {"scores_jsonl" | "scores_csv" | "rejected": path relative to ``output_dir``}.
+    """
+    rel = {"scores_jsonl": f"{snapshot}/scores.jsonl", "scores_csv": f"{snapshot}/scores.csv",
+           "rejected": f"{snapshot}/rejected.jsonl"}
+    storage.write_bytes(storage.join(output_dir, rel["scores_jsonl"]),
+                        "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path"] + [f"p_{t}" for t in tasks] + ["positive"])
+    for r in rows:
+        writer.writerow([r["path"]] + [f"{r['probabilities'][t]:.6f}" for t in tasks] + [";".join(r["positive"])])
+    storage.write_bytes(storage.join(output_dir, rel["scores_csv"]), buf.getvalue().encode())
+    storage.write_bytes(storage.join(output_dir, rel["rejected"]),
+                        "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected).encode())
+    return rel
+
+
+def _committed(opts: argparse.Namespace) -> dict | None:
+    """The committed manifest, verified, after collecting unreferenced files; with
+    ``--overwrite`` damaged output is replaced (warned) instead of being an error."""
+    try:
+        previous = commit_lib.read_manifest(opts.output_dir)
+        if previous is not None:
+            commit_lib.verify(opts.output_dir, previous)
+    except commit_lib.DamagedOutputError as e:
+        if not opts.overwrite:
+            raise
+        log.warning("%s; --overwrite: scoring everything anew", e)
+        return None
+    if previous is not None:
+        commit_lib.collect_garbage(opts.output_dir, previous)
+    return previous
 
 
 def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> dict:
-    """Scores the inputs; returns the committed manifest (or the unchanged one)."""
+    """Scores the inputs; returns the committed manifest (or the unchanged one).
+
+    Raises:
+        ConfigError: a bad flag or input, before any work.
+        commit_lib.LockedError, commit_lib.DamagedOutputError, commit_lib.GuardError: see
+            ``pipeline.commit``; nothing is committed.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     opts, pipeline_args = make_parser().parse_known_args(argv)
     options = PipelineOptions(runs.runner_args(pipeline_args))
@@ -251,6 +293,13 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         options.view_as(StandardOptions).runner = "DirectRunner"
     if opts.model_format not in ("keras", "saved_model"):
         raise ConfigError(f"--model_format={opts.model_format}: expected keras or saved_model")
+    for flag in ("max_reject_fraction", "max_shrink_fraction"):
+        if not 0.0 <= getattr(opts, flag) <= 1.0:
+            raise ConfigError(f"--{flag}={getattr(opts, flag)}: expected a fraction in [0, 1]")
+    try:
+        commit_lib.check_output_dir(opts.output_dir)
+    except commit_lib.OutputError as e:
+        raise ConfigError(str(e)) from None
     cfg_path = os.path.join(opts.job_dir, "config.json")
     if not os.path.exists(cfg_path):
         raise ConfigError(f"--job_dir={opts.job_dir}: no config.json; train a model with trainer.task first")
@@ -262,65 +311,77 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     fp = runs.fingerprint([model, str(threshold), opts.model_format, json.dumps(csv_rejects, sort_keys=True)]
                           + [f"{i.key}\t{i.stat}" for i in inputs])
     out = opts.output_dir
-    with runs.exclusive(out):
-        previous = {}
-        if os.path.exists(os.path.join(out, MANIFEST)):
-            with open(os.path.join(out, MANIFEST)) as f:
-                previous = json.load(f)
-        if previous.get("fingerprint") == fp:
+    with commit_lib.exclusive(out):
+        previous = _committed(opts)
+        if previous and previous.get("fingerprint") == fp:
             log.info("nothing new: inputs, model and threshold unchanged since %s", previous.get("created"))
             previous["nothing_new"] = True
             return previous
-        for stale in glob.glob(os.path.join(out, ".staging-*")):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
-        carried: dict[str, dict] = {}
-        todo = inputs
-        if opts.incremental and previous.get("model") == model and previous.get("threshold") == threshold:
-            old_rows = {r["path"]: r for r in runs.read_jsonl(os.path.join(out, "scores.jsonl"))}
-            old_rejects = {r["key"]: r for r in runs.read_jsonl(os.path.join(out, "rejected.jsonl"))}
-            index = previous.get("index", {})
-            todo = []
-            for i in inputs:
-                if index.get(i.key) == i.stat and (i.key in old_rows or i.key in old_rejects):
-                    carried[i.key] = old_rows.get(i.key) or {"rejected": old_rejects[i.key]}
-                else:
-                    todo.append(i)
-            log.info("incremental: %d new or changed inputs, %d carried over", len(todo), len(carried))
-        elif opts.incremental:
-            log.info("incremental: the model or threshold changed since the committed run; scoring everything")
-        staging = os.path.join(out, f".staging-{uuid.uuid4().hex[:12]}")
-        os.makedirs(staging)
-        if todo:
-            with beam.Pipeline(options=options) as p:
-                build_pipeline(p, todo, opts.job_dir, opts.model_format, threshold, opts.batch_size, staging)
-        rows = runs.read_jsonl(os.path.join(staging, "scores*.jsonl"))
-        rejects = runs.read_jsonl(os.path.join(staging, "rejects*.jsonl"))
-        rows += [c for c in carried.values() if "rejected" not in c]
-        rejects += [c["rejected"] for c in carried.values() if "rejected" in c] + csv_rejects
-        rows.sort(key=lambda r: r["path"])
-        rejects.sort(key=lambda r: (str(r.get("key")), r.get("row", 0)))
-        n_in = len(inputs) + len(csv_rejects)
-        if n_in != len(rows) + len(rejects):
-            raise RuntimeError(f"counts do not reconcile, nothing committed: {n_in} inputs, {len(rows)} scored + "
-                               f"{len(rejects)} rejected (staging left in {staging})")
-        by_reason: dict[str, int] = {}
-        for r in rejects:
-            by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
-        manifest = {
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "job_dir": opts.job_dir, "model_format": opts.model_format, "model": model, "tasks": tasks,
-            "threshold": threshold, "inputs": n_in, "scored": len(rows), "rejected": len(rejects),
-            "rejected_by_reason": by_reason, "scored_this_run": len(todo), "carried_over": len(carried),
-            "fingerprint": fp, "index": {i.key: i.stat for i in inputs},
-            "positives": {t: sum(t in r["positive"] for r in rows) for t in tasks},
-        }
-        write_outputs(staging, rows, rejects, tasks, manifest)
-        for name in ("scores.jsonl", "scores.csv", "rejected.jsonl"):
-            os.replace(os.path.join(staging, name), os.path.join(out, name))
-        # The manifest goes last: a reader holding the old manifest sees old files until here.
-        os.replace(os.path.join(staging, MANIFEST), os.path.join(out, MANIFEST))
-        shutil.rmtree(staging, ignore_errors=True)
+        snapshot, snapshot_dir = commit_lib.new_snapshot(out)
+        try:
+            manifest = _score_into(opts, options, previous or {}, inputs, csv_rejects, model, tasks, threshold, fp,
+                                   snapshot, snapshot_dir)
+        except Exception:  # not committed: remove the unfinished snapshot (else the next run collects it)
+            try:
+                storage.delete([snapshot_dir])
+            except Exception as e:
+                log.warning("could not remove the unfinished snapshot %s: %s", snapshot_dir, e)
+            raise
     manifest["nothing_new"] = False
+    return manifest
+
+
+def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects: list[dict], model: str,
+                tasks: Sequence[str], threshold: float, fp: str, snapshot: str, snapshot_dir: str) -> dict:
+    out = opts.output_dir
+    carried: dict[str, dict] = {}
+    todo = inputs
+    if opts.incremental and previous.get("model") == model and previous.get("threshold") == threshold:
+        old_rows = {r["path"]: r for r in runs.read_jsonl(storage.join(out, previous["outputs"]["scores_jsonl"]))}
+        old_rejects = {r["key"]: r for r in runs.read_jsonl(storage.join(out, previous["outputs"]["rejected"]))}
+        index = previous.get("index", {})
+        todo = []
+        for i in inputs:
+            if index.get(i.key) == i.stat and (i.key in old_rows or i.key in old_rejects):
+                carried[i.key] = old_rows.get(i.key) or {"rejected": old_rejects[i.key]}
+            else:
+                todo.append(i)
+        log.info("incremental: %d new or changed inputs, %d carried over", len(todo), len(carried))
+    elif opts.incremental and previous:
+        log.info("incremental: the model or threshold changed since the committed run; scoring everything")
+    if todo:
+        with beam.Pipeline(options=options) as p:
+            build_pipeline(p, todo, opts.job_dir, opts.model_format, threshold, opts.batch_size, snapshot_dir)
+    temp = [storage.join(snapshot_dir, "scores*.jsonl"), storage.join(snapshot_dir, "rejects*.jsonl")]
+    rows = runs.read_jsonl(temp[0])
+    rejects = runs.read_jsonl(temp[1])
+    storage.delete([m.path for pattern in temp for m in FileSystems.match([pattern])[0].metadata_list])
+    rows += [c for c in carried.values() if "rejected" not in c]
+    rejects += [c["rejected"] for c in carried.values() if "rejected" in c] + csv_rejects
+    rows.sort(key=lambda r: r["path"])
+    rejects.sort(key=lambda r: (str(r.get("key")), r.get("row", 0)))
+    n_in = len(inputs) + len(csv_rejects)
+    if n_in != len(rows) + len(rejects):
+        raise RuntimeError(f"counts do not reconcile, nothing committed: {n_in} inputs, {len(rows)} scored + "
+                           f"{len(rejects)} rejected")
+    commit_lib.check_rejected(len(rejects), n_in, opts.max_reject_fraction, "inputs", "--max_reject_fraction")
+    if previous:
+        commit_lib.check_shrink(len(rows), previous.get("scored", 0), opts.max_shrink_fraction, "scores",
+                                "--max_shrink_fraction")
+    by_reason: dict[str, int] = {}
+    for r in rejects:
+        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    outputs = write_outputs(out, snapshot, rows, rejects, tasks)
+    manifest = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "output_dir": out, "job_dir": opts.job_dir, "model_format": opts.model_format, "model": model, "tasks": tasks,
+        "threshold": threshold, "inputs": n_in, "scored": len(rows), "rejected": len(rejects),
+        "rejected_by_reason": by_reason, "scored_this_run": len(todo), "carried_over": len(carried),
+        "fingerprint": fp, "index": {i.key: i.stat for i in inputs},
+        "positives": {t: sum(t in r["positive"] for r in rows) for t in tasks},
+        "snapshot": snapshot, "outputs": outputs, "files": commit_lib.file_sizes(out, sorted(outputs.values())),
+    }
+    commit_lib.commit(out, manifest)
     return manifest
 
 
@@ -328,9 +389,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs.configure_logging()
     try:
         m = run(argv)
-    except (ConfigError, runs.LockedError) as e:
+    except (ConfigError, commit_lib.LockedError) as e:
         print(f"score: error: {e}", file=sys.stderr)
         return 2
+    except (commit_lib.DamagedOutputError, commit_lib.GuardError) as e:
+        print(f"score: error: {e}", file=sys.stderr)
+        return 1
     if m.get("nothing_new"):
         print(f"nothing new: inputs, model and threshold unchanged; {m['scored']} scores left as they are")
         return 0
@@ -338,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{m['rejected']} rejected" + (": " + ", ".join(f"{k}={v}" for k, v in sorted(m['rejected_by_reason'].items()))
                                          if m["rejected"] else ""))
     print("positive calls: " + ", ".join(f"{t} {n}" for t, n in m["positives"].items()))
+    out, m_dir = m["outputs"], m["output_dir"]
+    print(f"scores in {storage.join(m_dir, out['scores_csv'])} and {storage.join(m_dir, out['scores_jsonl'])}, "
+          f"rejects in {storage.join(m_dir, out['rejected'])} (committed by {storage.join(m_dir, 'manifest.json')})")
     return 0
 
 

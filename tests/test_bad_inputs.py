@@ -69,8 +69,9 @@ def test_build_rejects_every_bad_row_with_its_reason(tmp_path):
             f.write(",".join(cells[c] for c in chexpert.CSV_COLUMNS) + "\n")
             expected[cells["Path"]] = reason
     out = str(tmp_path / "out")
-    m = build_records.run([f"--input_dir={root}", f"--output_dir={out}", "--image_size=32", "--runner=DirectRunner"])
-    with open(os.path.join(out, "rejected-train.jsonl")) as f:
+    m = build_records.run([f"--input_dir={root}", f"--output_dir={out}", "--image_size=32", "--runner=DirectRunner",
+                           "--max_reject_fraction=1"])
+    with open(os.path.join(out, m["rejected_files"][0])) as f:
         got = collections.Counter(json.loads(line)["reason"] for line in f)
     assert got == collections.Counter(r for r in expected.values() if r)
     for src in m["sources"].values():
@@ -94,9 +95,9 @@ def test_bad_csv_headers_fail_before_any_work(tmp_path, header_change, message):
 
 def test_score_and_predict_agree_on_every_bad_file(trained_job, bad_folder, tmp_path):
     m = score.run([f"--job_dir={trained_job}", f"--output_dir={tmp_path / 'scores'}", "--runner=DirectRunner",
-                   f"--input_pattern={bad_folder}/*"])
+                   f"--input_pattern={bad_folder}/*", "--max_reject_fraction=1"])
     assert m["inputs"] == len(FILES) == m["scored"] + m["rejected"]
-    with open(tmp_path / "scores" / "rejected.jsonl") as f:
+    with open(tmp_path / "scores" / m["outputs"]["rejected"]) as f:
         score_rejects = {os.path.basename(json.loads(line)["key"]): json.loads(line)["reason"] for line in f}
     job = inference.load_job(trained_job)
     results, failures = predict.predict_files(job, sorted(str(p) for p in bad_folder.iterdir()), threshold=0.35)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import fcntl
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import build_records, make_sample, runs
+from pipeline import build_records, commit, make_sample, runs, storage
 from schemas import chexpert
 from schemas import example as example_lib
 from schemas import tf_example
@@ -80,16 +81,18 @@ def test_manifest_reconciles_and_counts_codes(built):
     card = manifest["splits"]["train"]["target_counts"]["cardiomegaly"]
     assert card.get("2", 0) == train["raw_counts"]["cardiomegaly"].get("-1", 0)  # multiclass: uncertain = class 2
     assert manifest["policy"]["consolidation"] == "ignore"
-    assert not [n for n in os.listdir(out) if n.startswith(".staging")]
+    # Every file in the folder is the committed snapshot's, the pointer or the lock.
+    assert set(storage.files_under(out)) == set(manifest["files"]) | {"manifest.json", ".lock"}
+    assert {n.split("/")[0] for n in manifest["files"]} == {manifest["snapshot"]}
 
 def test_rerun_on_unchanged_input_is_nothing_new_and_other_options_need_overwrite(built, tmp_path):
     sample_dir, out, manifest = built
     before = {n: (os.path.getmtime(os.path.join(out, n)), open(os.path.join(out, n), "rb").read())
-              for n in os.listdir(out)}
+              for n in storage.files_under(out) if n != ".lock"}
     again = _run(sample_dir, out, "--holdout_fraction=0.25", "--num_shards=2")
     assert again["nothing_new"] is True
     assert {n: (os.path.getmtime(os.path.join(out, n)), open(os.path.join(out, n), "rb").read())
-            for n in os.listdir(out)} == before
+            for n in storage.files_under(out) if n != ".lock"} == before
     with pytest.raises(build_records.ConfigError, match="already holds records.*--overwrite"):
         _run(sample_dir, out, "--holdout_fraction=0.25", "--num_shards=2", "--policy=edema=zeros")
 
@@ -98,33 +101,45 @@ def test_a_second_run_on_a_locked_output_exits_with_a_clear_message(built, tmp_p
     sample_dir, _, _ = built
     out = tmp_path / "locked"
     out.mkdir()
-    (out / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                           "started": "now"}))
-    with pytest.raises(runs.LockedError, match=f"locked by another run \\(pid {os.getpid()}"):
-        _run(sample_dir, str(out))
-    # A lock whose process is gone (kill -9) is taken over.
-    (out / ".lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
-    assert _run(sample_dir, str(out))["written"] > 0
-    assert not (out / ".lock").exists()
+    # A live holder: another open file description holding the kernel lock.
+    with open(out / ".lock", "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        holder.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}))
+        holder.flush()
+        with pytest.raises(commit.LockedError, match=f"locked by another run \\(pid {os.getpid()}"):
+            _run(sample_dir, str(out))
+        assert not (out / "manifest.json").exists()
+    # What a dead or failed run leaves behind (a stale pid, an empty file after a full disk,
+    # garbage) is no lock at all: the kernel released it with the process.
+    for leftover in (json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}), "", "\x00garbage{"):
+        (out / ".lock").write_text(leftover)
+        m = _run(sample_dir, str(out), "--overwrite")
+        assert m["written"] > 0
+    assert json.loads((out / ".lock").read_text())["pid"] == os.getpid()  # the last holder, for messages
 
 
 def test_full_rebuild_elsewhere_is_byte_identical(built, tmp_path):
     sample_dir, out, manifest = built
     again = str(tmp_path / "again")
     m2 = _run(sample_dir, again, "--holdout_fraction=0.25", "--num_shards=2")
-    for sp in manifest["splits"].values():
-        for name in sp["shards"]:
-            with open(os.path.join(out, name), "rb") as a, open(os.path.join(again, name), "rb") as b:
+    assert m2["snapshot"] != manifest["snapshot"]  # every run writes new files
+    for sp, sp2 in zip(manifest["splits"].values(), m2["splits"].values()):
+        for name, name2 in zip(sp["shards"], sp2["shards"]):
+            assert name.split("/")[1] == name2.split("/")[1]  # the same shard names within the snapshot
+            with open(os.path.join(out, name), "rb") as a, open(os.path.join(again, name2), "rb") as b:
                 assert a.read() == b.read(), name
-    assert m2["splits"] == manifest["splits"]
+
+    def unsnapshotted(splits):
+        return {k: {**sp, "shards": [n.split("/")[1] for n in sp["shards"]]} for k, sp in splits.items()}
+    assert unsnapshotted(m2["splits"]) == unsnapshotted(manifest["splits"])
 
 def test_every_bad_input_is_a_counted_dead_letter(tmp_path):
     root = str(tmp_path / "in")
     make_sample.generate(root, num_patients=4, num_valid_patients=2, seed=3, workers=1, progress=False)
     expected = badinputs.plant(root)
     out = str(tmp_path / "out")
-    manifest = _run(root, out, "--encoding=png")
-    with open(os.path.join(out, "rejected-train.jsonl")) as f:
+    manifest = _run(root, out, "--encoding=png", "--max_reject_fraction=1")
+    with open(os.path.join(out, manifest["rejected_files"][0])) as f:
         rejects = [json.loads(line) for line in f]
     got = collections.Counter(r["reason"] for r in rejects)
     want = collections.Counter(r for r in expected.values() if r)

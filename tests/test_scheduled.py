@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from pipeline import make_sample, score
+from pipeline import make_sample, score, storage
 from trainer import inference, predict
-from tests import images
+from tests import images, outputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,6 +28,12 @@ def _score(job, out, *extra):
 def _lines(path):
     with open(path) as f:
         return [json.loads(line) for line in f]
+
+
+def _output(out, key):
+    """A committed score output's file (``scores_jsonl``, ``scores_csv``, ``rejected``)."""
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    return os.path.join(out, m["outputs"][key])
 
 
 @pytest.fixture()
@@ -46,10 +52,10 @@ def image_folder(sample_dir, tmp_path):
 
 
 def test_scores_equal_predict_and_bad_inputs_are_dead_letters(trained_job, image_folder, tmp_path):
-    m = _score(trained_job, tmp_path / "out", f"--input_pattern={image_folder}/*.jpg")
+    m = _score(trained_job, tmp_path / "out", f"--input_pattern={image_folder}/*.jpg", "--max_reject_fraction=0.25")
     assert (m["inputs"], m["scored"], m["rejected"]) == (15, 12, 3)
     assert m["rejected_by_reason"] == {"empty_file": 1, "not_an_image": 1, "truncated_image": 1}
-    rows = _lines(tmp_path / "out" / "scores.jsonl")
+    rows = _lines(_output(tmp_path / "out", "scores_jsonl"))
     assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
     job = inference.load_job(trained_job)
     want, _ = predict.predict_files(job, [r["path"] for r in rows], threshold=0.35)
@@ -57,28 +63,32 @@ def test_scores_equal_predict_and_bad_inputs_are_dead_letters(trained_job, image
         for t in job.tasks:
             assert r["probabilities"][t] == pytest.approx(w["probs"][t], abs=2e-6)
         assert r["positive"] == [t for t in job.tasks if r["probabilities"][t] >= 0.35]
-    saved = _score(trained_job, tmp_path / "sm", f"--input_pattern={image_folder}/*.jpg", "--model_format=saved_model")
-    for a, b in zip(rows, _lines(tmp_path / "sm" / "scores.jsonl")):
+    saved = _score(trained_job, tmp_path / "sm", f"--input_pattern={image_folder}/*.jpg", "--model_format=saved_model",
+                   "--max_reject_fraction=0.25")
+    for a, b in zip(rows, _lines(_output(tmp_path / "sm", "scores_jsonl"))):
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
     assert saved["model"] != m["model"]
 
 
 def test_incremental_scores_only_new_inputs_and_equals_a_full_run(trained_job, image_folder, sample_dir, tmp_path):
     out = tmp_path / "out"
-    first = _score(trained_job, out, f"--input_pattern={image_folder}/*.jpg", "--incremental")
+    first = _score(trained_job, out, f"--input_pattern={image_folder}/*.jpg", "--incremental",
+                   "--max_reject_fraction=0.25")
     assert first["scored_this_run"] == 15
-    again = _score(trained_job, out, f"--input_pattern={image_folder}/*.jpg", "--incremental")
+    again = _score(trained_job, out, f"--input_pattern={image_folder}/*.jpg", "--incremental",
+                   "--max_reject_fraction=0.25")
     assert again["nothing_new"] is True
     valid = os.path.join(sample_dir, make_sample.DATASET_DIR, "valid")
     extra = sorted(os.path.join(r, f) for r, _, fs in os.walk(valid) for f in fs)[12:14]
     for i, f in enumerate(extra):
         shutil.copy(f, image_folder / f"new{i}.jpg")
     shutil.copy(extra[0], image_folder / "img03.jpg")  # changed content
-    m = _score(trained_job, out, f"--input_pattern={image_folder}/*.jpg", "--incremental")
+    m = _score(trained_job, out, f"--input_pattern={image_folder}/*.jpg", "--incremental",
+               "--max_reject_fraction=0.25")
     assert (m["scored_this_run"], m["carried_over"], m["inputs"]) == (3, 14, 17)
-    _score(trained_job, tmp_path / "full", f"--input_pattern={image_folder}/*.jpg")
-    for name in ("scores.jsonl", "scores.csv", "rejected.jsonl"):
-        assert (out / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+    _score(trained_job, tmp_path / "full", f"--input_pattern={image_folder}/*.jpg", "--max_reject_fraction=0.25")
+    for key in ("scores_jsonl", "scores_csv", "rejected"):
+        assert open(_output(out, key), "rb").read() == open(_output(tmp_path / "full", key), "rb").read(), key
 
 
 def _kill_at_random_point(cmd, out_dir, seed):
@@ -108,11 +118,8 @@ def test_build_records_killed_then_rerun_equals_an_uninterrupted_run(sample_dir,
     ref = str(tmp_path / "ref")
     subprocess.run([sys.executable, "-m", "pipeline.build_records", f"--output_dir={ref}", *args], cwd=ROOT,
                    env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, timeout=300, check=True)
-    names = sorted(n for n in os.listdir(ref) if n.endswith((".tfrecord", ".jsonl")))
-    assert names == sorted(n for n in os.listdir(out) if n.endswith((".tfrecord", ".jsonl")))
-    for n in names:
-        assert open(os.path.join(out, n), "rb").read() == open(os.path.join(ref, n), "rb").read(), n
-    assert not [n for n in os.listdir(out) if n.startswith((".staging", ".lock"))]
+    assert outputs.contents(out) == outputs.contents(ref)
+    assert not outputs.unreferenced(out)  # nothing but the committed snapshot, its pointer and the lock
 
 
 def test_score_killed_midway_then_rerun_scores_every_input_exactly_once(trained_job, sample_dir, tmp_path):
@@ -124,12 +131,12 @@ def test_score_killed_midway_then_rerun_scores_every_input_exactly_once(trained_
     done = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = _lines(os.path.join(out, "scores.jsonl"))
+    rows = _lines(_output(out, "scores_jsonl"))
     paths = [r["path"] for r in rows]
     m = json.load(open(os.path.join(out, "manifest.json")))
     assert len(paths) == len(set(paths)) == m["scored"] and m["inputs"] == m["scored"] + m["rejected"]
     full = _score(trained_job, tmp_path / "full", f"--csv={csv_path}")
-    assert open(os.path.join(out, "scores.jsonl"), "rb").read() == (tmp_path / "full" / "scores.jsonl").read_bytes()
+    assert open(_output(out, "scores_jsonl"), "rb").read() == open(_output(tmp_path / "full", "scores_jsonl"), "rb").read()
     assert full["scored"] == m["scored"]
 
 
@@ -189,10 +196,10 @@ def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_
         for key in ("rows", "written", "rejected", "bytes", "views", "raw_counts", "target_counts"):
             assert m_inc["splits"][split][key] == m_ref["splits"][split][key], (split, key)
     assert {k: {f: v for f, v in s.items()} for k, s in m_inc["sources"].items()} == m_ref["sources"]
-    for name in m_ref["rejected_files"]:
-        assert open(os.path.join(out, name), "rb").read() == open(os.path.join(ref, name), "rb").read()
+    for name, name_ref in zip(m_inc["rejected_files"], m_ref["rejected_files"]):
+        assert open(os.path.join(out, name), "rb").read() == open(os.path.join(ref, name_ref), "rb").read()
     listed = {n for sp in m_inc["splits"].values() for n in sp["shards"]}
-    on_disk = {n for n in os.listdir(out) if n.endswith(".tfrecord")}
+    on_disk = {n for n in storage.files_under(out) if n.endswith(".tfrecord")}
     assert listed == on_disk  # replaced shards were deleted after the commit
     # Compacted and delta shards keep frontal records first, as many as the manifest says.
     from pipeline import tfrecord

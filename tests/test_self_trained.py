@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import build_records
+from pipeline import build_records, commit
 from schemas import chexpert
 from schemas import example as example_lib
 from schemas import tf_example
@@ -52,7 +52,7 @@ def test_teacher_relabels_only_uncertain_entries_with_its_probability(taught, re
 
     out, manifest = taught
     assert manifest["policy"]["consolidation"] == "self_trained"
-    plain = build_records._read_manifest(records_dir)
+    plain = commit.read_manifest(records_dir)
     got, before = _records(out, manifest), _records(records_dir, plain)
     assert set(got) == set(before)
     uncertain = [p for p, r in got.items() if r[example_lib.LABELS_RAW][CONS] == UNC]

@@ -75,8 +75,10 @@ def frontal_counts(records_dir: str, files: list[str]) -> list[int] | None:
     stats, root = manifest.get("shard_stats", {}), os.path.abspath(records_dir)
     out = []
     for file in files:
-        st = stats.get(os.path.basename(file))
-        if st is None or os.path.dirname(os.path.abspath(file)) != root:
+        # Shards are named relative to the records folder (snapshot-.../train-...tfrecord).
+        rel = os.path.relpath(os.path.abspath(file), root).replace(os.sep, "/")
+        st = stats.get(rel)
+        if st is None or rel.startswith("../"):
             return None
         out.append(int(st.get("views", {}).get("frontal", 0)))
     return out
