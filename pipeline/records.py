@@ -86,10 +86,12 @@ _CR_ONLY_BREAK = re.compile(rb"\r\n|\r|\n")
 # Possessive (*+): a quote that never closes fails in one pass instead of backtracking.
 _QUOTED_CELL = re.compile(rb'"((?:[^"]|"")*+)"')
 _UNQUOTED_CELL = re.compile(rb"[^,]*")
+# What stops a row from being cut into cells; formatted with the byte offset and the column.
 _PROBLEMS = {
-    "stray_cr": "a carriage return (CR) that is not part of a line break",
-    "unclosed_quote": f"a quote that opens a cell no later line (up to {MAX_ROW_LINES}) closes into a well-formed row",
-    "after_quote": "text after the closing quote of a cell",
+    "stray_cr": "a carriage return (CR) at byte {at}, in {field}, that is not part of a line break",
+    "unclosed_quote": ("a quote at byte {at}, in {field}, opens a cell that is not closed into a well-formed row "
+                       f"within {MAX_ROW_LINES} lines; the lines after it are read as rows of their own"),
+    "after_quote": "text at byte {at}, in {field}, after the closing quote of a cell",
 }
 
 
@@ -105,8 +107,8 @@ class CsvLine:
             quoted, and then they are ``raw.split(b",")`` (left to the caller: the common case,
             kept fast).
         starts: each cell's byte offset in ``raw`` where ``cells`` is given.
-        problem: ``(kind, byte offset)`` of what stops the row from being cut into cells
-            (a key of ``_PROBLEMS``), or None.
+        problem: ``(kind, byte offset in raw)`` of what stops the row from being cut into
+            cells (a key of ``_PROBLEMS``), or None.
     """
 
     line: int
@@ -282,8 +284,8 @@ def decode_cells(row: CsvLine, source: str, header: Sequence[str] | None = None)
                                               f"{e.start}, in {_field_name(row, e.start, header)}") from None
     if row.problem:
         kind, at = row.problem
-        raise chexpert.RowError(BAD_CSV, f"{where}: {_PROBLEMS[kind]} at byte {at}, in "
-                                         f"{_field_name(row, at, header)}")
+        field = _field_name(row, at, header)
+        raise chexpert.RowError(BAD_CSV, f"{where}: " + _PROBLEMS[kind].format(at=at, field=field))
     # Valid UTF-8 cut at ASCII commas and quotes gives valid UTF-8 cells.
     cells = text.split(",") if row.cells is None else [c.decode("utf-8") for c in row.cells]
     if header is not None and len(cells) != len(header):
