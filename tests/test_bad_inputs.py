@@ -196,3 +196,32 @@ def test_evaluate_reads_a_csv_with_bad_bytes_row_by_row(trained_job, sample_dir,
     preds, failed = evaluate.predict_csv(inference.load_job(trained_job), csv_path, sample_dir, "all", tta=False)
     assert len(preds) == 5
     assert {f["row"]: f["reason"] for f in failed} == want
+
+
+def test_an_incremental_build_keeps_rows_read_past_bad_bytes_by_their_first_line(tmp_path):
+    root = str(tmp_path / "in")
+    make_sample.generate(root, num_patients=2, num_valid_patients=1, seed=7, workers=1, progress=False)
+    want_rejects, want_written = badinputs.plant_csv_bytes(root)
+    args = [f"--input_dir={root}", "--image_size=32", "--runner=DirectRunner"]
+    first = build_records.run([f"--output_dir={tmp_path / 'out'}", *args])
+    new = f"{make_sample.DATASET_DIR}/train/patient90300/study1/view1_frontal.jpg"
+    os.makedirs(os.path.join(root, os.path.dirname(new)))
+    with open(os.path.join(root, new), "wb") as f:
+        f.write(images.jpeg_bytes(images.gradient(330, 320)))
+    cells = {c: "" for c in chexpert.CSV_COLUMNS}
+    cells.update({"Path": new, "Sex": "Male", "Age": "60", "Frontal/Lateral": "Frontal", "AP/PA": "PA"})
+    with open(os.path.join(root, make_sample.DATASET_DIR, "train.csv"), "a") as f:
+        f.write(",".join(cells[c] for c in chexpert.CSV_COLUMNS) + "\n")
+    inc = build_records.run([f"--output_dir={tmp_path / 'out'}", "--incremental", *args])
+    # Kept: every record of the first run, the two-line quoted row among them (skipped by its
+    # first line); read again: the new row and the rejected ones.
+    assert inc["incremental"]["kept"] == first["written"]
+    assert inc["incremental"]["processed"] == 1 + len(want_rejects)
+    full = build_records.run([f"--output_dir={tmp_path / 'ref'}", *args])
+    assert inc["sources"] == full["sources"]
+    for name in full["rejected_files"]:
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+    index = {d: records.read_index((tmp_path / d / build_records.INDEX).read_bytes()) for d in ("out", "ref")}
+    drop_shard = lambda ix: {p: {k: v for k, v in e.items() if k != "shard"} for p, e in ix.items()}  # noqa: E731
+    assert drop_shard(index["out"]) == drop_shard(index["ref"])
+    assert set(want_written) | {new} <= set(index["out"])
