@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import math
 import re
-from typing import IO, Iterator, Sequence
+from typing import IO, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -95,8 +95,7 @@ _PROBLEMS = {
 }
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class CsvLine:
+class CsvLine(NamedTuple):
     """One logical row of a CSV as bytes, cut into cells but not decoded: what ``iter_lines``
     yields.
 
@@ -232,7 +231,7 @@ def iter_lines(f: IO[bytes], chunk_size: int = _CHUNK_BYTES) -> Iterator[CsvLine
         number, raw, end = first
         if number == 1 and raw.startswith(_BOM):
             raw = raw[len(_BOM):]
-        if not raw.strip():
+        if not raw or raw.isspace():  # a blank line is no row; isspace() copies nothing
             continue
         if b'"' not in raw:
             cr = raw.find(b"\r")
@@ -251,7 +250,7 @@ def iter_lines(f: IO[bytes], chunk_size: int = _CHUNK_BYTES) -> Iterator[CsvLine
         if taken and row.problem and row.problem[0] != "stray_cr":
             again.extendleft(reversed(taken))
             row = alone
-        yield dataclasses.replace(row, line=number)
+        yield row._replace(line=number)
 
 
 def _field_name(row: CsvLine, offset: int, header: Sequence[str] | None) -> str:
@@ -272,24 +271,26 @@ def decode_cells(row: CsvLine, source: str, header: Sequence[str] | None = None)
             given a header, ``bad_row`` for another number of cells; the detail names the line,
             the byte offset in the row and the column.
     """
-    where = f"{source} line {row.line}"
+    # Messages are formatted only for a bad row: this runs for each of 224k rows.
     nul = row.raw.find(b"\0")
     if nul >= 0:
-        raise chexpert.RowError(NUL_BYTE, f"{where}: NUL byte (0x00) at byte {nul}, in "
+        raise chexpert.RowError(NUL_BYTE, f"{source} line {row.line}: NUL byte (0x00) at byte {nul}, in "
                                           f"{_field_name(row, nul, header)}")
     try:
         text = row.raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise chexpert.RowError(BAD_ENCODING, f"{where} is not valid UTF-8: byte 0x{row.raw[e.start]:02x} at byte "
-                                              f"{e.start}, in {_field_name(row, e.start, header)}") from None
+        raise chexpert.RowError(BAD_ENCODING, f"{source} line {row.line} is not valid UTF-8: byte "
+                                              f"0x{row.raw[e.start]:02x} at byte {e.start}, in "
+                                              f"{_field_name(row, e.start, header)}") from None
     if row.problem:
         kind, at = row.problem
         field = _field_name(row, at, header)
-        raise chexpert.RowError(BAD_CSV, f"{where}: " + _PROBLEMS[kind].format(at=at, field=field))
+        raise chexpert.RowError(BAD_CSV, f"{source} line {row.line}: " + _PROBLEMS[kind].format(at=at, field=field))
     # Valid UTF-8 cut at ASCII commas and quotes gives valid UTF-8 cells.
     cells = text.split(",") if row.cells is None else [c.decode("utf-8") for c in row.cells]
     if header is not None and len(cells) != len(header):
-        raise chexpert.RowError(BAD_ROW, f"{where} has {len(cells)} fields; the header has {len(header)}")
+        raise chexpert.RowError(BAD_ROW, f"{source} line {row.line} has {len(cells)} fields; the header has "
+                                         f"{len(header)}")
     return cells
 
 
