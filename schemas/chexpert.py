@@ -118,30 +118,42 @@ class CsvHeaderError(ValueError):
 
 
 _LABEL_VALUES = {1.0: Code.POSITIVE, 0.0: Code.NEGATIVE, -1.0: Code.UNCERTAIN}
+# Codes and ages are ASCII digits only, trimmed of ASCII whitespace only: Python's float() and
+# str.strip() also take full-width or Arabic-Indic digits and non-breaking spaces, which no
+# CheXpert export writes; a cell holding them has been through something that needs a look.
+_ASCII_SPACE = " \t\r\n\v\f"
+_LABEL_RE = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
+_AGE_RE = re.compile(r"[+-]?[0-9]+(?:\.[0-9]*)?")
+# C0, DEL and C1 control characters: never part of a CheXpert path; a NUL would also end a
+# path early in C and raise "embedded null byte" in Python's os calls.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _trim(text: str | None) -> str:
+    return (text or "").strip(_ASCII_SPACE)
 
 
 def parse_label(text: str | None, column: str = "label") -> Code:
     """Parses one observation cell.
 
     Accepts ``1.0``, ``0.0``, ``-1.0`` (the official CSV), ``1``, ``0``, ``-1`` (circulating
-    copies) and blank; surrounding whitespace is ignored.
+    copies) and blank, in ASCII digits; surrounding ASCII whitespace is ignored.
 
     Args:
-        text: the cell as read by ``csv``; ``None`` (a short row) counts as blank.
+        text: the cell's text; ``None`` (a missing cell) counts as blank.
         column: the column name, for the error message.
 
     Returns:
         The ``Code``.
 
     Raises:
-        RowError: ``bad_label`` for anything else (``"2"``, ``"yes"``, ``"nan"``, ...).
+        RowError: ``bad_label`` for anything else (``"2"``, ``"yes"``, ``"nan"``, full-width
+            or Arabic-Indic digits, a non-breaking space, ...).
     """
-    if text is None:
-        return Code.BLANK
-    s = text.strip()
+    s = _trim(text)
     if not s:
         return Code.BLANK
-    if re.fullmatch(r"[+-]?\d+(\.0*)?", s):
+    if _LABEL_RE.fullmatch(s):
         code = _LABEL_VALUES.get(float(s))
         if code is not None:
             return code
@@ -210,11 +222,15 @@ def normalize_path(raw: str) -> str:
     """Normalises a CSV path and refuses any that could leave the dataset folder.
 
     Raises:
-        RowError: ``bad_path`` for empty, absolute or ``..``-escaping paths.
+        RowError: ``bad_path`` for empty, absolute or ``..``-escaping paths, and for paths
+            holding a control character.
     """
-    p = (raw or "").strip().replace("\\", "/")
+    p = _trim(raw).replace("\\", "/")
     if not p:
         raise RowError("bad_path", "column 'Path' is empty")
+    if m := _CONTROL_RE.search(p):
+        raise RowError("bad_path", f"Path {raw!r} holds a control character (U+{ord(m.group()):04X}) at "
+                                   f"position {m.start()}")
     if p.startswith("/") or re.match(r"^[A-Za-z]:", p) or "://" in p:
         raise RowError("bad_path", f"Path {raw!r} is absolute; paths must be relative to the input folder")
     parts = [x for x in p.split("/") if x not in ("", ".")]
@@ -224,10 +240,11 @@ def normalize_path(raw: str) -> str:
 
 
 def parse_row(row: Mapping[str, str | None]) -> Row:
-    """Validates one ``csv.DictReader`` row.
+    """Validates one CSV row's cells.
 
     Args:
-        row: column name -> cell text.
+        row: column name -> cell text (``records.CsvRow.cells``); cells are trimmed of ASCII
+            whitespace only.
 
     Returns:
         A ``Row``.
@@ -240,20 +257,19 @@ def parse_row(row: Mapping[str, str | None]) -> Row:
     m = _PATH_RE.search(path)
     if not m:
         raise RowError("bad_path", f"Path {path!r} is not of the form .../patientNNNNN/studyN/FILE")
-    sex = (row.get(COL_SEX) or "").strip() or "Unknown"
+    sex = _trim(row.get(COL_SEX)) or "Unknown"
     if sex not in SEXES:
         raise RowError("bad_sex", f"column 'Sex' has {row.get(COL_SEX)!r}; expected Male, Female or Unknown")
-    age_text = (row.get(COL_AGE) or "").strip()
-    try:
-        age_f = float(age_text)
-    except ValueError:
-        raise RowError("bad_age", f"column 'Age' has {row.get(COL_AGE)!r}, not a number") from None
+    age_text = _trim(row.get(COL_AGE))
+    if not _AGE_RE.fullmatch(age_text):
+        raise RowError("bad_age", f"column 'Age' has {row.get(COL_AGE)!r}, not a number in ASCII digits")
+    age_f = float(age_text)
     if not math.isfinite(age_f) or age_f < 0 or age_f > 120 or age_f != int(age_f):
         raise RowError("bad_age", f"column 'Age' has {row.get(COL_AGE)!r}; expected whole years 0-120")
-    view = (row.get(COL_VIEW) or "").strip()
+    view = _trim(row.get(COL_VIEW))
     if view not in VIEWS:
         raise RowError("bad_view", f"column 'Frontal/Lateral' has {row.get(COL_VIEW)!r}; expected Frontal or Lateral")
-    projection = (row.get(COL_PROJECTION) or "").strip()
+    projection = _trim(row.get(COL_PROJECTION))
     if projection not in PROJECTIONS:
         raise RowError(
             "bad_projection", f"column 'AP/PA' has {row.get(COL_PROJECTION)!r}; expected AP, PA, LL, RL or blank"

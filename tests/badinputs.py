@@ -80,3 +80,51 @@ def plant(root: str) -> dict[str, str | None]:
     expected["__short_row__"] = "bad_row"
     expected.update(expected_dupes)
     return expected
+
+
+def plant_csv_bytes(root: str) -> tuple[dict[int, str], list[str]]:
+    """Appends rows with bad bytes to train.csv and rewrites valid.csv with CR-only line
+    endings, under ``root`` (the folder holding CheXpert-v1.0-small).
+
+    Returns:
+        ``(rejects, written)``: train.csv line number -> the reject reason for that row; the
+        Paths of the planted rows that must become records (one of them spans two lines).
+    """
+    ds = os.path.join(root, "CheXpert-v1.0-small")
+    with open(os.path.join(ds, "valid.csv"), "rb") as f:
+        valid = f.read()
+    with open(os.path.join(ds, "valid.csv"), "wb") as f:
+        f.write(valid.replace(b"\n", b"\r"))  # classic Mac OS / old Excel line endings
+    written = [f"{_PREFIX}/patient{n}/study1/view1_frontal.jpg" for n in (90200, 90201)]
+    for path in written:
+        full = os.path.join(root, path)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as f:
+            f.write(images.jpeg_bytes(images.gradient(330, 320)))
+    path = f"{_PREFIX}/patient90210/study1/view1_frontal.jpg"
+    rows: list[tuple[bytes, str | None]] = [
+        # A quoted Path and a quoted cell holding a CRLF: one row on two lines (RFC 4180).
+        (_cells(f'"{written[0]}"', **{"Frontal/Lateral": '"Frontal\r\n"'}).encode(), None),
+        (_cells(path, Sex="Fe\rmale").encode(), "bad_csv"),  # a stray CR
+        (_cells(path.replace("view1", "view1\x00")).encode(), "nul_byte"),
+        (_cells(path, Age="5\x000").encode(), "nul_byte"),
+        (_cells(path, Sex='"Female').encode(), "bad_csv"),  # a quote that never closes, mid-file
+        (_cells(written[1]).encode(), None),  # read as a row of its own after that quote
+        (_cells(path, Edema="\uff11.0").encode(), "bad_label"),  # full-width digit
+        (_cells(path, Edema="\u0661").encode(), "bad_label"),  # Arabic-Indic digit
+        (_cells(path, Edema="1.0\u00a0").encode(), "bad_label"),  # non-breaking space
+        (_cells(path, Age="\uff14\uff10").encode(), "bad_age"),
+        (_cells(f'"{path}\n"').encode() + b",extra", "bad_row"),  # two lines, one cell too many
+        (_cells(path, Sex='"Fe"male').encode(), "bad_csv"),  # text after a closing quote
+        (_cells(path, Sex='"Female').encode(), "bad_csv"),  # and at the end of the file
+    ]
+    with open(os.path.join(ds, "train.csv"), "rb") as f:
+        line = f.read().count(b"\n") + 1
+    rejects = {}
+    with open(os.path.join(ds, "train.csv"), "ab") as f:
+        for data, reason in rows:
+            if reason:
+                rejects[line] = reason
+            f.write(data + b"\n")
+            line += 1 + data.count(b"\n")
+    return rejects, written

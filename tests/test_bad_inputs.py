@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import build_records, make_sample, score
+from pipeline import build_records, make_sample, records, score
 from schemas import chexpert
 from trainer import config as config_lib
 from trainer import evaluate, inference, predict, train
@@ -141,3 +141,88 @@ def test_corrupt_shard_stops_training_naming_it_or_is_skipped(records_dir, tmp_p
         train.run(cfg)
     cfg = config_lib.make_config(job_dir=str(tmp_path / "j2"), skip_corrupt=True, **kw)
     assert list(train.run(cfg)["skipped_shards"]) == [shard]
+
+
+def test_build_survives_bad_bytes_in_its_csvs_losing_only_their_rows(tmp_path):
+    root = str(tmp_path / "in")
+    make_sample.generate(root, num_patients=3, num_valid_patients=1, seed=5, workers=1, progress=False)
+    ds = os.path.join(root, make_sample.DATASET_DIR)
+    clean = {name: open(os.path.join(ds, name), "rb").read().count(b"\n") - 1 for name in ("train.csv", "valid.csv")}
+    want_rejects, want_written = badinputs.plant_csv_bytes(root)
+    out = str(tmp_path / "out")
+    m = build_records.run([f"--input_dir={root}", f"--output_dir={out}", "--image_size=32", "--runner=DirectRunner"])
+    with open(os.path.join(out, "rejected-train.jsonl")) as f:
+        rejects = [json.loads(line) for line in f]
+    assert {r["row"]: r["reason"] for r in rejects} == want_rejects
+    for r in rejects:
+        if r["reason"] in ("bad_csv", "nul_byte", "bad_row"):
+            assert f"train.csv line {r['row']}" in r["detail"]
+    train, valid = m["sources"]["train.csv"], m["sources"]["valid.csv"]
+    assert train["rows"] == clean["train.csv"] + len(want_rejects) + len(want_written)
+    assert train["rows"] == train["written"] + train["rejected"] and train["rejected"] == len(want_rejects)
+    # valid.csv, rewritten with CR-only line endings, still reads as its rows.
+    assert valid["rows"] == valid["written"] == clean["valid.csv"] and valid["rejected"] == 0
+    with open(os.path.join(out, build_records.INDEX), "rb") as f:
+        index = records.read_index(f.read())
+    assert all(index[path]["view"] == "frontal" for path in want_written)
+
+
+@pytest.fixture
+def bad_bytes_csv(sample_dir, tmp_path):
+    """A CSV of five readable rows of the sample's valid.csv (one with a quoted cell holding a
+    line break) and rows with bad bytes. Returns ``(path, {line: reason})``."""
+    with open(os.path.join(sample_dir, make_sample.DATASET_DIR, "valid.csv"), "rb") as f:
+        header, *rows = f.read().splitlines()
+    quoted = rows[4].split(b",")
+    quoted[0] = b'"' + quoted[0] + b'"'
+    quoted[3] = b'"' + quoted[3] + b'\r\n"'
+    stray_cr, nul = rows[5].replace(b",", b"\r,", 1), rows[6].replace(b".jpg", b"\x00.jpg", 1)
+    lines = [header, *rows[:4], b",".join(quoted), stray_cr, nul, b'"' + rows[7]]
+    path = tmp_path / "bad_bytes.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return str(path), {8: "bad_csv", 9: "nul_byte", 10: "bad_csv"}  # the quoted row spans lines 6 and 7
+
+
+def test_score_reads_a_csv_with_bad_bytes_row_by_row(trained_job, sample_dir, bad_bytes_csv, tmp_path):
+    csv_path, want = bad_bytes_csv
+    m = score.run([f"--job_dir={trained_job}", f"--output_dir={tmp_path / 'scores'}", "--runner=DirectRunner",
+                   f"--csv={csv_path}", f"--image_root={sample_dir}"])
+    assert (m["inputs"], m["scored"], m["rejected"]) == (8, 5, 3)
+    with open(tmp_path / "scores" / "rejected.jsonl") as f:
+        assert {json.loads(line)["row"]: json.loads(line)["reason"] for line in f} == want
+
+
+def test_evaluate_reads_a_csv_with_bad_bytes_row_by_row(trained_job, sample_dir, bad_bytes_csv):
+    csv_path, want = bad_bytes_csv
+    preds, failed = evaluate.predict_csv(inference.load_job(trained_job), csv_path, sample_dir, "all", tta=False)
+    assert len(preds) == 5
+    assert {f["row"]: f["reason"] for f in failed} == want
+
+
+def test_an_incremental_build_keeps_rows_read_past_bad_bytes_by_their_first_line(tmp_path):
+    root = str(tmp_path / "in")
+    make_sample.generate(root, num_patients=2, num_valid_patients=1, seed=7, workers=1, progress=False)
+    want_rejects, want_written = badinputs.plant_csv_bytes(root)
+    args = [f"--input_dir={root}", "--image_size=32", "--runner=DirectRunner"]
+    first = build_records.run([f"--output_dir={tmp_path / 'out'}", *args])
+    new = f"{make_sample.DATASET_DIR}/train/patient90300/study1/view1_frontal.jpg"
+    os.makedirs(os.path.join(root, os.path.dirname(new)))
+    with open(os.path.join(root, new), "wb") as f:
+        f.write(images.jpeg_bytes(images.gradient(330, 320)))
+    cells = {c: "" for c in chexpert.CSV_COLUMNS}
+    cells.update({"Path": new, "Sex": "Male", "Age": "60", "Frontal/Lateral": "Frontal", "AP/PA": "PA"})
+    with open(os.path.join(root, make_sample.DATASET_DIR, "train.csv"), "a") as f:
+        f.write(",".join(cells[c] for c in chexpert.CSV_COLUMNS) + "\n")
+    inc = build_records.run([f"--output_dir={tmp_path / 'out'}", "--incremental", *args])
+    # Kept: every record of the first run, the two-line quoted row among them (skipped by its
+    # first line); read again: the new row and the rejected ones.
+    assert inc["incremental"]["kept"] == first["written"]
+    assert inc["incremental"]["processed"] == 1 + len(want_rejects)
+    full = build_records.run([f"--output_dir={tmp_path / 'ref'}", *args])
+    assert inc["sources"] == full["sources"]
+    for name in full["rejected_files"]:
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+    index = {d: records.read_index((tmp_path / d / build_records.INDEX).read_bytes()) for d in ("out", "ref")}
+    drop_shard = lambda ix: {p: {k: v for k, v in e.items() if k != "shard"} for p, e in ix.items()}  # noqa: E731
+    assert drop_shard(index["out"]) == drop_shard(index["ref"])
+    assert set(want_written) | {new} <= set(index["out"])

@@ -32,6 +32,20 @@ def test_parse_label_rejects_anything_else_by_name(text):
     assert "'Edema'" in e.value.detail and repr(text) in e.value.detail
 
 
+@pytest.mark.parametrize("text", [
+    "\uff11.0", "\uff11", "\u0661", "-\u0661", "\u0660.0", "\u0967", "1.\u0660",  # full-width, Arabic-Indic, Devanagari
+    "1.0\u00a0", "\u30001", "\u2007-1", "1\u200b",  # whitespace that is not ASCII
+])
+def test_parse_label_takes_only_ascii_digits_and_ascii_spaces(text):
+    with pytest.raises(chexpert.RowError) as e:
+        chexpert.parse_label(text, "Edema")
+    assert e.value.reason == "bad_label"
+
+
+def test_parse_label_ignores_ascii_whitespace_around_a_code():
+    assert chexpert.parse_label("\t1.0\r\n", "Edema") == C.POSITIVE  # a quoted cell with a line break
+
+
 def test_observations_are_in_csv_order_with_stable_slugs():
     assert chexpert.CSV_COLUMNS[:5] == ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
     assert chexpert.OBSERVATION_NAMES[0] == "No Finding"
@@ -159,6 +173,27 @@ def test_parse_row_rejects_with_a_reason(over, reason):
     with pytest.raises(chexpert.RowError) as e:
         chexpert.parse_row(_row(**over))
     assert e.value.reason == reason
+
+
+@pytest.mark.parametrize("age", ["\uff14\uff10", "\u0664\u0660", "4\u0660", "40\u00a0", "1_0", "4e1", "inf", "nan",
+                                 "0x28", "\u00b2"])
+def test_parse_row_takes_ages_in_ascii_digits_only(age):
+    with pytest.raises(chexpert.RowError) as e:
+        chexpert.parse_row(_row(Age=age))
+    assert e.value.reason == "bad_age"
+
+
+def test_parse_row_still_takes_the_age_spellings_of_real_csvs():
+    assert [chexpert.parse_row(_row(Age=a)).age for a in ("40", " 40 ", "40.0", "0", "120")] == [40, 40, 40, 0, 120]
+
+
+@pytest.mark.parametrize("path", ["d/train/patient1/study1/a\x00.jpg", "d/train/patient1/study1/a\r.jpg",
+                                  "d/train/patient1\n/study1/a.jpg", "d/train/patient1/study1/a\x85.jpg",
+                                  "d/train/patient1/study1/a\x7f.jpg"])
+def test_paths_with_control_characters_are_bad_paths(path):
+    with pytest.raises(chexpert.RowError) as e:
+        chexpert.normalize_path(path)
+    assert e.value.reason == "bad_path" and "control character" in e.value.detail
 
 
 @settings(max_examples=300, deadline=None)
