@@ -150,8 +150,9 @@ def test_build_survives_bad_bytes_in_its_csvs_losing_only_their_rows(tmp_path):
     clean = {name: open(os.path.join(ds, name), "rb").read().count(b"\n") - 1 for name in ("train.csv", "valid.csv")}
     want_rejects, want_written = badinputs.plant_csv_bytes(root)
     out = str(tmp_path / "out")
-    m = build_records.run([f"--input_dir={root}", f"--output_dir={out}", "--image_size=32", "--runner=DirectRunner"])
-    with open(os.path.join(out, "rejected-train.jsonl")) as f:
+    m = build_records.run([f"--input_dir={root}", f"--output_dir={out}", "--image_size=32", "--runner=DirectRunner",
+                           "--max_reject_fraction=1"])
+    with open(os.path.join(out, m["rejected_files"][0])) as f:
         rejects = [json.loads(line) for line in f]
     assert {r["row"]: r["reason"] for r in rejects} == want_rejects
     for r in rejects:
@@ -162,7 +163,7 @@ def test_build_survives_bad_bytes_in_its_csvs_losing_only_their_rows(tmp_path):
     assert train["rows"] == train["written"] + train["rejected"] and train["rejected"] == len(want_rejects)
     # valid.csv, rewritten with CR-only line endings, still reads as its rows.
     assert valid["rows"] == valid["written"] == clean["valid.csv"] and valid["rejected"] == 0
-    with open(os.path.join(out, build_records.INDEX), "rb") as f:
+    with open(os.path.join(out, m["index_file"]), "rb") as f:
         index = records.read_index(f.read())
     assert all(index[path]["view"] == "frontal" for path in want_written)
 
@@ -186,9 +187,9 @@ def bad_bytes_csv(sample_dir, tmp_path):
 def test_score_reads_a_csv_with_bad_bytes_row_by_row(trained_job, sample_dir, bad_bytes_csv, tmp_path):
     csv_path, want = bad_bytes_csv
     m = score.run([f"--job_dir={trained_job}", f"--output_dir={tmp_path / 'scores'}", "--runner=DirectRunner",
-                   f"--csv={csv_path}", f"--image_root={sample_dir}"])
+                   f"--csv={csv_path}", f"--image_root={sample_dir}", "--max_reject_fraction=1"])
     assert (m["inputs"], m["scored"], m["rejected"]) == (8, 5, 3)
-    with open(tmp_path / "scores" / "rejected.jsonl") as f:
+    with open(tmp_path / "scores" / m["outputs"]["rejected"]) as f:
         assert {json.loads(line)["row"]: json.loads(line)["reason"] for line in f} == want
 
 
@@ -203,7 +204,7 @@ def test_an_incremental_build_keeps_rows_read_past_bad_bytes_by_their_first_line
     root = str(tmp_path / "in")
     make_sample.generate(root, num_patients=2, num_valid_patients=1, seed=7, workers=1, progress=False)
     want_rejects, want_written = badinputs.plant_csv_bytes(root)
-    args = [f"--input_dir={root}", "--image_size=32", "--runner=DirectRunner"]
+    args = [f"--input_dir={root}", "--image_size=32", "--runner=DirectRunner", "--max_reject_fraction=1"]
     first = build_records.run([f"--output_dir={tmp_path / 'out'}", *args])
     new = f"{make_sample.DATASET_DIR}/train/patient90300/study1/view1_frontal.jpg"
     os.makedirs(os.path.join(root, os.path.dirname(new)))
@@ -220,9 +221,10 @@ def test_an_incremental_build_keeps_rows_read_past_bad_bytes_by_their_first_line
     assert inc["incremental"]["processed"] == 1 + len(want_rejects)
     full = build_records.run([f"--output_dir={tmp_path / 'ref'}", *args])
     assert inc["sources"] == full["sources"]
-    for name in full["rejected_files"]:
-        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
-    index = {d: records.read_index((tmp_path / d / build_records.INDEX).read_bytes()) for d in ("out", "ref")}
+    for name, name_ref in zip(inc["rejected_files"], full["rejected_files"]):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name_ref).read_bytes()
+    index = {d: records.read_index((tmp_path / d / m["index_file"]).read_bytes())
+             for d, m in (("out", inc), ("ref", full))}
     drop_shard = lambda ix: {p: {k: v for k, v in e.items() if k != "shard"} for p, e in ix.items()}  # noqa: E731
     assert drop_shard(index["out"]) == drop_shard(index["ref"])
     assert set(want_written) | {new} <= set(index["out"])
