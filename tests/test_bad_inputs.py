@@ -12,6 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from pipeline import build_records, make_sample, records, score
@@ -107,20 +108,29 @@ def test_score_and_predict_agree_on_every_bad_file(trained_job, bad_folder, tmp_
     assert sorted(os.path.basename(r["path"]) for r in results) == sorted(n for n, (_, r) in FILES.items() if not r)
 
 
-def _corrupt_copy(records_dir, tmp_path):
-    """A copy of the records with one valid shard's bytes flipped in the middle."""
+def _corrupt_copy(records_dir, tmp_path, damage="flipped"):
+    """A copy of the records with one valid shard damaged: ``flipped``, a byte in the middle
+    flipped (bad CRC); ``foreign``, replaced by a well-formed TFRecord of someone else's
+    Examples."""
     copy = tmp_path / "records"
     shutil.copytree(records_dir, copy)
     m = json.loads((copy / "manifest.json").read_text())
     shard = copy / m["splits"]["valid"]["shards"][0]
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    if damage == "flipped":
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    else:
+        with tf.io.TFRecordWriter(str(shard)) as w:
+            for i in range(5):
+                w.write(tf.train.Example(features=tf.train.Features(feature={
+                    "image/raw": tf.train.Feature(int64_list=tf.train.Int64List(value=[i]))})).SerializeToString())
     return str(copy), str(shard)
 
 
-def test_corrupt_shard_stops_evaluate_naming_it_or_is_skipped(trained_job, records_dir, tmp_path):
-    copy, shard = _corrupt_copy(records_dir, tmp_path)
+@pytest.mark.parametrize("damage", ["flipped", "foreign"])
+def test_corrupt_shard_stops_evaluate_naming_it_or_is_skipped(trained_job, records_dir, tmp_path, damage):
+    copy, shard = _corrupt_copy(records_dir, tmp_path, damage)
     job_dir = tmp_path / "job"
     shutil.copytree(trained_job, job_dir)
     cfg = json.loads((job_dir / "config.json").read_text())
@@ -132,8 +142,9 @@ def test_corrupt_shard_stops_evaluate_naming_it_or_is_skipped(trained_job, recor
     assert list(out["skipped_shards"]) == [shard]
 
 
-def test_corrupt_shard_stops_training_naming_it_or_is_skipped(records_dir, tmp_path):
-    copy, shard = _corrupt_copy(records_dir, tmp_path)
+@pytest.mark.parametrize("damage", ["flipped", "foreign"])
+def test_corrupt_shard_stops_training_naming_it_or_is_skipped(records_dir, tmp_path, damage):
+    copy, shard = _corrupt_copy(records_dir, tmp_path, damage)
     kw = dict(pathology="atelectasis", records_dir=copy, image_size=32, backbone="tiny", epochs=1,
               steps_per_epoch=2, batch_size=4)
     cfg = config_lib.make_config(job_dir=str(tmp_path / "j1"), **kw)

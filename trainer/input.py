@@ -93,7 +93,8 @@ def count_examples(manifest: dict, split: str, views: str) -> int:
 
 
 def scan_shards(files: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Reads every shard to the end, checking each record's CRCs.
+    """Reads every shard to the end, checking each record's CRCs, and parses its first
+    record with the schema (a valid TFRecord of someone else's Examples is not a shard).
 
     Returns:
         ``(good files, {bad file: error})``.
@@ -101,30 +102,45 @@ def scan_shards(files: list[str]) -> tuple[list[str], dict[str, str]]:
     good, bad = [], {}
     for f in files:
         try:
-            for _ in tf.data.TFRecordDataset(f, buffer_size=1 << 20):
-                pass
+            first = None
+            for record in tf.data.TFRecordDataset(f, buffer_size=1 << 20):
+                first = record if first is None else first
+            if first is not None:
+                try:
+                    tf_example.parse(first, decode=False)
+                except tf.errors.InvalidArgumentError as e:
+                    bad[f] = f"not a CheXpert record of this schema ({e.message.splitlines()[0]})"
+                    continue
             good.append(f)
         except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.NotFoundError) as e:
             bad[f] = e.message.splitlines()[0] if e.message else type(e).__name__
     return good, bad
 
 
+# What reading a damaged or foreign shard raises inside tf.data: DataLossError for bad
+# CRCs or truncation, InvalidArgumentError when a record is not one of our Examples.
+READ_ERRORS = (tf.errors.DataLossError, tf.errors.InvalidArgumentError)
+
+
 def checked(dataset: tf.data.Dataset, files: list[str]):
-    """Iterates ``dataset``; a corrupt record becomes a CorruptShardError naming the shard(s)
-    (TensorFlow's own DataLossError names only an offset)."""
+    """Iterates ``dataset``; a corrupt or foreign record becomes a CorruptShardError naming
+    the shard(s) (TensorFlow's own errors name only an offset or a feature key)."""
     try:
         yield from dataset
-    except tf.errors.DataLossError as e:
+    except READ_ERRORS as e:
         raise corrupt_error(files, e) from None
 
 
-def corrupt_error(files: list[str], error: tf.errors.DataLossError) -> CorruptShardError:
-    """The error to raise for a DataLossError while reading ``files``: scans them to name
-    the corrupt shard(s)."""
+def corrupt_error(files: list[str], error: tf.errors.OpError) -> Exception:
+    """The error to raise for ``error`` while reading ``files``: a CorruptShardError that
+    names the bad shard(s) after scanning them, or ``error`` itself when every shard reads
+    and parses (then the cause is elsewhere, e.g. a shape mismatch in the model)."""
     _, bad = scan_shards(files)
-    named = "; ".join(f"{f}: {err}" for f, err in bad.items()) or error.message
-    return CorruptShardError(f"corrupt TFRecord shard(s): {named}. Rebuild the records, or pass --skip_corrupt to "
-                             "skip and report them")
+    if not bad:
+        return error
+    named = "; ".join(f"{f}: {err}" for f, err in bad.items())
+    return CorruptShardError(f"corrupt or foreign TFRecord shard(s): {named}. Rebuild the records, or pass "
+                             "--skip_corrupt to skip and report them")
 
 
 def drop_corrupt(files: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -301,7 +301,7 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
             for step in range(steps):
                 try:
                     loss = float(trainer.train_step(iterator))
-                except tf.errors.DataLossError as e:
+                except input_lib.READ_ERRORS as e:
                     raise input_lib.corrupt_error(train_files, e) from None
                 losses.append(loss)
                 bar.update(step + 1, [("loss", float(np.mean(losses[-20:])))])
