@@ -7,6 +7,11 @@ Every failure is a ``schemas.chexpert.RowError`` with a reason slug, so the call
 count it and send the row to the dead-letter output:
 
     empty_file, image_too_large, truncated_image, not_an_image, dicom_unreadable
+
+Memory per image is bounded: the pixel count is checked from the header before anything is
+decoded, and the conversion to 8 bits works a strip of rows at a time, so an image costs its
+decoded pixels plus one uint8 output, never a float64 copy of the whole image
+(BUILD_NOTES.md, "Memory per image").
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -28,83 +34,166 @@ MAX_PIXELS = 80_000_000
 PNG_COMPRESS_LEVEL = 1  # BUILD_NOTES.md: 1.9x faster to encode than level 6, 14% more bytes
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Rows converted at a time: 1 Mpx, so the float64 temporaries of a strip are ~8 MB.
+_STRIP_PIXELS = 1 << 20
+# Pillow modes wider than 8 bits: 16-bit PNG/TIFF, 32-bit integer and float TIFF.
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_UINT8_RANGE = (0, 255, np.dtype(np.uint8))
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Linearly stretches any numeric 2-D array to the full 8-bit range.
+def _check_size(name: str, width: int, height: int) -> None:
+    """Refuses an image by its header's size, before a single pixel is decoded.
+
+    Raises:
+        RowError: ``image_too_large`` above ``MAX_PIXELS``.
+    """
+    if width * height > MAX_PIXELS:
+        raise RowError("image_too_large", f"{name}: {width}x{height} pixels exceeds the {MAX_PIXELS:,} pixel limit")
+
+
+def _spans(height: int, width: int) -> list[tuple[int, int]]:
+    """Row ranges of at most ``_STRIP_PIXELS`` pixels (at least one row) covering the image."""
+    step = max(1, _STRIP_PIXELS // max(width, 1))
+    return [(y, min(y + step, height)) for y in range(0, height, step)]
+
+
+def _value_range(read: Callable[[int, int], np.ndarray], spans: list[tuple[int, int]], name: str):
+    """(min, max, dtype) over every strip ``read`` returns."""
+    lo = hi = dtype = None
+    for y0, y1 in spans:
+        strip = read(y0, y1)
+        s_lo, s_hi = strip.min(), strip.max()
+        lo = s_lo if lo is None or s_lo < lo else lo
+        hi = s_hi if hi is None or s_hi > hi else hi
+        dtype = strip.dtype
+    return lo, hi, dtype
+
+
+def _to_uint8(read: Callable[[int, int], np.ndarray], height: int, width: int, name: str,
+              value_range: tuple | None = None) -> np.ndarray:
+    """Linearly stretches an image, read a strip at a time, to the full 8-bit range.
 
     16-bit radiographs rarely use all 16 bits (12 is common); dividing by 257 would leave
-    them dark, so the stored range is mapped min..max to 0..255.
+    them dark, so the stored range is mapped min..max to 0..255. uint8 input is kept as is.
+
+    The arithmetic is the one this function always did on the whole image (float64, then
+    round half to even), applied per strip: the output is bit-identical to records built
+    before, while a strip's float64 temporaries stay near 8 MB whatever the image size.
+
+    Args:
+        read: ``(y0, y1) -> array (y1 - y0, width)`` of rows y0..y1, any numeric dtype; it
+            is called twice per strip (once for the range, once to convert).
+        height, width: the image's size.
+        name: the file's path, for error messages.
+        value_range: (min, max, dtype) when the caller already knows it.
+
+    Returns:
+        uint8 (height, width).
     """
-    arr = np.asarray(arr)
-    if arr.dtype == np.uint8:
-        return arr
-    arr = arr.astype(np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
+    spans = _spans(height, width)
+    lo, hi, dtype = value_range or _value_range(read, spans, name)
+    out = np.empty((height, width), np.uint8)
+    if dtype == np.uint8:
+        for y0, y1 in spans:
+            out[y0:y1] = read(y0, y1)
+        return out
     if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        out.fill(0)
+        return out
+    lo, scale = float(lo), 255.0 / (float(hi) - float(lo))
+    for y0, y1 in spans:
+        out[y0:y1] = np.round((read(y0, y1).astype(np.float64) - lo) * scale)
+    return out
+
+
+def _pil_error(e: Exception, name: str) -> RowError:
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return RowError("image_too_large", f"{name}: {e}")
+    if isinstance(e, OSError):
+        # Pillow names the stream by its repr (an address): drop it so dead letters are stable.
+        msg = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))
+        if "truncated" in msg or "broken data stream" in msg or "premature end" in msg.lower():
+            return RowError("truncated_image", f"{name}: {msg}")
+        return RowError("not_an_image", f"{name}: cannot decode ({msg})")
+    return RowError("not_an_image", f"{name}: cannot decode ({e})")
 
 
 def _decode_pil(data: bytes, name: str, draft_size: int | None) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise RowError("image_too_large", f"{name}: {w}x{h} pixels exceeds the {MAX_PIXELS:,} pixel limit")
+            im = Image.open(io.BytesIO(data))  # reads the header only
+            _check_size(name, *im.size)
             if draft_size and im.format == "JPEG":
                 # DCT-domain downscaling: decodes a 2828x2320 original at 1/4 or 1/8 scale,
                 # never below draft_size, for a several-fold speed-up on full-size inputs.
                 im.draft("L", (draft_size, draft_size))
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)  # the first frame, decoded by load() inside this try like any other
             im.load()
     except RowError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise RowError("image_too_large", f"{name}: {e}") from None
-    except OSError as e:
-        # Pillow names the stream by its repr (an address): drop it so dead letters are stable.
-        msg = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))
-        if "truncated" in msg or "broken data stream" in msg or "premature end" in msg.lower():
-            raise RowError("truncated_image", f"{name}: {msg}") from None
-        raise RowError("not_an_image", f"{name}: cannot decode ({msg})") from None
-    except (ValueError, SyntaxError) as e:
-        raise RowError("not_an_image", f"{name}: cannot decode ({e})") from None
-    if im.n_frames > 1 if hasattr(im, "n_frames") else False:
-        im.seek(0)
-    if im.mode in ("L",):
-        return np.asarray(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return _to_uint8(np.asarray(im))
-    # RGB, RGBA, P, CMYK, LA, 1: ITU-R 601 luma, as a radiograph saved in colour should be.
-    return np.asarray(im.convert("L"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, ValueError, SyntaxError) as e:
+        raise _pil_error(e, name) from None
+    w, h = im.size
+    gray = im.mode == "L" or im.mode in _WIDE_MODES
+
+    def read(y0: int, y1: int) -> np.ndarray:
+        strip = im.crop((0, y0, w, y1))
+        # RGB, RGBA, P, CMYK, LA, 1: ITU-R 601 luma, as a radiograph saved in colour should
+        # be; converted a strip at a time (per pixel, so the same), never the whole image.
+        return np.asarray(strip if gray else strip.convert("L"))
+
+    try:
+        pixels = _to_uint8(read, h, w, name, None if im.mode in _WIDE_MODES else _UINT8_RANGE)
+    finally:
+        im.close()  # Pillow's decoded pixels go now, before the caller resizes
+    return pixels
 
 
 def _decode_dicom(data: bytes, name: str) -> np.ndarray:
     import pydicom  # imported lazily: DICOM is rare, pydicom's import is not free
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        # The header alone: the size is checked before any pixel data is read.
+        ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
         rows, cols = int(ds.Rows), int(ds.Columns)
-        if rows * cols > MAX_PIXELS:
-            raise RowError("image_too_large", f"{name}: {cols}x{rows} pixels exceeds the {MAX_PIXELS:,} pixel limit")
-        arr = ds.pixel_array
+    except Exception as e:  # pydicom raises many types: bad tags, short data, missing Rows
+        raise RowError("dicom_unreadable", f"{name}: {type(e).__name__}: {e}") from None
+    _check_size(name, cols, rows)
+    try:
+        # The first frame only: a multi-frame file costs one frame, not all of them.
+        arr = pixel_array(io.BytesIO(data), index=0)
+    except Exception as e:  # missing handler, compressed syntax, short pixel data
+        raise RowError("dicom_unreadable", f"{name}: {type(e).__name__}: {e}") from None
+    windowed = "WindowCenter" in ds or "VOILUTSequence" in ds
+
+    def values(y0: int, y1: int) -> np.ndarray:
+        # Modality and VOI LUTs map each pixel on its own, so strips give the values the
+        # whole image would (and float64 temporaries of one strip only).
+        strip = arr[y0:y1]
+        if strip.ndim == 3:
+            strip = strip.mean(axis=-1)  # colour (SamplesPerPixel 3): the mean of R, G, B
+        strip = apply_modality_lut(strip, ds)
+        return apply_voi_lut(strip, ds, index=0) if windowed else strip
+
+    try:
+        if str(getattr(ds, "PhotometricInterpretation", "")).upper() != "MONOCHROME1":
+            return _to_uint8(values, rows, cols, name)
+        # MONOCHROME1: high values are dark, so the image is M - v with M its maximum. In the
+        # values' own dtype as before; subtraction is monotone, so the new range is M - max
+        # to M - min.
+        lo, hi, dtype = _value_range(values, _spans(rows, cols), name)
+
+        def inverted(y0: int, y1: int) -> np.ndarray:
+            return hi - values(y0, y1)
+
+        return _to_uint8(inverted, rows, cols, name, (hi - hi, hi - lo, dtype))
     except RowError:
         raise
-    except Exception as e:  # pydicom raises many types: missing handler, bad tags, short data
+    except Exception as e:  # a LUT the data does not fit: pydicom raises several types
         raise RowError("dicom_unreadable", f"{name}: {type(e).__name__}: {e}") from None
-    if arr.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
-        arr = arr[0]  # multi-frame: the first frame
-    elif arr.ndim == 3:
-        arr = arr.mean(axis=-1)
-    arr = apply_modality_lut(arr, ds)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        arr = apply_voi_lut(arr, ds, index=0)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        arr = arr.max() - arr  # MONOCHROME1: high values are dark
-    return _to_uint8(arr)
 
 
 def is_dicom(data: bytes, name: str = "") -> bool:
@@ -113,6 +202,9 @@ def is_dicom(data: bytes, name: str = "") -> bool:
 
 def decode(data: bytes, name: str = "image", draft_size: int | None = None) -> np.ndarray:
     """Decodes JPEG, PNG (8/16-bit), DICOM or any Pillow format to 8-bit grayscale.
+
+    The size is checked from the header first (``MAX_PIXELS``); a multi-frame file gives its
+    first frame. Peak memory is about the decoded image plus one uint8 copy (BUILD_NOTES.md).
 
     Args:
         data: the file's bytes.

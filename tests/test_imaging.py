@@ -95,3 +95,63 @@ def test_jpeg_draft_decodes_large_files_at_reduced_scale_with_the_same_result_sh
     assert out.shape == (320, 320)
     ref = imaging.resize(np.asarray(Image.open(io.BytesIO(images.jpeg_bytes(big, 90)))), 320)
     assert np.abs(out.astype(int) - ref).mean() < 3  # draft changes pixels only slightly
+
+
+# --- Bounded memory: header checks and strip conversion ----------------------------------
+
+
+def test_dicom_over_the_pixel_cap_is_refused_from_its_header():
+    # Rows x Columns over the cap with only a few bytes of pixel data: refused for its size,
+    # before the (short) pixel data is touched.
+    data = images.dicom_bytes(images.gradient(64, 64, np.uint16, 4000))
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.Rows, ds.Columns = 10000, 9000
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    assert _reason(buf.getvalue(), "huge.dcm") == "image_too_large"
+
+
+def test_multi_frame_dicom_gives_its_first_frame():
+    frames = np.stack([images.gradient(64, 48, np.uint16, 4000), np.zeros((64, 48), np.uint16)])
+    out = imaging.decode(images.dicom_bytes(frames), "cine.dcm")
+    np.testing.assert_array_equal(out, imaging.decode(images.dicom_bytes(frames[0]), "one.dcm"))
+
+
+def _whole_image_stretch(arr: np.ndarray) -> np.ndarray:
+    """The conversion as it was before strips: whole-image float64, min..max to 0..255."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint8:
+        return arr
+    arr = arr.astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def test_strip_conversion_is_bit_identical_to_the_whole_image_conversion(monkeypatch):
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    monkeypatch.setattr(imaging, "_STRIP_PIXELS", 1000)  # many strips, the last one short
+    rng = np.random.default_rng(0)
+    u16 = rng.integers(100, 3900, (301, 97)).astype(np.uint16)
+    i32 = rng.integers(-5000, 70000, (301, 97)).astype(np.int32)
+    buf = io.BytesIO()
+    Image.fromarray(i32).save(buf, format="TIFF")
+    pil_cases = {"u16.png": (images.png_bytes(u16), u16), "i32.tif": (buf.getvalue(), i32),
+                 "f.tif": (images.float_tiff_bytes(i32 / 7.0), (i32 / 7.0).astype(np.float32))}
+    for name, (data, arr) in pil_cases.items():
+        np.testing.assert_array_equal(imaging.decode(data, name), _whole_image_stretch(arr), err_msg=name)
+    for photometric in ("MONOCHROME1", "MONOCHROME2"):
+        for window in (None, (1500, 900)):
+            for rescale in (None, (2, -100)):
+                data = images.dicom_bytes(u16, photometric=photometric, window=window, rescale=rescale)
+                ds = pydicom.dcmread(io.BytesIO(data))
+                want = apply_modality_lut(ds.pixel_array, ds)
+                want = apply_voi_lut(want, ds, index=0) if window else want
+                want = want.max() - want if photometric == "MONOCHROME1" else want
+                np.testing.assert_array_equal(imaging.decode(data, "d.dcm"), _whole_image_stretch(want),
+                                              err_msg=f"{photometric} {window} {rescale}")
