@@ -6,7 +6,8 @@ serving time exactly the pixels it was trained on. Nothing here imports Beam or 
 Every failure is a ``schemas.chexpert.RowError`` with a reason slug, so the caller can
 count it and send the row to the dead-letter output:
 
-    empty_file, image_too_large, truncated_image, not_an_image, dicom_unreadable
+    empty_file, image_too_large, image_too_small, truncated_image, not_an_image,
+    nonfinite_pixels, dicom_unreadable
 
 Memory per image is bounded: the pixel count is checked from the header before anything is
 decoded, and the conversion to 8 bits works a strip of rows at a time, so an image costs its
@@ -31,6 +32,10 @@ ENCODINGS = ("png", "raw", "jpeg")
 # A decompression-bomb guard: CheXpert originals are ~6.6 Mpx; 80 Mpx (e.g. 8,944^2) leaves
 # room for any real detector while refusing a 64k x 64k PNG that would take 4 GB to decode.
 MAX_PIXELS = 80_000_000
+# Shorter sides are refused: no radiograph is that small, a 1x1 or 8x8 file is a placeholder
+# or a broken export, and upscaling it to the model's input would invent a film. 32 is the
+# smallest records size in use (the tests' --image_size=32); CheXpert-small's are >= 320.
+MIN_SIDE = 32
 PNG_COMPRESS_LEVEL = 1  # BUILD_NOTES.md: 1.9x faster to encode than level 6, 14% more bytes
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -39,16 +44,30 @@ _STRIP_PIXELS = 1 << 20
 # Pillow modes wider than 8 bits: 16-bit PNG/TIFF, 32-bit integer and float TIFF.
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _UINT8_RANGE = (0, 255, np.dtype(np.uint8))
+_ORIENTATION = 0x0112  # the EXIF Orientation tag
+# EXIF orientation -> the array transform ImageOps.exif_transpose applies (tested against it).
+_EXIF_TURNS: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda a: a[::-1, ::-1],  # ROTATE_180
+    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+    5: lambda a: a.T,  # TRANSPOSE
+    6: lambda a: np.rot90(a, -1),  # ROTATE_270 (counter-clockwise), i.e. 90 clockwise
+    7: lambda a: np.rot90(a, 2).T,  # TRANSVERSE
+    8: lambda a: np.rot90(a),  # ROTATE_90
+}
 
 
 def _check_size(name: str, width: int, height: int) -> None:
     """Refuses an image by its header's size, before a single pixel is decoded.
 
     Raises:
-        RowError: ``image_too_large`` above ``MAX_PIXELS``.
+        RowError: ``image_too_large`` above ``MAX_PIXELS``, ``image_too_small`` when a side
+            is under ``MIN_SIDE``.
     """
     if width * height > MAX_PIXELS:
         raise RowError("image_too_large", f"{name}: {width}x{height} pixels exceeds the {MAX_PIXELS:,} pixel limit")
+    if min(width, height) < MIN_SIDE:
+        raise RowError("image_too_small", f"{name}: {width}x{height} pixels; each side must be at least {MIN_SIDE}")
 
 
 def _spans(height: int, width: int) -> list[tuple[int, int]]:
@@ -58,15 +77,26 @@ def _spans(height: int, width: int) -> list[tuple[int, int]]:
 
 
 def _value_range(read: Callable[[int, int], np.ndarray], spans: list[tuple[int, int]], name: str):
-    """(min, max, dtype) over every strip ``read`` returns."""
+    """(min, max, dtype) over every strip ``read`` returns, refusing NaN and infinity.
+
+    Raises:
+        RowError: ``nonfinite_pixels``.
+    """
     lo = hi = dtype = None
     for y0, y1 in spans:
         strip = read(y0, y1)
+        if strip.dtype.kind in "fc" and not np.isfinite(strip).all():
+            _nonfinite(name)
         s_lo, s_hi = strip.min(), strip.max()
         lo = s_lo if lo is None or s_lo < lo else lo
         hi = s_hi if hi is None or s_hi > hi else hi
         dtype = strip.dtype
     return lo, hi, dtype
+
+
+def _nonfinite(name: str):
+    # Stretching min..max over a NaN gives NaN everywhere, which casts to an all-black image.
+    raise RowError("nonfinite_pixels", f"{name}: pixel values include NaN or infinity")
 
 
 def _to_uint8(read: Callable[[int, int], np.ndarray], height: int, width: int, name: str,
@@ -89,6 +119,9 @@ def _to_uint8(read: Callable[[int, int], np.ndarray], height: int, width: int, n
 
     Returns:
         uint8 (height, width).
+
+    Raises:
+        RowError: ``nonfinite_pixels``.
     """
     spans = _spans(height, width)
     lo, hi, dtype = value_range or _value_range(read, spans, name)
@@ -104,6 +137,16 @@ def _to_uint8(read: Callable[[int, int], np.ndarray], height: int, width: int, n
     for y0, y1 in spans:
         out[y0:y1] = np.round((read(y0, y1).astype(np.float64) - lo) * scale)
     return out
+
+
+def _orient(pixels: np.ndarray, orientation: int | None) -> np.ndarray:
+    """Applies an EXIF orientation to a decoded image, as ``ImageOps.exif_transpose`` does.
+
+    Done on the uint8 result, not on Pillow's decoded image, so that a rotated 16-bit image
+    costs one more byte per pixel rather than two.
+    """
+    turn = _EXIF_TURNS.get(orientation or 1)
+    return pixels if turn is None else np.ascontiguousarray(turn(pixels))
 
 
 def _pil_error(e: Exception, name: str) -> RowError:
@@ -131,6 +174,9 @@ def _decode_pil(data: bytes, name: str, draft_size: int | None) -> np.ndarray:
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)  # the first frame, decoded by load() inside this try like any other
             im.load()
+            # After load(): Pillow's TIFF reader applies the orientation itself on load and
+            # drops the tag, JPEG and PNG keep it for the caller (exif_transpose reads it here too).
+            orientation = im.getexif().get(_ORIENTATION)
     except RowError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, ValueError, SyntaxError) as e:
@@ -148,7 +194,7 @@ def _decode_pil(data: bytes, name: str, draft_size: int | None) -> np.ndarray:
         pixels = _to_uint8(read, h, w, name, None if im.mode in _WIDE_MODES else _UINT8_RANGE)
     finally:
         im.close()  # Pillow's decoded pixels go now, before the caller resizes
-    return pixels
+    return _orient(pixels, orientation)
 
 
 def _decode_dicom(data: bytes, name: str) -> np.ndarray:
@@ -173,6 +219,8 @@ def _decode_dicom(data: bytes, name: str) -> np.ndarray:
         # Modality and VOI LUTs map each pixel on its own, so strips give the values the
         # whole image would (and float64 temporaries of one strip only).
         strip = arr[y0:y1]
+        if strip.dtype.kind == "f" and not np.isfinite(strip).all():
+            _nonfinite(name)  # before a window clips infinity to its top value
         if strip.ndim == 3:
             strip = strip.mean(axis=-1)  # colour (SamplesPerPixel 3): the mean of R, G, B
         strip = apply_modality_lut(strip, ds)
@@ -203,8 +251,10 @@ def is_dicom(data: bytes, name: str = "") -> bool:
 def decode(data: bytes, name: str = "image", draft_size: int | None = None) -> np.ndarray:
     """Decodes JPEG, PNG (8/16-bit), DICOM or any Pillow format to 8-bit grayscale.
 
-    The size is checked from the header first (``MAX_PIXELS``); a multi-frame file gives its
-    first frame. Peak memory is about the decoded image plus one uint8 copy (BUILD_NOTES.md).
+    The size is checked from the header first (``MAX_PIXELS``, ``MIN_SIDE``); an EXIF
+    orientation is applied, so the film is upright as a viewer shows it; a multi-frame file
+    gives its first frame. Peak memory is about the decoded image plus one uint8 copy
+    (BUILD_NOTES.md).
 
     Args:
         data: the file's bytes.
@@ -212,11 +262,12 @@ def decode(data: bytes, name: str = "image", draft_size: int | None = None) -> n
         draft_size: if set, a JPEG may be decoded at a reduced scale no smaller than this.
 
     Returns:
-        uint8 array (height, width).
+        uint8 array (height, width), upright.
 
     Raises:
-        RowError: ``empty_file``, ``image_too_large``, ``truncated_image``,
-            ``not_an_image`` or ``dicom_unreadable``.
+        RowError: ``empty_file``, ``image_too_large``, ``image_too_small``,
+            ``truncated_image``, ``not_an_image``, ``nonfinite_pixels`` (NaN or infinity in
+            a float TIFF or DICOM) or ``dicom_unreadable``.
     """
     if not data:
         raise RowError("empty_file", f"{name}: zero bytes")

@@ -28,6 +28,14 @@ def _bomb() -> bytes:
     return buf.getvalue()
 
 
+def _rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: turned upright on decoding
+    buf = io.BytesIO()
+    Image.fromarray(images.gradient(390, 320)).save(buf, format="JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
 # file name -> (bytes, expected reason or None when it must be converted and scored)
 FILES = {
     "zero.jpg": (b"", "empty_file"),
@@ -39,6 +47,9 @@ FILES = {
     "compressed.dcm": (images.dicom_bytes(images.gradient(64, 64, np.uint16), compressed=True), "dicom_unreadable"),
     "malformed.dcm": (b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage", "dicom_unreadable"),
     "bomb.png": (_bomb(), "image_too_large"),
+    "nan.tif": (images.float_tiff_bytes(np.where(images.gradient(64, 64) == 7, np.nan, 1.0)), "nonfinite_pixels"),
+    "tiny.png": (images.png_bytes(np.zeros((1, 1), np.uint8)), "image_too_small"),
+    "rotated.jpg": (_rotated_jpeg(), None),
 }
 
 
@@ -57,7 +68,9 @@ def test_build_rejects_every_bad_row_with_its_reason(tmp_path):
     ds = os.path.join(root, make_sample.DATASET_DIR)
     # Add the DICOM and bomb cases as CSV rows too.
     extra = {"patient90100/study1/view1_frontal.dcm": FILES["compressed.dcm"],
-             "patient90101/study1/view1_frontal.png": FILES["bomb.png"]}
+             "patient90101/study1/view1_frontal.png": FILES["bomb.png"],
+             "patient90102/study1/view1_frontal.tif": FILES["nan.tif"],
+             "patient90103/study1/view1_frontal.png": FILES["tiny.png"]}
     with open(os.path.join(ds, "train.csv"), "a") as f:
         for rel, (data, reason) in extra.items():
             os.makedirs(os.path.join(ds, "train", os.path.dirname(rel)), exist_ok=True)

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline import imaging
 from schemas.chexpert import RowError
@@ -97,7 +97,63 @@ def test_jpeg_draft_decodes_large_files_at_reduced_scale_with_the_same_result_sh
     assert np.abs(out.astype(int) - ref).mean() < 3  # draft changes pixels only slightly
 
 
-# --- Bounded memory: header checks and strip conversion ----------------------------------
+# --- Odd inputs that used to pass silently --------------------------------------------------
+
+
+def _marked(h: int = 64, w: int = 48) -> np.ndarray:
+    """A dark image with one bright corner block: every rotation and flip looks different."""
+    arr = np.full((h, w), 40, np.uint8)
+    arr[:16, :12] = 230
+    return arr
+
+
+def _with_orientation(arr: np.ndarray, orientation: int, fmt: str) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def test_exif_orientation_6_jpeg_is_turned_upright():
+    data = _with_orientation(_marked(), 6, "JPEG")  # "rotate 90 clockwise to display"
+    out = imaging.decode(data, "phone.jpg")
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("L"))
+    assert out.shape == (48, 64) and not np.array_equal(out.shape, imaging.decode(images.jpeg_bytes(_marked())).shape)
+    np.testing.assert_array_equal(out, upright)
+    assert out[:12, -16:].mean() > 200 and out[:12, :16].mean() < 60  # the bright corner went top-right
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillow_exif_transpose(orientation):
+    data = _with_orientation(_marked(), orientation, "PNG")
+    want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    np.testing.assert_array_equal(imaging.decode(data, "o.png"), want)
+
+
+def test_nan_and_infinite_pixels_are_refused_not_blackened():
+    ramp = images.gradient(64, 64).astype(np.float32) / 255
+    for bad in (np.nan, np.inf, -np.inf):
+        arr = ramp.copy()
+        arr[10, 20] = bad
+        assert _reason(images.float_tiff_bytes(arr), "f.tif") == "nonfinite_pixels"
+        assert _reason(images.dicom_bytes(arr), "f.dcm") == "nonfinite_pixels"
+        # A VOI window would clip infinity to its top value: refused before the window.
+        assert _reason(images.dicom_bytes(arr, window=(0.5, 0.5)), "w.dcm") == "nonfinite_pixels"
+    out = imaging.decode(images.float_tiff_bytes(ramp), "ok.tif")  # finite floats are stretched
+    assert out.min() == 0 and out.max() == 255
+    assert imaging.decode(images.dicom_bytes(ramp), "ok.dcm").max() == 255
+
+
+def test_images_under_the_minimum_side_are_refused_from_the_header():
+    side = imaging.MIN_SIDE
+    assert _reason(images.png_bytes(np.zeros((1, 1), np.uint8)), "dot.png") == "image_too_small"
+    assert _reason(images.jpeg_bytes(images.gradient(side - 1, 400)), "strip.jpg") == "image_too_small"
+    assert _reason(images.dicom_bytes(images.gradient(16, 16, np.uint16, 4000)), "tiny.dcm") == "image_too_small"
+    # The DICOM header decides before any pixel is read: the pixel data here is cut short.
+    cut = images.dicom_bytes(images.gradient(8, 400, np.uint16, 4000))[:-100]
+    assert _reason(cut, "cut.dcm") == "image_too_small"
+    assert imaging.decode(images.png_bytes(images.gradient(side, side)), "ok.png").shape == (side, side)
 
 
 def test_dicom_over_the_pixel_cap_is_refused_from_its_header():
