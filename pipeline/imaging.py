@@ -7,7 +7,7 @@ Every failure is a ``schemas.chexpert.RowError`` with a reason slug, so the call
 count it and send the row to the dead-letter output:
 
     empty_file, image_too_large, image_too_small, truncated_image, not_an_image,
-    nonfinite_pixels, dicom_unreadable
+    nonfinite_pixels, dicom_unreadable, link_outside_dataset
 
 Memory per image is bounded: the pixel count is checked from the header before anything is
 decoded, and the conversion to 8 bits works a strip of rows at a time, so an image costs its
@@ -18,6 +18,7 @@ decoded pixels plus one uint8 output, never a float64 copy of the whole image
 from __future__ import annotations
 
 import io
+import os
 import re
 import warnings
 from collections.abc import Callable
@@ -274,6 +275,37 @@ def decode(data: bytes, name: str = "image", draft_size: int | None = None) -> n
     if is_dicom(data, name):
         return _decode_dicom(data, name)
     return _decode_pil(data, name, draft_size)
+
+
+def refuse_link_outside(path: str, name: str) -> None:
+    """Refuses a dataset file that a symbolic link takes out of its dataset folder.
+
+    ``schemas.chexpert.normalize_path`` checks a CSV path as text (relative, no ``..``), but
+    a link inside the dataset, on the file or on any folder above it, can still lead
+    anywhere (``patient1/study1/view1_frontal.jpg -> ~/.ssh/id_rsa``), and reading it would
+    copy a file from outside the dataset into the records. So the file's real path must lie
+    under the real path of its dataset folder: the first part of ``name``
+    (``CheXpert-v1.0-small/``), which may itself be a link, as when ``--input_dir`` names one
+    or the dataset lives on another disk. Checked before the file is opened; a link swapped
+    between the check and the read is not covered (the dataset is not a hostile filesystem).
+
+    Args:
+        path: the file's full path, the dataset root joined with ``name``.
+        name: its path relative to the dataset root, as the CSV gives it.
+
+    Raises:
+        RowError: ``link_outside_dataset``.
+        ValueError: ``path`` does not end with ``name`` (a caller's mistake).
+    """
+    if "://" in path or path == name:
+        return  # object stores have no links; with no dataset root there is nothing to leave
+    if not path.endswith("/" + name):
+        raise ValueError(f"refuse_link_outside: {path!r} is not a root joined with {name!r}")
+    folder = os.path.realpath(path[: len(path) - len(name)] + name.split("/", 1)[0])
+    real = os.path.realpath(path)
+    if os.path.commonpath([folder, real]) != folder:
+        raise RowError("link_outside_dataset",
+                       f"{name}: a symbolic link leads to {real}, outside the dataset folder {folder}; not followed")
 
 
 def resize(pixels: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:

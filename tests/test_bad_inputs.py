@@ -153,3 +153,30 @@ def test_corrupt_shard_stops_training_naming_it_or_is_skipped(records_dir, tmp_p
         train.run(cfg)
     cfg = config_lib.make_config(job_dir=str(tmp_path / "j2"), skip_corrupt=True, **kw)
     assert list(train.run(cfg)["skipped_shards"]) == [shard]
+
+
+# Needs the one-line call in build_records._read_file, `imaging.refuse_link_outside(path, name)`
+# (pipeline/imaging.py has the check; build_records.py is another branch's to edit): strict, so
+# the marker must go once that line is in.
+@pytest.mark.xfail(strict=True, reason="build_records._read_file does not call imaging.refuse_link_outside yet")
+def test_build_refuses_a_link_out_of_the_dataset(tmp_path):
+    root = str(tmp_path / "in")
+    make_sample.generate(root, num_patients=2, num_valid_patients=1, seed=5, workers=1, progress=False)
+    ds = os.path.join(root, make_sample.DATASET_DIR)
+    outside = tmp_path / "elsewhere.jpg"  # a perfectly good image, just not the dataset's
+    outside.write_bytes(images.jpeg_bytes(images.gradient(390, 320)))
+    rel = "train/patient90200/study1/view1_frontal.jpg"
+    os.makedirs(os.path.dirname(os.path.join(ds, rel)))
+    os.symlink(outside, os.path.join(ds, rel))
+    cells = {c: "" for c in chexpert.CSV_COLUMNS}
+    cells.update({"Path": f"{make_sample.DATASET_DIR}/{rel}", "Sex": "Male", "Age": "50",
+                  "Frontal/Lateral": "Frontal", "AP/PA": "AP"})
+    with open(os.path.join(ds, "train.csv"), "a") as f:
+        f.write(",".join(cells[c] for c in chexpert.CSV_COLUMNS) + "\n")
+    out = str(tmp_path / "out")
+    m = build_records.run([f"--input_dir={root}", f"--output_dir={out}", "--image_size=32", "--runner=DirectRunner"])
+    with open(os.path.join(out, "rejected-train.jsonl")) as f:
+        rejects = [json.loads(line) for line in f]
+    assert [(r["path"], r["reason"]) for r in rejects] == [(cells["Path"], "link_outside_dataset")]
+    assert str(outside) in rejects[0]["detail"] and "not followed" in rejects[0]["detail"]
+    assert m["sources"]["train.csv"]["rejected_by_reason"] == {"link_outside_dataset": 1}

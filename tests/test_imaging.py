@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -211,3 +212,50 @@ def test_strip_conversion_is_bit_identical_to_the_whole_image_conversion(monkeyp
                 want = want.max() - want if photometric == "MONOCHROME1" else want
                 np.testing.assert_array_equal(imaging.decode(data, "d.dcm"), _whole_image_stretch(want),
                                               err_msg=f"{photometric} {window} {rescale}")
+
+
+# --- Links out of the dataset ----------------------------------------------------------------
+
+
+def test_a_link_out_of_the_dataset_folder_is_refused(tmp_path):
+    root, outside = tmp_path / "in", tmp_path / "secret"
+    study = root / "CheXpert-v1.0-small" / "train" / "patient00001" / "study1"
+    study.mkdir(parents=True)
+    outside.mkdir()
+    (outside / "id_rsa.jpg").write_bytes(b"not for the records")
+    (study / "view1_frontal.jpg").write_bytes(b"x")
+    (study / "view2_frontal.jpg").symlink_to(outside / "id_rsa.jpg")  # the file is a link out
+    (study / "view3_frontal.jpg").symlink_to(study / "view1_frontal.jpg")  # a link that stays inside
+    (root / "CheXpert-v1.0-small" / "train" / "patient00002").symlink_to(outside)  # a folder link out
+    (outside / "study1").mkdir()
+    (outside / "study1" / "view1_frontal.jpg").write_bytes(b"y")
+    (study / "view4_frontal.jpg").symlink_to(tmp_path / "gone.jpg")  # dangling, out
+
+    def check(rel: str) -> str | None:
+        name = f"CheXpert-v1.0-small/train/{rel}"
+        try:
+            imaging.refuse_link_outside(os.path.join(str(root), name), name)
+        except RowError as e:
+            assert e.detail.startswith(name + ": ") and "not followed" in e.detail
+            return e.reason
+        return None
+
+    assert check("patient00001/study1/view1_frontal.jpg") is None
+    assert check("patient00001/study1/view3_frontal.jpg") is None
+    assert check("patient00001/study1/view2_frontal.jpg") == "link_outside_dataset"
+    assert check("patient00002/study1/view1_frontal.jpg") == "link_outside_dataset"
+    assert check("patient00001/study1/view4_frontal.jpg") == "link_outside_dataset"
+    assert check("patient00001/study1/missing.jpg") is None  # missing: the reader's missing_file
+
+
+def test_a_dataset_folder_that_is_itself_a_link_is_followed(tmp_path):
+    # The dataset on another disk, linked into the input folder (or --input_dir naming a link).
+    real = tmp_path / "disk2" / "CheXpert-v1.0-small" / "train" / "patient00001" / "study1"
+    real.mkdir(parents=True)
+    (real / "view1_frontal.jpg").write_bytes(b"x")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "CheXpert-v1.0-small").symlink_to(tmp_path / "disk2" / "CheXpert-v1.0-small")
+    name = "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"
+    imaging.refuse_link_outside(os.path.join(str(tmp_path / "in"), name), name)
+    imaging.refuse_link_outside("gs://bucket/data/" + name, name)  # object stores have no links
+    imaging.refuse_link_outside(name, name)  # no dataset root (score --input_pattern): nothing to leave
