@@ -44,12 +44,14 @@ POLICIES = ("ignore", "zeros", "ones", "self_trained", "oracle")
 
 def oracle_copy(sample_root: str, dest: str, observations=OBSERVATIONS) -> str:
     """A dataset folder whose train.csv has each uncertain cell of ``observations`` replaced
-    by the hidden truth; images are symlinked, not copied."""
+    by the hidden truth; images are hard-linked, not copied. (Not symlinked: the records job
+    refuses a link that leads out of the dataset folder, see imaging.refuse_link_outside; a
+    hard link is a file of this folder. ``dest`` must be on the same filesystem.)"""
     src = os.path.join(sample_root, make_sample.DATASET_DIR)
     dst = os.path.join(dest, make_sample.DATASET_DIR)
     os.makedirs(dst)
     for name in ("train", "valid"):
-        os.symlink(os.path.abspath(os.path.join(src, name)), os.path.join(dst, name))
+        shutil.copytree(os.path.join(src, name), os.path.join(dst, name), copy_function=os.link)
     shutil.copy(os.path.join(src, "valid.csv"), dst)
     with open(os.path.join(sample_root, make_sample.TRUTH_FILE)) as f:
         truth = {r["Path"]: r for r in csv.DictReader(f)}

@@ -510,6 +510,7 @@ def teacher_image_fn(input_root: str, job_dir: str, indices: tuple[int, ...]) ->
 
 
 def _read_file(path: str, name: str) -> bytes:
+    imaging.refuse_link_outside(path, name)
     try:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             return f.read()

@@ -45,7 +45,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from pipeline import commit as commit_lib
-from pipeline import records, runs, storage
+from pipeline import imaging, records, runs, storage
 from schemas import chexpert
 
 log = logging.getLogger("score")
@@ -158,6 +158,7 @@ class LoadImageFn(beam.DoFn):
 
     def process(self, item: Input):
         try:
+            imaging.refuse_link_outside(item.path, item.key)
             with FileSystems.open(item.path, compression_type="uncompressed") as f:
                 data = f.read()
             yield item.key, self._model_input(data, item.key, self.cfg)

@@ -29,6 +29,14 @@ def _bomb() -> bytes:
     return buf.getvalue()
 
 
+def _rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: turned upright on decoding
+    buf = io.BytesIO()
+    Image.fromarray(images.gradient(390, 320)).save(buf, format="JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
 # file name -> (bytes, expected reason or None when it must be converted and scored)
 FILES = {
     "zero.jpg": (b"", "empty_file"),
@@ -40,6 +48,9 @@ FILES = {
     "compressed.dcm": (images.dicom_bytes(images.gradient(64, 64, np.uint16), compressed=True), "dicom_unreadable"),
     "malformed.dcm": (b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage", "dicom_unreadable"),
     "bomb.png": (_bomb(), "image_too_large"),
+    "nan.tif": (images.float_tiff_bytes(np.where(images.gradient(64, 64) == 7, np.nan, 1.0)), "nonfinite_pixels"),
+    "tiny.png": (images.png_bytes(np.zeros((1, 1), np.uint8)), "image_too_small"),
+    "rotated.jpg": (_rotated_jpeg(), None),
 }
 
 
@@ -58,7 +69,9 @@ def test_build_rejects_every_bad_row_with_its_reason(tmp_path):
     ds = os.path.join(root, make_sample.DATASET_DIR)
     # Add the DICOM and bomb cases as CSV rows too.
     extra = {"patient90100/study1/view1_frontal.dcm": FILES["compressed.dcm"],
-             "patient90101/study1/view1_frontal.png": FILES["bomb.png"]}
+             "patient90101/study1/view1_frontal.png": FILES["bomb.png"],
+             "patient90102/study1/view1_frontal.tif": FILES["nan.tif"],
+             "patient90103/study1/view1_frontal.png": FILES["tiny.png"]}
     with open(os.path.join(ds, "train.csv"), "a") as f:
         for rel, (data, reason) in extra.items():
             os.makedirs(os.path.join(ds, "train", os.path.dirname(rel)), exist_ok=True)
@@ -239,3 +252,27 @@ def test_an_incremental_build_keeps_rows_read_past_bad_bytes_by_their_first_line
     drop_shard = lambda ix: {p: {k: v for k, v in e.items() if k != "shard"} for p, e in ix.items()}  # noqa: E731
     assert drop_shard(index["out"]) == drop_shard(index["ref"])
     assert set(want_written) | {new} <= set(index["out"])
+
+
+def test_build_refuses_a_link_out_of_the_dataset(tmp_path):
+    root = str(tmp_path / "in")
+    make_sample.generate(root, num_patients=2, num_valid_patients=1, seed=5, workers=1, progress=False)
+    ds = os.path.join(root, make_sample.DATASET_DIR)
+    outside = tmp_path / "elsewhere.jpg"  # a perfectly good image, just not the dataset's
+    outside.write_bytes(images.jpeg_bytes(images.gradient(390, 320)))
+    rel = "train/patient90200/study1/view1_frontal.jpg"
+    os.makedirs(os.path.dirname(os.path.join(ds, rel)))
+    os.symlink(outside, os.path.join(ds, rel))
+    cells = {c: "" for c in chexpert.CSV_COLUMNS}
+    cells.update({"Path": f"{make_sample.DATASET_DIR}/{rel}", "Sex": "Male", "Age": "50",
+                  "Frontal/Lateral": "Frontal", "AP/PA": "AP"})
+    with open(os.path.join(ds, "train.csv"), "a") as f:
+        f.write(",".join(cells[c] for c in chexpert.CSV_COLUMNS) + "\n")
+    out = str(tmp_path / "out")
+    m = build_records.run([f"--input_dir={root}", f"--output_dir={out}", "--image_size=32", "--runner=DirectRunner",
+                           "--max_reject_fraction=1"])
+    with open(os.path.join(out, m["rejected_files"][0])) as f:
+        rejects = [json.loads(line) for line in f]
+    assert [(r["path"], r["reason"]) for r in rejects] == [(cells["Path"], "link_outside_dataset")]
+    assert str(outside) in rejects[0]["detail"] and "not followed" in rejects[0]["detail"]
+    assert m["sources"]["train.csv"]["rejected_by_reason"] == {"link_outside_dataset": 1}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline import imaging
 from schemas.chexpert import RowError
@@ -95,3 +96,166 @@ def test_jpeg_draft_decodes_large_files_at_reduced_scale_with_the_same_result_sh
     assert out.shape == (320, 320)
     ref = imaging.resize(np.asarray(Image.open(io.BytesIO(images.jpeg_bytes(big, 90)))), 320)
     assert np.abs(out.astype(int) - ref).mean() < 3  # draft changes pixels only slightly
+
+
+# --- Odd inputs that used to pass silently --------------------------------------------------
+
+
+def _marked(h: int = 64, w: int = 48) -> np.ndarray:
+    """A dark image with one bright corner block: every rotation and flip looks different."""
+    arr = np.full((h, w), 40, np.uint8)
+    arr[:16, :12] = 230
+    return arr
+
+
+def _with_orientation(arr: np.ndarray, orientation: int, fmt: str) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def test_exif_orientation_6_jpeg_is_turned_upright():
+    data = _with_orientation(_marked(), 6, "JPEG")  # "rotate 90 clockwise to display"
+    out = imaging.decode(data, "phone.jpg")
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("L"))
+    assert out.shape == (48, 64) and not np.array_equal(out.shape, imaging.decode(images.jpeg_bytes(_marked())).shape)
+    np.testing.assert_array_equal(out, upright)
+    assert out[:12, -16:].mean() > 200 and out[:12, :16].mean() < 60  # the bright corner went top-right
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillow_exif_transpose(orientation):
+    data = _with_orientation(_marked(), orientation, "PNG")
+    want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    np.testing.assert_array_equal(imaging.decode(data, "o.png"), want)
+
+
+def test_nan_and_infinite_pixels_are_refused_not_blackened():
+    ramp = images.gradient(64, 64).astype(np.float32) / 255
+    for bad in (np.nan, np.inf, -np.inf):
+        arr = ramp.copy()
+        arr[10, 20] = bad
+        assert _reason(images.float_tiff_bytes(arr), "f.tif") == "nonfinite_pixels"
+        assert _reason(images.dicom_bytes(arr), "f.dcm") == "nonfinite_pixels"
+        # A VOI window would clip infinity to its top value: refused before the window.
+        assert _reason(images.dicom_bytes(arr, window=(0.5, 0.5)), "w.dcm") == "nonfinite_pixels"
+    out = imaging.decode(images.float_tiff_bytes(ramp), "ok.tif")  # finite floats are stretched
+    assert out.min() == 0 and out.max() == 255
+    assert imaging.decode(images.dicom_bytes(ramp), "ok.dcm").max() == 255
+
+
+def test_images_under_the_minimum_side_are_refused_from_the_header():
+    side = imaging.MIN_SIDE
+    assert _reason(images.png_bytes(np.zeros((1, 1), np.uint8)), "dot.png") == "image_too_small"
+    assert _reason(images.jpeg_bytes(images.gradient(side - 1, 400)), "strip.jpg") == "image_too_small"
+    assert _reason(images.dicom_bytes(images.gradient(16, 16, np.uint16, 4000)), "tiny.dcm") == "image_too_small"
+    # The DICOM header decides before any pixel is read: the pixel data here is cut short.
+    cut = images.dicom_bytes(images.gradient(8, 400, np.uint16, 4000))[:-100]
+    assert _reason(cut, "cut.dcm") == "image_too_small"
+    assert imaging.decode(images.png_bytes(images.gradient(side, side)), "ok.png").shape == (side, side)
+
+
+def test_dicom_over_the_pixel_cap_is_refused_from_its_header():
+    # Rows x Columns over the cap with only a few bytes of pixel data: refused for its size,
+    # before the (short) pixel data is touched.
+    data = images.dicom_bytes(images.gradient(64, 64, np.uint16, 4000))
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.Rows, ds.Columns = 10000, 9000
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    assert _reason(buf.getvalue(), "huge.dcm") == "image_too_large"
+
+
+def test_multi_frame_dicom_gives_its_first_frame():
+    frames = np.stack([images.gradient(64, 48, np.uint16, 4000), np.zeros((64, 48), np.uint16)])
+    out = imaging.decode(images.dicom_bytes(frames), "cine.dcm")
+    np.testing.assert_array_equal(out, imaging.decode(images.dicom_bytes(frames[0]), "one.dcm"))
+
+
+def _whole_image_stretch(arr: np.ndarray) -> np.ndarray:
+    """The conversion as it was before strips: whole-image float64, min..max to 0..255."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint8:
+        return arr
+    arr = arr.astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def test_strip_conversion_is_bit_identical_to_the_whole_image_conversion(monkeypatch):
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    monkeypatch.setattr(imaging, "_STRIP_PIXELS", 1000)  # many strips, the last one short
+    rng = np.random.default_rng(0)
+    u16 = rng.integers(100, 3900, (301, 97)).astype(np.uint16)
+    i32 = rng.integers(-5000, 70000, (301, 97)).astype(np.int32)
+    buf = io.BytesIO()
+    Image.fromarray(i32).save(buf, format="TIFF")
+    pil_cases = {"u16.png": (images.png_bytes(u16), u16), "i32.tif": (buf.getvalue(), i32),
+                 "f.tif": (images.float_tiff_bytes(i32 / 7.0), (i32 / 7.0).astype(np.float32))}
+    for name, (data, arr) in pil_cases.items():
+        np.testing.assert_array_equal(imaging.decode(data, name), _whole_image_stretch(arr), err_msg=name)
+    for photometric in ("MONOCHROME1", "MONOCHROME2"):
+        for window in (None, (1500, 900)):
+            for rescale in (None, (2, -100)):
+                data = images.dicom_bytes(u16, photometric=photometric, window=window, rescale=rescale)
+                ds = pydicom.dcmread(io.BytesIO(data))
+                want = apply_modality_lut(ds.pixel_array, ds)
+                want = apply_voi_lut(want, ds, index=0) if window else want
+                want = want.max() - want if photometric == "MONOCHROME1" else want
+                np.testing.assert_array_equal(imaging.decode(data, "d.dcm"), _whole_image_stretch(want),
+                                              err_msg=f"{photometric} {window} {rescale}")
+
+
+# --- Links out of the dataset ----------------------------------------------------------------
+
+
+def test_a_link_out_of_the_dataset_folder_is_refused(tmp_path):
+    root, outside = tmp_path / "in", tmp_path / "secret"
+    study = root / "CheXpert-v1.0-small" / "train" / "patient00001" / "study1"
+    study.mkdir(parents=True)
+    outside.mkdir()
+    (outside / "id_rsa.jpg").write_bytes(b"not for the records")
+    (study / "view1_frontal.jpg").write_bytes(b"x")
+    (study / "view2_frontal.jpg").symlink_to(outside / "id_rsa.jpg")  # the file is a link out
+    (study / "view3_frontal.jpg").symlink_to(study / "view1_frontal.jpg")  # a link that stays inside
+    (root / "CheXpert-v1.0-small" / "train" / "patient00002").symlink_to(outside)  # a folder link out
+    (outside / "study1").mkdir()
+    (outside / "study1" / "view1_frontal.jpg").write_bytes(b"y")
+    (study / "view4_frontal.jpg").symlink_to(tmp_path / "gone.jpg")  # dangling, out
+
+    def check(rel: str) -> str | None:
+        name = f"CheXpert-v1.0-small/train/{rel}"
+        try:
+            imaging.refuse_link_outside(os.path.join(str(root), name), name)
+        except RowError as e:
+            assert e.detail.startswith(name + ": ") and "not followed" in e.detail
+            return e.reason
+        return None
+
+    assert check("patient00001/study1/view1_frontal.jpg") is None
+    assert check("patient00001/study1/view3_frontal.jpg") is None
+    assert check("patient00001/study1/view2_frontal.jpg") == "link_outside_dataset"
+    assert check("patient00002/study1/view1_frontal.jpg") == "link_outside_dataset"
+    assert check("patient00001/study1/view4_frontal.jpg") == "link_outside_dataset"
+    assert check("patient00001/study1/missing.jpg") is None  # missing: the reader's missing_file
+
+
+def test_a_dataset_folder_that_is_itself_a_link_is_followed(tmp_path):
+    # The dataset on another disk, linked into the input folder (or --input_dir naming a link).
+    real = tmp_path / "disk2" / "CheXpert-v1.0-small" / "train" / "patient00001" / "study1"
+    real.mkdir(parents=True)
+    (real / "view1_frontal.jpg").write_bytes(b"x")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "CheXpert-v1.0-small").symlink_to(tmp_path / "disk2" / "CheXpert-v1.0-small")
+    name = "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"
+    imaging.refuse_link_outside(os.path.join(str(tmp_path / "in"), name), name)
+    imaging.refuse_link_outside("gs://bucket/data/" + name, name)  # object stores have no links
+    imaging.refuse_link_outside(name, name)  # no dataset root (score --input_pattern): nothing to leave

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import json
 import os
+import select
 import shutil
 import socket
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 import uvicorn
@@ -64,11 +69,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(trained_job):
+def _serve(app):
+    """Runs ``app`` in a real uvicorn server on a thread; yields its base URL."""
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(webapp.create_app(trained_job), host="127.0.0.1", port=port,
-                                        log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -78,6 +82,11 @@ def server(trained_job):
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(trained_job):
+    yield from _serve(webapp.create_app(trained_job))
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +140,168 @@ def test_page_in_a_real_browser_upload_bars_heatmap_and_error(server, browser, t
     assert not browser.find_elements(By.CSS_SELECTOR, "#bars .bar")
     browser.save_screenshot(str(tmp_path / "error.png"))
     assert (tmp_path / "scored.png").stat().st_size > 10_000
+
+
+# --- Under load: upload limits and the scoring slots, on a real server ---------------------
+
+LIMIT_MB = 1
+BOUNDARY = "demoBoundary7MA4YWxk"
+
+
+def _form(filename: str, data: bytes) -> bytes:
+    head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def _head(url: str, path: str, *, length: int | None = None, expect: bool = False) -> bytes:
+    """Request line and headers; no Content-Length means a chunked body."""
+    lines = [f"POST {path} HTTP/1.1", f"Host: {url.split('//')[1]}",
+             f"Content-Type: multipart/form-data; boundary={BOUNDARY}"]
+    lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
+    if expect:
+        lines.append("Expect: 100-continue")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.split("//")[1].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    return sock
+
+
+def _read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
+    """One HTTP response from ``sock``: (status, lower-cased headers, body)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        got = sock.recv(65536)
+        assert got, f"connection closed before a response: {buf!r}"
+        buf += got
+    head, body = buf.split(b"\r\n\r\n", 1)
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines)}
+    if "content-length" in headers:
+        while len(body) < int(headers["content-length"]):
+            got = sock.recv(65536)
+            assert got, "connection closed inside the response body"
+            body += got
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.fixture(scope="module")
+def load_server(trained_job):
+    yield from _serve(webapp.create_app(trained_job, max_upload_mb=LIMIT_MB, max_concurrent=2))
+
+
+def test_declared_oversize_upload_is_refused_before_its_body_is_read(load_server):
+    declared = 300 * 2**20
+    with _connect(load_server) as sock:
+        start = time.perf_counter()
+        sock.sendall(_head(load_server, "/api/predict", length=declared) + b"\0" * 65536)
+        status, _, body = _read_response(sock)
+        elapsed = time.perf_counter() - start
+    # The answer came with 64 KB of the declared 300 MB sent: the server did not wait for the body.
+    assert status == 413 and elapsed < 5
+    assert json.loads(body) == {"error": f"upload: {declared:,} bytes is larger than the 1 MB upload limit"}
+
+
+def test_chunked_oversize_upload_is_refused_while_streaming(load_server):
+    chunk = 64 * 1024
+    prefix = _form("huge.png", b"")[: -len(f"\r\n--{BOUNDARY}--\r\n")]
+    with _connect(load_server) as sock:
+        sock.sendall(_head(load_server, "/api/predict"))
+        sock.sendall(b"%x\r\n%s\r\n" % (len(prefix), prefix))
+        sent = 0
+        # Sends 64 KB chunks while the server reads them, until it answers: it must answer
+        # long before 300 MB (what the server takes in is bounded by the ASGI-level test below).
+        while sent < 300 * 2**20:
+            readable, writable, _ = select.select([sock], [sock], [], 10)
+            if readable or not writable:
+                break
+            sock.sendall(b"%x\r\n%s\r\n" % (chunk, b"\x89" * chunk))
+            sent += chunk
+        status, _, body = _read_response(sock)
+    assert status == 413 and sent < 20 * 2**20
+    assert json.loads(body) == {"error": "huge.png: larger than the 1 MB upload limit"}
+
+
+def _asgi_post(app, headers: list[tuple[bytes, bytes]], chunks, path: str = "/api/predict"):
+    """Calls the ASGI app as a server would, counting the body bytes it asks for.
+
+    Returns:
+        (status, body, bytes of the request body the app received).
+    """
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"test")] + headers, "client": ("127.0.0.1", 1), "server": ("test", 80)}
+    pulled, sent = [0], []
+    chunks = iter(chunks)
+
+    async def receive():
+        chunk = next(chunks, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        pulled[0] += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body), pulled[0]
+
+
+@pytest.fixture(scope="module")
+def small_app(trained_job):
+    return webapp.create_app(trained_job, max_upload_mb=LIMIT_MB, max_concurrent=1)
+
+
+def test_the_app_reads_no_more_than_the_limit_plus_one_chunk(small_app):
+    limit, chunk = LIMIT_MB * 2**20, 256 * 1024
+    ctype = [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode())]
+    prefix = _form("huge.png", b"")[: -len(f"\r\n--{BOUNDARY}--\r\n")]
+    endless = (prefix if i == 0 else b"\x89" * chunk for i in range(10_000))  # 2.5 GB if all read
+    status, body, pulled = _asgi_post(small_app, ctype + [(b"transfer-encoding", b"chunked")], endless)
+    assert status == 413 and body == {"error": "huge.png: larger than the 1 MB upload limit"}
+    assert pulled <= limit + chunk + len(prefix)
+    # Declared too large: not one byte of the body is asked for.
+    status, body, pulled = _asgi_post(small_app, ctype + [(b"content-length", b"314572800")], [b"\0" * chunk])
+    assert status == 413 and pulled == 0
+    # A file of exactly the limit is accepted (then rejected as an image, which it is not).
+    form = _form("exact.jpg", b"\0" * limit)
+    status, body, pulled = _asgi_post(small_app, ctype + [(b"content-length", str(len(form)).encode())],
+                                      [form[i:i + chunk] for i in range(0, len(form), chunk)])
+    assert status == 400 and body == {"error": "exact.jpg: this is not an image we can read (JPEG, PNG or DICOM)"}
+
+
+def test_requests_beyond_the_scoring_slots_get_503_with_retry_after(load_server):
+    good = _form("x.jpg", _xray_jpeg())
+    # Errors first: a rejected request must give its slot back.
+    for _ in range(3):
+        r = httpx.post(f"{load_server}/api/predict", files={"file": ("bad.jpg", b"not an image", "image/jpeg")})
+        assert r.status_code == 400 and r.json()["error"] == "bad.jpg: this is not an image we can read (JPEG, PNG or DICOM)"
+    # Hold both slots: with Expect: 100-continue the server says "100 Continue" only when the
+    # app starts reading the body, i.e. after it took a slot.
+    holders = []
+    for _ in range(2):
+        sock = _connect(load_server)
+        sock.sendall(_head(load_server, "/api/predict", length=len(good), expect=True))
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+        holders.append(sock)
+
+    def post(_):
+        return httpx.post(f"{load_server}/api/predict", files={"file": ("x.jpg", _xray_jpeg(), "image/jpeg")},
+                          timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        busy = list(pool.map(post, range(4)))
+    assert [r.status_code for r in busy] == [503] * 4
+    assert all(r.headers["retry-after"] == "1" and "busy" in r.json()["error"] for r in busy)
+    for sock in holders:  # the held requests finish normally
+        sock.sendall(good)
+        status, _, body = _read_response(sock)
+        sock.close()
+        assert status == 200 and set(json.loads(body)["probabilities"]) == {"cardiomegaly", "atelectasis"}
+    assert post(0).status_code == 200  # and the slots are free again
