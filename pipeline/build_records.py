@@ -80,51 +80,52 @@ SOURCES = (("train.csv", "train"), ("valid.csv", "valid"))
 PATIENT_OVERLAP = ("reject", "fail")
 
 
-class BuildOptions(PipelineOptions):
-    """The job's own flags; every other flag goes to the runner."""
+def make_parser() -> argparse.ArgumentParser:
+    """The job's own flags (``--help`` lists them with defaults); every other flag goes to
+    the runner (``runs.parse_flags``)."""
+    parser = runs.job_parser("python -m pipeline.build_records", __doc__)
+    parser.add_argument("--input_dir", default=None,
+                        help="Folder holding CheXpert-v1.0-small/ or CheXpert-v1.0/ (or that folder itself). "
+                             "Default: ./data, else a synthetic sample generated in data/synthetic.")
+    parser.add_argument("--output_dir", default=DEFAULT_OUTPUT, help="Where shards and manifest.json go.")
+    parser.add_argument("--image_size", type=int, default=320, help="Side of the stored square image, pixels.")
+    parser.add_argument("--resize", default="squash", help="squash (as the seed's target_size), crop or pad.")
+    parser.add_argument("--policy", default="",
+                        help="Uncertainty policy overrides, e.g. atelectasis=ones,cardiomegaly=multiclass. "
+                             f"Policies: {', '.join(chexpert.POLICIES)}.")
+    parser.add_argument("--blank", default="negative", help="Blank labels: negative (default) or ignore.")
+    parser.add_argument("--holdout_fraction", type=float, default=0.0,
+                        help="Patient-level fraction of train.csv kept apart as 'holdout' for tuning.")
+    parser.add_argument("--num_shards", type=int, default=0,
+                        help="Shards per split; 0 picks from --shard_size_mb and --min_shards.")
+    parser.add_argument("--shard_size_mb", type=float, default=256.0, help="Target shard size when --num_shards=0.")
+    parser.add_argument("--min_shards", type=int, default=4,
+                        help="At least this many shards per split (parallel writers), rows permitting.")
+    parser.add_argument("--encoding", default="raw",
+                        help="Stored pixels: raw (lossless, default, fastest), png (lossless, ~35%% smaller) "
+                             "or jpeg (lossy, q=95).")
+    parser.add_argument("--seed", type=int, default=0, help="Seeds the label-smoothing draws.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing output's shards.")
+    parser.add_argument("--incremental", action="store_true",
+                        help="Encode only rows whose image (size, mtime) or CSV cells are new or changed; keep "
+                             "the committed shards for the rest (same options required, else a full rebuild).")
+    parser.add_argument("--teacher", default="",
+                        help="A trainer.task job folder (model.keras) whose P(positive) becomes the target of "
+                             "every uncertain label under the self_trained policy (U-SelfTrained).")
+    parser.add_argument("--teacher_batch_size", type=int, default=32, help="RunInference batch for --teacher.")
+    parser.add_argument("--sample_patients", type=int, default=1000,
+                        help="Train patients of the synthetic sample generated when no data is found.")
+    parser.add_argument("--max_reject_fraction", type=float, default=0.05,
+                        help="Fail and commit nothing when more than this fraction of CSV rows is rejected "
+                             "(an unmounted image folder rejects them all).")
+    parser.add_argument("--max_shrink_fraction", type=float, default=0.05,
+                        help="Fail and commit nothing when the run would hold more than this fraction fewer "
+                             "records than the committed output; 1 accepts any shrink.")
+    parser.add_argument("--patient_overlap", default="reject",
+                        help="A train.csv row whose patient also appears in valid.csv (valid-set leakage): "
+                             "reject (dead letter patient_in_valid, the default) or fail (stop before any work).")
 
-    @classmethod
-    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--input_dir", default=None,
-                            help="Folder holding CheXpert-v1.0-small/ or CheXpert-v1.0/ (or that folder itself). "
-                                 "Default: ./data, else a synthetic sample generated in data/synthetic.")
-        parser.add_argument("--output_dir", default=DEFAULT_OUTPUT, help="Where shards and manifest.json go.")
-        parser.add_argument("--image_size", type=int, default=320, help="Side of the stored square image, pixels.")
-        parser.add_argument("--resize", default="squash", help="squash (as the seed's target_size), crop or pad.")
-        parser.add_argument("--policy", default="",
-                            help="Uncertainty policy overrides, e.g. atelectasis=ones,cardiomegaly=multiclass. "
-                                 f"Policies: {', '.join(chexpert.POLICIES)}.")
-        parser.add_argument("--blank", default="negative", help="Blank labels: negative (default) or ignore.")
-        parser.add_argument("--holdout_fraction", type=float, default=0.0,
-                            help="Patient-level fraction of train.csv kept apart as 'holdout' for tuning.")
-        parser.add_argument("--num_shards", type=int, default=0,
-                            help="Shards per split; 0 picks from --shard_size_mb and --min_shards.")
-        parser.add_argument("--shard_size_mb", type=float, default=256.0, help="Target shard size when --num_shards=0.")
-        parser.add_argument("--min_shards", type=int, default=4,
-                            help="At least this many shards per split (parallel writers), rows permitting.")
-        parser.add_argument("--encoding", default="raw",
-                            help="Stored pixels: raw (lossless, default, fastest), png (lossless, ~35%% smaller) "
-                                 "or jpeg (lossy, q=95).")
-        parser.add_argument("--seed", type=int, default=0, help="Seeds the label-smoothing draws.")
-        parser.add_argument("--overwrite", action="store_true", help="Replace an existing output's shards.")
-        parser.add_argument("--incremental", action="store_true",
-                            help="Encode only rows whose image (size, mtime) or CSV cells are new or changed; keep "
-                                 "the committed shards for the rest (same options required, else a full rebuild).")
-        parser.add_argument("--teacher", default="",
-                            help="A trainer.task job folder (model.keras) whose P(positive) becomes the target of "
-                                 "every uncertain label under the self_trained policy (U-SelfTrained).")
-        parser.add_argument("--teacher_batch_size", type=int, default=32, help="RunInference batch for --teacher.")
-        parser.add_argument("--sample_patients", type=int, default=1000,
-                            help="Train patients of the synthetic sample generated when no data is found.")
-        parser.add_argument("--max_reject_fraction", type=float, default=0.05,
-                            help="Fail and commit nothing when more than this fraction of CSV rows is rejected "
-                                 "(an unmounted image folder rejects them all).")
-        parser.add_argument("--max_shrink_fraction", type=float, default=0.05,
-                            help="Fail and commit nothing when the run would hold more than this fraction fewer "
-                                 "records than the committed output; 1 accepts any shrink.")
-        parser.add_argument("--patient_overlap", default="reject",
-                            help="A train.csv row whose patient also appears in valid.csv (valid-set leakage): "
-                                 "reject (dead letter patient_in_valid, the default) or fail (stop before any work).")
+    return parser
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +214,7 @@ def default_input(sample_patients: int) -> tuple[str, bool]:
     return SYNTHETIC_DIR, True
 
 
-def make_config(opts: BuildOptions) -> BuildConfig:
+def make_config(opts: argparse.Namespace) -> BuildConfig:
     """Turns flags into a validated config; raises ConfigError naming the flag."""
     if opts.image_size < 16 or opts.image_size > 4096:
         raise ConfigError(f"--image_size={opts.image_size}: expected 16..4096")
@@ -747,11 +748,12 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         commit_lib.GuardError: too many rejects, or too large a shrink (nothing committed).
         RuntimeError: counts that do not reconcile (nothing is committed).
     """
-    options = PipelineOptions(runs.runner_args(sys.argv[1:] if argv is None else argv))
+    opts, runner_flags = runs.parse_flags(make_parser(), sys.argv[1:] if argv is None else argv)
+    options = PipelineOptions(runs.runner_args(runner_flags))
     options.view_as(SetupOptions).save_main_session = save_main_session
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"  # Prism would download a binary
-    cfg = make_config(options.view_as(BuildOptions))
+    cfg = make_config(opts)
     try:
         sources = list_sources(cfg)
     except chexpert.CsvHeaderError as e:

@@ -21,6 +21,7 @@ import io
 import os
 import re
 import warnings
+from typing import Iterable
 from collections.abc import Callable
 
 import numpy as np
@@ -357,3 +358,19 @@ def encode(pixels: np.ndarray, encoding: str = "png") -> bytes:
 def preprocess(data: bytes, name: str, size: int, mode: str = "squash") -> np.ndarray:
     """Bytes of any supported file -> the model's uint8 (size, size) grayscale input."""
     return resize(decode(data, name, draft_size=size), size, mode)
+
+
+# File names the scorers take when given a folder (case-insensitive).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
+
+
+def list_image_files(paths: Iterable[str]) -> list[str]:
+    """Files as given, and image files (by suffix) found below folders, sorted."""
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            for root, _, files in os.walk(p):
+                out += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
+        else:
+            out.append(p)
+    return sorted(out)

@@ -54,13 +54,14 @@ REJECTED = "rejected"
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """The job's own flags; every other flag goes to the runner (parse_known_args, as Beam's
-    examples do: a PipelineOptions subclass would clash with build_records' --output_dir when
-    both modules are imported in one process)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """The job's own flags (``--help`` lists them with defaults); every other flag goes to
+    the runner (``runs.parse_flags``)."""
+    parser = runs.job_parser("python -m pipeline.score", __doc__)
     parser.add_argument("--job_dir", default="jobs/atelectasis", help="trainer.task job folder (the model).")
     parser.add_argument("--model_format", default="keras", help="keras (model.keras) or saved_model.")
-    parser.add_argument("--input_pattern", default=None, help="Glob(s) of image files, comma-separated.")
+    parser.add_argument("--input_pattern", default=None,
+                        help="Image files to score: glob(s), comma-separated ('**' recurses), or a folder (every "
+                             "JPEG, PNG and DICOM file below it).")
     parser.add_argument("--csv", default=None, help="A CheXpert-format CSV listing the inputs instead.")
     parser.add_argument("--image_root", default=None,
                         help="Folder the CSV's Path column is relative to (default: the CSV's dataset root).")
@@ -102,10 +103,13 @@ def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
         for pattern in opts.input_pattern.split(","):
             if "://" in pattern:
                 paths += [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+            elif os.path.isdir(pattern):
+                paths += imaging.list_image_files([pattern])
             else:
                 paths += [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
         if not paths:
-            raise ConfigError(f"--input_pattern={opts.input_pattern}: no files match")
+            raise ConfigError(f"--input_pattern={opts.input_pattern}: no files match (give a folder, a glob such as "
+                              f"'DIR/**/*.jpg' in quotes, or --csv)")
         return [Input(p, p, runs.file_stat(p)) for p in sorted(set(paths))], []
     if not os.path.exists(opts.csv):
         raise ConfigError(f"--csv={opts.csv}: no such file")
@@ -287,7 +291,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
             ``pipeline.commit``; nothing is committed.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    opts, pipeline_args = make_parser().parse_known_args(argv)
+    opts, pipeline_args = runs.parse_flags(make_parser(), argv)
     options = PipelineOptions(runs.runner_args(pipeline_args))
     options.view_as(SetupOptions).save_main_session = save_main_session
     if options.view_as(StandardOptions).runner is None:

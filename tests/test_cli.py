@@ -1,0 +1,58 @@
+"""The Beam jobs' command lines: --help lists every job flag with its default, typos are
+errors on local runners, runner flags pass through to remote runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import build_records, runs, score
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("module", ["pipeline.build_records", "pipeline.score"])
+def test_help_lists_every_job_flag_with_its_default(module):
+    mod = {"pipeline.build_records": build_records, "pipeline.score": score}[module]
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    assert out.returncode == 0, out.stderr
+    flags = [s for a in mod.make_parser()._actions for s in a.option_strings if s.startswith("--") and s != "--help"]
+    assert len(flags) >= 10
+    help_text = " ".join(out.stdout.split())
+    for flag in flags:
+        assert flag in help_text, flag
+    assert "(default: 0.05)" in help_text and "--max_reject_fraction" in help_text
+    assert f"python -m {module}" in help_text
+
+
+@pytest.mark.parametrize("argv,hint", [
+    (["--image_sise=256"], "did you mean --image_size?"),
+    (["--incremantal"], "did you mean --incremental?"),
+    (["--direct_num_workrs=2"], "did you mean --direct_num_workers?"),
+    (["stray"], "see python -m pipeline.build_records --help"),
+])
+def test_an_unknown_flag_is_an_error_on_the_local_runner(tmp_path, capsys, argv, hint):
+    with pytest.raises(SystemExit) as e:
+        build_records.run([f"--output_dir={tmp_path}", "--runner=DirectRunner", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert repr(argv[0]) in err and hint in err
+    assert not os.listdir(tmp_path)  # nothing was built at the default size
+    with pytest.raises(SystemExit):
+        score.run([f"--output_dir={tmp_path}", *argv])  # no --runner: DirectRunner as well
+
+
+def test_runner_flags_pass_through_to_remote_runners():
+    parser = build_records.make_parser()
+    argv = ["--image_size=64", "--runner=DataflowRunner", "--project=p", "--region=r",
+            "--dataflow_service_options=enable_prime", "--some_future_service_flag=1"]
+    opts, rest = runs.parse_flags(parser, argv)
+    assert opts.image_size == 64
+    assert rest == argv[1:]  # not checked: the service may know flags this install does not
+    opts, rest = runs.parse_flags(parser, ["--runner=DirectRunner", "--direct_num_workers=2",
+                                           "--direct_running_mode=multi_processing"])
+    assert rest == ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
