@@ -158,3 +158,30 @@ def test_imagenet_weights_offline_fail_with_a_clear_message(records_dir):
     cfg = _cfg(records_dir, backbone="densenet121", weights="imagenet")
     with pytest.raises(model_lib.WeightsError, match="could not download.*--weights none"):
         model_lib.build_model(cfg)
+
+
+def test_model_keras_loads_with_plain_keras_in_a_fresh_interpreter(trained_job, sample_dir, tmp_path):
+    """What a Keras user does with a shared .keras file: load_model, no project import, and
+    the same P(positive) as our own inference path."""
+    from pipeline import make_sample
+    from trainer import inference
+
+    job = inference.load_job(trained_job)
+    valid = os.path.join(sample_dir, make_sample.DATASET_DIR, "valid")
+    files = sorted(os.path.join(r, f) for r, _, fs in os.walk(valid) for f in fs)[:4]
+    batch = np.stack([inference.model_input(open(f, "rb").read(), f, job.cfg) for f in files])
+    np.save(tmp_path / "batch.npy", batch)
+    code = ("import sys, json, keras, numpy as np\n"
+            f"m = keras.models.load_model({os.path.join(trained_job, 'model.keras')!r})\n"
+            f"out = m.predict(np.load({str(tmp_path / 'batch.npy')!r}), verbose=0)\n"
+            "assert not [k for k in sys.modules if k.split('.')[0] in ('trainer', 'pipeline', 'schemas')]\n"
+            "print(json.dumps({k: v.tolist() for k, v in out.items()}))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    want = inference.predict_batch(job, batch)  # (B, T) in job.tasks order
+    assert set(got) == set(job.tasks) == {"atelectasis", "cardiomegaly"}  # a binary and a 3-class head
+    for i, task in enumerate(job.tasks):
+        np.testing.assert_allclose(got[task], want[:, i], atol=1e-6)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from trainer.config import TrainConfig
@@ -143,8 +144,9 @@ def positive_probability(logits: tf.Tensor, kind: str) -> tf.Tensor:
 
 @keras.saving.register_keras_serializable(package="chexpert")
 class PositiveProbability(keras.layers.Layer):
-    """Logits of one head -> P(positive), (B,). A named layer, not a Lambda, so that
-    ``keras.models.load_model`` reads it in safe mode."""
+    """Logits of one head -> P(positive), (B,). Kept only so that model.keras files saved
+    before 2026-11-26 still load here; new models use Keras' own layers
+    (``probability_model``)."""
 
     def __init__(self, kind: str, **kwargs):
         super().__init__(**kwargs)
@@ -161,9 +163,23 @@ class PositiveProbability(keras.layers.Layer):
 
 
 def probability_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
-    """The same layers with P(positive) per task, (B,) float32: what users load and serve."""
-    probs = {task: PositiveProbability(cfg.head_kind(task), name=f"p_{task}", dtype="float32")(model.output[task])
-             for task in cfg.tasks}
+    """The same layers with P(positive) per task, (B,) float32: what users load and serve.
+
+    Built from Keras' own layers only, so ``keras.models.load_model("model.keras")`` works in
+    an interpreter that never imported this project (how people share .keras files): a
+    frozen bias-free Dense takes the logit of "positive" (binary: the logit itself;
+    3-class: l1 - l0, since softmax([l0, l1])[1] = sigmoid(l1 - l0), the uncertain class
+    left out as in ``positive_probability``), then a sigmoid and a reshape to (B,).
+    """
+    probs = {}
+    for task in cfg.tasks:
+        logits = model.output[task]
+        weights = np.array([[-1.0], [1.0], [0.0]] if cfg.head_kind(task) == "multiclass" else [[1.0]], np.float32)
+        select = keras.layers.Dense(1, use_bias=False, trainable=False, dtype="float32", name=f"logit_{task}")
+        z = select(logits)
+        select.set_weights([weights])
+        p = keras.layers.Activation("sigmoid", dtype="float32", name=f"sigmoid_{task}")(z)
+        probs[task] = keras.layers.Reshape((), dtype="float32", name=f"p_{task}")(p)
     return keras.Model(model.input, probs, name=model.name + "_probabilities")
 
 
