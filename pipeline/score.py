@@ -243,9 +243,17 @@ def _model_digest(job_dir: str, model_format: str) -> str:
     return h.hexdigest()
 
 
+def model_data(provenance: dict | None) -> str:
+    """``synthetic``, ``real`` or ``unknown``: what the model was trained on, for each row."""
+    if not provenance:
+        return "unknown"
+    return "synthetic" if provenance.get("synthetic") else "real"
+
+
 def write_outputs(output_dir: str, snapshot: str, rows: list[dict], rejected: list[dict],
-                  tasks: Sequence[str]) -> dict[str, str]:
-    """Writes scores and dead letters into the run's snapshot folder.
+                  tasks: Sequence[str], provenance: dict | None = None) -> dict[str, str]:
+    """Writes scores and dead letters into the run's snapshot folder. Every score row says
+    what data the model was trained on (``model_data``), so a CSV passed on alone still does.
 
     Returns:
         {"scores_jsonl" | "scores_csv" | "rejected": path relative to ``output_dir``}.
@@ -256,9 +264,10 @@ def write_outputs(output_dir: str, snapshot: str, rows: list[dict], rejected: li
                         "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path"] + [f"p_{t}" for t in tasks] + ["positive"])
+    writer.writerow(["path"] + [f"p_{t}" for t in tasks] + ["positive", "model_data"])
+    data = model_data(provenance)
     for r in rows:
-        writer.writerow([r["path"]] + [f"{r['probabilities'][t]:.6f}" for t in tasks] + [";".join(r["positive"])])
+        writer.writerow([r["path"]] + [f"{r['probabilities'][t]:.6f}" for t in tasks] + [";".join(r["positive"]), data])
     storage.write_bytes(storage.join(output_dir, rel["scores_csv"]), buf.getvalue().encode())
     storage.write_bytes(storage.join(output_dir, rel["rejected"]),
                         "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected).encode())
@@ -325,7 +334,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         snapshot, snapshot_dir = commit_lib.new_snapshot(out)
         try:
             manifest = _score_into(opts, options, previous or {}, inputs, csv_rejects, model, tasks, threshold, fp,
-                                   snapshot, snapshot_dir)
+                                   snapshot, snapshot_dir, job_cfg.get("provenance"))
         except Exception:  # not committed: remove the unfinished snapshot (else the next run collects it)
             try:
                 storage.delete([snapshot_dir])
@@ -337,7 +346,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
 
 
 def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects: list[dict], model: str,
-                tasks: Sequence[str], threshold: float, fp: str, snapshot: str, snapshot_dir: str) -> dict:
+                tasks: Sequence[str], threshold: float, fp: str, snapshot: str, snapshot_dir: str,
+                provenance: dict | None) -> dict:
     out = opts.output_dir
     carried: dict[str, dict] = {}
     todo = inputs
@@ -376,7 +386,7 @@ def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects:
     by_reason: dict[str, int] = {}
     for r in rejects:
         by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
-    outputs = write_outputs(out, snapshot, rows, rejects, tasks)
+    outputs = write_outputs(out, snapshot, rows, rejects, tasks, provenance)
     manifest = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "output_dir": out, "job_dir": opts.job_dir, "model_format": opts.model_format, "model": model, "tasks": tasks,
@@ -384,6 +394,7 @@ def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects:
         "rejected_by_reason": by_reason, "scored_this_run": len(todo), "carried_over": len(carried),
         "fingerprint": fp, "index": {i.key: i.stat for i in inputs},
         "positives": {t: sum(t in r["positive"] for r in rows) for t in tasks},
+        "model_provenance": provenance, "model_data": model_data(provenance),
         "snapshot": snapshot, "outputs": outputs, "files": commit_lib.file_sizes(out, sorted(outputs.values())),
     }
     commit_lib.commit(out, manifest)
@@ -400,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (commit_lib.DamagedOutputError, commit_lib.GuardError) as e:
         print(f"score: error: {e}", file=sys.stderr)
         return 1
+    if m.get("model_data") == "synthetic":
+        print("WARNING: the model was trained on SYNTHETIC data (pipeline.make_sample): these scores say nothing "
+              "about real radiographs", file=sys.stderr)
     if m.get("nothing_new"):
         print(f"nothing new: inputs, model and threshold unchanged; {m['scored']} scores left as they are")
         return 0

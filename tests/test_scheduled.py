@@ -3,6 +3,7 @@ reruns, locks, and kill -9 at a random point followed by a rerun."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -55,6 +56,10 @@ def test_scores_equal_predict_and_bad_inputs_are_dead_letters(trained_job, image
     m = _score(trained_job, tmp_path / "out", f"--input_pattern={image_folder}/*.jpg", "--max_reject_fraction=0.25")
     assert (m["inputs"], m["scored"], m["rejected"]) == (15, 12, 3)
     assert m["rejected_by_reason"] == {"empty_file": 1, "not_an_image": 1, "truncated_image": 1}
+    # The model was trained on the synthetic sample: the manifest and every CSV row say so.
+    assert m["model_data"] == "synthetic" and m["model_provenance"]["synthetic"] is True
+    with open(_output(tmp_path / "out", "scores_csv"), newline="") as f:
+        assert {r["model_data"] for r in csv.DictReader(f)} == {"synthetic"}
     rows = _lines(_output(tmp_path / "out", "scores_jsonl"))
     assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
     job = inference.load_job(trained_job)

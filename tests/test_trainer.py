@@ -123,6 +123,10 @@ def test_one_epoch_smoke_writes_every_output(records_dir, tmp_path):
     job = tmp_path / "job"
     for name in ("config.json", "model.keras", "metrics.json", "history.csv", "saved_model", "logs", "backup"):
         assert (job / name).exists(), name
+    # Trained on the synthetic sample, and both files a user reads first say so.
+    for name in ("config.json", "metrics.json"):
+        prov = json.loads((job / name).read_text())["provenance"]
+        assert prov["synthetic"] is True and prov["records_dir"] == os.path.abspath(records_dir), name
     assert config_lib.TrainConfig.from_json((job / "config.json").read_text()) == cfg
     metrics = json.loads((job / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {"cardiomegaly", "atelectasis"} and metrics == json.loads(json.dumps(report))

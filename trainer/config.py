@@ -7,12 +7,15 @@ passes it on. Library modules take the config or plain arguments.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+import logging
 import os
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from schemas import chexpert
 
+log = logging.getLogger(__name__)
 BACKBONES = ("densenet121", "densenet169", "densenet201", "tiny")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -68,6 +71,9 @@ class TrainConfig:
     records_image_size: int = 320
     records_encoding: str = "raw"
     records_resize: str = "squash"
+    # Where the training data came from (``provenance_of``): every output that speaks for the
+    # model says it, above all when the data was synthetic.
+    provenance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def head_kind(self, task: str) -> str:
         """``multiclass`` (3-way softmax) or ``binary`` (sigmoid) for a task."""
@@ -80,10 +86,41 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
+        """Reads config.json; keys this version does not know (a newer trainer's) are
+        ignored with a warning instead of failing inside a scoring worker."""
         d = json.loads(text)
         d["tasks"] = tuple(d["tasks"])
         d["teacher"] = tuple(d.get("teacher", ()))
-        return cls(**d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            log.warning("config.json: ignoring keys this version does not know: %s", ", ".join(unknown))
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @property
+    def synthetic(self) -> bool | None:
+        """True when the model was trained on synthetic data; None when unknown (an older job)."""
+        return self.provenance.get("synthetic")
+
+
+def provenance_of(records_dir: str, manifest: dict) -> dict:
+    """What a model trained on ``records_dir`` must say about its data."""
+    options = manifest.get("options", {})
+    return {"synthetic": bool(options.get("synthetic")), "records_dir": os.path.abspath(records_dir),
+            "records_snapshot": manifest.get("snapshot"), "records_created": manifest.get("created"),
+            "input_dir": options.get("input_dir"), "records": manifest.get("written"),
+            "trained": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def provenance_line(provenance: Mapping[str, Any]) -> str:
+    """One sentence for reports, logs, pages: what the model was trained on, and when."""
+    if not provenance:
+        return "training data unknown (a job from before provenance was recorded)"
+    when = str(provenance.get("trained", ""))[:10]
+    if provenance.get("synthetic"):
+        return (f"trained {when} on SYNTHETIC data ({provenance.get('input_dir')}, made by pipeline.make_sample): "
+                "its outputs say nothing about real radiographs")
+    return f"trained {when} on records of {provenance.get('input_dir')} ({provenance.get('records')} images)"
 
 
 def parse_tasks(spec: str) -> tuple[str, ...]:
@@ -146,7 +183,8 @@ def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str =
     cfg = TrainConfig(tasks=tasks, records_dir=records_dir, job_dir=job_dir, policy=resolved, blank=blank,
                       records_image_size=int(manifest["image_size"]),
                       records_encoding=manifest.get("encoding", "raw"),
-                      records_resize=manifest.get("options", {}).get("resize", "squash"), **kw)
+                      records_resize=manifest.get("options", {}).get("resize", "squash"),
+                      provenance=provenance_of(records_dir, manifest), **kw)
     checks: Sequence[tuple[bool, str]] = (
         (cfg.backbone in BACKBONES, f"--backbone={cfg.backbone}: expected one of {', '.join(BACKBONES)}"),
         (cfg.strategy in STRATEGIES, f"--strategy={cfg.strategy}: expected one of {', '.join(STRATEGIES)}"),

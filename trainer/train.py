@@ -255,6 +255,9 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
     global_batch = cfg.batch_size * replicas
     n_train = input_lib.count_examples(manifest, cfg.train_split, cfg.views)
     steps = cfg.steps_per_epoch or max(n_train // global_batch, 1)
+    if cfg.synthetic:
+        log.warning("training on SYNTHETIC records (%s, from pipeline.make_sample); the model will say so in "
+                    "config.json, metrics.json and every report, score and page it produces", cfg.records_dir)
     log.info("%d replicas, global batch %d (%d per replica), %d steps/epoch over %d %s images, XLA %s, %s",
              replicas, global_batch, cfg.batch_size, steps, n_train, cfg.views, "on" if cfg.jit_compile else "off",
              cfg.precision)
@@ -332,7 +335,8 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
                 prob_model.save(os.path.join(job_dir, "model.keras"))
                 report = {"best_epoch": epoch + 1, "split": cfg.eval_split, "threshold": cfg.threshold,
                           "mean_auroc": mean_auroc, "tasks": result["tasks"], "images": result["images"],
-                          "skipped_shards": skipped, "replicas": replicas, "global_batch": global_batch}
+                          "skipped_shards": skipped, "replicas": replicas, "global_batch": global_batch,
+                          "provenance": dict(cfg.provenance)}
                 with open(metrics_path, "w") as f:
                     json.dump(report, f, indent=2, sort_keys=True, default=float)
             else:
