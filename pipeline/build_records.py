@@ -124,6 +124,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--patient_overlap", default="reject",
                         help="A train.csv row whose patient also appears in valid.csv (valid-set leakage): "
                              "reject (dead letter patient_in_valid, the default) or fail (stop before any work).")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Show the local worker processes' own start-up and log lines (hidden by default).")
 
     return parser
 
@@ -153,6 +155,7 @@ class BuildConfig:
     max_reject_fraction: float = 0.05
     max_shrink_fraction: float = 0.05
     patient_overlap: str = "reject"
+    verbose: bool = False
 
     @property
     def table(self) -> np.ndarray:
@@ -257,7 +260,7 @@ def make_config(opts: argparse.Namespace) -> BuildConfig:
         overwrite=opts.overwrite, synthetic=synthetic, incremental=opts.incremental,
         teacher=opts.teacher, teacher_sha256=teacher_sha256, teacher_batch_size=opts.teacher_batch_size,
         max_reject_fraction=opts.max_reject_fraction, max_shrink_fraction=opts.max_shrink_fraction,
-        patient_overlap=opts.patient_overlap,
+        patient_overlap=opts.patient_overlap, verbose=opts.verbose,
     )
 
 
@@ -686,7 +689,7 @@ def _options(cfg: BuildConfig) -> dict:
 
 
 # How a run treats existing output, not what it writes: left out of comparisons.
-_TRANSIENT_OPTIONS = ("overwrite", "incremental", "max_reject_fraction", "max_shrink_fraction")
+_TRANSIENT_OPTIONS = ("overwrite", "incremental", "max_reject_fraction", "max_shrink_fraction", "verbose")
 
 
 def _output_options(options: dict) -> dict:
@@ -996,7 +999,7 @@ def _build_into(cfg: BuildConfig, sources: list[dict], rows: list[dict], options
     if cfg.teacher:
         log.info("teacher %s (model sha256 %s...) relabels uncertain %s", cfg.teacher, cfg.teacher_sha256[:12],
                  ", ".join(chexpert.teacher_observations(cfg.policy)))
-    with beam.Pipeline(options=options) as p:
+    with runs.quiet_workers(cfg.verbose), beam.Pipeline(options=options) as p:
         build_pipeline(p, cfg, [(s["path"], s["split"]) for s in sources], snapshot_dir, skip, tag, valid_patients)
     temp = [posixpath.join(snapshot_dir, "stats*.jsonl"), posixpath.join(snapshot_dir, "rejects*.jsonl")]
     stats = runs.read_jsonl(temp[0])

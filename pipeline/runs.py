@@ -10,12 +10,15 @@ byte for byte as it is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import hashlib
 import json
 import logging
 import os
-from typing import Iterable, Sequence
+import sys
+import tempfile
+from typing import Iterable, Iterator, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -41,13 +44,48 @@ def file_stat(path: str) -> str:
 
 
 def configure_logging() -> None:
-    """Our INFO lines, Beam's warnings; not the local workers' relayed start-up noise."""
+    """Our INFO lines, Beam's warnings; not the local workers' relayed start-up noise.
+
+    The handler writes to its own duplicate of file descriptor 2, so that ``quiet_workers``
+    can send the worker processes' output elsewhere without silencing ours.
+    """
+    stream = os.fdopen(os.dup(2), "w", buffering=1)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # force: importing Beam has already given the root logger a handler at WARNING.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     # Local multi-process workers relay harmless start-up warnings (unknown job flags, no
     # semi-persistent directory) through this logger.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def quiet_workers(verbose: bool) -> Iterator[None]:
+    """Sends what local worker processes print (each logs its start-up: "Logging handler
+    created", "No semi_persistent_directory found", discarded runner flags) to a temporary
+    file instead of the terminal; on failure its last lines are logged, so nothing that
+    explains an error is lost. ``verbose``: leave everything on the terminal."""
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            tail = capture.read()[-4000:].decode(errors="replace").strip()
+            if tail:
+                log.error("worker output before the failure (last 4000 bytes):\n%s", tail)
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 _LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner")

@@ -77,6 +77,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_shrink_fraction", type=float, default=0.05,
                         help="Fail and commit nothing when the run would hold more than this fraction fewer scores "
                              "than the committed output; 1 accepts any shrink.")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Show TensorFlow's and the worker processes' own start-up lines (hidden by default).")
     return parser
 
 
@@ -365,7 +367,7 @@ def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects:
     elif opts.incremental and previous:
         log.info("incremental: the model or threshold changed since the committed run; scoring everything")
     if todo:
-        with beam.Pipeline(options=options) as p:
+        with runs.quiet_workers(opts.verbose), beam.Pipeline(options=options) as p:
             build_pipeline(p, todo, opts.job_dir, opts.model_format, threshold, opts.batch_size, snapshot_dir)
     temp = [storage.join(snapshot_dir, "scores*.jsonl"), storage.join(snapshot_dir, "rejects*.jsonl")]
     rows = runs.read_jsonl(temp[0])

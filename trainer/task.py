@@ -22,6 +22,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from trainer import config as config_lib
+from trainer import startup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pathology", "atelectasis",
@@ -57,6 +58,7 @@ flags.DEFINE_list("teacher", [], "Distil from these trainer.task job folders (co
                                  "Their predictions are computed once and cached in the job folder.")
 flags.DEFINE_float("distill_alpha", 0.5, "Weight of the teacher's soft targets; 1 - alpha weighs the labels.")
 flags.DEFINE_float("distill_temperature", 2.0, "Softening temperature T for teacher and student logits.")
+flags.DEFINE_boolean("verbose", False, "Show TensorFlow's own start-up and INFO lines (hidden by default).")
 
 
 def config_from_flags() -> config_lib.TrainConfig:
@@ -88,14 +90,16 @@ def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Our progress at INFO; TensorFlow's own INFO lines (savers, fingerprints, ...) hidden.
-    absl_logging.set_verbosity(absl_logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.INFO if FLAGS.verbose else absl_logging.WARNING)
     logging.getLogger("trainer").setLevel(logging.INFO)
     try:
         cfg = config_from_flags()
     except config_lib.ConfigError as e:
         print(f"trainer.task: error: {e}", file=sys.stderr)
         return 2
-    from trainer import train  # imported after flag validation: TensorFlow takes seconds to load
+    # Imported after flag validation: TensorFlow takes seconds to load and is noisy.
+    startup.load_tensorflow(FLAGS.verbose)
+    from trainer import train
 
     from trainer import input as input_lib
 
