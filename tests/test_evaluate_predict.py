@@ -92,6 +92,37 @@ def test_predict_scores_batches_flags_laterals_and_reports_bad_files(trained_job
     assert one[0]["probs"]["atelectasis"] == pytest.approx(results[0]["probs"]["atelectasis"], abs=1e-6)
 
 
+def test_predict_batch_is_one_graph_called_on_bounded_chunks(trained_job, monkeypatch):
+    job = inference.load_job(trained_job)
+    x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 1), dtype=np.uint8)
+    whole = inference.predict_batch(job, x)
+    assert whole.shape == (8, 2) and whole.dtype == np.float32
+    out = job.model(x, training=False)  # the eager call predict_batch replaced
+    np.testing.assert_allclose(whole, np.stack([np.asarray(out[t]) for t in job.tasks], axis=-1), atol=1e-6)
+
+    job = inference.load_job(trained_job)
+    graph, calls = inference._probability_function(job), []
+
+    def spy(images):
+        calls.append(int(images.shape[0]))
+        return graph(images)
+
+    job.compiled("probabilities", lambda: spy)
+    monkeypatch.setattr(inference, "MAX_PIXELS_PER_CALL", 3 * 32 * 32)
+    chunked = inference.predict_batch(job, x)
+    assert calls == [3, 3, 2]
+    np.testing.assert_allclose(chunked, whole, atol=1e-6)
+    # A fixed batch shape is cut the same way every time, so an image's score does not depend
+    # on its neighbours (pipeline.score pads its batches for this), bit for bit.
+    padded = np.zeros_like(x)
+    padded[:4] = x[:4]
+    np.testing.assert_array_equal(inference.predict_batch(job, padded)[:4], chunked[:4])
+    assert inference.predict_batch(job, x[:0]).shape == (0, 2)
+    assert graph.experimental_get_tracing_count() == 1  # chunks of every size share one trace
+    with pytest.raises(ValueError, match=r"uint8 \(B, 32, 32, 1\)"):
+        inference.predict_batch(job, x.astype(np.float32))
+
+
 def test_a_saved_model_folder_alone_scores_like_its_job(trained_job, sample_dir, tmp_path):
     # The export carries its config, so the folder works on its own (e.g. shipped to a hospital).
     alone = tmp_path / "shipped"
