@@ -183,6 +183,17 @@ def probability_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
     return keras.Model(model.input, probs, name=model.name + "_probabilities")
 
 
+def probability_of(model: keras.Model, task: str):
+    """The layers of ``model`` (a ``probability_model``) that turn ``task``'s logits into
+    P(positive), as one callable: (B, K) logits -> (B,). Works for models saved before the
+    built-in-layer head too (one PositiveProbability layer)."""
+    final = model.get_layer(f"p_{task}")
+    if isinstance(final, PositiveProbability):
+        return final
+    select, sigmoid = model.get_layer(f"logit_{task}"), model.get_layer(f"sigmoid_{task}")
+    return lambda logits: final(sigmoid(select(logits)))
+
+
 def masked_loss(logits: dict, targets: tf.Tensor, masks: tf.Tensor, denominators: tf.Tensor,
                 cfg: TrainConfig) -> tf.Tensor:
     """Mean over tasks of each task's cross-entropy averaged over its unmasked entries.

@@ -33,12 +33,12 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pipeline import imaging  # noqa: E402
 from schemas import chexpert  # noqa: E402
 from trainer import inference  # noqa: E402
 from trainer import model as model_lib  # noqa: E402
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
 
 FLAGS = flags.FLAGS
 
@@ -56,14 +56,7 @@ def define_flags() -> None:
 
 def list_inputs(paths: Iterable[str]) -> list[str]:
     """Files as given, and image files (by suffix) found under folders, sorted."""
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            for root, _, files in os.walk(p):
-                out += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
-        else:
-            out.append(p)
-    return sorted(out)
+    return imaging.list_image_files(paths)
 
 
 def _grad_cam_function(job: inference.Job, task: str) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -71,7 +64,8 @@ def _grad_cam_function(job: inference.Job, task: str) -> Callable[[tf.Tensor], t
     model = job.model
     backbone = next(l for l in model.layers if isinstance(l, keras.Model))
     features = keras.Model(backbone.input, backbone.get_layer(model_lib.LAST_CONV_LAYER).output)
-    normalize, head, prob = model.get_layer("normalize"), model.get_layer(task), model.get_layer(f"p_{task}")
+    normalize, head = model.get_layer("normalize"), model.get_layer(task)
+    prob = model_lib.probability_of(model, task)
     size = job.cfg.image_size
 
     @tf.function(input_signature=[tf.TensorSpec([size, size, 1], tf.uint8, name="image")])
