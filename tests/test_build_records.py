@@ -186,3 +186,43 @@ def test_local_runs_never_try_to_download_prism(sample_dir, tmp_path, caplog):
     assert [r for r in caplog.records if r.name.startswith("apache_beam.runners")], "no runner log captured"
     assert not [r for r in caplog.records if "Prism" in r.getMessage()]
     assert "--allow_unsafe_triggers" not in runs.runner_args(["--runner", "DataflowRunner"])
+
+
+def test_rebuilds_in_other_processes_with_other_hash_seeds_and_workers_are_identical(sample_dir, tmp_path):
+    """Shard assignment and record bytes may not depend on Python's per-process hash seed
+    or on how many worker processes the runner uses (the README's multi_processing mode)."""
+    import subprocess
+    import sys
+
+    from tests import outputs
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [f"--input_dir={sample_dir}", "--image_size=32", "--num_shards=3", "--holdout_fraction=0.2"]
+    runs_ = {"a": ("1", ["--runner=DirectRunner"]),
+             "b": ("2", ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"])}
+    for name, (seed, runner) in runs_.items():
+        done = subprocess.run([sys.executable, "-m", "pipeline.build_records", f"--output_dir={tmp_path / name}",
+                               *args, *runner], cwd=root, capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, PYTHONPATH=root, PYTHONHASHSEED=seed))
+        assert done.returncode == 0, done.stderr[-2000:]
+    a, b = outputs.contents(tmp_path / "a"), outputs.contents(tmp_path / "b")
+    assert len([n for n in a if n.endswith(".tfrecord")]) == 9
+    assert a == b
+
+
+def test_a_run_whose_counts_do_not_reconcile_commits_nothing(sample_dir, tmp_path, monkeypatch):
+    """If a shard's stats went missing between the pipeline and the driver, rows in would
+    exceed written + rejected: the run must fail and leave the committed output alone."""
+    out = str(tmp_path / "out")
+    _run(sample_dir, out, "--num_shards=2")
+    before = {n: open(os.path.join(out, n), "rb").read() for n in storage.files_under(out) if n != ".lock"}
+    real = runs.read_jsonl
+
+    def lose_one_shard(pattern):
+        got = real(pattern)
+        return got[1:] if "stats" in pattern else got
+
+    monkeypatch.setattr(runs, "read_jsonl", lose_one_shard)
+    with pytest.raises(RuntimeError, match="counts do not reconcile, nothing committed"):
+        _run(sample_dir, out, "--num_shards=2", "--overwrite", "--seed=1")
+    assert {n: open(os.path.join(out, n), "rb").read() for n in storage.files_under(out) if n != ".lock"} == before
