@@ -105,7 +105,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="Stored pixels: raw (lossless, default, fastest), png (lossless, ~35%% smaller) "
                              "or jpeg (lossy, q=95).")
     parser.add_argument("--seed", type=int, default=0, help="Seeds the label-smoothing draws.")
-    parser.add_argument("--overwrite", action="store_true", help="Replace an existing output's shards.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Rebuild and replace the committed output whatever it holds (also when nothing "
+                             "changed, or it is damaged).")
     parser.add_argument("--incremental", action="store_true",
                         help="Encode only rows whose image (size, mtime) or CSV cells are new or changed; keep "
                              "the committed shards for the rest (same options required, else a full rebuild).")
@@ -515,6 +517,7 @@ def teacher_image_fn(input_root: str, job_dir: str, indices: tuple[int, ...]) ->
 
 def _read_file(path: str, name: str) -> bytes:
     imaging.refuse_link_outside(path, name)
+    imaging.refuse_non_file(path, name)
     try:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             return f.read()
@@ -766,8 +769,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     valid_patients = check_patient_overlap(cfg, rows)
     fp = input_fingerprint(cfg, sources, rows)
     with commit_lib.exclusive(cfg.output_dir):
-        previous = _committed(cfg)
-        if previous and previous.get("fingerprint") == fp:
+        previous = commit_lib.committed(cfg.output_dir, cfg.overwrite)
+        if previous and previous.get("fingerprint") == fp and not cfg.overwrite:
             log.info("nothing new: inputs and options unchanged since %s; output left as it is", previous["created"])
             previous["nothing_new"] = True
             return previous
@@ -798,7 +801,10 @@ def scan_rows(cfg: BuildConfig, sources: list[dict]) -> list[dict]:
 
 def check_image_folders(cfg: BuildConfig, rows: list[dict]) -> None:
     """Fails when an image folder the CSV points into (``CheXpert-v1.0-small/train``) is
-    missing or holds none of the images listed: an unmounted disk, not a thousand bad rows.
+    missing or holds none of the images listed, and its rows are more than
+    ``--max_reject_fraction`` of all: an unmounted disk, said before any work. A folder of a
+    few rows (a typo in one row's Path) is not: those rows become ``missing_file`` dead
+    letters like any other missing image.
 
     Raises:
         ConfigError: naming the folder.
@@ -811,7 +817,7 @@ def check_image_folders(cfg: BuildConfig, rows: list[dict]) -> None:
         n[0] += 1
         n[1] += r["stat"] != "missing"
     for folder, (n, present) in sorted(listed.items()):
-        if not present:
+        if not present and n > cfg.max_reject_fraction * len(rows):
             full = posixpath.join(cfg.input_dir, folder)
             state = "does not exist" if not os.path.isdir(full) else "holds none of them"
             raise ConfigError(f"{full}: {n} CSV rows list images in this folder, but it {state}; is the image "
@@ -839,28 +845,6 @@ def input_fingerprint(cfg: BuildConfig, sources: list[dict], rows: list[dict]) -
     parts += [f"{src['name']}\t{src['sha256']}" for src in sources]
     parts += [f"{r['path']}\t{r['stat']}" for r in rows]
     return runs.fingerprint(parts)
-
-
-def _committed(cfg: BuildConfig) -> dict | None:
-    """The committed manifest, verified against the files it lists, after collecting what
-    no manifest references (a killed run's snapshot). With ``--overwrite``, damaged output is
-    rebuilt (with a warning) instead of being an error.
-
-    Raises:
-        commit_lib.DamagedOutputError: without ``--overwrite``.
-    """
-    try:
-        previous = commit_lib.read_manifest(cfg.output_dir)
-        if previous is not None:
-            commit_lib.verify(cfg.output_dir, previous)
-    except commit_lib.DamagedOutputError as e:
-        if not cfg.overwrite:
-            raise
-        log.warning("%s; --overwrite: rebuilding the output from scratch", e)
-        return None
-    if previous is not None:
-        commit_lib.collect_garbage(cfg.output_dir, previous)
-    return previous
 
 
 def _compatible(cfg: BuildConfig, previous: dict) -> str | None:
@@ -983,7 +967,7 @@ def _build_into(cfg: BuildConfig, sources: list[dict], rows: list[dict], options
                 previous: dict | None, valid_patients: frozenset, snapshot: str, snapshot_dir: str) -> dict:
     skip, dup_rejects, kept_stats, index = None, [], [], {}
     tag, kept = "", 0
-    if previous and cfg.incremental:
+    if previous and cfg.incremental and not cfg.overwrite:  # --overwrite rebuilds everything
         why = _compatible(cfg, previous)
         if why:
             log.warning("--incremental: %s since the committed run; rebuilding everything", why)
@@ -1030,7 +1014,10 @@ def _build_into(cfg: BuildConfig, sources: list[dict], rows: list[dict], options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: one line per error (exit 2 for flags, inputs and a held lock, 1
+    for everything else), never a traceback unless ``--verbose``."""
     runs.configure_logging()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         manifest = run(argv)
     except (ConfigError, commit_lib.LockedError, commit_lib.OutputError) as e:
@@ -1038,6 +1025,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (commit_lib.DamagedOutputError, commit_lib.GuardError) as e:
         print(f"build_records: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a full disk, a worker failure...: said in one line, nothing committed
+        print(f"build_records: error: {runs.one_line(e)}; nothing committed", file=sys.stderr)
+        if "--verbose" in argv:
+            raise
         return 1
     if manifest.get("nothing_new"):
         print(f"nothing new: inputs and options unchanged; records in {manifest['options']['output_dir']} left as "
@@ -1047,9 +1039,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{split:8s} {sp['written']:7d} written, {sp['rejected']:5d} rejected, {len(sp['shards'])} shards, "
               f"{sp['bytes'] / 2**20:.1f} MiB")
     for name, src in manifest["sources"].items():
-        if src["rejected"]:
-            print(f"{name}: {src['rejected']} rejected: "
-                  + ", ".join(f"{k}={v}" for k, v in sorted(src["rejected_by_reason"].items())))
+        # Every row of every CSV, including rows rejected before their split was known.
+        print(f"{name}: {src['rows']} rows = {src['written']} written + {src['rejected']} rejected"
+              + (": " + ", ".join(f"{k}={v}" for k, v in sorted(src["rejected_by_reason"].items()))
+                 if src["rejected"] else ""))
     if manifest.get("teacher"):
         t = manifest["teacher"]
         print(f"teacher {t['job_dir']} relabelled uncertain entries: " + "; ".join(

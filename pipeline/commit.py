@@ -68,9 +68,16 @@ class OutputError(ValueError):
 
 
 def check_output_dir(output_dir: str, flag: str = "--output_dir") -> None:
-    """Raises OutputError if ``output_dir`` exists and is not a folder."""
-    if not storage.is_remote(output_dir) and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    """Raises OutputError if ``output_dir`` exists and is not a folder, or holds a
+    ``manifest.json`` or ``.lock`` that is not a file (nothing could be committed there)."""
+    if storage.is_remote(output_dir) or not os.path.exists(output_dir):
+        return
+    if not os.path.isdir(output_dir):
         raise OutputError(f"{flag}={output_dir} is a file, not a folder; choose a folder for the output")
+    for name in (MANIFEST, LOCK):
+        path = os.path.join(output_dir, name)
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise OutputError(f"{path} is not a file (a folder or a link?); remove it, or choose another {flag}")
 
 
 # --- Lock -----------------------------------------------------------------------------------
@@ -154,6 +161,31 @@ def read_manifest(output_dir: str) -> dict | None:
     if not isinstance(manifest, dict):
         raise DamagedOutputError(f"{path}: not a manifest (a JSON object expected); rerun with --overwrite")
     return manifest
+
+
+def committed(output_dir: str, overwrite: bool) -> dict | None:
+    """The committed manifest, verified against the files it lists, after collecting what
+    no manifest references (a killed run's snapshot); None when there is none.
+
+    Args:
+        overwrite: the run replaces the output whatever it holds: damaged output is then
+            logged and treated as absent instead of being an error.
+
+    Raises:
+        DamagedOutputError: without ``overwrite``.
+    """
+    try:
+        previous = read_manifest(output_dir)
+        if previous is not None:
+            verify(output_dir, previous)
+    except DamagedOutputError as e:
+        if not overwrite:
+            raise
+        log.warning("%s; --overwrite: replacing it", e)
+        return None
+    if previous is not None:
+        collect_garbage(output_dir, previous)
+    return previous
 
 
 def verify(output_dir: str, manifest: dict) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import warnings
 from typing import Iterable
 from collections.abc import Callable
@@ -276,6 +277,23 @@ def decode(data: bytes, name: str = "image", draft_size: int | None = None) -> n
     if is_dicom(data, name):
         return _decode_dicom(data, name)
     return _decode_pil(data, name, draft_size)
+
+
+def refuse_non_file(path: str, name: str) -> None:
+    """Refuses a path that is not a regular file (a FIFO, a device, a socket, a folder):
+    opening a FIFO blocks until something writes to it, which would hang a nightly job.
+
+    Raises:
+        RowError: ``not_a_file``.
+    """
+    if "://" in path:
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the read that follows says which
+    if not stat.S_ISREG(mode):
+        raise RowError("not_a_file", f"{name}: not a regular file (a folder, FIFO or device); not read")
 
 
 def refuse_link_outside(path: str, name: str) -> None:

@@ -34,6 +34,14 @@ def fingerprint(parts: Iterable[str]) -> str:
     return h.hexdigest()
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as one line for a command line's error message: Beam wraps a worker's
+    error as ``RuntimeError: OSError: [Errno 28] ... [while running 'WriteShards']``; the
+    first line says it all."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
 def file_stat(path: str) -> str:
     """``size:mtime_ns`` of a local file, or ``missing``: a cheap change detector."""
     try:

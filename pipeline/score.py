@@ -71,7 +71,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--incremental", action="store_true",
                         help="Score only new or changed inputs; carry the rest over from the committed run.")
     parser.add_argument("--overwrite", action="store_true",
-                        help="Replace the committed output even if it is damaged (files missing or resized).")
+                        help="Score everything anew and replace the committed output whatever it holds (also when "
+                             "nothing changed, or it is damaged).")
     parser.add_argument("--max_reject_fraction", type=float, default=0.05,
                         help="Fail and commit nothing when more than this fraction of inputs is rejected.")
     parser.add_argument("--max_shrink_fraction", type=float, default=0.05,
@@ -165,6 +166,7 @@ class LoadImageFn(beam.DoFn):
     def process(self, item: Input):
         try:
             imaging.refuse_link_outside(item.path, item.key)
+            imaging.refuse_non_file(item.path, item.key)
             with FileSystems.open(item.path, compression_type="uncompressed") as f:
                 data = f.read()
             yield item.key, self._model_input(data, item.key, self.cfg)
@@ -276,21 +278,30 @@ def write_outputs(output_dir: str, snapshot: str, rows: list[dict], rejected: li
     return rel
 
 
-def _committed(opts: argparse.Namespace) -> dict | None:
-    """The committed manifest, verified, after collecting unreferenced files; with
-    ``--overwrite`` damaged output is replaced (warned) instead of being an error."""
+def read_job_config(job_dir: str, model_format: str) -> dict:
+    """The job's config.json, checked before any work: present, a JSON object with tasks and
+    threshold, and the model file it needs present and not empty.
+
+    Raises:
+        ConfigError: naming the file.
+    """
+    cfg_path = os.path.join(job_dir, "config.json")
+    if not os.path.exists(cfg_path):
+        raise ConfigError(f"--job_dir={job_dir}: no config.json; train a model with trainer.task first")
     try:
-        previous = commit_lib.read_manifest(opts.output_dir)
-        if previous is not None:
-            commit_lib.verify(opts.output_dir, previous)
-    except commit_lib.DamagedOutputError as e:
-        if not opts.overwrite:
-            raise
-        log.warning("%s; --overwrite: scoring everything anew", e)
-        return None
-    if previous is not None:
-        commit_lib.collect_garbage(opts.output_dir, previous)
-    return previous
+        with open(cfg_path) as f:
+            job_cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{cfg_path}: unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(job_cfg, dict) or not {"tasks", "threshold"} <= set(job_cfg):
+        raise ConfigError(f"{cfg_path}: not a trainer.task config (no tasks or threshold)")
+    # The model the format names, or the folder itself being a SavedModel export.
+    candidates = [os.path.join(job_dir, "model.keras") if model_format == "keras"
+                  else os.path.join(job_dir, "saved_model", "saved_model.pb"), os.path.join(job_dir, "saved_model.pb")]
+    if not any(os.path.isfile(c) and os.path.getsize(c) > 0 for c in candidates):
+        raise ConfigError(f"{candidates[0]}: missing or empty; the job did not finish training (or give "
+                          "--model_format=saved_model for an export)")
+    return job_cfg
 
 
 def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> dict:
@@ -316,11 +327,11 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         commit_lib.check_output_dir(opts.output_dir)
     except commit_lib.OutputError as e:
         raise ConfigError(str(e)) from None
-    cfg_path = os.path.join(opts.job_dir, "config.json")
-    if not os.path.exists(cfg_path):
-        raise ConfigError(f"--job_dir={opts.job_dir}: no config.json; train a model with trainer.task first")
-    with open(cfg_path) as f:
-        job_cfg = json.load(f)
+    if opts.batch_size < 1:
+        raise ConfigError(f"--batch_size={opts.batch_size}: expected >= 1")
+    if opts.threshold is not None and not 0.0 < opts.threshold < 1.0:  # also refuses nan
+        raise ConfigError(f"--threshold={opts.threshold}: expected a probability strictly between 0 and 1")
+    job_cfg = read_job_config(opts.job_dir, opts.model_format)
     tasks, threshold = job_cfg["tasks"], opts.threshold if opts.threshold is not None else job_cfg["threshold"]
     inputs, csv_rejects = list_inputs(opts)
     model = _model_digest(opts.job_dir, opts.model_format)
@@ -328,8 +339,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
                           + [f"{i.key}\t{i.stat}" for i in inputs])
     out = opts.output_dir
     with commit_lib.exclusive(out):
-        previous = _committed(opts)
-        if previous and previous.get("fingerprint") == fp:
+        previous = commit_lib.committed(out, opts.overwrite)
+        if previous and previous.get("fingerprint") == fp and not opts.overwrite:
             log.info("nothing new: inputs, model and threshold unchanged since %s", previous.get("created"))
             previous["nothing_new"] = True
             return previous
@@ -353,7 +364,8 @@ def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects:
     out = opts.output_dir
     carried: dict[str, dict] = {}
     todo = inputs
-    if opts.incremental and previous.get("model") == model and previous.get("threshold") == threshold:
+    if opts.incremental and not opts.overwrite and previous.get("model") == model \
+            and previous.get("threshold") == threshold:
         old_rows = {r["path"]: r for r in runs.read_jsonl(storage.join(out, previous["outputs"]["scores_jsonl"]))}
         old_rejects = {r["key"]: r for r in runs.read_jsonl(storage.join(out, previous["outputs"]["rejected"]))}
         index = previous.get("index", {})
@@ -404,14 +416,22 @@ def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: one line per error (exit 2 for flags, inputs and a held lock, 1
+    for everything else), never a traceback unless ``--verbose``."""
     runs.configure_logging()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         m = run(argv)
-    except (ConfigError, commit_lib.LockedError) as e:
+    except (ConfigError, commit_lib.LockedError, commit_lib.OutputError) as e:
         print(f"score: error: {e}", file=sys.stderr)
         return 2
     except (commit_lib.DamagedOutputError, commit_lib.GuardError) as e:
         print(f"score: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a full disk, a model that fails to load...: one line, nothing committed
+        print(f"score: error: {runs.one_line(e)}; nothing committed", file=sys.stderr)
+        if "--verbose" in argv:
+            raise
         return 1
     if m.get("model_data") == "synthetic":
         print("WARNING: the model was trained on SYNTHETIC data (pipeline.make_sample): these scores say nothing "

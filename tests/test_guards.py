@@ -240,3 +240,90 @@ def test_score_guards_and_damage(trained_job, pristine, tmp_path, capsys):
     assert "scores.csv: listed by the committed manifest but missing" in capsys.readouterr().err
     assert score.run([*argv[:3], f"--csv={csv_path}", "--overwrite"])["scored"] == m["scored"]
     assert not outputs.unreferenced(out)
+
+
+def test_a_fifo_where_an_image_should_be_is_a_dead_letter_not_a_hang(data, trained_job, tmp_path):
+    root, out = data
+    ds = os.path.join(root, make_sample.DATASET_DIR)
+    first = open(os.path.join(ds, "train.csv")).read().splitlines()[1].split(",")[0]
+    os.remove(os.path.join(root, first))
+    os.mkfifo(os.path.join(root, first))  # opening it for reading would block forever
+    m = _build(root, out, "--incremental", "--max_reject_fraction=0.5", "--max_shrink_fraction=1")
+    assert m["sources"]["train.csv"]["rejected_by_reason"] == {"not_a_file": 1}
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    os.mkfifo(folder / "pipe.jpg")
+    shutil.copy(os.path.join(root, open(os.path.join(ds, "valid.csv")).read().splitlines()[1].split(",")[0]),
+                folder / "ok.jpg")
+    s = score.run([f"--job_dir={trained_job}", f"--output_dir={tmp_path / 'scores'}", "--runner=DirectRunner",
+                   f"--input_pattern={folder}", "--max_reject_fraction=1"])
+    assert (s["scored"], s["rejected_by_reason"]) == (1, {"not_a_file": 1})
+
+
+def test_a_typo_in_one_rows_path_costs_that_row_not_the_job(data, capsys):
+    root, out = data
+    csv_path = os.path.join(root, make_sample.DATASET_DIR, "train.csv")
+    lines = open(csv_path, encoding="utf-8").read().splitlines()
+    lines[1] = "\ufeff" + lines[1]  # a BOM pasted into the middle of the file: its own folder name
+    lines[2] = lines[2].replace("CheXpert-v1.0-small/", "CheXpert-v1.0-smal/", 1)
+    open(csv_path, "w", encoding="utf-8").write("\n".join(lines) + "\n")
+    assert _main(root, out, "--incremental", "--max_reject_fraction=0.5", "--max_shrink_fraction=1") == 0
+    m = outputs.manifest(out)
+    assert m["sources"]["train.csv"]["rejected"] == 2
+    printed = capsys.readouterr().out
+    src = m["sources"]["train.csv"]
+    assert f"train.csv: {src['rows']} rows = {src['written']} written + 2 rejected" in printed
+
+
+def test_overwrite_rebuilds_even_when_nothing_changed_and_repairs_same_size_damage(data, capsys):
+    """Damage that keeps a file's size is invisible to the size check; --overwrite must
+    still rebuild, not say "nothing new"."""
+    root, out = data
+    m = outputs.manifest(out)
+    want = {rel: open(os.path.join(out, rel), "rb").read() for rel in m["splits"]["train"]["shards"]}
+    shard = os.path.join(out, m["splits"]["train"]["shards"][0])
+    with open(shard, "r+b") as f:
+        f.seek(100)
+        f.write(b"XXXX")
+    assert _build(root, out)["nothing_new"] is True  # size and inputs unchanged: not detectable cheaply
+    again = _build(root, out, "--overwrite")
+    assert again["nothing_new"] is False and again["snapshot"] != m["snapshot"]
+    got = [open(os.path.join(out, rel), "rb").read() for rel in again["splits"]["train"]["shards"]]
+    assert got == list(want.values()) and not outputs.unreferenced(out)
+
+
+@pytest.mark.parametrize("damage,flag,message", [
+    ("batch", "--batch_size=0", "--batch_size=0: expected >= 1"),
+    ("nan", "--threshold=nan", "--threshold=nan: expected a probability"),
+    ("two", "--threshold=2", "--threshold=2.0: expected a probability"),
+    ("empty_model", "", "model.keras: missing or empty"),
+    ("garbage_config", "", "config.json: unreadable"),
+])
+def test_score_refuses_bad_flags_and_broken_jobs_in_one_line(trained_job, pristine, tmp_path, capsys, damage, flag,
+                                                             message):
+    job = str(tmp_path / "job")
+    shutil.copytree(trained_job, job)
+    if damage == "empty_model":
+        open(os.path.join(job, "model.keras"), "wb").close()
+    if damage == "garbage_config":
+        open(os.path.join(job, "config.json"), "w").write("{not json")
+    argv = [f"--job_dir={job}", f"--output_dir={tmp_path / 'scores'}", "--runner=DirectRunner",
+            f"--input_pattern={pristine}", *([flag] if flag else [])]
+    assert score.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_lock_or_manifest_that_is_a_folder_is_a_one_line_error(data, capsys):
+    root, out = data
+    for name in (".lock", "manifest.json"):
+        path = os.path.join(out, name)
+        saved = path + ".saved"
+        os.rename(path, saved)
+        os.mkdir(path)
+        assert _main(root, out, "--overwrite") == 2
+        err = capsys.readouterr().err
+        assert f"{path} is not a file" in err and "Traceback" not in err
+        os.rmdir(path)
+        os.rename(saved, path)
+    assert _build(root, out)["nothing_new"] is True
