@@ -244,3 +244,24 @@ def test_calibration_counts_every_bin_and_gives_a_wilson_interval():
         for k in (1, n // 3, n - 1):
             lo, hi = metrics.wilson_interval(k, n)
             assert lo <= k / n <= hi
+
+
+def test_an_ensemble_lists_each_member_with_its_training_data(trained_job, tmp_path):
+    # A member from before provenance was recorded: its config.json has no "provenance".
+    old = tmp_path / "old_job"
+    shutil.copytree(trained_job, old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["provenance"]
+    (old / "config.json").write_text(json.dumps(cfg))
+
+    out = evaluate.run([trained_job, str(old)], split="valid", tune_split="", n_boot=10,
+                       report_dir=str(tmp_path / "r"))
+    assert [p["synthetic"] for p in out["provenance"]] == [True, None] and out["synthetic"] is True
+    assert out["warnings"][0].startswith(f"Trained on SYNTHETIC data: 1 of the 2 ensemble members ({trained_job}) "
+                                         "was trained on synthetic records")
+    assert out["warnings"][1].startswith(f"Training data unknown for {old}")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Ensemble members" in md and "an ensemble of 2 jobs" in md
+    members = md.split("## Ensemble members")[1].split("## Results")[0]
+    assert f"| `{trained_job}` |" in members and f"| `{old}` |" in members
+    assert config_lib.provenance_line({}) in members

@@ -252,7 +252,8 @@ def warnings_for(source: dict, provenance: list[dict]) -> list[str]:
         elif len(synthetic) == len(provenance):
             who = f"{'both' if len(provenance) == 2 else 'all'} ensemble members ({', '.join(synthetic)}) were"
         else:
-            who = f"{len(synthetic)} of the {len(provenance)} ensemble members ({', '.join(synthetic)}) were"
+            verb = "was" if len(synthetic) == 1 else "were"
+            who = f"{len(synthetic)} of the {len(provenance)} ensemble members ({', '.join(synthetic)}) {verb}"
         out.append(f"Trained on SYNTHETIC data: {who} trained on synthetic records made by pipeline.make_sample. "
                    "These numbers say nothing about how a model reads real radiographs.")
     unknown = [p["job_dir"] for p in provenance if p["synthetic"] is None]
@@ -582,19 +583,25 @@ class Missing:
 
 @dataclasses.dataclass(frozen=True)
 class Heading:
+    """A heading, ``level`` 1 (the title) to 3."""
+
     level: int
     text: str
 
 
 @dataclasses.dataclass(frozen=True)
 class Para:
+    """A paragraph of inline parts; ``warning`` makes it the boxed alert at the top."""
+
     parts: tuple
     warning: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class Items:
-    items: tuple  # of parts tuples
+    """A bulleted list; each item a tuple of inline parts."""
+
+    items: tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -625,6 +632,8 @@ class Table:
 
 @dataclasses.dataclass(frozen=True)
 class Figure:
+    """A PNG by file name (beside report.md; inlined in report.html) with its caption."""
+
     name: str
     caption: str
 
