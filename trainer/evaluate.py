@@ -205,6 +205,12 @@ def aggregate(preds: dict, tasks: list[str], level: str) -> dict:
 def describe_source(jobs: list, split: str, csv_path: str | None, image_root: str | None) -> dict:
     """What the predictions were made on, for the report header and metrics.json.
 
+    Args:
+        jobs: the loaded jobs (``inference.Job``).
+        split: the records split evaluated (ignored with ``csv_path``).
+        csv_path: the CSV evaluated instead of records, or None.
+        image_root: the folder the CSV's paths are relative to (default: the CSV's folder).
+
     Returns:
         For records: ``{"kind": "records", "split", "records": [{"records_dir", "snapshot",
         "created", "synthetic"}]}``, one entry per distinct records folder of the jobs (each
@@ -242,8 +248,16 @@ def any_synthetic(provenance: list[dict]) -> bool | None:
 
 
 def warnings_for(source: dict, provenance: list[dict]) -> list[str]:
-    """The sentences a reader must see before any number: synthetic or unknown training data,
-    synthetic evaluation data."""
+    """The sentences a reader must see before any number.
+
+    Args:
+        source: ``describe_source``'s description of the evaluated data.
+        provenance: ``job_provenance`` of the jobs.
+
+    Returns:
+        One sentence each for: models trained on synthetic data, models whose training data
+        is unknown, synthetic evaluation data; empty when none applies.
+    """
     out = []
     synthetic = [p["job_dir"] for p in provenance if p["synthetic"]]
     if synthetic:
@@ -269,8 +283,18 @@ def warnings_for(source: dict, provenance: list[dict]) -> list[str]:
 
 
 def context_notes(jobs: list, source: dict, tasks: list[str], per_job: list[dict], merged: dict) -> list[str]:
-    """Facts about the evaluated set a reader could otherwise get wrong: records rebuilt since
-    training, tasks or images an ensemble left out."""
+    """Facts about the evaluated set a reader could otherwise get wrong.
+
+    Args:
+        jobs: the loaded jobs.
+        source: ``describe_source``'s description of the evaluated data.
+        tasks: the tasks evaluated (those every member predicts).
+        per_job: each job's predictions, keyed by image path.
+        merged: the ensemble's predictions (the paths all members scored).
+
+    Returns:
+        Sentences on records rebuilt since training and on tasks or images an ensemble left out.
+    """
     notes = []
     if source["kind"] == "records":
         snapshots = {r["records_dir"]: r["snapshot"] for r in source["records"]}
@@ -291,9 +315,18 @@ def context_notes(jobs: list, source: dict, tasks: list[str], per_job: list[dict
 
 
 def tuning_plan(jobs: list, split: str | None, tune_split: str) -> str | None:
-    """Why no threshold can be tuned on ``tune_split``, or None when every job's records
-    have it (and it is not the evaluated split: a threshold tuned on the data it is
-    reported on would flatter it). ``split`` is None when a CSV is evaluated."""
+    """Whether thresholds can be tuned on ``tune_split``, and if not, why.
+
+    Args:
+        jobs: the loaded jobs; each one's records must hold ``tune_split``.
+        split: the evaluated records split, or None when a CSV is evaluated.
+        tune_split: the ``--tune_split`` value.
+
+    Returns:
+        None when every job's records have ``tune_split`` and it is not the evaluated split
+        (a threshold tuned on the data it is reported on would flatter it); else the reason,
+        a clause the report puts after "no F1-tuned thresholds:".
+    """
     if not tune_split:
         return "--tune_split was empty, so no threshold was tuned"
     if split is not None and tune_split == split:
@@ -541,8 +574,17 @@ def _reliability_figure(results: dict, meta: dict) -> bytes:
 
 
 def plots(scored: dict, results: dict, meta: dict) -> dict[str, bytes]:
-    """PNG bytes by file name: ``curves_TASK.png`` (ROC and precision-recall with the
-    operating points) for each task with both classes, and ``reliability.png``."""
+    """The report's figures.
+
+    Args:
+        scored: ``{task: (y, p)}`` from ``aggregate``.
+        results: ``compute``'s output for the same tasks.
+        meta: the run's description (``level`` and ``tune_split`` label the figures).
+
+    Returns:
+        PNG bytes by file name: ``curves_TASK.png`` (ROC and precision-recall with the
+        operating points) for each task with both classes present, and ``reliability.png``.
+    """
     out = {}
     with plt.rc_context(_PLOT_STYLE):
         for task, (y, p) in scored.items():
