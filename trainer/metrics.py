@@ -112,20 +112,55 @@ def best_f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float(candidates[np.flatnonzero(np.asarray(f1s) == best)[-1]])
 
 
+# A bin with fewer studies than this has a binomial standard error of its observed frequency
+# above ~0.15 (sqrt(0.25 / 10)): too wide to read a calibration error off it, so reports mark it.
+SPARSE_BIN = 10
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion ``k / n`` (95% for the default ``z``).
+
+    Chosen over the normal approximation because it stays inside [0, 1] and is honest for
+    the small counts a reliability bin often holds. NaNs when ``n`` is 0.
+    """
+    if n == 0:
+        return float("nan"), float("nan")
+    phat = k / n
+    denom = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    # At k = 0 or k = n the bound is exactly 0 or 1; rounding can put it a hair inside, which
+    # would leave the observed frequency outside its own interval.
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
+
+
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
-    """Expected calibration error over equal-width bins, and the reliability curve."""
+    """Expected calibration error over equal-width bins, and the reliability curve.
+
+    Returns:
+        ``{"ece", "bins", "n", "counts", "curve"}``: ``counts`` has one entry per bin (empty
+        bins 0, so it sums to ``n = len(y)``); ``curve`` one entry per non-empty bin with
+        ``bin``, ``lo``/``hi`` (edges), ``count``, ``confidence`` (mean p), ``observed``
+        (fraction positive), ``observed_ci95`` (Wilson) and ``sparse`` (count < SPARSE_BIN).
+    """
     y, p = np.asarray(y).astype(float), np.asarray(p, np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    ece, curve = 0.0, []
+    ece, curve, counts = 0.0, [], []
     for b in range(bins):
         sel = which == b
+        counts.append(int(sel.sum()))
         if not sel.any():
             continue
         conf, acc = float(p[sel].mean()), float(y[sel].mean())
         ece += sel.mean() * abs(conf - acc)
-        curve.append({"bin": b, "count": int(sel.sum()), "confidence": conf, "observed": acc})
-    return {"ece": float(ece), "bins": bins, "curve": curve}
+        curve.append({"bin": b, "lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(sel.sum()),
+                      "confidence": conf, "observed": acc,
+                      "observed_ci95": list(wilson_interval(int(y[sel].sum()), int(sel.sum()))),
+                      "sparse": bool(sel.sum() < SPARSE_BIN)})
+    return {"ece": float(ece), "bins": bins, "n": int(len(y)), "counts": counts, "curve": curve}
 
 
 def curves(y: np.ndarray, p: np.ndarray) -> dict:
