@@ -56,3 +56,24 @@ def test_runner_flags_pass_through_to_remote_runners():
     opts, rest = runs.parse_flags(parser, ["--runner=DirectRunner", "--direct_num_workers=2",
                                            "--direct_running_mode=multi_processing"])
     assert rest == ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
+# What TensorFlow's C++ side prints at start-up when nothing hides it.
+TF_CHATTER = ("oneDNN", "cuda", "cuInit", "absl::InitializeLog", "port.cc", "cpu_feature_guard")
+
+
+def test_evaluate_cli_is_quiet_and_reads_one_job_dir_as_one_job(trained_job, tmp_path):
+    """The flags are parsed before TensorFlow loads (for --help) and again by absl: a repeated
+    flag must not collect its values twice (one --job_dir reported as an ensemble of 2)."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    done = subprocess.run([sys.executable, "-m", "trainer.evaluate", f"--job_dir={trained_job}", "--bootstrap=10",
+                           "--tune_split=", f"--report_dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"# Evaluation of job {trained_job}" in done.stdout and "ensemble" not in done.stdout.split("\n")[0]
+    assert not [line for line in done.stderr.splitlines() if any(c in line for c in TF_CHATTER)], done.stderr
+    helped = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--help"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert "--job_dir" in helped.stdout and "--[no]verbose" in helped.stdout
+    assert not [line for line in helped.stderr.splitlines() if any(c in line for c in TF_CHATTER)]

@@ -35,30 +35,9 @@ import os
 import re
 import sys
 
-import matplotlib
+from absl import app, flags
 
-matplotlib.use("Agg")  # files only; no display on servers and CI
-
-import matplotlib.lines  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from pipeline import make_sample, records  # noqa: E402
-from schemas import chexpert  # noqa: E402
-from trainer import inference  # noqa: E402
-from trainer import input as input_lib  # noqa: E402
-from trainer import metrics as m  # noqa: E402
-from trainer.config import ConfigError, provenance_line, read_manifest  # noqa: E402
-
-log = logging.getLogger(__name__)
-
-# CheXpert paper (Irvin et al. 2019), validation AUROC of the best policy per task.
-PAPER_AUROC = {"atelectasis": 0.858, "cardiomegaly": 0.854, "consolidation": 0.939, "edema": 0.941,
-               "pleural_effusion": 0.936}
-PAPER_POLICY = {"atelectasis": "ones", "cardiomegaly": "multiclass", "consolidation": "self_trained",
-                "edema": "ones", "pleural_effusion": "multiclass"}
+from trainer import startup
 
 FLAGS = flags.FLAGS
 
@@ -79,8 +58,36 @@ def define_flags() -> None:
     flags.DEFINE_float("threshold", None, "Fixed threshold (default: the jobs' --threshold, 0.35).")
     flags.DEFINE_string("report_dir", None, "Where the report goes (default JOB_DIR/eval-SPLIT).")
     flags.DEFINE_boolean("skip_corrupt", False, "Skip (and report) corrupt shards instead of stopping.")
+    flags.DEFINE_boolean("verbose", False, "Show TensorFlow's own start-up lines (hidden by default).")
 
 
+if __name__ == "__main__":  # flags first, then TensorFlow, quietly (trainer/startup.py)
+    define_flags()
+    startup.begin(sys.argv)
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+
+import matplotlib.lines  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipeline import make_sample, records  # noqa: E402
+from schemas import chexpert  # noqa: E402
+from trainer import inference  # noqa: E402
+from trainer import input as input_lib  # noqa: E402
+from trainer import metrics as m  # noqa: E402
+from trainer.config import ConfigError, provenance_line, read_manifest  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# CheXpert paper (Irvin et al. 2019), validation AUROC of the best policy per task.
+PAPER_AUROC = {"atelectasis": 0.858, "cardiomegaly": 0.854, "consolidation": 0.939, "edema": 0.941,
+               "pleural_effusion": 0.936}
+PAPER_POLICY = {"atelectasis": "ones", "cardiomegaly": "multiclass", "consolidation": "self_trained",
+                "edema": "ones", "pleural_effusion": "multiclass"}
 
 # --- Predictions ---------------------------------------------------------------------------
 
@@ -1071,6 +1078,12 @@ def main(argv) -> int:
     except (inference.JobError, input_lib.CorruptShardError, ValueError) as e:
         print(f"trainer.evaluate: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # one line, not a traceback (--verbose shows it)
+        print(f"trainer.evaluate: error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+              file=sys.stderr)
+        if FLAGS.verbose:
+            raise
+        return 1
     # The terminal gets the header and the results (markdown reads well as plain text); the
     # confusion counts, bins and plots are in the files.
     print(render_markdown(header_blocks(out) + results_blocks(out, out)))
@@ -1079,5 +1092,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    define_flags()
     app.run(main)

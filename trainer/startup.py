@@ -1,6 +1,16 @@
 """Quiet start-up for the TensorFlow entry points (trainer.task, evaluate, predict, the web
-demo): flags are parsed before TensorFlow is imported, and TensorFlow's own start-up lines
-are hidden unless ``--verbose``.
+demo): flags are parsed before TensorFlow is imported (so ``--help`` and a bad flag answer
+at once), and TensorFlow's own start-up lines are hidden unless ``--verbose``.
+
+An absl entry point that imports TensorFlow at module level does it from the top of the
+module, before those imports::
+
+    from absl import app, flags
+    def define_flags(): ...            # absl only
+    if __name__ == "__main__":
+        define_flags()
+        startup.begin(sys.argv)        # --help exits here; then TensorFlow, quietly
+    import tensorflow as tf            # already loaded: free
 
 TensorFlow's C++ side prints a block when it is imported and when it first looks for
 devices: oneDNN notices, "Could not find cuda drivers", an error-level "failed call to
@@ -45,3 +55,18 @@ def load_tensorflow(verbose: bool = False) -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()
+
+
+def begin(argv: list[str]) -> None:
+    """For an absl program, before its heavy imports: parses the flags (``--help`` prints
+    and exits, a bad flag prints usage and exits), then loads TensorFlow, quietly unless the
+    program's ``--verbose`` flag is set. ``app.run`` parses the same flags again later."""
+    from absl import app, flags
+
+    app.define_help_flags()
+    app.parse_flags_with_usage(argv)
+    verbose = bool(flags.FLAGS["verbose"].value) if "verbose" in flags.FLAGS else False
+    # Back to unparsed: app.run parses again, and a multi-valued flag (--job_dir a --job_dir
+    # b) parsed twice would list every value twice.
+    flags.FLAGS.unparse_flags()
+    load_tensorflow(verbose)
