@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
 import os
+import re
 import select
 import shutil
 import socket
@@ -20,6 +22,7 @@ from fastapi.testclient import TestClient
 
 from pipeline import imaging
 from tests import images
+from trainer import inference
 from webdemo import app as webapp
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -61,6 +64,190 @@ def test_api_errors_are_messages_not_stack_traces(client):
     assert bad.status_code == 400 and "unknown observation" in bad.json()["error"]
     assert client.post("/api/predict").status_code == 422  # no file: nothing on the server can be named
     assert client.get("/api/predict?path=/etc/passwd").status_code == 405
+
+
+def test_api_says_which_view_it_was_given_and_warns_only_for_a_lateral(client):
+    from tests.test_views import dicom_with_view
+
+    def post(name, data):
+        body = client.post("/api/predict", files={"file": (name, data, "application/octet-stream")}).json()
+        return body["view"], [w for w in body["warnings"] if "lateral" in w]
+
+    assert post("x.jpg", _xray_jpeg()) == ("unknown", [])
+    assert post("view1_frontal.jpg", _xray_jpeg()) == ("frontal", [])
+    assert post("lateral_scan.jpg", _xray_jpeg()) == ("unknown", [])  # a frontal with a misleading name
+    view, warned = post("scan.dcm", dicom_with_view("LL"))  # a lateral with a plain name: its tag says so
+    assert view == "lateral" and warned == ["This looks like a lateral view; the model was trained on frontal views."]
+    assert post("view2_lateral.jpg", _xray_jpeg())[0] == "lateral"
+
+
+def test_api_tells_the_training_data_of_the_model(client):
+    info = client.get("/api/info").json()
+    [job] = info["jobs"]
+    assert job["tasks"] == ["cardiomegaly", "atelectasis"] and job["synthetic"] is True
+    assert "SYNTHETIC" in job["provenance"] and job["trained"][:2] == "20"
+    body = client.post("/api/predict", files={"file": ("x.jpg", _xray_jpeg(), "image/jpeg")}).json()
+    assert body["jobs"] == info["jobs"]
+    assert any("SYNTHETIC" in w for w in body["warnings"])
+
+
+def _copy_job(src: str, dst, **provenance_edit) -> str:
+    """A copy of job ``src`` at ``dst`` whose config.json provenance is edited (None: removed)."""
+    shutil.copytree(src, dst)
+    path = os.path.join(dst, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    if provenance_edit.get("remove"):
+        del cfg["provenance"]
+    else:
+        cfg["provenance"].update(provenance_edit)
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    return str(dst)
+
+
+def _untrained_job(base_job: str, dst, tasks: tuple[str, ...], seed: int, **changes) -> str:
+    """A job folder predicting ``tasks`` with freshly initialised weights (``seed``): the same
+    preprocessing and provenance as ``base_job``, and a different answer from it."""
+    import dataclasses
+
+    import keras
+
+    from trainer import model as model_lib
+    from trainer.config import TrainConfig
+
+    with open(os.path.join(base_job, "config.json")) as f:
+        cfg = TrainConfig.from_json(f.read())
+    cfg = dataclasses.replace(cfg, tasks=tasks, job_dir=str(dst), **changes)
+    keras.utils.set_random_seed(seed)
+    os.makedirs(dst)
+    model_lib.probability_model(model_lib.build_model(cfg), cfg).save(os.path.join(dst, "model.keras"))
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        f.write(cfg.to_json())
+    return str(dst)
+
+
+@pytest.fixture(scope="module")
+def single_jobs(trained_job, tmp_path_factory) -> dict[str, str]:
+    """One-pathology jobs, as `make demo` trains them: atelectasis and cardiomegaly."""
+    root = tmp_path_factory.mktemp("single_jobs")
+    return {task: _untrained_job(trained_job, root / task, (task,), seed)
+            for seed, task in enumerate(("atelectasis", "cardiomegaly"))}
+
+
+def _own_probabilities(job_dir: str, data: bytes) -> dict[str, float]:
+    job = inference.load_job(job_dir)
+    probs = inference.predict_batch(job, inference.model_input(data, "x.jpg", job.cfg)[None])[0]
+    return dict(zip(job.tasks, map(float, probs)))
+
+
+def test_api_several_single_pathology_jobs_give_one_bar_each(single_jobs):
+    client = TestClient(webapp.create_app([single_jobs["atelectasis"], single_jobs["cardiomegaly"]]))
+    info = client.get("/api/info").json()
+    assert info["tasks"] == ["cardiomegaly", "atelectasis"] and info["threshold"] == 0.35
+    assert [j["name"] for j in info["jobs"]] == ["atelectasis", "cardiomegaly"]
+    assert info["combine"] == {"cardiomegaly": {"mode": "single", "jobs": ["cardiomegaly"]},
+                               "atelectasis": {"mode": "single", "jobs": ["atelectasis"]}}
+    body = client.post("/api/predict", files={"file": ("x.jpg", _xray_jpeg(), "image/jpeg")}).json()
+    expected = {**_own_probabilities(single_jobs["atelectasis"], _xray_jpeg()),
+                **_own_probabilities(single_jobs["cardiomegaly"], _xray_jpeg())}
+    assert body["probabilities"] == pytest.approx(expected, abs=1e-6)
+    assert list(body["probabilities"]) == ["cardiomegaly", "atelectasis"]
+    assert body["combine"] == info["combine"] and body["thresholds"] == {"cardiomegaly": 0.35, "atelectasis": 0.35}
+    heat = client.post("/api/heatmap", params={"observation": "atelectasis"},
+                       files={"file": ("x.jpg", _xray_jpeg(), "image/jpeg")}).json()
+    assert heat["job"] == "atelectasis" and heat["overlay"].startswith("data:image/png;base64,")
+
+
+def test_api_heatmap_failure_is_a_message(client, caplog):
+    """Until trainer.predict.grad_cam handles 3-class heads, their heatmap is a 500 with a
+    message (and the traceback in the server log), not a bare 'Internal Server Error'."""
+    r = client.post("/api/heatmap", params={"observation": "cardiomegaly"},
+                    files={"file": ("x.jpg", _xray_jpeg(), "image/jpeg")})
+    if r.status_code == 200:  # grad_cam was fixed: the overlay is all there is to check
+        assert r.json()["overlay"].startswith("data:image/png;base64,")
+        return
+    assert r.status_code == 500 and "Grad-CAM" in r.json()["error"] and "cardiomegaly" in r.json()["error"]
+
+
+@pytest.mark.xfail(strict=True, reason="trainer.predict.grad_cam applies p_<task> (a Reshape to (B,)) straight to "
+                   "the head's logits, which fails for a 3-class head since model.keras gained logit_/sigmoid_ layers; "
+                   "trainer/predict.py is another worktree's to fix")
+def test_api_heatmap_of_a_three_class_head(client):
+    r = client.post("/api/heatmap", params={"observation": "cardiomegaly"},
+                    files={"file": ("x.jpg", _xray_jpeg(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+
+
+def test_api_jobs_predicting_the_same_pathology_are_an_ensemble_of_their_mean(trained_job, single_jobs):
+    client = TestClient(webapp.create_app([trained_job, single_jobs["atelectasis"]]))
+    base = os.path.basename(trained_job)
+    info = client.get("/api/info").json()
+    assert info["combine"] == {"cardiomegaly": {"mode": "single", "jobs": [base]},
+                               "atelectasis": {"mode": "ensemble", "jobs": [base, "atelectasis"]}}
+    body = client.post("/api/predict", files={"file": ("x.jpg", _xray_jpeg(), "image/jpeg")}).json()
+    own_a, own_b = _own_probabilities(trained_job, _xray_jpeg()), _own_probabilities(single_jobs["atelectasis"],
+                                                                                       _xray_jpeg())
+    assert own_a["atelectasis"] != pytest.approx(own_b["atelectasis"], abs=1e-4)  # the mean is not trivial
+    assert body["members"]["atelectasis"] == pytest.approx({base: own_a["atelectasis"],
+                                                            "atelectasis": own_b["atelectasis"]}, abs=1e-6)
+    assert body["probabilities"]["atelectasis"] == pytest.approx((own_a["atelectasis"] + own_b["atelectasis"]) / 2,
+                                                                 abs=1e-6)
+    assert body["probabilities"]["cardiomegaly"] == pytest.approx(own_a["cardiomegaly"], abs=1e-6)
+    assert body["positive"] == [t for t, p in body["probabilities"].items() if p >= 0.35]
+    # A heatmap comes from one member: the first by default, or the one asked for.
+    files = {"file": ("x.jpg", _xray_jpeg(), "image/jpeg")}
+    first = client.post("/api/heatmap", params={"observation": "atelectasis"}, files=files).json()
+    other = client.post("/api/heatmap", params={"observation": "atelectasis", "job": "atelectasis"},
+                        files=files).json()
+    assert first["job"] == base and other["job"] == "atelectasis" and first["overlay"] != other["overlay"]
+    wrong = client.post("/api/heatmap", params={"observation": "cardiomegaly", "job": "atelectasis"}, files=files)
+    assert wrong.status_code == 400 and "does not predict cardiomegaly" in wrong.json()["error"]
+    unknown = client.post("/api/heatmap", params={"observation": "atelectasis", "job": "../x"}, files=files)
+    assert unknown.status_code == 400 and "unknown job" in unknown.json()["error"]
+
+
+def test_several_jobs_that_cannot_be_combined_are_refused_when_the_app_starts(trained_job, single_jobs,
+                                                                              tmp_path):
+    with pytest.raises(inference.JobError, match="twice"):
+        webapp.create_app([trained_job, trained_job])
+    strict = _untrained_job(trained_job, tmp_path / "strict", ("atelectasis",), 3, threshold=0.5)
+    with pytest.raises(inference.JobError, match="threshold"):
+        webapp.create_app([single_jobs["atelectasis"], strict])
+    assert webapp.main(["--job_dir", trained_job, "--job_dir", trained_job]) == 2
+
+
+def test_api_provenance_of_older_and_real_data_jobs(trained_job, tmp_path):
+    old = _copy_job(trained_job, tmp_path / "old", remove=True)
+    real = _copy_job(trained_job, tmp_path / "real", synthetic=False, input_dir="/data/chexpert", records=1234)
+    jobs = TestClient(webapp.create_app([old, real])).get("/api/info").json()["jobs"]
+    assert [(j["name"], j["synthetic"]) for j in jobs] == [("old", None), ("real", False)]
+    assert jobs[0]["provenance"].startswith("training data unknown") and jobs[0]["trained"] is None
+    assert "SYNTHETIC" not in jobs[1]["provenance"] and "1234 images" in jobs[1]["provenance"]
+
+
+def test_every_request_is_in_the_access_log_errors_included(client, caplog):
+    caplog.set_level(logging.INFO, logger="webdemo.access")
+    jpeg = _xray_jpeg()
+    client.get("/")
+    client.post("/api/predict", files={"file": ("x.jpg", jpeg, "image/jpeg")})
+    client.post("/api/predict", files={"file": ("notes.jpg", b"hello", "image/jpeg")})
+    client.post("/api/predict", files={"file": ("big.png", b"\x89PNG" + bytes(2 * 2**20), "image/png")})
+    client.post("/api/predict")
+    client.get("/api/predict")
+    client.post("/api/heatmap", params={"observation": "nope\nGET / 200"},
+                files={"file": ("x.jpg", jpeg, "image/jpeg")})
+    lines = [r.getMessage() for r in caplog.records if r.name == "webdemo.access"]
+    pattern = re.compile(r"^(GET|POST) (/\S*) (\d{3}) (\d+) ms(: .*)?$")
+    parsed = [pattern.match(line) for line in lines]
+    assert all(parsed), lines
+    assert [(m[1], m[2], m[3]) for m in parsed] == [
+        ("GET", "/", "200"), ("POST", "/api/predict", "200"), ("POST", "/api/predict", "400"),
+        ("POST", "/api/predict", "413"), ("POST", "/api/predict", "422"), ("GET", "/api/predict", "405"),
+        ("POST", "/api/heatmap?observation=nope%0AGET+%2F+200", "400")]
+    assert "this is not an image" in lines[2] and "upload limit" in lines[3]
+    assert all(len(line) < 300 for line in lines)  # the line says what happened, never the image
+    assert not any("\n" in line for line in lines)
 
 
 def _free_port() -> int:
@@ -305,3 +492,4 @@ def test_requests_beyond_the_scoring_slots_get_503_with_retry_after(load_server)
         sock.close()
         assert status == 200 and set(json.loads(body)["probabilities"]) == {"cardiomegaly", "atelectasis"}
     assert post(0).status_code == 200  # and the slots are free again
+
