@@ -271,9 +271,50 @@ def _serve(app):
     thread.join(timeout=10)
 
 
+class HoldResponses:
+    """ASGI wrapper for the browser tests: holds back the response to the next request on a
+    path until the test releases it, so a late answer arrives exactly when the test says.
+
+    Attributes:
+        held: set once the held request's answer is ready and waiting.
+        sent: set once it has been sent on.
+    """
+
+    def __init__(self, app):
+        self.app = app
+        self.path: str | None = None
+        self.held, self.release, self.sent = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_next(self, path: str) -> None:
+        self.path = path
+        for event in (self.held, self.release, self.sent):
+            event.clear()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        self.path = None  # one request only
+
+        async def late_send(message):
+            if message["type"] == "http.response.start":
+                self.held.set()
+                # Off the event loop: the server goes on answering other requests meanwhile.
+                await asyncio.to_thread(self.release.wait, 60)
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                self.sent.set()
+
+        await self.app(scope, receive, late_send)
+
+
 @pytest.fixture(scope="module")
-def server(trained_job):
-    yield from _serve(webapp.create_app(trained_job))
+def held_app(trained_job):
+    return HoldResponses(webapp.create_app(trained_job))
+
+
+@pytest.fixture(scope="module")
+def server(held_app):
+    yield from _serve(held_app)
 
 
 @pytest.fixture(scope="module")
@@ -290,44 +331,191 @@ def browser():
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1200,900"):
+                "--window-size=1200,1000"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
 
 
-def test_page_in_a_real_browser_upload_bars_heatmap_and_error(server, browser, tmp_path):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+# Three films a person could tell apart: a ramp, the ramp upside down, and its negative.
+def _film(kind: str) -> bytes:
+    ramp = np.asarray(images.gradient(390, 320))
+    pixels = {"a": ramp, "b": ramp[::-1].copy(), "c": 255 - ramp}[kind]
+    return imaging.encode(pixels, "jpeg")
 
-    wait = WebDriverWait(browser, 30)
-    browser.get(server)
-    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-    xray = tmp_path / "xray.jpg"
-    xray.write_bytes(_xray_jpeg())
-    file_input = browser.find_element(By.ID, "file")
-    browser.execute_script("arguments[0].hidden = false", file_input)
-    file_input.send_keys(str(xray))
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#bars .bar")) == 2)
-    bars = browser.find_elements(By.CSS_SELECTOR, "#bars .bar")
-    assert [b.get_attribute("data-task") for b in bars] == ["cardiomegaly", "atelectasis"]
-    assert all(b.find_element(By.CSS_SELECTOR, ".threshold").get_attribute("style") == "left: 35%;" for b in bars)
-    assert browser.find_element(By.ID, "preview").get_attribute("src").startswith("data:image/png")
-    bars[1].click()
-    wait.until(lambda d: (d.find_element(By.ID, "heatmap").get_attribute("src") or "").startswith("data:image/png"))
-    assert browser.find_element(By.ID, "heatmap").is_displayed()
-    assert "Atelectasis" in browser.find_element(By.ID, "heatmap-label").text
-    browser.save_screenshot(str(tmp_path / "scored.png"))
-    bad = tmp_path / "report.pdf"
-    bad.write_bytes(b"%PDF-1.4 not an x-ray")
-    file_input.send_keys(str(bad))
-    wait.until(lambda d: d.find_element(By.ID, "error").text)
-    assert "report.pdf: this is not an image" in browser.find_element(By.ID, "error").text
-    assert not browser.find_elements(By.CSS_SELECTOR, "#bars .bar")
-    browser.save_screenshot(str(tmp_path / "error.png"))
-    assert (tmp_path / "scored.png").stat().st_size > 10_000
 
+# What the page would show for every <img>: shown (laid out and not display:none), whether
+# it has a src, and its decoded width (0 for a broken or empty image).
+_IMAGES_JS = """return [...document.images].map((i) => ({id: i.id, src: i.getAttribute('src') || '',
+  shown: i.getClientRects().length > 0 && getComputedStyle(i).visibility !== 'hidden',
+  complete: i.complete, width: i.naturalWidth}));"""
+
+
+def _images(browser) -> dict:
+    return {i["id"]: i for i in browser.execute_script(_IMAGES_JS)}
+
+
+def _no_broken_images(browser) -> None:
+    """Every <img> a person sees has decoded pixels: no empty or broken-image box."""
+    for img in _images(browser).values():
+        assert not img["shown"] or (img["complete"] and img["width"] > 0), f"a broken-image box is shown: {img}"
+
+
+def _expected_image(server, name: str, data: bytes) -> str:
+    """The preview the server returns for this upload (PNG data URL, deterministic)."""
+    r = httpx.post(f"{server}/api/predict", files={"file": (name, data, "image/jpeg")}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["image"]
+
+
+class Page:
+    """The demo page in the browser, driven the way a person would."""
+
+    def __init__(self, browser, server, tmp_path):
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.by, self.browser, self.server, self.tmp = By, browser, server, tmp_path
+        self.wait = WebDriverWait(browser, 30)
+        browser.get(server)
+        self.wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        self.input = browser.find_element(By.ID, "file")
+        browser.execute_script("arguments[0].hidden = false", self.input)  # selenium types into visible inputs
+
+    def el(self, id_: str):
+        return self.browser.find_element(self.by.ID, id_)
+
+    def text(self, id_: str) -> str:
+        return self.el(id_).text
+
+    def bars(self) -> list:
+        return self.browser.find_elements(self.by.CSS_SELECTOR, "#bars .bar")
+
+    def upload(self, name: str, data: bytes) -> None:
+        path = self.tmp / name
+        path.write_bytes(data)
+        self.input.send_keys(str(path))
+
+    def scored(self, image: str) -> None:
+        """Waits until the bars are drawn and the preview shows ``image``."""
+        self.wait.until(lambda d: self.bars() and _images(d)["preview"]["src"] == image
+                        and _images(d)["preview"]["width"] > 0)
+
+    def open_heatmap(self, task: str) -> str:
+        """Clicks ``task``'s bar; returns the heatmap's src once it is shown."""
+        bar = next(b for b in self.bars() if b.get_attribute("data-task") == task)
+        bar.click()
+        self.wait.until(lambda d: _images(d)["heatmap"]["src"].startswith("data:image/png")
+                        and _images(d)["heatmap"]["width"] > 0)
+        return _images(self.browser)["heatmap"]["src"]
+
+    def shot(self, name: str) -> None:
+        """Saves what a person would see (the file input hidden again, as the page has it)."""
+        path = self.tmp / f"{name}.png"
+        self.browser.execute_script("arguments[0].hidden = true", self.input)
+        self.browser.save_screenshot(str(path))
+        self.browser.execute_script("arguments[0].hidden = false", self.input)
+        assert path.stat().st_size > 5_000
+
+
+def test_page_new_upload_and_error_clear_the_previous_patient(server, browser, tmp_path):
+    page = Page(browser, server, tmp_path)
+    # A fresh page: no image boxes at all, nothing busy, and the model's provenance in words.
+    _no_broken_images(browser)
+    assert not any(i["shown"] for i in _images(browser).values())
+    assert not page.el("busy").is_displayed()
+    models = page.text("models")
+    assert "SYNTHETIC" in models and "Cardiomegaly" in models and "Atelectasis" in models
+    assert page.el("models").find_elements(page.by.CSS_SELECTOR, ".model.synthetic")
+    page.shot("1-fresh")
+
+    image_a, image_b = (_expected_image(server, n, _film(k)) for n, k in (("a.jpg", "a"), ("b.jpg", "b")))
+    assert image_a != image_b
+    page.upload("a.jpg", _film("a"))
+    page.scored(image_a)
+    assert [b.get_attribute("data-task") for b in page.bars()] == ["cardiomegaly", "atelectasis"]
+    assert all(b.find_element(page.by.CSS_SELECTOR, ".threshold").get_attribute("style") == "left: 35%;"
+               for b in page.bars())
+    assert page.text("view") == "View unknown"  # a.jpg: neither a DICOM tag nor a CheXpert name
+    heat_a = page.open_heatmap("atelectasis")
+    assert "Atelectasis" in page.text("heatmap-label")
+    _no_broken_images(browser)
+    page.shot("2-a-with-heatmap")
+
+    # Patient B: A's heatmap must go, and the image shown must be B's.
+    page.upload("view1_frontal.jpg", _film("b"))
+    page.scored(_expected_image(server, "view1_frontal.jpg", _film("b")))
+    shown = _images(browser)
+    assert not shown["heatmap"]["shown"] and shown["heatmap"]["src"] == "" and heat_a
+    assert shown["preview"]["src"] == _expected_image(server, "view1_frontal.jpg", _film("b"))
+    assert page.text("heatmap-label") == ""
+    assert page.text("view") == "View: frontal" and "lateral" not in page.text("warnings")
+    _no_broken_images(browser)
+    page.shot("3-b-after-a")
+    page.open_heatmap("atelectasis")
+
+    # An error: B's image, heatmap, bars and view all go; only the message stays.
+    page.upload("report.pdf", b"%PDF-1.4 not an x-ray")
+    page.wait.until(lambda d: page.text("error"))
+    assert "report.pdf: this is not an image" in page.text("error")
+    shown = _images(browser)
+    assert not shown["preview"]["shown"] and not shown["heatmap"]["shown"]
+    assert shown["preview"]["src"] == "" and shown["heatmap"]["src"] == ""
+    assert not page.bars() and page.text("view") == "" and page.text("heatmap-label") == ""
+    assert not page.el("busy").is_displayed()
+    _no_broken_images(browser)
+    page.shot("4-error-after-b")
+
+    # And the next good upload clears the error.
+    page.upload("a2.jpg", _film("a"))
+    page.scored(image_a)
+    assert page.text("error") == ""
+
+
+def test_page_busy_indicator_and_late_answers_never_paint_over_the_next_patient(server, held_app, browser,
+                                                                                 tmp_path):
+    page = Page(browser, server, tmp_path)
+    image_a = _expected_image(server, "a.jpg", _film("a"))
+    image_b = _expected_image(server, "b.jpg", _film("b"))
+    page.upload("b.jpg", _film("b"))
+    page.scored(image_b)
+    page.open_heatmap("atelectasis")
+
+    # C's answer is held back: while it is out the page says so and shows nothing of B.
+    held_app.hold_next("/api/predict")
+    page.upload("c.jpg", _film("c"))
+    assert held_app.held.wait(30)
+    busy = page.el("busy")
+    assert busy.is_displayed() and "Scoring c.jpg" in busy.text
+    shown = _images(browser)
+    assert not shown["preview"]["shown"] and not shown["heatmap"]["shown"] and not page.bars()
+    page.shot("5-busy")
+
+    # Then A is uploaded and answered first; C's late answer must not replace it.
+    page.upload("a.jpg", _film("a"))
+    page.scored(image_a)
+    assert not page.el("busy").is_displayed()
+    held_app.release.set()
+    assert held_app.sent.wait(30)
+    page.wait.until(lambda d: d.find_element(page.by.TAG_NAME, "body").get_attribute("data-stale") == "1")
+    assert _images(browser)["preview"]["src"] == image_a
+    assert not _images(browser)["heatmap"]["shown"]
+
+    # The same for a heatmap: A's Grad-CAM, answered after B was uploaded, is not drawn on B.
+    held_app.hold_next("/api/heatmap")
+    next(b for b in page.bars() if b.get_attribute("data-task") == "atelectasis").click()
+    assert held_app.held.wait(30)
+    assert "heatmap" in page.el("busy").text
+    page.upload("b2.jpg", _film("b"))
+    page.scored(image_b)
+    held_app.release.set()
+    assert held_app.sent.wait(30)
+    page.wait.until(lambda d: d.find_element(page.by.TAG_NAME, "body").get_attribute("data-stale") == "2")
+    shown = _images(browser)
+    assert shown["preview"]["src"] == image_b and not shown["heatmap"]["shown"] and shown["heatmap"]["src"] == ""
+    assert page.text("heatmap-label") == "" and not page.el("busy").is_displayed()
+    page.shot("6-after-late-answers")
 
 # --- Under load: upload limits and the scoring slots, on a real server ---------------------
 
@@ -493,3 +681,39 @@ def test_requests_beyond_the_scoring_slots_get_503_with_retry_after(load_server)
         assert status == 200 and set(json.loads(body)["probabilities"]) == {"cardiomegaly", "atelectasis"}
     assert post(0).status_code == 200  # and the slots are free again
 
+
+@pytest.fixture(scope="module")
+def panel_server(trained_job, tmp_path_factory):
+    """Three jobs as a person might serve them: the two-task synthetic test job, an
+    atelectasis job with real-data provenance (so atelectasis is an ensemble of two), and an
+    edema job from before provenance was recorded."""
+    root = tmp_path_factory.mktemp("panel")
+    real = {"synthetic": False, "input_dir": "/data/chexpert", "records": 223414,
+            "trained": "2026-11-20T10:00:00+00:00"}
+    jobs = [trained_job, _untrained_job(trained_job, root / "atelectasis-real", ("atelectasis",), 5, provenance=real),
+            _untrained_job(trained_job, root / "edema-old", ("edema",), 6, provenance={})]
+    yield from _serve(webapp.create_app(jobs))
+
+
+def test_page_several_jobs_say_which_bar_is_an_ensemble_and_what_each_was_trained_on(panel_server, trained_job,
+                                                                                   browser, tmp_path):
+    page = Page(browser, panel_server, tmp_path)
+    kinds = [m.get_attribute("class") for m in page.el("models").find_elements(page.by.CSS_SELECTOR, ".model")]
+    assert kinds == ["model synthetic", "model real", "model unknown"]
+    models = page.text("models")
+    assert "SYNTHETIC" in models and "223414 images" in models and "training data unknown" in models
+    page.upload("view1_frontal.jpg", _film("a"))
+    page.scored(_expected_image(panel_server, "view1_frontal.jpg", _film("a")))
+    sources = {b.get_attribute("data-task"): b.find_element(page.by.CSS_SELECTOR, ".source").text for b in page.bars()}
+    assert list(sources) == ["cardiomegaly", "edema", "atelectasis"]
+    assert sources["cardiomegaly"] == f"from {os.path.basename(trained_job)}" and sources["edema"] == "from edema-old"
+    assert sources["atelectasis"].startswith(f"ensemble, mean of 2 jobs: {os.path.basename(trained_job)} 0.")
+    assert "atelectasis-real" in sources["atelectasis"]
+    page.open_heatmap("atelectasis")
+    assert page.text("heatmap-label") == f"Grad-CAM: Atelectasis (job {os.path.basename(trained_job)})"
+    atelectasis = next(b for b in page.bars() if b.get_attribute("data-task") == "atelectasis")
+    atelectasis.find_element(page.by.XPATH, ".//button[text()='atelectasis-real']").click()
+    page.wait.until(lambda d: page.text("heatmap-label") == "Grad-CAM: Atelectasis (job atelectasis-real)"
+                    and _images(d)["heatmap"]["width"] > 0)
+    _no_broken_images(browser)
+    page.shot("7-three-jobs")
