@@ -250,6 +250,18 @@ def test_every_request_is_in_the_access_log_errors_included(client, caplog):
     assert not any("\n" in line for line in lines)
 
 
+def test_access_log_says_500_for_an_app_that_raised(caplog):
+    async def broken(scope, receive, send):
+        raise RuntimeError("boom")
+
+    caplog.set_level(logging.INFO, logger="webdemo.access")
+    scope = {"type": "http", "method": "GET", "path": "/x\r\nGET /forged", "query_string": b""}
+    with pytest.raises(RuntimeError):
+        asyncio.run(webapp.AccessLog(broken)(scope, None, None))
+    [line] = [r.getMessage() for r in caplog.records if r.name == "webdemo.access"]
+    assert re.fullmatch(r"GET /x\\r\\nGET /forged 500 \d+ ms", line), line
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -223,7 +223,8 @@ class AccessLog:
 
     ``METHOD PATH STATUS MS ms``, then ``: message`` when an error handler left one in the
     scope (``ERROR_KEY``). A request whose app raised is logged 500 and the exception goes
-    on. Neither bodies nor headers are logged: an upload's bytes never reach the log.
+    on; one cancelled before it answered (the client went away) is logged with status ``-``.
+    Neither bodies nor headers are logged: an upload's bytes never reach the log.
     """
 
     ERROR_KEY = "webdemo.error"
@@ -244,8 +245,8 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, send_logged)
-        except BaseException:
-            status[0] = status[0] or 500
+        except Exception:
+            status[0] = status[0] or 500  # what Starlette's error middleware answers outside us
             raise
         finally:
             path = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
@@ -500,7 +501,7 @@ def create_app(job_dirs: str | Sequence[str], *, max_upload_mb: float = 20.0, ma
                 cam = predict.grad_cam(chosen, image, observation)
             except inference.JobError as e:
                 raise HTTPException(400, f"{filename}: {e}") from None
-            except Exception:  # noqa: BLE001 - a model Grad-CAM cannot walk; the traceback goes to the log
+            except Exception:  # a model Grad-CAM cannot walk: the traceback goes to the log, a message to the page
                 log.exception("Grad-CAM of %s for %s failed", name, observation)
                 raise HTTPException(500, f"{filename}: the Grad-CAM of job {name} for {observation} failed "
                                     "(the server log has the traceback)") from None
