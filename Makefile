@@ -66,9 +66,9 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.predict
 	$(BIN)/python -m benchmarks.train_step
 
-# The web demo on http://127.0.0.1:8000 for the model `make demo` trained.
+# The web demo on http://127.0.0.1:8000 for the two models `make demo` trained: one bar each.
 gui: $(STAMP)
-	$(BIN)/python -m webdemo.app --job_dir jobs/atelectasis
+	$(BIN)/python -m webdemo.app --job_dir jobs/atelectasis --job_dir jobs/cardiomegaly
 
 clean:
 	rm -rf data jobs .pytest_cache

@@ -1,12 +1,20 @@
 r"""The web demo (the seed project's GUI): drop an X-ray, see the model's answer.
 
     python -m webdemo.app --job_dir jobs/atelectasis          # http://127.0.0.1:8000
+    python -m webdemo.app --job_dir jobs/atelectasis --job_dir jobs/cardiomegaly
     make gui
 
 A FastAPI app with one static page. The page uploads the file; the server decodes it with
 the records job's preprocessing, returns P(positive) per observation with the threshold, and
 on request a Grad-CAM overlay. Requests carry image bytes only: no request names a path on
 the server. Binds to 127.0.0.1 unless ``--host`` says otherwise.
+
+Several ``--job_dir`` give one bar per pathology: a pathology one job predicts is that job's
+answer, one that several predict is their mean (an ensemble), and the page says which. The
+page names every job with what it was trained on (``trainer.config.provenance_line``),
+synthetic data above all, and the view the file states (``pipeline.views``: frontal,
+lateral or unknown). Every request, refused ones included, is one line of the
+``webdemo.access`` log: method, path, status, milliseconds and the error message.
 
 Memory under load is bounded. An upload above ``--max_upload_mb`` is refused with 413 from
 its Content-Length before its body is read, and a body without one (chunked) is read a
@@ -27,6 +35,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,9 +45,12 @@ from PIL import Image
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from pipeline import views
 from schemas import chexpert
+from trainer import config as config_lib
 from trainer import inference, predict
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -58,6 +70,7 @@ MESSAGES = {
     "dicom_unreadable": "the DICOM file cannot be decoded (compressed transfer syntax or damaged)",
 }
 log = logging.getLogger("webdemo")
+access_log = logging.getLogger("webdemo.access")
 
 
 class UploadError(Exception):
@@ -198,23 +211,221 @@ def _png_data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def create_app(job_dir: str, *, max_upload_mb: float = 20.0, max_concurrent: int = 2) -> FastAPI:
-    """Builds the app around one trained job (loaded once).
+def _printable(text: str, limit: int = 200) -> str:
+    """``text`` on one line, control characters escaped and cut at ``limit``: what a client
+    sends (a path, a file name inside a message) must not forge or break log lines."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class AccessLog:
+    """ASGI middleware: one ``webdemo.access`` line per request, errors included.
+
+    ``METHOD PATH STATUS MS ms``, then ``: message`` when an error handler left one in the
+    scope (``ERROR_KEY``). A request whose app raised is logged 500 and the exception goes
+    on; one cancelled before it answered (the client went away) is logged with status ``-``.
+    Neither bodies nor headers are logged: an upload's bytes never reach the log.
+    """
+
+    ERROR_KEY = "webdemo.error"
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = [0]
+
+        async def send_logged(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        except Exception:
+            status[0] = status[0] or 500  # what Starlette's error middleware answers outside us
+            raise
+        finally:
+            path = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
+            ms = (time.perf_counter() - start) * 1000
+            line = f"{scope['method']} {_printable(path)} {status[0] or '-'} {ms:.0f} ms"
+            error = scope.get(self.ERROR_KEY)
+            access_log.info("%s", line + (f": {_printable(error)}" if error else ""))
+
+
+class ServeError(inference.JobError):
+    """Jobs that load but cannot be served together; the message says which and why."""
+
+
+def _job_names(job_dirs: Sequence[str]) -> list[str]:
+    """The names the page shows: each job folder's name (``job/saved_model`` for an export),
+    made unique with ``-2``, ``-3``... when two folders share one."""
+    names: list[str] = []
+    for job_dir in job_dirs:
+        path = os.path.normpath(os.path.abspath(job_dir))
+        name = os.path.basename(path)
+        if name == "saved_model":
+            name = f"{os.path.basename(os.path.dirname(path))}/{name}"
+        unique, n = name, 1
+        while unique in names:
+            n += 1
+            unique = f"{name}-{n}"
+        names.append(unique)
+    return names
+
+
+class Panel:
+    """The jobs the demo serves, and how their answers make one bar per pathology.
+
+    A pathology that one job predicts is that job's probability (``single``); one that
+    several jobs predict is the mean of theirs (``ensemble``, as ``trainer.evaluate``
+    averages an ensemble). Jobs sharing a pathology must share its threshold.
+
+    Attributes:
+        jobs: name -> loaded job, in the order given.
+        tasks: every pathology predicted, in ``chexpert.OBSERVATIONS`` order.
+        members: task -> names of the jobs predicting it, in the order given.
+        thresholds: task -> decision threshold.
+    """
+
+    def __init__(self, job_dirs: Sequence[str]):
+        """Loads every job.
+
+        Raises:
+            inference.JobError: a folder without a usable model.
+            ServeError: a folder given twice, no folder, or jobs that disagree on the
+                threshold of a pathology they share.
+        """
+        if not job_dirs:
+            raise ServeError("no --job_dir given")
+        seen: dict[str, str] = {}
+        for job_dir in job_dirs:
+            real = os.path.realpath(job_dir)
+            if real in seen:
+                # Averaging a model with itself would call it an ensemble and weigh it twice.
+                raise ServeError(f"{job_dir}: given twice (also as {seen[real]}); give each job once")
+            seen[real] = job_dir
+        self.jobs = dict(zip(_job_names(job_dirs), (inference.load_job(d) for d in job_dirs)))
+        self.tasks = tuple(t for t in chexpert.OBSERVATIONS if any(t in j.tasks for j in self.jobs.values()))
+        self.members = {t: [n for n, j in self.jobs.items() if t in j.tasks] for t in self.tasks}
+        self.thresholds = {}
+        for task, names in self.members.items():
+            values = {self.jobs[n].cfg.threshold for n in names}
+            if len(values) > 1:
+                raise ServeError(f"{', '.join(names)} all predict {task} but with different thresholds "
+                                 f"({', '.join(f'{n}: {self.jobs[n].cfg.threshold}' for n in names)}); "
+                                 "their mean would have no agreed cut-off")
+            self.thresholds[task] = values.pop()
+        thresholds = set(self.thresholds.values())
+        # The one threshold of a single job (the API's ``threshold`` before several jobs).
+        self.threshold = thresholds.pop() if len(thresholds) == 1 else None
+
+    @property
+    def first(self) -> inference.Job:
+        return next(iter(self.jobs.values()))
+
+    def combine(self) -> dict[str, dict]:
+        """task -> ``{"mode": "single" | "ensemble", "jobs": [names]}``."""
+        return {t: {"mode": "ensemble" if len(names) > 1 else "single", "jobs": list(names)}
+                for t, names in self.members.items()}
+
+    def describe(self) -> list[dict]:
+        """Per job: name, tasks, threshold, views, and what it was trained on (``provenance``:
+        ``trainer.config.provenance_line``; ``synthetic`` and ``trained`` are None for a job
+        from before provenance was recorded). No server path is sent but the line's."""
+        return [{"name": name, "tasks": list(job.tasks), "threshold": job.cfg.threshold, "views": job.cfg.views,
+                 "synthetic": job.cfg.synthetic, "trained": job.cfg.provenance.get("trained"),
+                 "provenance": config_lib.provenance_line(job.cfg.provenance)}
+                for name, job in self.jobs.items()]
+
+    def model_inputs(self, filename: str, data: bytes) -> dict[str, np.ndarray]:
+        """name -> the image as that job saw its training data, uint8 (S, S, 1); decoded
+        once per distinct preprocessing, since decoding costs more than a tiny model.
+
+        Raises:
+            schemas.chexpert.RowError: the file is not an image we can read.
+        """
+        by_recipe: dict[tuple, np.ndarray] = {}
+        out = {}
+        for name, job in self.jobs.items():
+            recipe = (job.cfg.records_image_size, job.cfg.records_resize, job.cfg.image_size)
+            if recipe not in by_recipe:
+                by_recipe[recipe] = inference.model_input(data, filename, job.cfg)
+            out[name] = by_recipe[recipe]
+        return out
+
+    def score(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """Returns (task -> combined P(positive), task -> {job name: its P(positive)})."""
+        per_job = {name: dict(zip(job.tasks, inference.predict_batch(job, inputs[name][None])[0]))
+                   for name, job in self.jobs.items()}
+        members = {t: {n: float(per_job[n][t]) for n in names} for t, names in self.members.items()}
+        return {t: float(np.mean(list(m.values()))) for t, m in members.items()}, members
+
+    def warnings(self, view: str) -> list[str]:
+        """What the page must say next to the answer: a lateral view given to frontal-only
+        jobs, then every job trained on synthetic data."""
+        out = []
+        frontal_only = [n for n, j in self.jobs.items() if j.cfg.views == "frontal"]
+        if view == views.LATERAL and frontal_only:
+            if len(self.jobs) == 1:
+                out.append("This looks like a lateral view; the model was trained on frontal views.")
+            else:
+                out.append(f"This looks like a lateral view; {', '.join(frontal_only)} "
+                           f"{'was' if len(frontal_only) == 1 else 'were'} trained on frontal views only.")
+        for name, job in self.jobs.items():
+            if job.cfg.synthetic:
+                who = "The model" if len(self.jobs) == 1 else name
+                out.append(f"{who} was trained on SYNTHETIC data: its outputs say nothing about real radiographs.")
+        return out
+
+    def heatmap_job(self, observation: str, name: str | None) -> tuple[str, inference.Job]:
+        """The job whose Grad-CAM is drawn: ``name``, or the first member with layers
+        (a SavedModel has none).
+
+        Raises:
+            HTTPException: 400 for an observation no job predicts, an unknown job, or a job
+                that does not predict the observation.
+        """
+        if observation not in self.members:
+            raise HTTPException(400, f"unknown observation {observation!r}; the models predict {', '.join(self.tasks)}")
+        if name is None:
+            names = self.members[observation]
+            name = next((n for n in names if self.jobs[n].is_keras), names[0])
+        elif name not in self.jobs:
+            raise HTTPException(400, f"unknown job {name!r}; the demo serves {', '.join(self.jobs)}")
+        elif observation not in self.jobs[name].tasks:
+            raise HTTPException(400, f"job {name} does not predict {observation}; "
+                                f"{', '.join(self.members[observation])} do")
+        return name, self.jobs[name]
+
+
+def create_app(job_dirs: str | Sequence[str], *, max_upload_mb: float = 20.0, max_concurrent: int = 2) -> FastAPI:
+    """Builds the app around one or several trained jobs (loaded once).
 
     Args:
-        job_dir: a trainer.task job folder or its SavedModel export.
+        job_dirs: a trainer.task job folder or its SavedModel export, or several: one bar
+            per pathology, the mean where several jobs predict the same one (``Panel``).
         max_upload_mb: the largest accepted file, MiB.
         max_concurrent: requests that may read and score an image at the same time; the
             next gets 503 with Retry-After.
+
+    Raises:
+        inference.JobError: a folder without a usable model, or jobs that cannot be served
+            together (``ServeError``).
     """
     if max_concurrent < 1:
         raise ValueError(f"max_concurrent={max_concurrent}: at least one request must be served")
-    job = inference.load_job(job_dir)
+    panel = Panel([job_dirs] if isinstance(job_dirs, str) else list(job_dirs))
     limit = int(max_upload_mb * 2**20)
     # A thread semaphore, taken without blocking from the event loop: the check and the
     # take are one step, so no two requests can both see the last slot free.
     slots = threading.BoundedSemaphore(max_concurrent)
     app = FastAPI(title="CheXpert demo", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(AccessLog)
+    app.state.panel = panel
 
     async def upload(request: Request, work):
         """Runs ``work(filename, data)`` in a worker thread on the request's uploaded file,
@@ -231,19 +442,24 @@ def create_app(job_dir: str, *, max_upload_mb: float = 20.0, max_concurrent: int
         finally:
             slots.release()
 
-    def model_input(filename: str, data: bytes) -> np.ndarray:
+    def model_inputs(filename: str, data: bytes) -> dict[str, np.ndarray]:
         try:
-            return inference.model_input(data, filename, job.cfg)
+            return panel.model_inputs(filename, data)
         except chexpert.RowError as e:
             raise HTTPException(400, f"{filename}: {MESSAGES.get(e.reason, e.reason)}") from None
 
-    @app.exception_handler(HTTPException)
-    def http_error(request, exc: HTTPException):
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    def error_response(request: Request, status: int, message: str, headers=None) -> JSONResponse:
+        request.scope[AccessLog.ERROR_KEY] = message  # for the access log line
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    # Starlette's own class: the router's 404 and 405 answer in the same shape as ours.
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request: Request, exc: StarletteHTTPException):
+        return error_response(request, exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(UploadError)
-    def upload_error(request, exc: UploadError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+    def upload_error(request: Request, exc: UploadError):
+        return error_response(request, exc.status, exc.message)
 
     @app.get("/")
     def index():
@@ -251,36 +467,45 @@ def create_app(job_dir: str, *, max_upload_mb: float = 20.0, max_concurrent: int
 
     @app.get("/api/info")
     def info():
-        return {"tasks": list(job.tasks), "threshold": job.cfg.threshold, "image_size": job.cfg.image_size,
-                "names": {t: chexpert.SLUG_TO_NAME[t] for t in job.tasks}}
+        return {"tasks": list(panel.tasks), "threshold": panel.threshold, "thresholds": panel.thresholds,
+                "image_size": panel.first.cfg.image_size,
+                "names": {t: chexpert.SLUG_TO_NAME[t] for t in panel.tasks},
+                "jobs": panel.describe(), "combine": panel.combine()}
 
     def score(filename: str, data: bytes) -> dict:
-        image = model_input(filename, data)
-        probs = inference.predict_batch(job, image[None])[0]
-        warnings = []
-        if job.cfg.views == "frontal" and inference.is_lateral(filename, data):
-            warnings.append("This looks like a lateral view; the model was trained on frontal views.")
-        return {"file": filename, "threshold": job.cfg.threshold,
-                "probabilities": {t: float(p) for t, p in zip(job.tasks, probs)},
-                "positive": [t for t, p in zip(job.tasks, probs) if p >= job.cfg.threshold],
-                "image": _png_data_url(Image.fromarray(image[..., 0])), "warnings": warnings}
+        inputs = model_inputs(filename, data)
+        probabilities, members = panel.score(inputs)
+        view = views.view_of(filename, data)
+        return {"file": filename, "threshold": panel.threshold, "thresholds": panel.thresholds,
+                "probabilities": probabilities,
+                "positive": [t for t, p in probabilities.items() if p >= panel.thresholds[t]],
+                "members": members, "combine": panel.combine(), "view": view,
+                # The first job's input: with several jobs their inputs may differ in size only.
+                "image": _png_data_url(Image.fromarray(inputs[next(iter(panel.jobs))][..., 0])),
+                "warnings": panel.warnings(view), "jobs": panel.describe()}
 
     @app.post("/api/predict")
     async def predict_upload(request: Request):
         return await upload(request, score)
 
     @app.post("/api/heatmap")
-    async def heatmap(request: Request, observation: str = Query(...)):
-        if observation not in job.tasks:
-            raise HTTPException(400, f"unknown observation {observation!r}; the model predicts {', '.join(job.tasks)}")
+    async def heatmap(request: Request, observation: str = Query(...), job: str | None = Query(None)):
+        name, chosen = panel.heatmap_job(observation, job)
 
         def explain(filename: str, data: bytes) -> dict:
-            image = model_input(filename, data)
             try:
-                cam = predict.grad_cam(job, image, observation)
+                image = inference.model_input(data, filename, chosen.cfg)
+            except chexpert.RowError as e:
+                raise HTTPException(400, f"{filename}: {MESSAGES.get(e.reason, e.reason)}") from None
+            try:
+                cam = predict.grad_cam(chosen, image, observation)
             except inference.JobError as e:
                 raise HTTPException(400, f"{filename}: {e}") from None
-            return {"observation": observation, "overlay": _png_data_url(predict.overlay(image, cam))}
+            except Exception:  # a model Grad-CAM cannot walk: the traceback goes to the log, a message to the page
+                log.exception("Grad-CAM of %s for %s failed", name, observation)
+                raise HTTPException(500, f"{filename}: the Grad-CAM of job {name} for {observation} failed "
+                                    "(the server log has the traceback)") from None
+            return {"observation": observation, "job": name, "overlay": _png_data_url(predict.overlay(image, cam))}
 
         return await upload(request, explain)
 
@@ -289,7 +514,9 @@ def create_app(job_dir: str, *, max_upload_mb: float = 20.0, max_concurrent: int
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--job_dir", default=DEFAULT_JOB, help="A trainer.task job folder (default: make demo's).")
+    parser.add_argument("--job_dir", action="append", default=None,
+                        help="A trainer.task job folder (default: make demo's jobs/atelectasis). Repeat it to serve "
+                             "several: one bar per pathology, the mean of the jobs that predict the same one.")
     parser.add_argument("--host", default="127.0.0.1", help="Interface to bind; 0.0.0.0 exposes it to the network.")
     parser.add_argument("--port", type=int, default=8000, help="Port.")
     parser.add_argument("--max_upload_mb", type=float, default=20.0,
@@ -300,15 +527,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_concurrent < 1:
         parser.error(f"--max_concurrent={args.max_concurrent}: must be at least 1")
+    job_dirs = args.job_dir or [DEFAULT_JOB]
+    # The access log (webdemo.access) and the demo's own lines at INFO on stderr; everything
+    # else (TensorFlow, uvicorn's internals) at WARNING as before.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("webdemo").setLevel(logging.INFO)
     try:
-        app = create_app(args.job_dir, max_upload_mb=args.max_upload_mb, max_concurrent=args.max_concurrent)
+        app = create_app(job_dirs, max_upload_mb=args.max_upload_mb, max_concurrent=args.max_concurrent)
+    except ServeError as e:
+        print(f"webdemo: error: {e}", file=sys.stderr)
+        return 2
     except inference.JobError as e:
         print(f"webdemo: error: {e}\n(train one first, e.g. `make demo`)", file=sys.stderr)
         return 2
     import uvicorn
 
-    print(f"serving {args.job_dir} on http://{args.host}:{args.port}")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    for job in app.state.panel.describe():
+        print(f"{job['name']}: {', '.join(job['tasks'])}; {job['provenance']}")
+        if job["synthetic"]:
+            log.warning("%s was trained on SYNTHETIC data; the page says so next to every answer", job["name"])
+    print(f"serving {', '.join(job_dirs)} on http://{args.host}:{args.port}")
+    # Our AccessLog middleware writes the access lines (with the error message); uvicorn's
+    # own would repeat them without it.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 
 
