@@ -170,9 +170,6 @@ def test_api_heatmap_failure_is_a_message(client, caplog):
     assert r.status_code == 500 and "Grad-CAM" in r.json()["error"] and "cardiomegaly" in r.json()["error"]
 
 
-@pytest.mark.xfail(strict=True, reason="trainer.predict.grad_cam applies p_<task> (a Reshape to (B,)) straight to "
-                   "the head's logits, which fails for a 3-class head since model.keras gained logit_/sigmoid_ layers; "
-                   "trainer/predict.py is another worktree's to fix")
 def test_api_heatmap_of_a_three_class_head(client):
     r = client.post("/api/heatmap", params={"observation": "cardiomegaly"},
                     files={"file": ("x.jpg", _xray_jpeg(), "image/jpeg")})
