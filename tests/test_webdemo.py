@@ -726,3 +726,22 @@ def test_page_several_jobs_say_which_bar_is_an_ensemble_and_what_each_was_traine
                     and _images(d)["heatmap"]["width"] > 0)
     _no_broken_images(browser)
     page.shot("7-three-jobs")
+
+
+def test_stalled_uploads_lose_their_slots_after_the_upload_deadline(trained_job):
+    """Two clients that send headers and part of a body, then stall, would otherwise hold both
+    scoring slots for as long as they keep their sockets open (everyone else: 503)."""
+    good = _form("x.jpg", _xray_jpeg())
+    for base in _serve(webapp.create_app(trained_job, max_upload_mb=LIMIT_MB, max_concurrent=2,
+                                         upload_timeout_s=1.0)):
+        stalled = []
+        for _ in range(2):
+            sock = _connect(base)
+            sock.sendall(_head(base, "/api/predict", length=len(good)) + good[:100])
+            stalled.append(sock)
+        for sock in stalled:  # each gets 408 once its deadline passes, naming what it sent
+            status, _, body = _read_response(sock)
+            sock.close()
+            assert status == 408 and "took longer than 1 s" in json.loads(body)["error"]
+        r = httpx.post(f"{base}/api/predict", files={"file": ("x.jpg", _xray_jpeg(), "image/jpeg")}, timeout=30)
+        assert r.status_code == 200  # the slots are free again

@@ -29,6 +29,7 @@ largest image it accepts; BUILD_NOTES.md).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import io
 import logging
@@ -146,7 +147,8 @@ class FileField:
         self.complete = True
 
 
-async def read_file_field(request: Request, limit: int, max_upload_mb: float) -> tuple[str, bytes]:
+async def read_file_field(request: Request, limit: int, max_upload_mb: float,
+                          timeout_s: float = 30.0) -> tuple[str, bytes]:
     """Reads the ``file`` field of a multipart/form-data request, never holding more than
     ``limit`` bytes of it (plus one chunk of the body).
 
@@ -159,7 +161,8 @@ async def read_file_field(request: Request, limit: int, max_upload_mb: float) ->
 
     Raises:
         UploadError: 413 when the file or the body passes its limit, 422 when the request
-            has no ``file`` field, 400 when the form is malformed or ends early.
+            has no ``file`` field, 400 when the form is malformed or ends early, 408 when the
+            body has not arrived within ``timeout_s``.
     """
     ctype, options = parse_options_header(request.headers.get("content-type"))
     boundary = options.get(b"boundary")
@@ -171,13 +174,19 @@ async def read_file_field(request: Request, limit: int, max_upload_mb: float) ->
         raise UploadError(400, f"upload: malformed form ({e})") from None
     received = 0
     try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit + FORM_OVERHEAD:
-                raise UploadError(413, f"{field.filename}: larger than the {max_upload_mb:g} MB upload limit")
-            field.parser.write(chunk)
-            if field.too_large:
-                raise UploadError(413, f"{field.filename}: larger than the {max_upload_mb:g} MB upload limit")
+        # A deadline for the whole body: a client that sends headers and then stalls would
+        # otherwise hold its scoring slot for as long as it keeps the socket open.
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit + FORM_OVERHEAD:
+                    raise UploadError(413, f"{field.filename}: larger than the {max_upload_mb:g} MB upload limit")
+                field.parser.write(chunk)
+                if field.too_large:
+                    raise UploadError(413, f"{field.filename}: larger than the {max_upload_mb:g} MB upload limit")
+    except TimeoutError:
+        raise UploadError(408, f"{field.filename or 'upload'}: the upload took longer than {timeout_s:g} s "
+                               f"({received} bytes received); send it again") from None
     except MultipartParseError as e:
         raise UploadError(400, f"{field.filename}: malformed upload form ({e})") from None
     except ClientDisconnect:
@@ -402,7 +411,8 @@ class Panel:
         return name, self.jobs[name]
 
 
-def create_app(job_dirs: str | Sequence[str], *, max_upload_mb: float = 20.0, max_concurrent: int = 2) -> FastAPI:
+def create_app(job_dirs: str | Sequence[str], *, max_upload_mb: float = 20.0, max_concurrent: int = 2,
+               upload_timeout_s: float = 30.0) -> FastAPI:
     """Builds the app around one or several trained jobs (loaded once).
 
     Args:
@@ -411,6 +421,8 @@ def create_app(job_dirs: str | Sequence[str], *, max_upload_mb: float = 20.0, ma
         max_upload_mb: the largest accepted file, MiB.
         max_concurrent: requests that may read and score an image at the same time; the
             next gets 503 with Retry-After.
+        upload_timeout_s: a request's whole body must arrive within this, else 408 and its
+            slot is free again (a stalled client cannot hold one).
 
     Raises:
         inference.JobError: a folder without a usable model, or jobs that cannot be served
@@ -435,7 +447,7 @@ def create_app(job_dirs: str | Sequence[str], *, max_upload_mb: float = 20.0, ma
             raise HTTPException(503, f"the server is busy scoring {max_concurrent} other image(s); "
                                 f"try again in {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
         try:
-            filename, data = await read_file_field(request, limit, max_upload_mb)
+            filename, data = await read_file_field(request, limit, max_upload_mb, upload_timeout_s)
             # Decoding and the model run off the event loop, so other requests are answered
             # (or refused) meanwhile.
             return await run_in_threadpool(work, filename, data)
@@ -521,19 +533,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="Port.")
     parser.add_argument("--max_upload_mb", type=float, default=20.0,
                         help="Largest accepted upload in MiB; larger ones get 413 before their body is read.")
+    parser.add_argument("--upload_timeout_s", type=float, default=30.0,
+                        help="A request's whole upload must arrive within this many seconds (else 408), so a "
+                             "stalled client cannot hold a scoring slot.")
     parser.add_argument("--max_concurrent", type=int, default=2,
                         help="Requests scored at once (each holds up to one upload and one decoded image); "
                              "more get 503 with Retry-After. Default 2, one per core here.")
     args = parser.parse_args(argv)
     if args.max_concurrent < 1:
         parser.error(f"--max_concurrent={args.max_concurrent}: must be at least 1")
+    if not args.upload_timeout_s > 0:
+        parser.error(f"--upload_timeout_s={args.upload_timeout_s}: must be more than 0")
     job_dirs = args.job_dir or [DEFAULT_JOB]
     # The access log (webdemo.access) and the demo's own lines at INFO on stderr; everything
     # else (TensorFlow, uvicorn's internals) at WARNING as before.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("webdemo").setLevel(logging.INFO)
     try:
-        app = create_app(job_dirs, max_upload_mb=args.max_upload_mb, max_concurrent=args.max_concurrent)
+        app = create_app(job_dirs, max_upload_mb=args.max_upload_mb, max_concurrent=args.max_concurrent,
+                         upload_timeout_s=args.upload_timeout_s)
     except ServeError as e:
         print(f"webdemo: error: {e}", file=sys.stderr)
         return 2
