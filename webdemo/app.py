@@ -39,20 +39,47 @@ import threading
 import time
 from collections.abc import Sequence
 
-import numpy as np
-from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
-from PIL import Image
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
-from pipeline import views
-from schemas import chexpert
-from trainer import config as config_lib
-from trainer import inference, predict
+def make_parser() -> argparse.ArgumentParser:
+    """The demo's flags (argparse only: parsed before TensorFlow loads, so --help is quick)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--job_dir", action="append", default=None,
+                        help="A trainer.task job folder (default: make demo's jobs/atelectasis). Repeat it to serve "
+                             "several: one bar per pathology, the mean of the jobs that predict the same one.")
+    parser.add_argument("--host", default="127.0.0.1", help="Interface to bind; 0.0.0.0 exposes it to the network.")
+    parser.add_argument("--port", type=int, default=8000, help="Port.")
+    parser.add_argument("--max_upload_mb", type=float, default=20.0,
+                        help="Largest accepted upload in MiB; larger ones get 413 before their body is read.")
+    parser.add_argument("--upload_timeout_s", type=float, default=30.0,
+                        help="A request's whole upload must arrive within this many seconds (else 408), so a "
+                             "stalled client cannot hold a scoring slot.")
+    parser.add_argument("--max_concurrent", type=int, default=2,
+                        help="Requests scored at once (each holds up to one upload and one decoded image); "
+                             "more get 503 with Retry-After. Default 2, one per core here.")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Show TensorFlow's own start-up lines (hidden by default).")
+    return parser
+
+
+if __name__ == "__main__":  # flags first, then TensorFlow, quietly (trainer/startup.py)
+    from trainer import startup
+
+    startup.load_tensorflow(make_parser().parse_args().verbose)
+
+import numpy as np  # noqa: E402
+from fastapi import FastAPI, HTTPException, Query, Request  # noqa: E402
+from fastapi.responses import FileResponse, JSONResponse  # noqa: E402
+from PIL import Image  # noqa: E402
+from python_multipart.exceptions import MultipartParseError  # noqa: E402
+from python_multipart.multipart import MultipartParser, parse_options_header  # noqa: E402
+from starlette.concurrency import run_in_threadpool  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+from starlette.requests import ClientDisconnect  # noqa: E402
+
+from pipeline import views  # noqa: E402
+from schemas import chexpert  # noqa: E402
+from trainer import config as config_lib  # noqa: E402
+from trainer import inference, predict  # noqa: E402
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 DEFAULT_JOB = "jobs/atelectasis"
@@ -525,20 +552,7 @@ def create_app(job_dirs: str | Sequence[str], *, max_upload_mb: float = 20.0, ma
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--job_dir", action="append", default=None,
-                        help="A trainer.task job folder (default: make demo's jobs/atelectasis). Repeat it to serve "
-                             "several: one bar per pathology, the mean of the jobs that predict the same one.")
-    parser.add_argument("--host", default="127.0.0.1", help="Interface to bind; 0.0.0.0 exposes it to the network.")
-    parser.add_argument("--port", type=int, default=8000, help="Port.")
-    parser.add_argument("--max_upload_mb", type=float, default=20.0,
-                        help="Largest accepted upload in MiB; larger ones get 413 before their body is read.")
-    parser.add_argument("--upload_timeout_s", type=float, default=30.0,
-                        help="A request's whole upload must arrive within this many seconds (else 408), so a "
-                             "stalled client cannot hold a scoring slot.")
-    parser.add_argument("--max_concurrent", type=int, default=2,
-                        help="Requests scored at once (each holds up to one upload and one decoded image); "
-                             "more get 503 with Retry-After. Default 2, one per core here.")
+    parser = make_parser()
     args = parser.parse_args(argv)
     if args.max_concurrent < 1:
         parser.error(f"--max_concurrent={args.max_concurrent}: must be at least 1")
