@@ -17,7 +17,7 @@ import pytest
 
 from pipeline import make_sample, score, storage
 from trainer import inference, predict
-from tests import images, outputs
+from tests import images, outputs, studies_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,6 +106,32 @@ def _kill_at_random_point(cmd, out_dir, seed):
     time.sleep(random.Random(seed).uniform(0.0, 2.5))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def test_score_commits_a_study_csv_equal_to_predicts(trained_job, sample_dir, tmp_path):
+    folder = studies_folder.build(sample_dir, str(tmp_path / "in"))
+    m = _score(trained_job, tmp_path / "out", f"--input_pattern={folder}")
+    # In the snapshot, named by the manifest with its size: committed like every other output.
+    assert m["outputs"]["studies_csv"] == f"{m['snapshot']}/studies.csv"
+    assert m["files"][m["outputs"]["studies_csv"]] == os.path.getsize(_output(tmp_path / "out", "studies_csv"))
+    assert m["studies"] == {"studies": 6, "without_frontal": 1, "outside": 1}
+    assert {r["path"]: r["view"] for r in _lines(_output(tmp_path / "out", "scores_jsonl"))}[
+        os.path.join(folder, studies_folder.ITS_LATERAL)] == "lateral"
+    doc = predict.run(inference.load_job(trained_job), [folder], str(tmp_path / "predict"), threshold=0.35)
+    assert doc["studies"]["csv"] == "predictions_studies.csv"
+
+    def read(path):
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        return rows[0], {r[0]: [float(v) for v in r[1:]] for r in rows[1:]}
+
+    header, scored = read(_output(tmp_path / "out", "studies_csv"))
+    want_header, predicted = read(tmp_path / "predict" / "predictions_studies.csv")
+    assert header == want_header == ["Study", "Cardiomegaly", "Atelectasis"]  # the job's tasks, in CSV order
+    assert sorted(scored) == sorted(predicted) and len(scored) == 6
+    for study, values in scored.items():
+        # Both round to 6 decimals: equal, or one unit apart in the last place.
+        assert values == pytest.approx(predicted[study], abs=1e-6 + 1e-12), study
 
 
 @pytest.mark.parametrize("seed", [1, 2])
