@@ -134,6 +134,34 @@ def test_score_commits_a_study_csv_equal_to_predicts(trained_job, sample_dir, tm
         assert values == pytest.approx(predicted[study], abs=1e-6 + 1e-12), study
 
 
+def test_score_takes_views_from_a_csvs_column_and_rescores_a_row_whose_view_changed(trained_job, sample_dir,
+                                                                                      tmp_path):
+    csv_path = tmp_path / "valid.csv"
+    shutil.copy(os.path.join(sample_dir, make_sample.DATASET_DIR, "valid.csv"), csv_path)
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        header, table = reader.fieldnames, list(reader)
+    flags = [f"--csv={csv_path}", f"--image_root={sample_dir}", "--incremental"]
+    m = _score(trained_job, tmp_path / "out", *flags)
+    assert {r["path"]: r["view"] for r in _lines(_output(tmp_path / "out", "scores_jsonl"))} == {
+        t["Path"]: t["Frontal/Lateral"].lower() for t in table}
+    with open(_output(tmp_path / "out", "studies_csv"), newline="") as f:
+        # Studies as the competition names them: the CSV's path up to the study folder.
+        assert [r["Study"] for r in csv.DictReader(f)] == sorted({t["Path"].rsplit("/", 1)[0] for t in table})
+    assert m["studies"]["outside"] == 0
+    # A lateral relabelled Frontal in the CSV (its file name still says lateral): the CSV wins
+    # over the name, the run is not "nothing new", and only that row is scored again.
+    lateral = next(t for t in table if t["Frontal/Lateral"] == "Lateral")
+    lateral["Frontal/Lateral"] = "Frontal"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(table)
+    again = _score(trained_job, tmp_path / "out", *flags)
+    assert not again["nothing_new"] and (again["scored_this_run"], again["carried_over"]) == (1, len(table) - 1)
+    assert {r["path"]: r["view"] for r in _lines(_output(tmp_path / "out", "scores_jsonl"))}[lateral["Path"]] == "frontal"
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_build_records_killed_then_rerun_equals_an_uninterrupted_run(sample_dir, tmp_path, seed):
     args = [f"--input_dir={sample_dir}", "--image_size=64", "--num_shards=3", "--runner=DirectRunner"]
