@@ -359,6 +359,35 @@ def resize(pixels: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
 
 
+def resize_frame(height: int, width: int, mode: str = "squash") -> tuple[int, int, int, int]:
+    """Where ``resize``'s square output lies on its input, for mapping results back.
+
+    ``resize(pixels, size, mode)`` shows, stretched uniformly to ``size`` x ``size``, the
+    rectangle returned here: the whole image (``squash``, each axis by its own factor), its
+    centre square (``crop``: the rest was never seen), or a square larger than the image
+    (``pad``: the top/left offsets are negative and the part outside the image is black).
+    Output pixel ``(i, j)`` covers input rows ``top + [i, i + 1) * frame_height / size`` and
+    columns ``left + [j, j + 1) * frame_width / size``. Kept beside ``resize`` and tested
+    against it, so the two cannot drift apart.
+
+    Args:
+        height, width: the decoded image's size, as ``resize`` received it.
+        mode: a ``RESIZE_MODES`` value.
+
+    Returns:
+        ``(top, left, frame_height, frame_width)`` in input pixels, ints.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode {mode!r}; expected one of {RESIZE_MODES}")
+    if mode == "crop" and height != width:
+        side = min(height, width)
+        return (height - side) // 2, (width - side) // 2, side, side
+    if mode == "pad" and height != width:
+        side = max(height, width)
+        return -((side - height) // 2), -((side - width) // 2), side, side
+    return 0, 0, height, width
+
+
 def encode(pixels: np.ndarray, encoding: str = "png") -> bytes:
     """Encodes a uint8 (height, width) image as PNG (lossless), raw bytes or JPEG (q=95)."""
     if encoding == "raw":

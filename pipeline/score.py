@@ -9,7 +9,10 @@ Each input is read and preprocessed with the records job's own code (JPEG, PNG, 
 scored in batches by ``RunInference`` with the job's ``model.keras`` (or its SavedModel,
 ``--model_format=saved_model``), and written as ``scores.csv`` and ``scores.jsonl`` (one row
 per input, sorted by path: P(positive) per observation and the positive calls at the
-model's threshold) and ``rejected.jsonl`` (unreadable inputs with the reason), in a new
+model's threshold; the JSON rows also carry each image's view), ``studies.csv`` (the CheXpert
+competition's format, ``Study,<observations>``, one row per ``.../patientN/studyM`` study:
+the max over its frontal images, ``pipeline.studies``; inputs in no study folder are left
+out and counted in the manifest) and ``rejected.jsonl`` (unreadable inputs with the reason), in a new
 snapshot folder ``OUTPUT/snapshot-.../`` that ``OUTPUT/manifest.json`` (counts, model,
 threshold, input fingerprint, ``outputs``: where the files are) commits. Inputs = scored +
 rejected, or nothing is committed.
@@ -45,12 +48,16 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from pipeline import commit as commit_lib
-from pipeline import imaging, records, runs, storage
+from pipeline import imaging, records, runs, storage, studies
+from pipeline.studies import model_data
 from schemas import chexpert
 
 log = logging.getLogger("score")
 NAMESPACE = "score"
 REJECTED = "rejected"
+# Part of every run's fingerprint; raised when a run writes outputs its predecessors did
+# not (2: studies.csv and the rows' views), so that no older commit counts as "nothing new".
+OUTPUTS_VERSION = "outputs=2"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -89,11 +96,16 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Input:
-    """One thing to score: its key in the output and where its bytes are."""
+    """One thing to score: its key in the output and where its bytes are.
+
+    ``view`` is the view a CSV row gave it (``frontal``, ``lateral``, ``unknown``), or None
+    when it was not listed by a CSV.
+    """
 
     key: str
     path: str
     stat: str
+    view: str | None = None
 
 
 def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
@@ -139,7 +151,7 @@ def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
             continue
         seen.add(path)
         full = os.path.join(root, path)
-        inputs.append(Input(path, full, runs.file_stat(full)))
+        inputs.append(Input(path, full, runs.file_stat(full), studies.csv_view(item.cells.get(chexpert.COL_VIEW))))
     if inputs and all(i.stat == "missing" for i in inputs):
         state = "does not exist" if not os.path.isdir(root) else "holds none of them"
         raise ConfigError(f"{root}: the {len(inputs)} images --csv={opts.csv} lists are relative to this folder, but "
@@ -148,7 +160,8 @@ def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
 
 
 class LoadImageFn(beam.DoFn):
-    """Input -> (key, uint8 (S, S, 1)) as the model saw images in training; unreadable
+    """Input -> ((key, view), uint8 (S, S, 1)) as the model saw images in training, with the
+    image's view (``studies.input_view``: its DICOM tag, its CSV row, its file name); unreadable
     inputs are REJECTED with the reason."""
 
     def __init__(self, job_dir: str):
@@ -169,7 +182,8 @@ class LoadImageFn(beam.DoFn):
             imaging.refuse_non_file(item.path, item.key)
             with FileSystems.open(item.path, compression_type="uncompressed") as f:
                 data = f.read()
-            yield item.key, self._model_input(data, item.key, self.cfg)
+            image = self._model_input(data, item.key, self.cfg)
+            yield (item.key, studies.input_view(item.key, data, item.view)), image
         except chexpert.RowError as e:
             Metrics.counter(NAMESPACE, f"rejected_{e.reason}").inc()
             yield beam.pvalue.TaggedOutput(REJECTED, {"key": item.key, "reason": e.reason, "detail": e.detail})
@@ -214,10 +228,12 @@ class ChexpertModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
         return NAMESPACE
 
 
-def score_row(key: str, probs: dict, threshold: float) -> dict:
-    """One output row: probabilities rounded to 6 decimals (stable across batchings)."""
+def score_row(key: str, probs: dict, threshold: float, view: str = studies.UNKNOWN) -> dict:
+    """One output row: probabilities rounded to 6 decimals (stable across batchings), and the
+    image's view, which ``studies.csv`` needs (an incremental run carries rows over)."""
     rounded = {t: round(float(p), 6) for t, p in probs.items()}
-    return {"path": key, "probabilities": rounded, "positive": [t for t, p in rounded.items() if p >= threshold]}
+    return {"path": key, "probabilities": rounded, "positive": [t for t, p in rounded.items() if p >= threshold],
+            "view": view}
 
 
 def build_pipeline(p, inputs: list[Input], job_dir: str, model_format: str, threshold: float, batch_size: int,
@@ -227,7 +243,8 @@ def build_pipeline(p, inputs: list[Input], job_dir: str, model_format: str, thre
                 | "LoadImages" >> beam.ParDo(LoadImageFn(job_dir)).with_outputs(REJECTED, main="images"))
     (loaded.images
      | "RunInference" >> RunInference(KeyedModelHandler(ChexpertModelHandler(job_dir, model_format, batch_size)))
-     | "ToRows" >> beam.MapTuple(lambda key, result: json.dumps(score_row(key, result.inference, threshold)))
+     | "ToRows" >> beam.MapTuple(lambda key_view, result: json.dumps(
+         score_row(key_view[0], result.inference, threshold, view=key_view[1])))
      | "WriteScores" >> beam.io.WriteToText(posixpath.join(snapshot_dir, "scores"), file_name_suffix=".jsonl"))
     (loaded[REJECTED]
      | "RejectsToJson" >> beam.Map(json.dumps)
@@ -247,23 +264,26 @@ def _model_digest(job_dir: str, model_format: str) -> str:
     return h.hexdigest()
 
 
-def model_data(provenance: dict | None) -> str:
-    """``synthetic``, ``real`` or ``unknown``: what the model was trained on, for each row."""
-    if not provenance:
-        return "unknown"
-    return "synthetic" if provenance.get("synthetic") else "real"
+def study_table(rows: list[dict], tasks: Sequence[str]) -> studies.StudyTable:
+    """The score rows as studies (``pipeline.studies.aggregate``). A row committed before rows
+    carried their view (none is carried over any more, see ``_score_into``) would be judged by
+    its file name."""
+    return studies.aggregate(((r["path"], r.get("view") or studies.input_view(r["path"]), r["probabilities"])
+                              for r in rows), tasks)
 
 
 def write_outputs(output_dir: str, snapshot: str, rows: list[dict], rejected: list[dict],
                   tasks: Sequence[str], provenance: dict | None = None) -> dict[str, str]:
-    """Writes scores and dead letters into the run's snapshot folder. Every score row says
-    what data the model was trained on (``model_data``), so a CSV passed on alone still does.
+    """Writes scores, the study CSV and dead letters into the run's snapshot folder. Every
+    score row says what data the model was trained on (``model_data``), so a CSV passed on
+    alone still does.
 
     Returns:
-        {"scores_jsonl" | "scores_csv" | "rejected": path relative to ``output_dir``}.
+        {"scores_jsonl" | "scores_csv" | "studies_csv" | "rejected": path relative to
+        ``output_dir``}.
     """
     rel = {"scores_jsonl": f"{snapshot}/scores.jsonl", "scores_csv": f"{snapshot}/scores.csv",
-           "rejected": f"{snapshot}/rejected.jsonl"}
+           "studies_csv": f"{snapshot}/studies.csv", "rejected": f"{snapshot}/rejected.jsonl"}
     storage.write_bytes(storage.join(output_dir, rel["scores_jsonl"]),
                         "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
     buf = io.StringIO()
@@ -273,6 +293,8 @@ def write_outputs(output_dir: str, snapshot: str, rows: list[dict], rejected: li
     for r in rows:
         writer.writerow([r["path"]] + [f"{r['probabilities'][t]:.6f}" for t in tasks] + [";".join(r["positive"]), data])
     storage.write_bytes(storage.join(output_dir, rel["scores_csv"]), buf.getvalue().encode())
+    storage.write_bytes(storage.join(output_dir, rel["studies_csv"]),
+                        studies.to_csv(study_table(rows, tasks), tasks).encode())
     storage.write_bytes(storage.join(output_dir, rel["rejected"]),
                         "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected).encode())
     return rel
@@ -335,8 +357,11 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     tasks, threshold = job_cfg["tasks"], opts.threshold if opts.threshold is not None else job_cfg["threshold"]
     inputs, csv_rejects = list_inputs(opts)
     model = _model_digest(opts.job_dir, opts.model_format)
-    fp = runs.fingerprint([model, str(threshold), opts.model_format, json.dumps(csv_rejects, sort_keys=True)]
-                          + [f"{i.key}\t{i.stat}" for i in inputs])
+    # OUTPUTS_VERSION: a run committed before studies.csv existed is never "nothing new". A
+    # CSV's view column is part of an input: editing it changes studies.csv.
+    fp = runs.fingerprint([model, str(threshold), opts.model_format, json.dumps(csv_rejects, sort_keys=True),
+                           OUTPUTS_VERSION]
+                          + [f"{i.key}\t{i.stat}" + (f"\t{i.view}" if i.view else "") for i in inputs])
     out = opts.output_dir
     with commit_lib.exclusive(out):
         previous = commit_lib.committed(out, opts.overwrite)
@@ -358,6 +383,16 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     return manifest
 
 
+def _carries(row: dict | None, item: Input) -> bool:
+    """Whether an unchanged input's committed row can be carried over as it is: not when it
+    predates rows' views (studies.csv needs them), nor when the CSV now gives another view
+    than the row holds (an edited Frontal/Lateral cell; also, every run, a DICOM whose
+    ViewPosition contradicts its CSV row, which is rare and costs one image)."""
+    if row is None or "view" not in row:
+        return False
+    return item.view not in (studies.FRONTAL, studies.LATERAL) or row["view"] == item.view
+
+
 def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects: list[dict], model: str,
                 tasks: Sequence[str], threshold: float, fp: str, snapshot: str, snapshot_dir: str,
                 provenance: dict | None) -> dict:
@@ -371,7 +406,7 @@ def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects:
         index = previous.get("index", {})
         todo = []
         for i in inputs:
-            if index.get(i.key) == i.stat and (i.key in old_rows or i.key in old_rejects):
+            if index.get(i.key) == i.stat and (_carries(old_rows.get(i.key), i) or i.key in old_rejects):
                 carried[i.key] = old_rows.get(i.key) or {"rejected": old_rejects[i.key]}
             else:
                 todo.append(i)
@@ -401,6 +436,7 @@ def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects:
     for r in rejects:
         by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
     outputs = write_outputs(out, snapshot, rows, rejects, tasks, provenance)
+    table = study_table(rows, tasks)
     manifest = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "output_dir": out, "job_dir": opts.job_dir, "model_format": opts.model_format, "model": model, "tasks": tasks,
@@ -408,6 +444,8 @@ def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects:
         "rejected_by_reason": by_reason, "scored_this_run": len(todo), "carried_over": len(carried),
         "fingerprint": fp, "index": {i.key: i.stat for i in inputs},
         "positives": {t: sum(t in r["positive"] for r in rows) for t in tasks},
+        "studies": {"studies": len(table.studies), "without_frontal": table.without_frontal,
+                    "outside": len(table.outside)},
         "model_provenance": provenance, "model_data": model_data(provenance),
         "snapshot": snapshot, "outputs": outputs, "files": commit_lib.file_sizes(out, sorted(outputs.values())),
     }
@@ -444,8 +482,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          if m["rejected"] else ""))
     print("positive calls: " + ", ".join(f"{t} {n}" for t, n in m["positives"].items()))
     out, m_dir = m["outputs"], m["output_dir"]
+    s = m["studies"]
+    print(f"studies: {s['studies']} (max over frontal images)"
+          + (f", {s['without_frontal']} without a frontal image (max over their other views)" if s["without_frontal"]
+             else "")
+          + (f"; {s['outside']} input(s) not in a .../patientNNNNN/studyM/ folder left out of studies.csv"
+             if s["outside"] else ""))
     print(f"scores in {storage.join(m_dir, out['scores_csv'])} and {storage.join(m_dir, out['scores_jsonl'])}, "
-          f"rejects in {storage.join(m_dir, out['rejected'])} (committed by {storage.join(m_dir, 'manifest.json')})")
+          f"studies in {storage.join(m_dir, out['studies_csv'])}, rejects in {storage.join(m_dir, out['rejected'])} (committed by {storage.join(m_dir, 'manifest.json')})")
     return 0
 
 

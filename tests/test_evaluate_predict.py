@@ -20,6 +20,7 @@ from pipeline import make_sample
 from trainer import evaluate, inference, metrics, predict
 from trainer import model as model_lib
 from tests import images
+from tests.test_views import dicom_with_view
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,14 +77,23 @@ def test_predict_scores_batches_flags_laterals_and_reports_bad_files(trained_job
     valid = os.path.join(sample_dir, make_sample.DATASET_DIR, "valid")
     frontal = sorted(p for p in (os.path.join(r, f) for r, _, fs in os.walk(valid) for f in fs) if "frontal" in p)
     shutil.copy(frontal[0], folder / "a_frontal.jpg")
-    (folder / "b_lateral.png").write_bytes(images.png_bytes(images.gradient(390, 320, np.uint16, 4095)))
+    (folder / "b").mkdir()
+    (folder / "b" / "view2_lateral.png").write_bytes(images.png_bytes(images.gradient(390, 320, np.uint16, 4095)))
     (folder / "c.dcm").write_bytes(images.dicom_bytes(images.gradient(64, 64, np.uint16, 4000)))
     (folder / "d.jpg").write_bytes(b"%PDF-1.4 not an image")
+    (folder / "e.dcm").write_bytes(dicom_with_view("LL"))
+    shutil.copy(frontal[1], folder / "lateral_scan.jpg")  # a frontal whose free name says "lateral"
     files = predict.list_inputs([str(folder)])
     results, failures = predict.predict_files(job, files, threshold=0.35, batch_size=2)
-    assert [os.path.basename(r["path"]) for r in results] == ["a_frontal.jpg", "b_lateral.png", "c.dcm"]
+    assert [os.path.relpath(r["path"], folder) for r in results] == [
+        "a_frontal.jpg", "b/view2_lateral.png", "c.dcm", "e.dcm", "lateral_scan.jpg"]
     assert [f["reason"] for f in failures] == ["not_an_image"] and "d.jpg" in failures[0]["detail"]
-    assert results[1]["warnings"] and not results[0]["warnings"]
+    # Views come from what a file states (CheXpert name, DICOM ViewPosition), never from a word
+    # in a free name; the lateral warning goes with stated laterals only.
+    assert [r["view"] for r in results] == ["unknown", "lateral", "unknown", "lateral", "unknown"]
+    assert [bool(r["warnings"]) for r in results] == [False, True, False, True, False]
+    assert [inference.is_lateral(r["path"], open(r["path"], "rb").read()) for r in results] == [
+        False, True, False, True, False]
     for r in results:
         assert set(r["probs"]) == {"atelectasis", "cardiomegaly"}
         assert r["positive"] == [t for t, p in r["probs"].items() if p >= 0.35]
@@ -169,8 +179,9 @@ def test_predict_cli_end_to_end(trained_job, sample_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     data = json.loads((tmp_path / "predictions.json").read_text())
     assert len(data["results"]) > 10 and not data["failures"]
-    assert len([f for f in os.listdir(tmp_path) if f.endswith(".gradcam_cardiomegaly.png")]) == len(
-        {os.path.basename(r["path"]) for r in data["results"]})
+    # One overlay per image: every valid frontal is a view1_frontal.jpg, once all drawn to one file.
+    overlays = [f for f in os.listdir(tmp_path) if f.endswith(".gradcam_cardiomegaly.png")]
+    assert sorted(overlays) == sorted(r["overlay"] for r in data["results"]) and len(overlays) == len(data["results"])
     assert "positive" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "trainer.predict", "--job_dir=/nonexistent", "x.jpg"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline import make_sample, score, storage
 from trainer import inference, predict
-from tests import images, outputs
+from tests import images, outputs, studies_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,6 +111,60 @@ def _kill_at_random_point(cmd, out_dir, seed):
     time.sleep(random.Random(seed).uniform(0.0, 0.3))
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run finished before the kill: nothing was interrupted"
+
+
+def test_score_commits_a_study_csv_equal_to_predicts(trained_job, sample_dir, tmp_path):
+    folder = studies_folder.build(sample_dir, str(tmp_path / "in"))
+    m = _score(trained_job, tmp_path / "out", f"--input_pattern={folder}")
+    # In the snapshot, named by the manifest with its size: committed like every other output.
+    assert m["outputs"]["studies_csv"] == f"{m['snapshot']}/studies.csv"
+    assert m["files"][m["outputs"]["studies_csv"]] == os.path.getsize(_output(tmp_path / "out", "studies_csv"))
+    assert m["studies"] == {"studies": 6, "without_frontal": 1, "outside": 1}
+    assert {r["path"]: r["view"] for r in _lines(_output(tmp_path / "out", "scores_jsonl"))}[
+        os.path.join(folder, studies_folder.ITS_LATERAL)] == "lateral"
+    doc = predict.run(inference.load_job(trained_job), [folder], str(tmp_path / "predict"), threshold=0.35)
+    assert doc["studies"]["csv"] == "predictions_studies.csv"
+
+    def read(path):
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        return rows[0], {r[0]: [float(v) for v in r[1:]] for r in rows[1:]}
+
+    header, scored = read(_output(tmp_path / "out", "studies_csv"))
+    want_header, predicted = read(tmp_path / "predict" / "predictions_studies.csv")
+    assert header == want_header == ["Study", "Cardiomegaly", "Atelectasis"]  # the job's tasks, in CSV order
+    assert sorted(scored) == sorted(predicted) and len(scored) == 6
+    for study, values in scored.items():
+        # Both round to 6 decimals: equal, or one unit apart in the last place.
+        assert values == pytest.approx(predicted[study], abs=1e-6 + 1e-12), study
+
+
+def test_score_takes_views_from_a_csvs_column_and_rescores_a_row_whose_view_changed(trained_job, sample_dir,
+                                                                                      tmp_path):
+    csv_path = tmp_path / "valid.csv"
+    shutil.copy(os.path.join(sample_dir, make_sample.DATASET_DIR, "valid.csv"), csv_path)
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        header, table = reader.fieldnames, list(reader)
+    flags = [f"--csv={csv_path}", f"--image_root={sample_dir}", "--incremental"]
+    m = _score(trained_job, tmp_path / "out", *flags)
+    assert {r["path"]: r["view"] for r in _lines(_output(tmp_path / "out", "scores_jsonl"))} == {
+        t["Path"]: t["Frontal/Lateral"].lower() for t in table}
+    with open(_output(tmp_path / "out", "studies_csv"), newline="") as f:
+        # Studies as the competition names them: the CSV's path up to the study folder.
+        assert [r["Study"] for r in csv.DictReader(f)] == sorted({t["Path"].rsplit("/", 1)[0] for t in table})
+    assert m["studies"]["outside"] == 0
+    # A lateral relabelled Frontal in the CSV (its file name still says lateral): the CSV wins
+    # over the name, the run is not "nothing new", and only that row is scored again.
+    lateral = next(t for t in table if t["Frontal/Lateral"] == "Lateral")
+    lateral["Frontal/Lateral"] = "Frontal"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(table)
+    again = _score(trained_job, tmp_path / "out", *flags)
+    assert not again["nothing_new"] and (again["scored_this_run"], again["carried_over"]) == (1, len(table) - 1)
+    assert {r["path"]: r["view"] for r in _lines(_output(tmp_path / "out", "scores_jsonl"))}[lateral["Path"]] == "frontal"
 
 
 @pytest.mark.parametrize("seed", [1, 2])

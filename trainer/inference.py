@@ -16,17 +16,15 @@ were OOM-killed at 24 GB. A graph frees each activation once its consumers have 
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import threading
 from typing import Callable
 
 import keras
 import numpy as np
-import pydicom
 import tensorflow as tf
 
-from pipeline import imaging
+from pipeline import imaging, views
 from trainer import model as model_lib  # noqa: F401  (registers PositiveProbability for load_model)
 from trainer.config import TrainConfig
 
@@ -187,15 +185,10 @@ def predict_batch(job: Job, images: np.ndarray | tf.Tensor) -> np.ndarray:
 
 
 def is_lateral(name: str, data: bytes | None = None) -> bool:
-    """A best guess that a file is a lateral view: CheXpert's file naming, or DICOM's
-    ViewPosition (LL, RL, LAT...)."""
-    base = os.path.basename(name).lower()
-    if "lateral" in base:
-        return True
-    if data is not None and imaging.is_dicom(data, name):
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-            return str(getattr(ds, "ViewPosition", "")).upper() in ("LL", "RL", "LAT", "LATERAL")
-        except Exception:  # an unreadable header says nothing about the view
-            return False
-    return False
+    """Whether a file states that it is a lateral view: a DICOM ViewPosition of LL, RL or
+    LATERAL, or a CheXpert file name ``view<N>_lateral.<ext>`` (``pipeline.views.view_of``).
+
+    A word inside a free name (``lateral_scan.jpg``) does not count, and a file that states
+    nothing (``scan.jpg``) is not called lateral: its view is unknown, which callers should
+    say rather than guess."""
+    return views.view_of(name, data) == views.LATERAL

@@ -1,0 +1,106 @@
+"""pipeline.studies (views, study ids, the competition's study CSV) and the resize geometry
+overlays are mapped back with; TF-free."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from pipeline import imaging, studies
+from tests import images
+from tests.test_views import dicom_with_view
+
+
+@pytest.mark.parametrize("name, view", [
+    ("scan.jpg", "unknown"),
+    ("lateral_scan.jpg", "unknown"),  # a word in a free name is not a view
+    ("frontal.png", "unknown"),
+    ("view2_lateral.jpg", "lateral"),
+    ("view1_frontal.jpg", "frontal"),
+    ("data/CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg", "frontal"),
+])
+def test_input_view_by_name(name, view):
+    assert studies.input_view(name) == view
+    assert studies.input_view(name, images.jpeg_bytes(images.gradient())) == view
+
+
+def test_input_view_dicom_tag_then_csv_column_then_name():
+    ll, pa, silent = dicom_with_view("LL"), dicom_with_view("PA"), dicom_with_view(None)
+    assert studies.input_view("scan.dcm", ll) == "lateral"
+    assert studies.input_view("scan.dcm", pa) == "frontal"
+    assert studies.input_view("scan.dcm", silent) == "unknown"
+    # The tag wins over the CSV and the name; the CSV wins over the name.
+    assert studies.input_view("view1_frontal.dcm", ll, from_csv="frontal") == "lateral"
+    assert studies.input_view("view1_frontal.jpg", None, from_csv="lateral") == "lateral"
+    assert studies.input_view("scan.dcm", silent, from_csv="frontal") == "frontal"
+    assert studies.input_view("view2_lateral.jpg", None, from_csv="unknown") == "lateral"
+    assert [studies.csv_view(c) for c in ("Frontal", " Lateral ", "", None, "lateral", "AP")] == [
+        "frontal", "lateral", "unknown", "unknown", "unknown", "unknown"]
+
+
+@pytest.mark.parametrize("path, study", [
+    ("CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg", "CheXpert-v1.0-small/valid/patient64541/study1"),
+    ("/data/in/patient00001/study12/scan.dcm", "/data/in/patient00001/study12"),
+    ("patient00001/study1/view1_frontal.jpg", "patient00001/study1"),
+    ("C:\\x\\patient00002\\study3\\view1_frontal.jpg", "C:/x/patient00002/study3"),
+    ("gs://bucket/patient00002/study3/view1_frontal.jpg", "gs://bucket/patient00002/study3"),
+    ("incoming/img01.jpg", None),
+    ("patient00001/view1_frontal.jpg", None),
+    ("patient00001/study1/sub/view1_frontal.jpg", None),
+    ("xpatient00001/study1/view1_frontal.jpg", None),
+    ("scan.jpg", None),
+])
+def test_study_of(path, study):
+    assert studies.study_of(path) == study
+
+
+def test_a_study_is_the_max_over_its_frontals_and_laterals_count_only_without_one():
+    p = lambda a, c: {"atelectasis": a, "cardiomegaly": c}  # noqa: E731
+    table = studies.aggregate([
+        ("in/patient00005/study1/view1_frontal.jpg", "frontal", p(0.20, 0.70)),
+        ("in/patient00005/study1/view2_frontal.jpg", "frontal", p(0.40, 0.10)),
+        ("in/patient00005/study1/view3_lateral.jpg", "lateral", p(0.99, 0.99)),  # ignored: the study has frontals
+        ("in/patient00006/study1/view1_lateral.jpg", "lateral", p(0.30, 0.60)),
+        ("in/patient00006/study1/scan.jpg", "unknown", p(0.50, 0.05)),
+        ("in/loose/scan.jpg", "frontal", p(0.9, 0.9)),
+    ], ["atelectasis", "cardiomegaly"])
+    first, second = table.studies
+    assert first.study == "in/patient00005/study1" and first.basis == "frontal"
+    assert dict(first.probs) == {"atelectasis": 0.40, "cardiomegaly": 0.70}
+    assert first.left_out == ("in/patient00005/study1/view3_lateral.jpg",) and len(first.paths) == 2
+    assert second.basis == "lateral+unknown" and dict(second.probs) == {"atelectasis": 0.50, "cardiomegaly": 0.60}
+    assert table.outside == ("in/loose/scan.jpg",) and table.without_frontal == 1
+    text = studies.to_csv(table, ["atelectasis", "cardiomegaly"])
+    assert text.splitlines()[0] == "Study,Atelectasis,Cardiomegaly"
+    assert list(csv.reader(io.StringIO(text)))[1:] == [
+        ["in/patient00005/study1", "0.400000", "0.700000"], ["in/patient00006/study1", "0.500000", "0.600000"]]
+    assert "1 image(s) not in a .../patientNNNNN/studyM/ folder" in studies.summary(table)
+    assert studies.to_csv(studies.aggregate([], ["edema"]), ["edema"]) == "Study,Edema\n"
+
+
+def test_model_data_says_what_the_model_was_trained_on():
+    assert studies.model_data({"synthetic": True}) == "synthetic"
+    assert studies.model_data({"synthetic": False, "input_dir": "/data"}) == "real"
+    assert studies.model_data({}) == studies.model_data(None) == "unknown"
+
+
+@pytest.mark.parametrize("mode", imaging.RESIZE_MODES)
+@pytest.mark.parametrize("shape", [(60, 40), (40, 60), (50, 50)])
+def test_resize_frame_is_where_resize_puts_the_image(mode, shape):
+    # An image of distinct values per pixel; resize to the frame's own size (no scaling), and
+    # the output must be the input read through the frame (zeros where the frame leaves it).
+    h, w = shape
+    pixels = (np.arange(h * w).reshape(h, w) % 251 + 1).astype(np.uint8)
+    top, left, fh, fw = imaging.resize_frame(h, w, mode)
+    if fh != fw:  # squash of a non-square: the frame is the whole image, stretched per axis
+        assert (mode, top, left, fh, fw) == ("squash", 0, 0, h, w)
+        return
+    out = imaging.resize(pixels, fh, mode)
+    want = np.zeros((fh, fw), np.uint8)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + fh, h), min(left + fw, w)
+    want[y0 - top:y1 - top, x0 - left:x1 - left] = pixels[y0:y1, x0:x1]
+    np.testing.assert_array_equal(out, want)
