@@ -40,14 +40,35 @@ import sys
 import time
 from typing import Callable, Iterable, Mapping, Sequence
 
-import keras
-import matplotlib
+from absl import app, flags
+
+from trainer import startup
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Declares the command-line flags; called only when run as a program, so importing this
+    module as a library (tests, other entry points) declares nothing."""
+    flags.DEFINE_string("job_dir", None, "trainer.task job folder (model.keras + config.json).")
+    flags.DEFINE_string("out_dir", "predictions", "Where predictions.csv/.json, the study CSV and heatmaps go.")
+    flags.DEFINE_string("heatmap", None, "Observation slug to draw Grad-CAM overlays for (one per input image).")
+    flags.DEFINE_float("threshold", None, "Decision threshold (default: the job's, 0.35).")
+    flags.DEFINE_integer("batch_size", 32, "Images per model call.")
+    flags.DEFINE_boolean("verbose", False, "Show TensorFlow's own start-up lines (hidden by default).")
+
+
+if __name__ == "__main__":  # flags first, then TensorFlow, quietly (trainer/startup.py)
+    define_flags()
+    startup.begin(sys.argv)
+
+import keras  # noqa: E402
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin  # noqa: E402
 
 from pipeline import imaging, studies  # noqa: E402
@@ -58,7 +79,6 @@ from trainer import model as model_lib  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-FLAGS = flags.FLAGS
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
@@ -75,16 +95,6 @@ _STRIP_ROWS = 256
 _FONTS = os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
 # Characters kept in overlay file names; the rest (separators, spaces, quotes) become "_".
 _UNSAFE = re.compile(r"[^\w.\-]+")
-
-
-def define_flags() -> None:
-    """Declares the command-line flags; called only when run as a program, so importing this
-    module as a library (tests, other entry points) declares nothing."""
-    flags.DEFINE_string("job_dir", None, "trainer.task job folder (model.keras + config.json).")
-    flags.DEFINE_string("out_dir", "predictions", "Where predictions.csv/.json, the study CSV and heatmaps go.")
-    flags.DEFINE_string("heatmap", None, "Observation slug to draw Grad-CAM overlays for (one per input image).")
-    flags.DEFINE_float("threshold", None, "Decision threshold (default: the job's, 0.35).")
-    flags.DEFINE_integer("batch_size", 32, "Images per model call.")
 
 
 def list_inputs(paths: Iterable[str]) -> list[str]:
@@ -627,12 +637,18 @@ def main(argv) -> int:
               file=sys.stderr)
         return 2
     start = time.perf_counter()
-    doc = run(job, paths, FLAGS.out_dir, threshold=FLAGS.threshold, heatmap_task=FLAGS.heatmap,
-              batch_size=FLAGS.batch_size)
+    try:
+        doc = run(job, paths, FLAGS.out_dir, threshold=FLAGS.threshold, heatmap_task=FLAGS.heatmap,
+                  batch_size=FLAGS.batch_size)
+    except Exception as e:  # one line, not a traceback (--verbose shows it)
+        print(f"trainer.predict: error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+              file=sys.stderr)
+        if FLAGS.verbose:
+            raise
+        return 1
     report(doc, job.tasks, FLAGS.out_dir, time.perf_counter() - start)
     return 1 if doc["failures"] and not doc["results"] else 0
 
 
 if __name__ == "__main__":
-    define_flags()
     app.run(main)
