@@ -1079,8 +1079,7 @@ def main(argv) -> int:
         print(f"trainer.evaluate: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # one line, not a traceback (--verbose shows it)
-        print(f"trainer.evaluate: error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-              file=sys.stderr)
+        print(f"trainer.evaluate: error: {startup.error_line(e)}", file=sys.stderr)
         if FLAGS.verbose:
             raise
         return 1

@@ -641,8 +641,7 @@ def main(argv) -> int:
         doc = run(job, paths, FLAGS.out_dir, threshold=FLAGS.threshold, heatmap_task=FLAGS.heatmap,
                   batch_size=FLAGS.batch_size)
     except Exception as e:  # one line, not a traceback (--verbose shows it)
-        print(f"trainer.predict: error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-              file=sys.stderr)
+        print(f"trainer.predict: error: {startup.error_line(e)}", file=sys.stderr)
         if FLAGS.verbose:
             raise
         return 1

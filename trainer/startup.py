@@ -70,3 +70,10 @@ def begin(argv: list[str]) -> None:
     # b) parsed twice would list every value twice.
     flags.FLAGS.unparse_flags()
     load_tensorflow(verbose)
+
+
+def error_line(e: BaseException) -> str:
+    """An unexpected exception as the one line an entry point prints instead of a
+    traceback (which ``--verbose`` shows)."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
