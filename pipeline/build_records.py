@@ -52,84 +52,40 @@ import posixpath
 import sys
 from typing import Sequence
 
-import apache_beam as beam
-import numpy as np
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from pipeline import options as job_options
 
-from pipeline import commit as commit_lib
-from pipeline import imaging
-from pipeline import make_sample
-from pipeline import records
-from pipeline import runs
-from pipeline import storage
-from pipeline import tfrecord
-from schemas import chexpert
-from schemas import example as example_lib
+if __name__ == "__main__":  # --help and flag typos answered before Beam loads
+    job_options.build_records_parser(__doc__).parse_known_args()
+
+import apache_beam as beam  # noqa: E402
+import numpy as np  # noqa: E402
+from apache_beam.io.filesystems import FileSystems  # noqa: E402
+from apache_beam.metrics import Metrics  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions  # noqa: E402
+
+from pipeline import commit as commit_lib  # noqa: E402
+from pipeline import imaging  # noqa: E402
+from pipeline import make_sample  # noqa: E402
+from pipeline import records  # noqa: E402
+from pipeline import runs  # noqa: E402
+from pipeline import storage  # noqa: E402
+from pipeline import tfrecord  # noqa: E402
+from schemas import chexpert  # noqa: E402
+from schemas import example as example_lib  # noqa: E402
 
 log = logging.getLogger("build_records")
 NAMESPACE = "build_records"
 REJECTED = "rejected"
 INDEX = "index.tsv"
-DEFAULT_OUTPUT = "data/records"
 DEFAULT_DATA = "data"
 SYNTHETIC_DIR = "data/synthetic"
 DATASET_DIRS = (make_sample.DATASET_DIR, make_sample.DATASET_DIR_FULL)
 SOURCES = (("train.csv", "train"), ("valid.csv", "valid"))
-PATIENT_OVERLAP = ("reject", "fail")
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """The job's own flags (``--help`` lists them with defaults); every other flag goes to
-    the runner (``runs.parse_flags``)."""
-    parser = runs.job_parser("python -m pipeline.build_records", __doc__)
-    parser.add_argument("--input_dir", default=None,
-                        help="Folder holding CheXpert-v1.0-small/ or CheXpert-v1.0/ (or that folder itself). "
-                             "Default: ./data, else a synthetic sample generated in data/synthetic.")
-    parser.add_argument("--output_dir", default=DEFAULT_OUTPUT, help="Where shards and manifest.json go.")
-    parser.add_argument("--image_size", type=int, default=320, help="Side of the stored square image, pixels.")
-    parser.add_argument("--resize", default="squash", help="squash (as the seed's target_size), crop or pad.")
-    parser.add_argument("--policy", default="",
-                        help="Uncertainty policy overrides, e.g. atelectasis=ones,cardiomegaly=multiclass. "
-                             f"Policies: {', '.join(chexpert.POLICIES)}.")
-    parser.add_argument("--blank", default="negative", help="Blank labels: negative (default) or ignore.")
-    parser.add_argument("--holdout_fraction", type=float, default=0.0,
-                        help="Patient-level fraction of train.csv kept apart as 'holdout' for tuning.")
-    parser.add_argument("--num_shards", type=int, default=0,
-                        help="Shards per split; 0 picks from --shard_size_mb and --min_shards.")
-    parser.add_argument("--shard_size_mb", type=float, default=256.0, help="Target shard size when --num_shards=0.")
-    parser.add_argument("--min_shards", type=int, default=4,
-                        help="At least this many shards per split (parallel writers), rows permitting.")
-    parser.add_argument("--encoding", default="raw",
-                        help="Stored pixels: raw (lossless, default, fastest), png (lossless, ~35%% smaller) "
-                             "or jpeg (lossy, q=95).")
-    parser.add_argument("--seed", type=int, default=0, help="Seeds the label-smoothing draws.")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="Rebuild and replace the committed output whatever it holds (also when nothing "
-                             "changed, or it is damaged).")
-    parser.add_argument("--incremental", action="store_true",
-                        help="Encode only rows whose image (size, mtime) or CSV cells are new or changed; keep "
-                             "the committed shards for the rest (same options required, else a full rebuild).")
-    parser.add_argument("--teacher", default="",
-                        help="A trainer.task job folder (model.keras) whose P(positive) becomes the target of "
-                             "every uncertain label under the self_trained policy (U-SelfTrained).")
-    parser.add_argument("--teacher_batch_size", type=int, default=32, help="RunInference batch for --teacher.")
-    parser.add_argument("--sample_patients", type=int, default=1000,
-                        help="Train patients of the synthetic sample generated when no data is found.")
-    parser.add_argument("--max_reject_fraction", type=float, default=0.05,
-                        help="Fail and commit nothing when more than this fraction of CSV rows is rejected "
-                             "(an unmounted image folder rejects them all).")
-    parser.add_argument("--max_shrink_fraction", type=float, default=0.05,
-                        help="Fail and commit nothing when the run would hold more than this fraction fewer "
-                             "records than the committed output; 1 accepts any shrink.")
-    parser.add_argument("--patient_overlap", default="reject",
-                        help="A train.csv row whose patient also appears in valid.csv (valid-set leakage): "
-                             "reject (dead letter patient_in_valid, the default) or fail (stop before any work).")
-    parser.add_argument("--verbose", action="store_true",
-                        help="Show the local worker processes' own start-up and log lines (hidden by default).")
-
-    return parser
+    """The job's own flags (``pipeline.options``)."""
+    return job_options.build_records_parser(__doc__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,8 +199,8 @@ def make_config(opts: argparse.Namespace) -> BuildConfig:
     for flag in ("max_reject_fraction", "max_shrink_fraction"):
         if not 0.0 <= getattr(opts, flag) <= 1.0:
             raise ConfigError(f"--{flag}={getattr(opts, flag)}: expected a fraction in [0, 1]")
-    if opts.patient_overlap not in PATIENT_OVERLAP:
-        raise ConfigError(f"--patient_overlap={opts.patient_overlap}: expected one of {', '.join(PATIENT_OVERLAP)}")
+    if opts.patient_overlap not in job_options.PATIENT_OVERLAP:
+        raise ConfigError(f"--patient_overlap={opts.patient_overlap}: expected one of {', '.join(job_options.PATIENT_OVERLAP)}")
     try:
         commit_lib.check_output_dir(opts.output_dir)
     except commit_lib.OutputError as e:
@@ -754,7 +710,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         commit_lib.GuardError: too many rejects, or too large a shrink (nothing committed).
         RuntimeError: counts that do not reconcile (nothing is committed).
     """
-    opts, runner_flags = runs.parse_flags(make_parser(), sys.argv[1:] if argv is None else argv)
+    opts, runner_flags = job_options.parse_flags(make_parser(), sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(runs.runner_args(runner_flags))
     options.view_as(SetupOptions).save_main_session = save_main_session
     if options.view_as(StandardOptions).runner is None:

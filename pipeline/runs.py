@@ -9,18 +9,18 @@ byte for byte as it is.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import difflib
 import hashlib
 import json
 import logging
 import os
 import sys
 import tempfile
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 from apache_beam.io.filesystems import FileSystems
+
+from pipeline import options
 
 log = logging.getLogger(__name__)
 
@@ -96,57 +96,6 @@ def quiet_workers(verbose: bool) -> Iterator[None]:
             os.close(saved)
 
 
-_LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner")
-
-
-def job_parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    """The parser of a job's own flags: ``--help`` shows each with its default, and the
-    module docstring's run commands as the epilogue."""
-    first, _, rest = doc.strip().partition("\n\n")
-    return argparse.ArgumentParser(prog=prog, description=first, epilog=rest,
-                                   formatter_class=_HelpFormatter, allow_abbrev=False)
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each flag's help; the epilogue's command lines kept as written."""
-
-
-def runner_of(argv: Sequence[str]) -> str:
-    """The ``--runner`` in ``argv`` (``DirectRunner`` when none is given, as Beam runs)."""
-    runner = "DirectRunner"
-    for i, a in enumerate(argv):
-        if a.startswith("--runner="):
-            runner = a.split("=", 1)[1]
-        elif a == "--runner" and i + 1 < len(argv):
-            runner = argv[i + 1]
-    return runner
-
-
-def parse_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Splits ``argv`` into the job's flags (parsed by ``parser``) and the runner's.
-
-    On a local runner, a flag that neither the job nor any Beam option knows is an error
-    (exit 2, with the closest known flag): a typo such as ``--image_sise=256`` must not be
-    dropped with a warning while the job builds at the default. Remote runners (Dataflow,
-    Flink, Spark) get the rest as given, since their services may know options this Beam
-    install does not.
-    """
-    opts, rest = parser.parse_known_args(list(argv))
-    if runner_of(rest) not in _LOCAL_RUNNERS:
-        return opts, rest
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
-
-    beam_parser = _BeamArgumentParser(allow_abbrev=False)
-    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(beam_parser)  # what PipelineOptions.get_all_options parses
-    _, unknown = beam_parser.parse_known_args(rest)
-    if unknown:
-        flag = unknown[0].split("=", 1)[0]
-        known = [s for a in parser._actions + beam_parser._actions for s in a.option_strings if s.startswith("--")]
-        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
-        hint = f"; did you mean {close[0]}?" if close else f"; see {parser.prog} --help"
-        parser.error(f"unrecognized argument {unknown[0]!r}{hint}")
-    return opts, rest
 
 
 def runner_args(argv: list[str]) -> list[str]:
@@ -163,7 +112,7 @@ def runner_args(argv: list[str]) -> list[str]:
     if not any(a.startswith("--default_sdk_harness_log_level") for a in argv):
         # Local multi-process workers otherwise log every gRPC channel at INFO.
         argv.append("--default_sdk_harness_log_level=WARNING")
-    if runner_of(argv) in _LOCAL_RUNNERS and "--allow_unsafe_triggers" not in argv:
+    if options.runner_of(argv) in options.LOCAL_RUNNERS and "--allow_unsafe_triggers" not in argv:
         argv.append("--allow_unsafe_triggers")
     return argv
 

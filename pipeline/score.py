@@ -40,17 +40,22 @@ import posixpath
 import sys
 from typing import Any, Iterable, Sequence
 
-import apache_beam as beam
-import numpy as np
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from pipeline import options as job_options
 
-from pipeline import commit as commit_lib
-from pipeline import imaging, records, runs, storage, studies
-from pipeline.studies import model_data
-from schemas import chexpert
+if __name__ == "__main__":  # --help and flag typos answered before Beam loads
+    job_options.score_parser(__doc__).parse_known_args()
+
+import apache_beam as beam  # noqa: E402
+import numpy as np  # noqa: E402
+from apache_beam.io.filesystems import FileSystems  # noqa: E402
+from apache_beam.metrics import Metrics  # noqa: E402
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions  # noqa: E402
+
+from pipeline import commit as commit_lib  # noqa: E402
+from pipeline import imaging, records, runs, storage, studies  # noqa: E402
+from pipeline.studies import model_data  # noqa: E402
+from schemas import chexpert  # noqa: E402
 
 log = logging.getLogger("score")
 NAMESPACE = "score"
@@ -61,33 +66,8 @@ OUTPUTS_VERSION = "outputs=2"
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """The job's own flags (``--help`` lists them with defaults); every other flag goes to
-    the runner (``runs.parse_flags``)."""
-    parser = runs.job_parser("python -m pipeline.score", __doc__)
-    parser.add_argument("--job_dir", default="jobs/atelectasis", help="trainer.task job folder (the model).")
-    parser.add_argument("--model_format", default="keras", help="keras (model.keras) or saved_model.")
-    parser.add_argument("--input_pattern", default=None,
-                        help="Image files to score: glob(s), comma-separated ('**' recurses), or a folder (every "
-                             "JPEG, PNG and DICOM file below it).")
-    parser.add_argument("--csv", default=None, help="A CheXpert-format CSV listing the inputs instead.")
-    parser.add_argument("--image_root", default=None,
-                        help="Folder the CSV's Path column is relative to (default: the CSV's dataset root).")
-    parser.add_argument("--output_dir", default="data/scores", help="Where scores and manifest.json go.")
-    parser.add_argument("--threshold", type=float, default=None, help="Decision threshold (default: the model's).")
-    parser.add_argument("--batch_size", type=int, default=64, help="Largest RunInference batch.")
-    parser.add_argument("--incremental", action="store_true",
-                        help="Score only new or changed inputs; carry the rest over from the committed run.")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="Score everything anew and replace the committed output whatever it holds (also when "
-                             "nothing changed, or it is damaged).")
-    parser.add_argument("--max_reject_fraction", type=float, default=0.05,
-                        help="Fail and commit nothing when more than this fraction of inputs is rejected.")
-    parser.add_argument("--max_shrink_fraction", type=float, default=0.05,
-                        help="Fail and commit nothing when the run would hold more than this fraction fewer scores "
-                             "than the committed output; 1 accepts any shrink.")
-    parser.add_argument("--verbose", action="store_true",
-                        help="Show TensorFlow's and the worker processes' own start-up lines (hidden by default).")
-    return parser
+    """The job's own flags (``pipeline.options``)."""
+    return job_options.score_parser(__doc__)
 
 
 class ConfigError(ValueError):
@@ -335,7 +315,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
             ``pipeline.commit``; nothing is committed.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    opts, pipeline_args = runs.parse_flags(make_parser(), argv)
+    opts, pipeline_args = job_options.parse_flags(make_parser(), argv)
     options = PipelineOptions(runs.runner_args(pipeline_args))
     options.view_as(SetupOptions).save_main_session = save_main_session
     if options.view_as(StandardOptions).runner is None:
