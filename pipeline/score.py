@@ -264,12 +264,12 @@ def write_outputs(output_dir: str, snapshot: str, rows: list[dict], rejected: li
     """
     rel = {"scores_jsonl": f"{snapshot}/scores.jsonl", "scores_csv": f"{snapshot}/scores.csv",
            "studies_csv": f"{snapshot}/studies.csv", "rejected": f"{snapshot}/rejected.jsonl"}
+    data = model_data(provenance)
     storage.write_bytes(storage.join(output_dir, rel["scores_jsonl"]),
-                        "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+                        "".join(json.dumps({**r, "model_data": data}, sort_keys=True) + "\n" for r in rows).encode())
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path"] + [f"p_{t}" for t in tasks] + ["positive", "model_data"])
-    data = model_data(provenance)
     for r in rows:
         writer.writerow([r["path"]] + [f"{r['probabilities'][t]:.6f}" for t in tasks] + [";".join(r["positive"]), data])
     storage.write_bytes(storage.join(output_dir, rel["scores_csv"]), buf.getvalue().encode())
@@ -345,6 +345,13 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     out = opts.output_dir
     with commit_lib.exclusive(out):
         previous = commit_lib.committed(out, opts.overwrite)
+        # Another job's scores are not this job's to replace (a retrained model of the same
+        # job is: its new scores replace the old ones, as build_records' rebuilds do).
+        if previous and not opts.overwrite and previous.get("job_dir") is not None \
+                and os.path.abspath(previous["job_dir"]) != os.path.abspath(opts.job_dir):
+            raise ConfigError(f"--output_dir={out} holds the committed scores of another model "
+                              f"({previous['job_dir']}); pass --overwrite to replace them, or choose another "
+                              "--output_dir")
         if previous and previous.get("fingerprint") == fp and not opts.overwrite:
             log.info("nothing new: inputs, model and threshold unchanged since %s", previous.get("created"))
             previous["nothing_new"] = True

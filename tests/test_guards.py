@@ -327,3 +327,18 @@ def test_a_lock_or_manifest_that_is_a_folder_is_a_one_line_error(data, capsys):
         os.rmdir(path)
         os.rename(saved, path)
     assert _build(root, out)["nothing_new"] is True
+
+
+def test_score_refuses_to_replace_another_models_scores_without_overwrite(trained_job, pristine, tmp_path, capsys):
+    other = str(tmp_path / "other-job")
+    shutil.copytree(trained_job, other)
+    out = str(tmp_path / "scores")
+    base = [f"--output_dir={out}", "--runner=DirectRunner", f"--input_pattern={pristine}/{make_sample.DATASET_DIR}/valid"]
+    first = score.run([f"--job_dir={trained_job}", *base])
+    rows = [json.loads(line) for line in open(os.path.join(out, first["outputs"]["scores_jsonl"]))]
+    assert {r["model_data"] for r in rows} == {"synthetic"}  # every JSON row too, not only the CSV
+    before = _committed(out)
+    assert score.main([f"--job_dir={other}", *base]) == 2
+    assert "holds the committed scores of another model" in capsys.readouterr().err
+    assert _committed(out) == before
+    assert score.run([f"--job_dir={other}", *base, "--overwrite"])["job_dir"] == other
