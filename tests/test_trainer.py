@@ -189,3 +189,20 @@ def test_model_keras_loads_with_plain_keras_in_a_fresh_interpreter(trained_job, 
     assert set(got) == set(job.tasks) == {"atelectasis", "cardiomegaly"}  # a binary and a 3-class head
     for i, task in enumerate(job.tasks):
         np.testing.assert_allclose(got[task], want[:, i], atol=1e-6)
+
+
+def test_a_job_folder_is_resumed_only_with_its_own_settings(records_dir, tmp_path):
+    """Training again into a job folder with other settings must not rewrite config.json
+    over a model trained otherwise (a different pathology crashed mid-way and left the two
+    disagreeing; a different learning rate silently resumed under the new one)."""
+    cfg = _cfg(records_dir, tmp_path / "job", epochs=1, steps_per_epoch=2, batch_size=4)
+    train.run(cfg)
+    job = tmp_path / "job"
+    before = {n: (job / n).read_bytes() for n in ("config.json", "model.keras", "metrics.json")}
+    for change in ({"pathology": "cardiomegaly"}, {"learning_rate": 5e-2}):
+        other = _cfg(records_dir, job, epochs=2, steps_per_epoch=2, batch_size=4, **change)
+        with pytest.raises(config_lib.ConfigError, match="holds a job trained with other settings"):
+            train.run(other)
+        assert {n: (job / n).read_bytes() for n in before} == before
+    longer = _cfg(records_dir, job, epochs=2, steps_per_epoch=2, batch_size=4)  # more epochs: resumes
+    assert train.run(longer)["best_epoch"] in (1, 2)

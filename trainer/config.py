@@ -103,6 +103,28 @@ class TrainConfig:
         return self.provenance.get("synthetic")
 
 
+# What a job folder's next run may change and still resume it: how long, how patiently and
+# on what hardware it trains. Anything else would make config.json describe a model that
+# was (partly) trained otherwise.
+RESUMABLE = ("epochs", "patience", "skip_corrupt", "strategy", "jit_compile", "job_dir")
+
+
+def check_resumable(cfg: TrainConfig, previous: TrainConfig) -> None:
+    """Raises ConfigError when ``cfg`` differs from the job folder's earlier config in
+    anything but ``RESUMABLE`` (and the training date), naming each difference."""
+    old, new = dataclasses.asdict(previous), dataclasses.asdict(cfg)
+    for d in (old, new):
+        d["provenance"] = {k: v for k, v in dict(d.get("provenance") or {}).items() if k != "trained"}
+        d["policy"] = dict(d["policy"])
+    changed = [k for k in new if k not in RESUMABLE and old.get(k) != new[k]]
+    if changed:
+        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed[:4])
+        raise ConfigError(f"--job_dir={cfg.job_dir} holds a job trained with other settings ({diffs}"
+                          f"{'; ...' if len(changed) > 4 else ''}); a rerun there resumes it, which only works with "
+                          f"the same settings (apart from {', '.join(RESUMABLE[:-1])}). Choose another --job_dir, "
+                          "or delete that one to start over")
+
+
 def provenance_of(records_dir: str, manifest: dict) -> dict:
     """What a model trained on ``records_dir`` must say about its data."""
     options = manifest.get("options", {})

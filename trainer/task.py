@@ -105,8 +105,16 @@ def main(argv) -> int:
 
     try:
         report = train.run(cfg)
+    except config_lib.ConfigError as e:
+        print(f"trainer.task: error: {e}", file=sys.stderr)
+        return 2
     except input_lib.CorruptShardError as e:
         print(f"trainer.task: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # one line, not a traceback (--verbose shows it)
+        print(f"trainer.task: error: {startup.error_line(e)}", file=sys.stderr)
+        if FLAGS.verbose:
+            raise
         return 1
     print_report(report, cfg.job_dir)
     return 0

@@ -44,6 +44,7 @@ from trainer import distill
 from trainer import input as input_lib
 from trainer import metrics as metrics_lib
 from trainer import model as model_lib
+from trainer import config as config_lib
 from trainer.config import TrainConfig, read_manifest
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,11 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
     job_dir = cfg.job_dir if chief else tempfile.mkdtemp(prefix="worker-")
     os.makedirs(job_dir, exist_ok=True)
     if chief:
-        with open(os.path.join(job_dir, "config.json"), "w") as f:
+        config_path = os.path.join(job_dir, "config.json")
+        if os.path.exists(config_path):  # a rerun resumes this job: only with its settings
+            with open(config_path) as f:
+                config_lib.check_resumable(cfg, TrainConfig.from_json(f.read()))
+        with open(config_path, "w") as f:
             f.write(cfg.to_json())
     manifest = read_manifest(cfg.records_dir)
     train_files = input_lib.shard_files(cfg.records_dir, cfg.train_split, manifest)
