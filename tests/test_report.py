@@ -265,3 +265,24 @@ def test_an_ensemble_lists_each_member_with_its_training_data(trained_job, tmp_p
     members = md.split("## Ensemble members")[1].split("## Results")[0]
     assert f"| `{trained_job}` |" in members and f"| `{old}` |" in members
     assert config_lib.provenance_line({}) in members
+
+
+def test_default_report_folders_never_replace_another_evaluations_report(tmp_path):
+    from trainer import evaluate as ev
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    names = {ev.default_report_dir([a], "valid", None, False, "frontal", "study"),
+             ev.default_report_dir([a], "valid", None, True, "frontal", "study"),
+             ev.default_report_dir([a], "valid", None, False, "all", "study"),
+             ev.default_report_dir([a], "valid", None, False, "frontal", "image"),
+             ev.default_report_dir([a], "holdout", None, False, "frontal", "study"),
+             ev.default_report_dir([a, b], "valid", None, False, "frontal", "study"),
+             ev.default_report_dir([a], "valid", "/x/valid.csv", False, "frontal", "study")}
+    assert len(names) == 7
+    assert ev.default_report_dir([a], "valid", None, False, "frontal", "study") == os.path.join(a, "eval-valid")
+
+
+def test_a_split_that_also_chose_the_models_epoch_is_said_to_flatter_it(records_report, trained_job):
+    md = (records_report / "report.md").read_text()
+    assert "chose its best epoch (and when to stop) by mean AUROC on split valid" in md
+    assert "optimistically biased" in json.dumps(json.loads((records_report / "metrics.json").read_text())["notes"])

@@ -11,7 +11,9 @@ with a 95% bootstrap CI over studies, AUPRC, and at 0.35 and at the F1-maximisin
 tuned on a *different* split (``--tune_split``, default holdout; never the reported split):
 F1, accuracy, sensitivity, specificity, PPV, NPV, confusion counts; expected calibration
 error. Writes ``report.md``, ``report.html`` (one file, images embedded), ROC, PR and
-reliability plots, and ``metrics.json`` to ``--report_dir`` (default JOB_DIR/eval-SPLIT).
+reliability plots, and ``metrics.json`` to ``--report_dir`` (default JOB_DIR/eval-SPLIT, with
+-tta, -allviews, -image, -ensembleN-<digest> or csv-NAME as they apply: one evaluation never
+replaces another's report).
 
 The report opens with what was evaluated (records split and folder, or the CSV and image
 root; level, views, TTA, ensemble members) and what each model was trained on, with a
@@ -26,6 +28,7 @@ import base64
 import collections
 import csv
 import dataclasses
+import hashlib
 import html
 import io
 import itertools
@@ -56,7 +59,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the AUROC CI.")
     flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
     flags.DEFINE_float("threshold", None, "Fixed threshold (default: the jobs' --threshold, 0.35).")
-    flags.DEFINE_string("report_dir", None, "Where the report goes (default JOB_DIR/eval-SPLIT).")
+    flags.DEFINE_string("report_dir", None, "Where the report goes (default JOB_DIR/eval-SPLIT[-tta][-allviews]"
+                                            "[-image][-ensembleN-DIGEST], or eval-csv-NAME).")
     flags.DEFINE_boolean("skip_corrupt", False, "Skip (and report) corrupt shards instead of stopping.")
     flags.DEFINE_boolean("verbose", False, "Show TensorFlow's own start-up lines (hidden by default).")
 
@@ -300,7 +304,8 @@ def context_notes(jobs: list, source: dict, tasks: list[str], per_job: list[dict
         merged: the ensemble's predictions (the paths all members scored).
 
     Returns:
-        Sentences on records rebuilt since training and on tasks or images an ensemble left out.
+        Sentences on records rebuilt since training, on a split that also chose the model's
+        epoch, and on tasks or images an ensemble left out.
     """
     notes = []
     if source["kind"] == "records":
@@ -311,6 +316,20 @@ def context_notes(jobs: list, source: dict, tasks: list[str], per_job: list[dict
             if trained and now and trained != now:
                 notes.append(f"{j.job_dir} was trained on records snapshot {trained}; the evaluated split comes from "
                              f"snapshot {now} of the same folder (rebuilt since training).")
+    # The trainer keeps the epoch with the best mean AUROC on its eval split (and stops on
+    # it): numbers reported on that same split are optimistically biased.
+    for j in jobs:
+        chosen_on = None
+        if source["kind"] == "records" and source["split"] == j.cfg.eval_split:
+            chosen_on = f"split {j.cfg.eval_split} of its records"
+        elif source["kind"] == "csv" and j.cfg.eval_split == "valid" and os.path.basename(source["csv"]) == "valid.csv" \
+                and j.cfg.provenance.get("input_dir") \
+                and source["csv"].startswith(os.path.abspath(j.cfg.provenance["input_dir"]) + os.sep):
+            chosen_on = "the records built from this very CSV"
+        if chosen_on:
+            notes.append(f"{j.job_dir} chose its best epoch (and when to stop) by mean AUROC on {chosen_on}: the numbers "
+                         "here are optimistically biased. For an unbiased estimate, evaluate images the trainer never "
+                         "saw (e.g. --csv of a held-out site or test set).")
     dropped = sorted({t for j in jobs for t in j.tasks} - set(tasks))
     if dropped:
         notes.append(f"Tasks not predicted by every ensemble member are left out: {', '.join(dropped)}.")
@@ -983,6 +1002,19 @@ def report_html(results: dict, meta: dict, pngs: dict[str, bytes]) -> str:
 # --- The job ---------------------------------------------------------------------------------
 
 
+def default_report_dir(job_dirs: list[str], split: str, csv_path: str | None, tta: bool, views: str,
+                       level: str) -> str:
+    """``JOB_DIR/eval-...`` named by everything that changes the numbers, so that one
+    evaluation never replaces another's report: the split (or ``csv-<name>``), and any of
+    image level, all views, TTA, and an ensemble (a digest of its member folders)."""
+    parts = ["eval", f"csv-{os.path.splitext(os.path.basename(csv_path))[0]}" if csv_path else split]
+    parts += ["image"] * (level == "image") + ["allviews"] * (views == "all") + ["tta"] * bool(tta)
+    if len(job_dirs) > 1:
+        members = "\n".join(sorted(os.path.abspath(d) for d in job_dirs)).encode()
+        parts.append(f"ensemble{len(job_dirs)}-{hashlib.sha1(members).hexdigest()[:8]}")
+    return os.path.join(job_dirs[0], "-".join(parts))
+
+
 def run(job_dirs: list[str], *, split: str = "valid", csv_path: str | None = None, image_root: str | None = None,
         tune_split: str = "holdout", tta: bool = False, views: str = "frontal", level: str = "study",
         n_boot: int = 1000, seed: int = 0, threshold: float | None = None, report_dir: str | None = None,
@@ -996,7 +1028,7 @@ def run(job_dirs: list[str], *, split: str = "valid", csv_path: str | None = Non
         image_root: folder the CSV's Path column is relative to (default: the CSV's folder).
         tune_split: split of the jobs' records the F1 thresholds are tuned on ('' for none).
         tta, views, level, n_boot, seed, threshold, skip_corrupt: as the flags of the same names.
-        report_dir: where the report goes (default ``JOB_DIR/eval-SPLIT`` or ``eval-csv``).
+        report_dir: where the report goes (default: ``default_report_dir``).
 
     Returns:
         metrics.json's content: the run's description (``source``, ``provenance``,
@@ -1040,7 +1072,7 @@ def run(job_dirs: list[str], *, split: str = "valid", csv_path: str | None = Non
     meta["missing"] = missing_notes(results, meta)
     for w in meta["warnings"]:
         log.warning("%s", w)
-    report_dir = report_dir or os.path.join(job_dirs[0], f"eval-{'csv' if csv_path else split}")
+    report_dir = report_dir or default_report_dir(job_dirs, split, csv_path, tta, views, level)
     os.makedirs(report_dir, exist_ok=True)
     pngs = plots(scored, results, meta)
     for name, data in pngs.items():
