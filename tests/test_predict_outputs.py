@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import imaging
+from pipeline import imaging, make_sample
 from tests import studies_folder
+from trainer import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = "atelectasis"
@@ -154,3 +155,24 @@ def test_overlay_names_are_unique_even_when_paths_flatten_alike():
     # One file alone still keeps its CheXpert study in the name.
     one = predict.overlay_names(["/d/p/patient00001/study1/view1_frontal.jpg"], TASK)
     assert list(one.values()) == [f"patient00001_study1_view1_frontal.gradcam_{TASK}.png"]
+
+
+def test_an_earlier_runs_predictions_are_refused_or_replaced_whole(trained_job, sample_dir, tmp_path):
+    """Reusing an output folder must not mix two runs: without --overwrite it is refused;
+    with it, the earlier run's overlays go too (none of another model left behind)."""
+    from trainer import inference
+
+    job = inference.load_job(trained_job)
+    valid = os.path.join(sample_dir, make_sample.DATASET_DIR, "valid")
+    out = str(tmp_path / "p")
+    first = predict.run(job, [valid], out, heatmap_task="atelectasis")
+    drawn = {r["overlay"] for r in first["results"] if r["overlay"]}
+    assert drawn and drawn <= set(os.listdir(out))
+    before = {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)}
+    with pytest.raises(predict.OutputExistsError, match="holds the predictions of an earlier run"):
+        predict.run(job, [os.path.join(valid, sorted(os.listdir(valid))[0])], out, heatmap_task="atelectasis")
+    assert {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)} == before
+    one = os.path.join(valid, sorted(os.listdir(valid))[0])
+    second = predict.run(job, [one], out, heatmap_task="atelectasis", overwrite=True)
+    listed = {r["overlay"] for r in second["results"] if r["overlay"]}
+    assert {n for n in os.listdir(out) if n.endswith(".png")} == listed

@@ -55,6 +55,8 @@ def define_flags() -> None:
     flags.DEFINE_string("heatmap", None, "Observation slug to draw Grad-CAM overlays for (one per input image).")
     flags.DEFINE_float("threshold", None, "Decision threshold (default: the job's, 0.35).")
     flags.DEFINE_integer("batch_size", 32, "Images per model call.")
+    flags.DEFINE_boolean("overwrite", False, "Replace an earlier run's predictions in --out_dir (and remove its "
+                                             "overlays); without it such a folder is refused.")
     flags.DEFINE_boolean("verbose", False, "Show TensorFlow's own start-up lines (hidden by default).")
 
 
@@ -520,8 +522,37 @@ def predict_files(job: inference.Job, files: list[str], *, threshold: float, bat
     return results, failures
 
 
+class OutputExistsError(ValueError):
+    """The output folder holds an earlier run's predictions; the message says what to do."""
+
+
+def clear_earlier_run(out_dir: str, overwrite: bool) -> None:
+    """An output folder with an earlier run's predictions is refused, unless ``overwrite``:
+    then that run's files (its tables and the overlays its predictions.json lists) are
+    removed first, so no overlay of another model or input set is left beside the new ones.
+
+    Raises:
+        OutputExistsError: the folder holds predictions and ``overwrite`` is False.
+    """
+    tables = [os.path.join(out_dir, n) for n in (PREDICTIONS_JSON, PREDICTIONS_CSV, STUDIES_CSV)]
+    if not any(os.path.exists(t) for t in tables):
+        return
+    if not overwrite:
+        raise OutputExistsError(f"--out_dir={out_dir} holds the predictions of an earlier run; pass --overwrite to "
+                                "replace them (their overlays are removed too), or choose another --out_dir")
+    try:
+        with open(tables[0]) as f:
+            overlays = [r["overlay"] for r in json.load(f).get("results", []) if r.get("overlay")]
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        log.warning("%s: unreadable (%s); removing only the tables", tables[0], e)
+        overlays = []
+    for path in tables + [os.path.join(out_dir, os.path.basename(o)) for o in overlays]:
+        if os.path.exists(path):
+            os.remove(path)
+
+
 def run(job: inference.Job, inputs: Sequence[str], out_dir: str, *, threshold: float | None = None,
-        heatmap_task: str | None = None, batch_size: int = 32) -> dict:
+        heatmap_task: str | None = None, batch_size: int = 32, overwrite: bool = False) -> dict:
     """Scores ``inputs`` and writes every output into ``out_dir``.
 
     Args:
@@ -531,6 +562,7 @@ def run(job: inference.Job, inputs: Sequence[str], out_dir: str, *, threshold: f
         threshold: the decision threshold (default: the job's).
         heatmap_task: an observation to draw Grad-CAM overlays for, or None.
         batch_size: images per model call.
+        overwrite: replace an earlier run's predictions in ``out_dir`` (``clear_earlier_run``).
 
     Returns:
         The document written as ``predictions.json``: ``results`` (with ``overlay``, a file
@@ -542,6 +574,7 @@ def run(job: inference.Job, inputs: Sequence[str], out_dir: str, *, threshold: f
     """
     if heatmap_task and heatmap_task not in job.tasks:
         raise ValueError(f"--heatmap {heatmap_task}: the model predicts {', '.join(job.tasks)}")
+    clear_earlier_run(out_dir, overwrite)
     threshold = job.cfg.threshold if threshold is None else threshold
     files = list(dict.fromkeys(list_inputs(inputs)))  # a file named twice is scored (and drawn) once
     results, failures = predict_files(job, files, threshold=threshold, batch_size=batch_size)
@@ -639,7 +672,10 @@ def main(argv) -> int:
     start = time.perf_counter()
     try:
         doc = run(job, paths, FLAGS.out_dir, threshold=FLAGS.threshold, heatmap_task=FLAGS.heatmap,
-                  batch_size=FLAGS.batch_size)
+                  batch_size=FLAGS.batch_size, overwrite=FLAGS.overwrite)
+    except OutputExistsError as e:
+        print(f"trainer.predict: error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # one line, not a traceback (--verbose shows it)
         print(f"trainer.predict: error: {startup.error_line(e)}", file=sys.stderr)
         if FLAGS.verbose:
