@@ -23,8 +23,14 @@ def job_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """The parser of a job's own flags: ``--help`` shows each with its default, and the
     module docstring's run commands as the epilogue."""
     first, _, rest = doc.strip().partition("\n\n")
-    return argparse.ArgumentParser(prog=prog, description=first, epilog=rest,
-                                   formatter_class=_HelpFormatter, allow_abbrev=False)
+    return _JobParser(prog=prog, description=first, epilog=rest, formatter_class=_HelpFormatter, allow_abbrev=False)
+
+
+class _JobParser(argparse.ArgumentParser):
+    """An error is one line (``prog: error: ...``), not the whole usage block above it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -52,9 +58,16 @@ def parse_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[a
     install does not.
     """
     opts, rest = parser.parse_known_args(list(argv))
-    if runner_of(rest) not in LOCAL_RUNNERS:
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
+
+    runner = runner_of(rest)
+    names = {n.lower(): n for n in StandardOptions.KNOWN_RUNNER_NAMES}
+    if "." not in runner and runner.lower() not in names and runner.lower() + "runner" not in names:
+        close = difflib.get_close_matches(runner, list(names.values()), n=1, cutoff=0.6)
+        parser.error(f"--runner={runner}: not a Beam runner" + (f"; did you mean {close[0]}?" if close else
+                                                                  f" ({', '.join(names.values())})"))
+    if runner not in LOCAL_RUNNERS:
         return opts, rest
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
     beam_parser = _BeamArgumentParser(allow_abbrev=False)
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():

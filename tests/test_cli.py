@@ -77,3 +77,14 @@ def test_evaluate_cli_is_quiet_and_reads_one_job_dir_as_one_job(trained_job, tmp
                             capture_output=True, text=True, timeout=60)
     assert "--job_dir" in helped.stdout and "--[no]verbose" in helped.stdout
     assert not [line for line in helped.stderr.splitlines() if any(c in line for c in TF_CHATTER)]
+
+
+def test_a_misspelt_runner_is_a_one_line_error_before_any_work(tmp_path, capsys):
+    for job in (build_records, score):
+        with pytest.raises(SystemExit) as e:
+            job.run([f"--output_dir={tmp_path}", "--runner=DirectRuner"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines() == [
+            f"python -m {job.__name__}: error: --runner=DirectRuner: not a Beam runner; did you mean DirectRunner?"]
+    assert not os.listdir(tmp_path)
