@@ -176,3 +176,11 @@ def test_an_earlier_runs_predictions_are_refused_or_replaced_whole(trained_job, 
     second = predict.run(job, [one], out, heatmap_task="atelectasis", overwrite=True)
     listed = {r["overlay"] for r in second["results"] if r["overlay"]}
     assert {n for n in os.listdir(out) if n.endswith(".png")} == listed
+
+
+@pytest.mark.parametrize("p,want", [(0.349753, "0.3498"), (0.350326, "0.3503"), (0.35, "0.35"),
+                                    (0.3449, "0.345"), (0.9, "0.900"), (0.34999999, "0.34999999")])
+def test_a_probability_is_never_shown_on_the_wrong_side_of_the_threshold(p, want):
+    from trainer import config as config_lib
+
+    assert config_lib.format_probability(p, 0.35) == want

@@ -233,3 +233,13 @@ def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str =
         if not ok:
             raise ConfigError(message)
     return cfg
+
+
+def format_probability(p: float, threshold: float) -> str:
+    """``p`` with 3 decimals, or more where 3 would put it on (or across) the threshold:
+    0.349753 next to 0.35 reads "0.3498", not "0.350", which looks like a positive call."""
+    for decimals in range(3, 11):
+        shown = f"{p:.{decimals}f}"
+        if (float(shown) >= threshold) == (p >= threshold) and float(shown) != threshold:
+            return shown
+    return repr(float(p))  # exactly the threshold (a positive call: calls are p >= threshold)

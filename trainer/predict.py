@@ -398,7 +398,8 @@ def heatmap(job: inference.Job, path: str, task: str, probability: float, thresh
     call = ("POSITIVE call (at or above the threshold)" if probability >= threshold
             else "negative call (below the threshold)")
     caption = [
-        f"{name}: P(positive) = {probability:.3f}, threshold {threshold:g} -> {call}.",
+        f"{name}: P(positive) = {config_lib.format_probability(probability, threshold)}, threshold {threshold:g} "
+        f"-> {call}.",
         (f"Grad-CAM of P(positive) for {name}; colours are relative to this image's strongest region, not "
          "probabilities." if cam.max() > 0 else
          f"Grad-CAM of P(positive) for {name} is zero everywhere: no region of this film raises it, so nothing is "
@@ -633,7 +634,8 @@ def report(doc: dict, tasks: Sequence[str], out_dir: str, seconds: float, out=sy
     print(f"paths below {root}", file=out)
     print(f"{'file':{width}s} {'view':8s} " + " ".join(f"{t[:12]:>12s}" for t in tasks) + "   positive", file=out)
     for r in results:
-        print(f"{rel[r['path']]:{width}s} {r['view']:8s} " + " ".join(f"{r['probs'][t]:12.3f}" for t in tasks)
+        shown = [config_lib.format_probability(r["probs"][t], doc["threshold"]) for t in tasks]
+        print(f"{rel[r['path']]:{width}s} {r['view']:8s} " + " ".join(f"{v:>12s}" for v in shown)
               + "   " + (", ".join(r["positive"]) or "-")
               + ("   WARNING: " + "; ".join(r["warnings"]) if r["warnings"] else ""), file=out)
     unknown = sum(r["view"] == studies.UNKNOWN for r in results)
