@@ -814,7 +814,8 @@ def results_blocks(results: dict, meta: dict) -> list:
     long_header = header[:5] + tuple(f"{h} at {t}" for h in header[5:11]) + (
         "F1-tuned threshold", "F1 at tuned threshold") + header[13:]
     defined = sum(not np.isnan(r["auroc"]) for r in results["tasks"].values())
-    means = f"Mean AUROC over the {defined} tasks with an AUROC: {_fmt(results['mean_auroc'])}."
+    means = (f"Mean AUROC over the {defined} task{'s' if defined != 1 else ''} with an AUROC: "
+             f"{_fmt(results['mean_auroc'])}.")
     if defined < len(results["tasks"]):
         means = means[:-1] + f" ({len(results['tasks']) - defined} without one, see below)."
     present = [x for x in chexpert.COMPETITION_TASKS if x in results["tasks"]]
