@@ -451,7 +451,7 @@ def generate(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--output_dir", default="data/synthetic", help="Parent folder of CheXpert-v1.0-small.")
     parser.add_argument("--num_patients", type=int, default=1000, help="Train patients (~3.4 images each).")
     parser.add_argument("--num_valid_patients", type=int, default=200, help="Valid patients (1 study each).")

@@ -42,7 +42,8 @@ from collections.abc import Sequence
 
 def make_parser() -> argparse.ArgumentParser:
     """The demo's flags (argparse only: parsed before TensorFlow loads, so --help is quick)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--job_dir", action="append", default=None,
                         help="A trainer.task job folder (default: make demo's jobs/atelectasis). Repeat it to serve "
                              "several: one bar per pathology, the mean of the jobs that predict the same one.")
