@@ -196,9 +196,6 @@ def make_config(opts: argparse.Namespace) -> BuildConfig:
     teacher_sha256 = check_teacher(opts.teacher, policy) if opts.teacher else ""
     if opts.teacher_batch_size < 1:
         raise ConfigError("--teacher_batch_size must be >= 1")
-    for flag in ("max_reject_fraction", "max_shrink_fraction"):
-        if not 0.0 <= getattr(opts, flag) <= 1.0:
-            raise ConfigError(f"--{flag}={getattr(opts, flag)}: expected a fraction in [0, 1]")
     if opts.patient_overlap not in job_options.PATIENT_OVERLAP:
         raise ConfigError(f"--patient_overlap={opts.patient_overlap}: expected one of {', '.join(job_options.PATIENT_OVERLAP)}")
     try:
@@ -908,15 +905,8 @@ def _build(cfg: BuildConfig, sources: list[dict], rows: list[dict], options: Pip
     """Runs the pipeline into a new snapshot folder, reconciles, applies the guards and
     commits; on any failure the committed output is as it was (the unfinished snapshot is
     removed, or collected by the next run)."""
-    snapshot, snapshot_dir = commit_lib.new_snapshot(cfg.output_dir)
-    try:
+    with commit_lib.new_snapshot(cfg.output_dir) as (snapshot, snapshot_dir):
         return _build_into(cfg, sources, rows, options, fp, previous, valid_patients, snapshot, snapshot_dir)
-    except Exception:  # not committed (commit_lib.commit raises only before its atomic step)
-        try:
-            storage.delete([snapshot_dir])
-        except Exception as e:  # the next run collects it
-            log.warning("could not remove the unfinished snapshot %s: %s", snapshot_dir, e)
-        raise
 
 
 def _build_into(cfg: BuildConfig, sources: list[dict], rows: list[dict], options: PipelineOptions, fp: str,
@@ -941,10 +931,8 @@ def _build_into(cfg: BuildConfig, sources: list[dict], rows: list[dict], options
                  ", ".join(chexpert.teacher_observations(cfg.policy)))
     with runs.quiet_workers(cfg.verbose), beam.Pipeline(options=options) as p:
         build_pipeline(p, cfg, [(s["path"], s["split"]) for s in sources], snapshot_dir, skip, tag, valid_patients)
-    temp = [posixpath.join(snapshot_dir, "stats*.jsonl"), posixpath.join(snapshot_dir, "rejects*.jsonl")]
-    stats = runs.read_jsonl(temp[0])
-    rejects = runs.read_jsonl(temp[1]) + dup_rejects
-    storage.delete([m.path for pattern in temp for m in FileSystems.match([pattern])[0].metadata_list])
+    stats = runs.take_jsonl(posixpath.join(snapshot_dir, "stats*.jsonl"))
+    rejects = runs.take_jsonl(posixpath.join(snapshot_dir, "rejects*.jsonl")) + dup_rejects
     stats = _fill_missing_shards(snapshot_dir, stats, tag)
     by_path = {r["path"]: r for r in reversed(rows)}  # first occurrence wins
     for s in stats:

@@ -134,14 +134,27 @@ def _holder(fd: int) -> str:
 # --- Snapshots ------------------------------------------------------------------------------
 
 
-def new_snapshot(output_dir: str) -> tuple[str, str]:
-    """Creates this run's snapshot folder; returns ``(name, path)``. The name sorts by time
-    and is unique (uuid), so no two runs ever write the same file."""
+@contextlib.contextmanager
+def new_snapshot(output_dir: str) -> Iterator[tuple[str, str]]:
+    """Creates this run's snapshot folder and yields ``(name, path)``. The name sorts by
+    time and is unique (uuid), so no two runs ever write the same file.
+
+    An exception from the body means the run did not commit (``commit`` raises only before
+    its atomic step): the unfinished folder is removed, or left for the next run's
+    collection when that fails too. A kill skips this, and the collection covers it.
+    """
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
     name = f"{SNAPSHOT_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
     path = storage.join(output_dir, name)
     storage.mkdirs(path)
-    return name, path
+    try:
+        yield name, path
+    except Exception:
+        try:
+            storage.delete([path])
+        except Exception as e:  # the next run collects it
+            log.warning("could not remove the unfinished snapshot %s: %s", path, e)
+        raise
 
 
 def read_manifest(output_dir: str) -> dict | None:

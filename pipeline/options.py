@@ -82,6 +82,23 @@ def parse_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[a
     return opts, rest
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1] (nan refused)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: expected a fraction in [0, 1]")
+    return value
+
+
+def add_guard_flags(parser: argparse.ArgumentParser, *, inputs: str, outputs: str, why: str = "") -> None:
+    """The mass-loss guards both jobs take (``pipeline.commit.check_rejected`` / ``check_shrink``)."""
+    parser.add_argument("--max_reject_fraction", type=fraction, default=0.05,
+                        help=f"Fail and commit nothing when more than this fraction of {inputs} is rejected{why}.")
+    parser.add_argument("--max_shrink_fraction", type=fraction, default=0.05,
+                        help=f"Fail and commit nothing when the run would hold more than this fraction fewer {outputs} "
+                             "than the committed output; 1 accepts any shrink.")
+
+
 def build_records_parser(doc: str) -> argparse.ArgumentParser:
     """``pipeline.build_records``' flags; ``doc`` is its module docstring (for --help)."""
     parser = job_parser("python -m pipeline.build_records", doc)
@@ -118,12 +135,8 @@ def build_records_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--teacher_batch_size", type=int, default=32, help="RunInference batch for --teacher.")
     parser.add_argument("--sample_patients", type=int, default=1000,
                         help="Train patients of the synthetic sample generated when no data is found.")
-    parser.add_argument("--max_reject_fraction", type=float, default=0.05,
-                        help="Fail and commit nothing when more than this fraction of CSV rows is rejected "
-                             "(an unmounted image folder rejects them all).")
-    parser.add_argument("--max_shrink_fraction", type=float, default=0.05,
-                        help="Fail and commit nothing when the run would hold more than this fraction fewer "
-                             "records than the committed output; 1 accepts any shrink.")
+    add_guard_flags(parser, inputs="CSV rows", outputs="records",
+                    why=" (an unmounted image folder rejects them all)")
     parser.add_argument("--patient_overlap", default="reject",
                         help="A train.csv row whose patient also appears in valid.csv (valid-set leakage): "
                              "reject (dead letter patient_in_valid, the default) or fail (stop before any work).")
@@ -151,11 +164,7 @@ def score_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="Score everything anew and replace the committed output whatever it holds (also when "
                              "nothing changed, or it is damaged).")
-    parser.add_argument("--max_reject_fraction", type=float, default=0.05,
-                        help="Fail and commit nothing when more than this fraction of inputs is rejected.")
-    parser.add_argument("--max_shrink_fraction", type=float, default=0.05,
-                        help="Fail and commit nothing when the run would hold more than this fraction fewer scores "
-                             "than the committed output; 1 accepts any shrink.")
+    add_guard_flags(parser, inputs="inputs", outputs="scores")
     parser.add_argument("--verbose", action="store_true",
                         help="Show TensorFlow's and the worker processes' own start-up lines (hidden by default).")
     return parser

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import options
+from pipeline import options, storage
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,19 @@ def file_stat(path: str) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
+_log_stream = None
+
+
 def configure_logging() -> None:
     """Our INFO lines, Beam's warnings; not the local workers' relayed start-up noise.
 
     The handler writes to its own duplicate of file descriptor 2, so that ``quiet_workers``
     can send the worker processes' output elsewhere without silencing ours.
     """
-    stream = os.fdopen(os.dup(2), "w", buffering=1)
-    handler = logging.StreamHandler(stream)
+    global _log_stream
+    if _log_stream is None:  # one duplicate per process, however often a job's main runs
+        _log_stream = os.fdopen(os.dup(2), "w", buffering=1)
+    handler = logging.StreamHandler(_log_stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # force: importing Beam has already given the root logger a handler at WARNING.
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
@@ -117,10 +122,27 @@ def runner_args(argv: list[str]) -> list[str]:
     return argv
 
 
-def read_jsonl(pattern: str) -> list[dict]:
-    """Every JSON line of the files matching ``pattern`` (any Beam filesystem), in path order."""
+def _jsonl(paths: list[str]) -> list[dict]:
     out = []
-    for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
+    for path in paths:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             out.extend(json.loads(line) for line in f.read().decode().splitlines() if line.strip())
+    return out
+
+
+def _matching(pattern: str) -> list[str]:
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def read_jsonl(pattern: str) -> list[dict]:
+    """Every JSON line of the files matching ``pattern`` (any Beam filesystem), in path order."""
+    return _jsonl(_matching(pattern))
+
+
+def take_jsonl(pattern: str) -> list[dict]:
+    """``read_jsonl``, then deletes the files it read: a job's temporary outputs (Beam's
+    WriteToText) inside its uncommitted snapshot, which the commit must not list."""
+    paths = _matching(pattern)
+    out = _jsonl(paths)
+    storage.delete(paths)
     return out

@@ -322,9 +322,6 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         options.view_as(StandardOptions).runner = "DirectRunner"
     if opts.model_format not in ("keras", "saved_model"):
         raise ConfigError(f"--model_format={opts.model_format}: expected keras or saved_model")
-    for flag in ("max_reject_fraction", "max_shrink_fraction"):
-        if not 0.0 <= getattr(opts, flag) <= 1.0:
-            raise ConfigError(f"--{flag}={getattr(opts, flag)}: expected a fraction in [0, 1]")
     try:
         commit_lib.check_output_dir(opts.output_dir)
     except commit_lib.OutputError as e:
@@ -356,16 +353,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
             log.info("nothing new: inputs, model and threshold unchanged since %s", previous.get("created"))
             previous["nothing_new"] = True
             return previous
-        snapshot, snapshot_dir = commit_lib.new_snapshot(out)
-        try:
+        with commit_lib.new_snapshot(out) as (snapshot, snapshot_dir):
             manifest = _score_into(opts, options, previous or {}, inputs, csv_rejects, model, tasks, threshold, fp,
                                    snapshot, snapshot_dir, job_cfg.get("provenance"))
-        except Exception:  # not committed: remove the unfinished snapshot (else the next run collects it)
-            try:
-                storage.delete([snapshot_dir])
-            except Exception as e:
-                log.warning("could not remove the unfinished snapshot %s: %s", snapshot_dir, e)
-            raise
     manifest["nothing_new"] = False
     return manifest
 
@@ -403,10 +393,8 @@ def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects:
     if todo:
         with runs.quiet_workers(opts.verbose), beam.Pipeline(options=options) as p:
             build_pipeline(p, todo, opts.job_dir, opts.model_format, threshold, opts.batch_size, snapshot_dir)
-    temp = [storage.join(snapshot_dir, "scores*.jsonl"), storage.join(snapshot_dir, "rejects*.jsonl")]
-    rows = runs.read_jsonl(temp[0])
-    rejects = runs.read_jsonl(temp[1])
-    storage.delete([m.path for pattern in temp for m in FileSystems.match([pattern])[0].metadata_list])
+    rows = runs.take_jsonl(storage.join(snapshot_dir, "scores*.jsonl"))
+    rejects = runs.take_jsonl(storage.join(snapshot_dir, "rejects*.jsonl"))
     rows += [c for c in carried.values() if "rejected" not in c]
     rejects += [c["rejected"] for c in carried.values() if "rejected" in c] + csv_rejects
     rows.sort(key=lambda r: r["path"])

@@ -216,13 +216,13 @@ def test_a_run_whose_counts_do_not_reconcile_commits_nothing(sample_dir, tmp_pat
     out = str(tmp_path / "out")
     _run(sample_dir, out, "--num_shards=2")
     before = {n: open(os.path.join(out, n), "rb").read() for n in storage.files_under(out) if n != ".lock"}
-    real = runs.read_jsonl
+    real = runs.take_jsonl  # how the driver reads the pipeline's stats
 
     def lose_one_shard(pattern):
         got = real(pattern)
         return got[1:] if "stats" in pattern else got
 
-    monkeypatch.setattr(runs, "read_jsonl", lose_one_shard)
+    monkeypatch.setattr(runs, "take_jsonl", lose_one_shard)
     with pytest.raises(RuntimeError, match="counts do not reconcile, nothing committed"):
         _run(sample_dir, out, "--num_shards=2", "--overwrite", "--seed=1")
     assert {n: open(os.path.join(out, n), "rb").read() for n in storage.files_under(out) if n != ".lock"} == before

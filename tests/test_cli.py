@@ -88,3 +88,14 @@ def test_a_misspelt_runner_is_a_one_line_error_before_any_work(tmp_path, capsys)
         assert err.strip().splitlines() == [
             f"python -m {job.__name__}: error: --runner=DirectRuner: not a Beam runner; did you mean DirectRunner?"]
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("flag", ["--max_reject_fraction=nan", "--max_shrink_fraction=2", "--max_reject_fraction=-0.1"])
+def test_guard_fractions_out_of_range_are_one_line_errors_in_both_jobs(tmp_path, capsys, flag):
+    for job in (build_records, score):
+        with pytest.raises(SystemExit) as e:
+            job.run([f"--output_dir={tmp_path}", "--runner=DirectRunner", flag])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "expected a fraction in [0, 1]" in err[0]
+    assert not os.listdir(tmp_path)
