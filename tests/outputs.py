@@ -35,3 +35,18 @@ def unreferenced(out) -> set[str]:
     the lock file): what garbage collection should have removed."""
     listed = set(manifest(out)["files"]) | {"manifest.json", ".lock"}
     return set(storage.files_under(str(out))) - listed
+
+
+def records_by_split(out) -> dict[str, list[bytes]]:
+    """{split: the serialized records of its committed shards, sorted}: what a build
+    committed, whatever its snapshot and shard names."""
+    from pipeline import tfrecord
+
+    got = {}
+    for split, sp in manifest(out)["splits"].items():
+        recs = []
+        for name in sp["shards"]:
+            with open(os.path.join(out, name), "rb") as f:
+                recs += list(tfrecord.read_records(f, name))
+        got[split] = sorted(recs)
+    return got

@@ -25,7 +25,7 @@ import sys
 
 import pytest
 
-from pipeline import build_records, commit, make_sample, score, tfrecord
+from pipeline import build_records, commit, make_sample, score
 from tests import images, outputs
 from tests.faults import Faults, Killed, bootstrap
 
@@ -53,13 +53,7 @@ def _build_summary(out) -> dict:
     """What a build committed, independent of snapshot and shard names: the records of each
     split, the dead letters, and the manifest's counts."""
     m = outputs.manifest(out)
-    recs = {}
-    for split, sp in m["splits"].items():
-        got = []
-        for name in sp["shards"]:
-            with open(os.path.join(out, name), "rb") as f:
-                got += list(tfrecord.read_records(f, name))
-        recs[split] = sorted(got)
+    recs = outputs.records_by_split(out)
     keys = ("rows", "written", "rejected", "rejected_by_reason", "bytes", "views", "raw_counts", "target_counts")
     return {"records": recs, "rejects": [open(os.path.join(out, n), "rb").read() for n in m["rejected_files"]],
             "sources": m["sources"], "splits": {s: {k: sp[k] for k in keys} for s, sp in m["splits"].items()},

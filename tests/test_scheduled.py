@@ -202,17 +202,7 @@ def test_score_killed_midway_then_rerun_scores_every_input_exactly_once(trained_
 
 
 def _records_by_split(out):
-    from pipeline import tfrecord
-
-    m = json.load(open(os.path.join(out, "manifest.json")))
-    got = {}
-    for split, sp in m["splits"].items():
-        recs = []
-        for name in sp["shards"]:
-            with open(os.path.join(out, name), "rb") as f:
-                recs += list(tfrecord.read_records(f, name))
-        got[split] = sorted(recs)
-    return m, got
+    return outputs.manifest(out), outputs.records_by_split(out)
 
 
 def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_path):
