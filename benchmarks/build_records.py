@@ -23,7 +23,8 @@ import tempfile
 import time
 
 from benchmarks import measure
-from pipeline import imaging, make_sample
+from core import imaging
+from pipeline import make_sample
 
 
 def floor(dataset_dir: str, size: int) -> tuple[int, float]:

@@ -33,7 +33,7 @@ Graph (row-sized elements are grouped, never pixels)::
 Every file a run writes is new, in its own snapshot folder ``OUTPUT/snapshot-<time>-<id>/``.
 The driver then checks that rows in = written + rejected for every CSV and the guards
 (``--max_reject_fraction``, ``--max_shrink_fraction``), and commits by writing
-``OUTPUT/manifest.json`` in one atomic step (``pipeline.commit``): the new records appear
+``OUTPUT/manifest.json`` in one atomic step (``core.commit``): the new records appear
 only when the whole job succeeded, and any fault before that leaves the committed ones as
 they were.
 """
@@ -63,13 +63,13 @@ from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.metrics import Metrics  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions  # noqa: E402
 
-from pipeline import commit as commit_lib  # noqa: E402
-from pipeline import imaging  # noqa: E402
+from core import commit as commit_lib  # noqa: E402
+from core import imaging  # noqa: E402
 from pipeline import make_sample  # noqa: E402
 from pipeline import records  # noqa: E402
 from pipeline import runs  # noqa: E402
-from pipeline import storage  # noqa: E402
-from pipeline import tfrecord  # noqa: E402
+from core import storage  # noqa: E402
+from core import tfrecord  # noqa: E402
 from schemas import chexpert  # noqa: E402
 from schemas import example as example_lib  # noqa: E402
 

@@ -91,7 +91,7 @@ def fraction(text: str) -> float:
 
 
 def add_guard_flags(parser: argparse.ArgumentParser, *, inputs: str, outputs: str, why: str = "") -> None:
-    """The mass-loss guards both jobs take (``pipeline.commit.check_rejected`` / ``check_shrink``)."""
+    """The mass-loss guards both jobs take (``core.commit.check_rejected`` / ``check_shrink``)."""
     parser.add_argument("--max_reject_fraction", type=fraction, default=0.05,
                         help=f"Fail and commit nothing when more than this fraction of {inputs} is rejected{why}.")
     parser.add_argument("--max_shrink_fraction", type=fraction, default=0.05,

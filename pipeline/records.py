@@ -23,7 +23,7 @@ from typing import IO, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from pipeline import imaging
+from core import imaging
 from schemas import chexpert
 from schemas import example as example_lib
 

@@ -1,4 +1,4 @@
-"""What every scheduled job shares besides its commit (``pipeline.commit``): an input
+"""What every scheduled job shares besides its commit (``core.commit``): an input
 fingerprint, runner flags, logging.
 
 The fingerprint is a sha256 over everything a run's output depends on (the input CSVs'
@@ -20,7 +20,8 @@ from typing import Iterable, Iterator
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import options, storage
+from core import storage
+from pipeline import options
 
 log = logging.getLogger(__name__)
 

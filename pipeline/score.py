@@ -11,14 +11,14 @@ scored in batches by ``RunInference`` with the job's ``model.keras`` (or its Sav
 per input, sorted by path: P(positive) per observation and the positive calls at the
 model's threshold; the JSON rows also carry each image's view), ``studies.csv`` (the CheXpert
 competition's format, ``Study,<observations>``, one row per ``.../patientN/studyM`` study:
-the max over its frontal images, ``pipeline.studies``; inputs in no study folder are left
+the max over its frontal images, ``core.studies``; inputs in no study folder are left
 out and counted in the manifest) and ``rejected.jsonl`` (unreadable inputs with the reason), in a new
 snapshot folder ``OUTPUT/snapshot-.../`` that ``OUTPUT/manifest.json`` (counts, model,
 threshold, input fingerprint, ``outputs``: where the files are) commits. Inputs = scored +
 rejected, or nothing is committed.
 
 Scheduled use: the output folder is locked while a run is in progress; a run writes only
-new files and commits them in one atomic step (``pipeline.commit``); more than
+new files and commits them in one atomic step (``core.commit``); more than
 ``--max_reject_fraction`` rejects, or a shrink past ``--max_shrink_fraction``, commits
 nothing; ``--incremental`` scores only inputs whose path, size or mtime changed since the
 committed run and carries the other rows over; a rerun on unchanged inputs says "nothing
@@ -52,9 +52,10 @@ from apache_beam.metrics import Metrics  # noqa: E402
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions  # noqa: E402
 
-from pipeline import commit as commit_lib  # noqa: E402
-from pipeline import imaging, records, runs, storage, studies  # noqa: E402
-from pipeline.studies import model_data  # noqa: E402
+from core import commit as commit_lib  # noqa: E402
+from core import imaging, storage, studies  # noqa: E402
+from pipeline import records, runs  # noqa: E402
+from core.studies import model_data  # noqa: E402
 from schemas import chexpert  # noqa: E402
 
 log = logging.getLogger("score")
@@ -245,7 +246,7 @@ def _model_digest(job_dir: str, model_format: str) -> str:
 
 
 def study_table(rows: list[dict], tasks: Sequence[str]) -> studies.StudyTable:
-    """The score rows as studies (``pipeline.studies.aggregate``). A row committed before rows
+    """The score rows as studies (``core.studies.aggregate``). A row committed before rows
     carried their view (none is carried over any more, see ``_score_into``) would be judged by
     its file name."""
     return studies.aggregate(((r["path"], r.get("view") or studies.input_view(r["path"]), r["probabilities"])
@@ -312,7 +313,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     Raises:
         ConfigError: a bad flag or input, before any work.
         commit_lib.LockedError, commit_lib.DamagedOutputError, commit_lib.GuardError: see
-            ``pipeline.commit``; nothing is committed.
+            ``core.commit``; nothing is committed.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     opts, pipeline_args = job_options.parse_flags(make_parser(), argv)

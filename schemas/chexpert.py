@@ -18,7 +18,7 @@ target is ``low + draw * (high - low)`` where ``draw`` is a per-record uniform n
 entry with ``from_teacher = 1``: its draw is the teacher model's probability stored with the
 record (``labels/teacher``), so the target *is* that probability; where a record has no
 teacher value (-1) the entry is masked, i.e. ``ignore``. The numpy writer
-(``apply_policy``) and the tf.data reader (``schemas.tf_example.policy_targets``) both
+(``apply_policy``) and the tf.data reader (``schemas.example_tf.policy_targets``) both
 evaluate this one table, so a record parsed with a policy gives exactly the targets the
 records job wrote for it.
 """

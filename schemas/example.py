@@ -2,7 +2,7 @@
 
 ``FEATURES`` below is the spec. The records job calls ``to_example`` (pure Python: it
 encodes the protobuf wire format itself, so Beam workers never import TensorFlow, which
-costs ~3 s per worker process); tf.data calls ``schemas.tf_example.parse``, whose
+costs ~3 s per worker process); tf.data calls ``schemas.example_tf.parse``, whose
 ``FEATURE_SPEC`` is built from this same table. A test checks that ``to_example`` gives
 byte for byte what ``tf.train.Example.SerializeToString(deterministic=True)`` gives.
 
@@ -32,7 +32,7 @@ Keys (dtype, shape):
 
 The raw codes are always stored, so a different policy never needs a rebuild: the reader
 maps ``labels/raw``, ``labels/draw`` and ``labels/teacher`` with
-``tf_example.policy_targets`` and the same table the writer used
+``example_tf.policy_targets`` and the same table the writer used
 (``schemas.chexpert.policy_matrix``). Only switching an observation *to* ``self_trained``
 needs teacher values the job did not store, i.e. a rebuild with ``--teacher``.
 """

@@ -4,7 +4,7 @@ r"""Peak memory of preprocessing one image, measured in a fresh process.
     python -m tests.decode_peak --make DIR           # writes the largest images the caps
                                                      # accept into DIR, then measures them
 
-Each file is preprocessed (``pipeline.imaging.preprocess`` to 320 px, the records job's
+Each file is preprocessed (``core.imaging.preprocess`` to 320 px, the records job's
 call) in a child process, which prints one JSON line: the increase of its peak RSS over the
 RSS it had with the file's bytes already read and every module imported. The input bytes
 are the caller's, so they are not counted; everything the decoder allocates is.
@@ -34,7 +34,7 @@ CASES = {
 def _child(path: str) -> dict:
     import pydicom.pixels  # noqa: F401  imported before the baseline: a module is not the image
 
-    from pipeline import imaging
+    from core import imaging
 
     with open(path, "rb") as f:
         data = f.read()

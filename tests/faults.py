@@ -1,4 +1,4 @@
-"""Fault injection at every mutating step of ``pipeline.storage``, the one filesystem layer
+"""Fault injection at every mutating step of ``core.storage``, the one filesystem layer
 the jobs write through.
 
 A step is one of: ``create`` (before a file is opened for writing), ``close`` (a written file
@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 
-from pipeline import storage
+from core import storage
 
 
 class Killed(BaseException):
@@ -104,7 +104,7 @@ class Faults:
 
     @contextlib.contextmanager
     def installed(self):
-        """Routes pipeline.storage's mutating functions through ``step`` for the duration."""
+        """Routes core.storage's mutating functions through ``step`` for the duration."""
         real = {name: getattr(storage, name) for name in ("create", "rename", "delete", "mkdirs")}
 
         def create(path):

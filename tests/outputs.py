@@ -1,4 +1,4 @@
-"""Reading a committed output folder (``pipeline.commit`` layout) the way a reader does:
+"""Reading a committed output folder (``core.commit`` layout) the way a reader does:
 through ``manifest.json`` only."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from pipeline import storage
+from core import storage
 
 
 def manifest(out) -> dict:
@@ -40,7 +40,7 @@ def unreferenced(out) -> set[str]:
 def records_by_split(out) -> dict[str, list[bytes]]:
     """{split: the serialized records of its committed shards, sorted}: what a build
     committed, whatever its snapshot and shard names."""
-    from pipeline import tfrecord
+    from core import tfrecord
 
     got = {}
     for split, sp in manifest(out)["splits"].items():

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import build_records, commit, make_sample, runs, storage
+from core import commit, storage
+from pipeline import build_records, make_sample, runs
 from schemas import chexpert
 from schemas import example as example_lib
-from schemas import tf_example
+from schemas import example_tf
 from tests import badinputs
 
 def _run(input_dir, output_dir, *extra):
@@ -27,7 +28,7 @@ def _run(input_dir, output_dir, *extra):
 
 def _read_split(output_dir, manifest, split):
     files = [os.path.join(output_dir, n) for n in manifest["splits"][split]["shards"]]
-    ds = tf.data.TFRecordDataset(files).map(tf_example.parse)
+    ds = tf.data.TFRecordDataset(files).map(example_tf.parse)
     return list(ds.as_numpy_iterator())
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_records_read_back_through_the_schema_match_the_csv(built):
             assert rec["image"].shape == (64, 64, 1) and rec["image"].dtype == np.uint8
             want = [int(chexpert.parse_label(csv_rows[path][n])) for n in chexpert.OBSERVATION_NAMES]
             np.testing.assert_array_equal(rec[example_lib.LABELS_RAW], want)
-            t, m = tf_example.policy_targets(rec[example_lib.LABELS_RAW], rec[example_lib.LABELS_DRAW], table)
+            t, m = example_tf.policy_targets(rec[example_lib.LABELS_RAW], rec[example_lib.LABELS_DRAW], table)
             np.testing.assert_array_equal(t.numpy(), rec[example_lib.LABELS_TARGET])
             np.testing.assert_array_equal(m.numpy(), rec[example_lib.LABELS_MASK])
     assert set(seen) == set(csv_rows)  # every row written exactly once

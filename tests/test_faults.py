@@ -2,7 +2,7 @@
 
 For each job (build_records, score) and each kind of run (full, --overwrite, --incremental),
 a clean run is first counted step by step (every create, close, rename, delete and mkdirs
-through ``pipeline.storage``). Then, for every step ``i``, a copy of the committed output is
+through ``core.storage``). Then, for every step ``i``, a copy of the committed output is
 run again with a fault at step ``i``:
 
 * a kill (``Killed``: that step and everything after it fails, so no clean-up runs), and
@@ -25,7 +25,8 @@ import sys
 
 import pytest
 
-from pipeline import build_records, commit, make_sample, score
+from core import commit
+from pipeline import build_records, make_sample, score
 from tests import images, outputs
 from tests.faults import Faults, Killed, bootstrap
 
@@ -176,7 +177,7 @@ def score_inputs(sample_dir, trained_job, tmp_path_factory):
     return trained_job, str(folder), committed
 
 
-# Scoring shares pipeline.commit with the records job; each of its steps is a driver step
+# Scoring shares core.commit with the records job; each of its steps is a driver step
 # (Beam's own temporary files stay inside the new snapshot), so two runs cover them: a full
 # rescore over a committed output on a full disk, and an incremental run killed.
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from pipeline import imaging
+from core import imaging
 from tests import decode_peak, images
 
 # Decoded 16-bit pixels (2 bytes each; pydicom briefly holds them twice, 4), the uint8 output

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pipeline import imaging
+from core import imaging
 from schemas.chexpert import RowError
 from tests import images
 

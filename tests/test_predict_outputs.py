@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import imaging, make_sample
+from core import imaging
+from pipeline import make_sample
 from tests import studies_folder
 from trainer import predict
 

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from pipeline import make_sample, score, storage
+from core import storage
+from pipeline import make_sample, score
 from trainer import inference, predict
 from tests import images, outputs, studies_folder
 
@@ -253,14 +254,14 @@ def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_
     on_disk = {n for n in storage.files_under(out) if n.endswith(".tfrecord")}
     assert listed == on_disk  # replaced shards were deleted after the commit
     # Compacted and delta shards keep frontal records first, as many as the manifest says.
-    from pipeline import tfrecord
+    from core import tfrecord
     from schemas import example as ex
-    from schemas import tf_example
+    from schemas import example_tf
 
     mixed = []
     for name in listed:
         with open(os.path.join(out, name), "rb") as f:
-            views = [tf_example.parse(r, decode=False)[ex.IMAGE_VIEW].numpy() for r in tfrecord.read_records(f, name)]
+            views = [example_tf.parse(r, decode=False)[ex.IMAGE_VIEW].numpy() for r in tfrecord.read_records(f, name)]
         n = m_inc["shard_stats"][name]["views"].get("frontal", 0)
         assert views == [b"frontal"] * n + [b"lateral"] * (len(views) - n), name
         if 0 < n < len(views):

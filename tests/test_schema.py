@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-from pipeline import imaging, tfrecord
+from core import imaging, tfrecord
 from schemas import chexpert
 from schemas import example as example_lib
-from schemas import tf_example
+from schemas import example_tf
 
 C = chexpert.Code
 
@@ -86,7 +86,7 @@ def test_policy_targets_and_masks_on_a_hand_written_table(policy, blank, targets
     np.testing.assert_allclose(t[:, 0], targets, atol=1e-6)
     np.testing.assert_array_equal(m[:, 0], mask)
     # The reader's TensorFlow version evaluates the same table to the same numbers.
-    tt, tm = tf_example.policy_targets(tf.constant(codes), tf.constant(draws), table)
+    tt, tm = example_tf.policy_targets(tf.constant(codes), tf.constant(draws), table)
     np.testing.assert_array_equal(tt.numpy(), t)
     np.testing.assert_array_equal(tm.numpy(), m)
 
@@ -128,7 +128,7 @@ def test_self_trained_takes_the_teacher_only_for_uncertain_entries():
     ti, mi = chexpert.apply_policy(codes, draws, chexpert.policy_matrix({s: "ignore" for s in chexpert.OBSERVATIONS}))
     np.testing.assert_array_equal(m0, mi)
     np.testing.assert_array_equal(t0, ti)
-    tt, tm = tf_example.policy_targets(tf.constant(codes), tf.constant(draws), table, tf.constant(teacher))
+    tt, tm = example_tf.policy_targets(tf.constant(codes), tf.constant(draws), table, tf.constant(teacher))
     np.testing.assert_array_equal(tt.numpy(), t)
     np.testing.assert_array_equal(tm.numpy(), m)
 
@@ -216,8 +216,8 @@ def test_example_round_trip_every_field():
     for fmt, encoded in [("raw", pixels.tobytes()), ("png", imaging.encode(pixels))]:
         ex = example_lib.to_example(row, encoded=encoded, image_format=fmt, height=12, width=10, draws=draws,
                                     targets=targets, mask=mask)
-        f = tf_example.parse(tf.constant(ex))
-        assert set(tf_example.FEATURE_SPEC) == set(example_lib.FEATURES) and set(example_lib.FEATURES) <= set(f)
+        f = example_tf.parse(tf.constant(ex))
+        assert set(example_tf.FEATURE_SPEC) == set(example_lib.FEATURES) and set(example_lib.FEATURES) <= set(f)
         np.testing.assert_array_equal(f["image"].numpy()[..., 0], pixels)
         assert f["image"].dtype == tf.uint8
         assert f[example_lib.IMAGE_FORMAT].numpy() == fmt.encode()

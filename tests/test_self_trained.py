@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import build_records, commit
+from core import commit
+from pipeline import build_records
 from schemas import chexpert
 from schemas import example as example_lib
-from schemas import tf_example
+from schemas import example_tf
 
 CONS = chexpert.OBSERVATION_INDEX["consolidation"]
 UNC = int(chexpert.Code.UNCERTAIN)
@@ -44,7 +45,7 @@ def taught(sample_dir, teacher_job, tmp_path_factory):
 def _records(out, manifest):
     files = [os.path.join(out, n) for sp in manifest["splits"].values() for n in sp["shards"]]
     return {r[example_lib.SOURCE_PATH].decode(): r
-            for r in tf.data.TFRecordDataset(files).map(tf_example.parse).as_numpy_iterator()}
+            for r in tf.data.TFRecordDataset(files).map(example_tf.parse).as_numpy_iterator()}
 
 
 def test_teacher_relabels_only_uncertain_entries_with_its_probability(taught, records_dir, teacher_job, sample_dir):

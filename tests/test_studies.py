@@ -1,4 +1,4 @@
-"""pipeline.studies (views, study ids, the competition's study CSV) and the resize geometry
+"""core.studies (views, study ids, the competition's study CSV) and the resize geometry
 overlays are mapped back with; TF-free."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 
-from pipeline import imaging, studies
+from core import imaging, studies
 from tests import images
 from tests.test_views import dicom_with_view
 

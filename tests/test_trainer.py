@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import imaging
+from core import imaging
 from trainer import config as config_lib
 from trainer import model as model_lib
 from trainer import train

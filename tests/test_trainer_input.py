@@ -119,7 +119,7 @@ def test_corrupt_shard_is_found_and_named(records_dir, tmp_path):
 
 def test_shards_hold_frontal_views_first_so_the_reader_takes_a_head(records_dir, tmp_path):
     from schemas import example as ex
-    from schemas import tf_example
+    from schemas import example_tf
 
     m = _manifest(records_dir)
     assert m["record_order"] == ex.RECORD_ORDER
@@ -129,7 +129,7 @@ def test_shards_hold_frontal_views_first_so_the_reader_takes_a_head(records_dir,
     saw_lateral = False
     for f, n in zip(files, heads):
         views = [r[ex.IMAGE_VIEW] for r in tf.data.TFRecordDataset(f).map(
-            lambda s: tf_example.parse(s, decode=False)).as_numpy_iterator()]
+            lambda s: example_tf.parse(s, decode=False)).as_numpy_iterator()]
         assert views == [b"frontal"] * n + [b"lateral"] * (len(views) - n)
         saw_lateral |= len(views) > n
     assert saw_lateral  # else the check above proves nothing

@@ -1,4 +1,4 @@
-"""pipeline.views: the view a file states (DICOM ViewPosition, CheXpert names), else unknown."""
+"""core.views: the view a file states (DICOM ViewPosition, CheXpert names), else unknown."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from pipeline import views
+from core import views
 from tests import images
 
 

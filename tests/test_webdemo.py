@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from pipeline import imaging
+from core import imaging
 from tests import images
 from trainer import inference
 from webdemo import app as webapp

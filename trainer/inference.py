@@ -1,7 +1,7 @@
 """Loading a trained job and turning image files into model inputs, the training way.
 
 Evaluation on a CSV, ``trainer.predict``, the web demo and batch scoring all go through
-``model_input``: the records job's own ``pipeline.imaging.preprocess`` (decode, gray,
+``model_input``: the records job's own ``core.imaging.preprocess`` (decode, gray,
 resize to the records' size with the records' resize mode), then, when the model was
 trained smaller, the same antialiased TF resize the input pipeline applies.
 
@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import imaging, views
+from core import imaging, views
 from trainer import model as model_lib  # noqa: F401  (registers PositiveProbability for load_model)
 from trainer.config import TrainConfig
 
@@ -186,7 +186,7 @@ def predict_batch(job: Job, images: np.ndarray | tf.Tensor) -> np.ndarray:
 
 def is_lateral(name: str, data: bytes | None = None) -> bool:
     """Whether a file states that it is a lateral view: a DICOM ViewPosition of LL, RL or
-    LATERAL, or a CheXpert file name ``view<N>_lateral.<ext>`` (``pipeline.views.view_of``).
+    LATERAL, or a CheXpert file name ``view<N>_lateral.<ext>`` (``core.views.view_of``).
 
     A word inside a free name (``lateral_scan.jpg``) does not count, and a file that states
     nothing (``scan.jpg``) is not called lateral: its view is unknown, which callers should

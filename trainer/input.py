@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from schemas import chexpert
 from schemas import example as ex
-from schemas import tf_example
+from schemas import example_tf
 from trainer.config import ConfigError, TrainConfig, read_manifest
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -107,7 +107,7 @@ def scan_shards(files: list[str]) -> tuple[list[str], dict[str, str]]:
                 first = record if first is None else first
             if first is not None:
                 try:
-                    tf_example.parse(first, decode=False)
+                    example_tf.parse(first, decode=False)
                 except tf.errors.InvalidArgumentError as e:
                     bad[f] = f"not a CheXpert record of this schema ({e.message.splitlines()[0]})"
                     continue
@@ -195,7 +195,7 @@ def _decode_batch(f: dict, encoding: str, stored: int) -> tf.Tensor:
                      f[ex.IMAGE_ENCODED], fn_output_signature=tf.TensorSpec([stored, stored, 1], tf.uint8))
 
 
-_VIEW_SPEC = {ex.IMAGE_VIEW: tf_example.FEATURE_SPEC[ex.IMAGE_VIEW]}
+_VIEW_SPEC = {ex.IMAGE_VIEW: example_tf.FEATURE_SPEC[ex.IMAGE_VIEW]}
 
 
 def make_dataset(
@@ -263,7 +263,7 @@ def make_dataset(
     ds = ds.batch(batch_size, drop_remainder=training)
 
     def prepare(serialized):
-        f = tf.io.parse_example(serialized, tf_example.FEATURE_SPEC)
+        f = tf.io.parse_example(serialized, example_tf.FEATURE_SPEC)
         image = _decode_batch(f, cfg.records_encoding, stored)
         # Keep the static batch size of drop_remainder batches: XLA needs static shapes.
         image = tf.ensure_shape(image, [serialized.shape[0], stored, stored, 1])
@@ -274,7 +274,7 @@ def make_dataset(
             if training and cfg.augment:
                 image = _affine(image, size)
             image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-        targets, masks = tf_example.policy_targets(f[ex.LABELS_RAW], f[ex.LABELS_DRAW], table, f[ex.LABELS_TEACHER])
+        targets, masks = example_tf.policy_targets(f[ex.LABELS_RAW], f[ex.LABELS_DRAW], table, f[ex.LABELS_TEACHER])
         out = {"image": image, "targets": tf.gather(targets, idx, axis=-1), "masks": tf.gather(masks, idx, axis=-1)}
         if teacher is not None:
             out["teacher"] = teacher(f[ex.SOURCE_PATH])

@@ -7,13 +7,13 @@ Accepts JPEG, PNG (8/16-bit), DICOM or a folder of them; preprocessing is the re
 own (``trainer.inference.model_input``). Writes to ``--out_dir``:
 
 * ``predictions.csv``: one row per image: its path, its view (``frontal``, ``lateral`` or
-  ``unknown``: ``pipeline.studies.input_view``), P(positive) per observation, the positive
+  ``unknown``: ``core.studies.input_view``), P(positive) per observation, the positive
   calls at the threshold, warnings, the overlay's file name (``--heatmap``) and
   ``model_data`` (``synthetic``, ``real`` or ``unknown``: what the model was trained on).
 * ``predictions.json``: the same, the model's provenance, unreadable files with the reason,
   and the study table's details.
 * ``predictions_studies.csv``: the CheXpert competition's format, ``Study,<observations>``,
-  one row per study (the max over its frontal images; ``pipeline.studies``); images in no
+  one row per study (the max over its frontal images; ``core.studies``); images in no
   ``patientNNNNN/studyM`` folder are left out and counted.
 * with ``--heatmap TASK``: one ``<path>.gradcam_TASK.png`` per image, named by the image's
   path below the inputs' common folder (``patient00001_study1_view1_frontal.gradcam_...``),
@@ -73,7 +73,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin  # noqa: E402
 
-from pipeline import imaging, studies  # noqa: E402
+from core import imaging, studies  # noqa: E402
 from schemas import chexpert  # noqa: E402
 from trainer import config as config_lib  # noqa: E402
 from trainer import inference  # noqa: E402
@@ -487,7 +487,7 @@ def predict_files(job: inference.Job, files: list[str], *, threshold: float, bat
     Returns:
         ``(results, failures)``: per file ``{"path", "view", "probs": {task: p}, "positive":
         [tasks], "warnings": [...]}`` (``view``: ``frontal``, ``lateral`` or ``unknown``,
-        ``pipeline.studies.input_view``); failures ``{"path", "reason", "detail"}``.
+        ``core.studies.input_view``); failures ``{"path", "reason", "detail"}``.
     """
     results, failures, batch = [], [], []
 

@@ -12,7 +12,7 @@ the server. Binds to 127.0.0.1 unless ``--host`` says otherwise.
 Several ``--job_dir`` give one bar per pathology: a pathology one job predicts is that job's
 answer, one that several predict is their mean (an ensemble), and the page says which. The
 page names every job with what it was trained on (``trainer.config.provenance_line``),
-synthetic data above all, and the view the file states (``pipeline.views``: frontal,
+synthetic data above all, and the view the file states (``core.views``: frontal,
 lateral or unknown). Every request, refused ones included, is one line of the
 ``webdemo.access`` log: method, path, status, milliseconds and the error message.
 
@@ -22,7 +22,7 @@ chunk at a time and refused as soon as it passes the limit: the server parses th
 itself and never holds or spools more than the limit plus one chunk. At most
 ``--max_concurrent`` requests read and score an image at once; one more gets 503 with
 Retry-After at once, rather than queueing its upload in memory. A request costs at most
-the upload limit plus one image's decode (``pipeline.imaging``: about 300 MB for the
+the upload limit plus one image's decode (``core.imaging``: about 300 MB for the
 largest image it accepts; BUILD_NOTES.md).
 """
 
@@ -77,7 +77,7 @@ from starlette.concurrency import run_in_threadpool  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 from starlette.requests import ClientDisconnect  # noqa: E402
 
-from pipeline import views  # noqa: E402
+from core import views  # noqa: E402
 from schemas import chexpert  # noqa: E402
 from trainer import config as config_lib  # noqa: E402
 from trainer import inference, predict  # noqa: E402
@@ -88,7 +88,7 @@ DEFAULT_JOB = "jobs/atelectasis"
 # the body limit is the upload limit plus this, so a file of exactly the limit is accepted.
 FORM_OVERHEAD = 64 * 1024
 RETRY_AFTER_S = 1  # scoring one image takes ~0.1 s on 2 cores: a second frees a slot
-# Reasons of pipeline.imaging (RowError.reason) as the page shows them after the file name.
+# Reasons of core.imaging (RowError.reason) as the page shows them after the file name.
 MESSAGES = {
     "empty_file": "the file is empty",
     "not_an_image": "this is not an image we can read (JPEG, PNG or DICOM)",

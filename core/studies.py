@@ -18,7 +18,7 @@ Rules, the same in both writers:
   it rests on (``predictions.json``, the score manifest's counts).
 * **View** (``input_view``): a DICOM ViewPosition tag first (the modality wrote it), then a
   CSV's Frontal/Lateral column when the input came from a CSV, then a CheXpert file name
-  (``view<N>_frontal.jpg``); else ``unknown``. ``pipeline.views`` reads the tag and the name.
+  (``view<N>_frontal.jpg``); else ``unknown``. ``core.views`` reads the tag and the name.
 
 Nothing here imports TensorFlow or Beam: the score launcher and the trainer share it.
 """
@@ -31,7 +31,7 @@ import io
 import re
 from typing import Iterable, Mapping, Sequence
 
-from pipeline import views
+from core import views
 from schemas import chexpert
 
 FRONTAL, LATERAL, UNKNOWN = views.FRONTAL, views.LATERAL, views.UNKNOWN

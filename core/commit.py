@@ -36,7 +36,7 @@ import socket
 import uuid
 from typing import Iterator
 
-from pipeline import storage
+from core import storage
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import io
 import os
 import re
 
-from pipeline import imaging
+from core import imaging
 
 FRONTAL, LATERAL, UNKNOWN = "frontal", "lateral", "unknown"
 VIEWS = (FRONTAL, LATERAL, UNKNOWN)
@@ -44,7 +44,7 @@ def dicom_view(data: bytes, name: str = "") -> str:
     """
     if not imaging.is_dicom(data, name):
         return UNKNOWN
-    import pydicom  # lazily, as pipeline.imaging does: most uploads are JPEG or PNG
+    import pydicom  # lazily, as core.imaging does: most uploads are JPEG or PNG
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)

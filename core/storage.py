@@ -14,9 +14,16 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 from typing import BinaryIO
 
-from apache_beam.io.filesystems import FileSystems
+
+
+def _beam():
+    """Beam's FileSystems, imported only for a remote path: local runs and the tools that
+    read outputs (trainer, web demo, tests) never pay for importing Beam."""
+    from apache_beam.io.filesystems import FileSystems
+    return FileSystems
 
 
 def is_remote(path: str) -> bool:
@@ -32,7 +39,10 @@ def join(*parts: str) -> str:
 
 def create(path: str) -> BinaryIO:
     """A new file opened for binary writing (replaces an existing one)."""
-    return FileSystems.create(path)
+    if not is_remote(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # as Beam's local create does
+        return open(path, "wb")
+    return _beam().create(path)
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -43,12 +53,14 @@ def write_bytes(path: str, data: bytes) -> None:
 
 
 def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path, compression_type="uncompressed") as f:
+    with open_read(path) as f:
         return f.read()
 
 
 def open_read(path: str) -> BinaryIO:
-    return FileSystems.open(path, compression_type="uncompressed")
+    if not is_remote(path):
+        return open(path, "rb")
+    return _beam().open(path, compression_type="uncompressed")
 
 
 def rename(src: str, dst: str) -> None:
@@ -56,25 +68,40 @@ def rename(src: str, dst: str) -> None:
     if not is_remote(src):
         os.replace(src, dst)
         return
-    FileSystems.rename([src], [dst])
+    _beam().rename([src], [dst])
 
 
 def delete(paths: list[str]) -> None:
     """Deletes files and folders (recursively)."""
-    if paths:
-        FileSystems.delete(list(paths))
+    failed = {}
+    for p in (p for p in paths if not is_remote(p)):  # as Beam's local delete: try all, then raise
+        try:
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            else:
+                os.remove(p)  # a missing path is an error, not a silent no-op
+        except OSError as e:
+            failed[p] = e
+    if failed:
+        first = next(iter(failed.values()))
+        raise OSError(first.errno, f"could not delete {len(failed)} path(s): {first}")
+    remote = [p for p in paths if is_remote(p)]
+    if remote:
+        _beam().delete(remote)
 
 
 def mkdirs(path: str) -> None:
     """Creates a folder and its parents; an existing folder is fine."""
     if not is_remote(path):
         os.makedirs(path, exist_ok=True)
-    elif not FileSystems.exists(path):
-        FileSystems.mkdirs(path)
+    elif not _beam().exists(path):
+        _beam().mkdirs(path)
 
 
 def exists(path: str) -> bool:
-    return FileSystems.exists(path)
+    if not is_remote(path):
+        return os.path.exists(path)
+    return _beam().exists(path)
 
 
 def size(path: str) -> int | None:
@@ -85,7 +112,7 @@ def size(path: str) -> int | None:
         except OSError:
             return None
         return st.st_size if not os.path.isdir(path) else None
-    found = FileSystems.match([path])[0].metadata_list
+    found = _beam().match([path])[0].metadata_list
     return found[0].size_in_bytes if found else None
 
 
@@ -98,7 +125,7 @@ def children(folder: str) -> list[str]:
             return []
     prefix = folder.rstrip("/") + "/"
     names = {m.path[len(prefix):].split("/", 1)[0]
-             for m in FileSystems.match([prefix + "**"])[0].metadata_list if m.path.startswith(prefix)}
+             for m in _beam().match([prefix + "**"])[0].metadata_list if m.path.startswith(prefix)}
     return sorted(n for n in names if n)
 
 
@@ -111,4 +138,4 @@ def files_under(folder: str) -> list[str]:
             out += [name if rel == "." else posixpath.join(rel.replace(os.sep, "/"), name) for name in names]
         return sorted(out)
     prefix = folder.rstrip("/") + "/"
-    return sorted(m.path[len(prefix):] for m in FileSystems.match([prefix + "**"])[0].metadata_list)
+    return sorted(m.path[len(prefix):] for m in _beam().match([prefix + "**"])[0].metadata_list)

@@ -1,0 +1,7 @@
+"""The shared kit under the jobs, the trainer and the web demo: nothing here imports
+TensorFlow or Beam at import time (Beam's FileSystems only for a remote path).
+
+Image decoding (`imaging`), view detection (`views`), study aggregation (`studies`), the
+TF-free TFRecord framing (`tfrecord`), the one filesystem layer for job writes (`storage`)
+and snapshot commits with their lock (`commit`).
+"""
