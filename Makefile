@@ -12,7 +12,7 @@ DEMO_DATA := data/synthetic
 DEMO_RECORDS := data/records
 DEMO_PATIENTS ?= 1000
 
-.PHONY: demo test venv records sample bench gui clean selftrained teach
+.PHONY: demo test test-fast venv records sample bench gui clean selftrained teach
 
 $(STAMP): setup.cfg pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required" or 0)'
@@ -59,6 +59,10 @@ teach: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The unit tier: contracts and the TF-free kit, no TensorFlow or Beam imported (under a minute).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.build_records

@@ -1,25 +1,54 @@
-"""Shared fixtures: small synthetic datasets made in code, never real data."""
+"""Shared fixtures: small synthetic datasets made in code, never real data.
+
+Nothing here imports TensorFlow or Beam at module level: the unit tier (``tests/unit``,
+``make test-fast``) must load neither. The fixtures import what they need when first used.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from pipeline import build_records, make_sample  # noqa: E402
+UNIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unit")
 
-# Two logical CPUs, so MirroredStrategy runs with two replicas on a one-CPU runner. Must
-# happen before TensorFlow initialises its devices, i.e. at import of the test session.
-_cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+def pytest_collection_finish(session):
+    """Two logical CPUs, so MirroredStrategy runs with two replicas on a one-CPU runner.
+
+    It must happen before TensorFlow initialises its devices: after collection (test modules
+    that use TF import it at module level, none runs an op there) and before the first test.
+    """
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        cpus = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    session.config.stash[_UNIT_ONLY] = bool(session.items) and all(
+        str(item.path).startswith(UNIT + os.sep) for item in session.items)
+
+
+_UNIT_ONLY = pytest.StashKey[bool]()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The unit tier's promise, checked on every unit-only run: neither TF nor Beam loaded."""
+    if session.config.stash.get(_UNIT_ONLY, False):
+        loaded = sorted({"tensorflow", "keras", "apache_beam"} & {n.split(".")[0] for n in sys.modules})
+        if loaded:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            print(f"\nunit tier loaded {', '.join(loaded)}: a test or module under tests/unit imports it",
+                  file=sys.stderr)
 
 
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> str:
     """A generated CheXpert-small: 60 train patients, 30 valid patients (~230 images)."""
+    from pipeline import make_sample
+
     root = str(tmp_path_factory.mktemp("sample"))
     make_sample.generate(root, num_patients=60, num_valid_patients=30, seed=1, workers=1, progress=False)
     return root
@@ -28,6 +57,8 @@ def sample_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def records_dir(sample_dir, tmp_path_factory) -> str:
     """Records of ``sample_dir`` at 32x32 with a 20% holdout, 2 shards per split."""
+    from pipeline import build_records
+
     out = str(tmp_path_factory.mktemp("records32"))
     build_records.run([f"--input_dir={sample_dir}", f"--output_dir={out}", "--image_size=32", "--num_shards=2",
                        "--holdout_fraction=0.2", "--runner=DirectRunner"])
