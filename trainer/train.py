@@ -268,10 +268,10 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
              cfg.precision)
 
     teacher = None
-    if cfg.teacher:
+    if cfg.distill_from:
         paths, logits = distill.teacher_cache(cfg, job_dir)
         teacher = distill.lookup(paths, logits)
-        log.info("distilling from %s: %d cached teacher predictions, alpha %.2f, T %.1f", ", ".join(cfg.teacher),
+        log.info("distilling from %s: %d cached teacher predictions, alpha %.2f, T %.1f", ", ".join(cfg.distill_from),
                  len(paths), cfg.distill_alpha, cfg.distill_temperature)
     with _precision_policy(cfg.precision):
         trainer = Trainer(cfg, strategy)
