@@ -20,6 +20,9 @@ root; level, views, TTA, ensemble members) and what each model was trained on, w
 warning above everything else when that was synthetic data; every number it leaves empty
 comes with a sentence saying why. metrics.json carries the same (``source``,
 ``provenance``, ``synthetic``, ``warnings``, ``missing``).
+
+This module predicts, aggregates and writes the files; the numbers with their reasons and
+the report's text are ``trainer.report``'s, its figures ``trainer.report_plots``'.
 """
 
 from __future__ import annotations
