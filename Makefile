@@ -12,7 +12,7 @@ DEMO_DATA := data/synthetic
 DEMO_RECORDS := data/records
 DEMO_PATIENTS ?= 1000
 
-.PHONY: demo test test-fast venv records sample bench gui clean selftrained teach
+.PHONY: demo test test-fast venv records sample bench gui clean selftrained select teach
 
 $(STAMP): setup.cfg pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required" or 0)'
@@ -53,9 +53,13 @@ selftrained: records
 	$(BIN)/python -m trainer.task --pathology consolidation --records_dir data/records-selftrained \
 		--job_dir jobs/consolidation-selftrained $(DEMO_TRAIN)
 
-# Learning to teach (experiment): a REINFORCE data-selection teacher against baselines.
-teach: $(STAMP)
-	$(BIN)/python -m trainer.teaching.experiment --work_dir data/teaching
+# Data selection (experiment, after Fan et al.'s learning to teach): a REINFORCE-trained
+# selector of each mini-batch's samples against fixed baselines.
+select: $(STAMP)
+	$(BIN)/python -m trainer.selection.experiment --work_dir data/selection
+
+# The target's name before `select`, kept for a release.
+teach: select
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

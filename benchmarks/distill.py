@@ -58,7 +58,7 @@ def main() -> int:
             cfg = config_lib.make_config(
                 pathology=",".join(teacher.tasks), records_dir=teacher.cfg.records_dir,
                 job_dir=os.path.join(tmp, name.replace(" ", "_")), backbone="tiny", image_size=args.student_size,
-                learning_rate=1e-3, epochs=args.epochs, patience=args.epochs, teacher=teachers,
+                learning_rate=1e-3, epochs=args.epochs, patience=args.epochs, distill_from=teachers,
                 distill_alpha=0.5, distill_temperature=2.0)
             report = train.run(cfg)
             job = inference.load_job(cfg.job_dir)

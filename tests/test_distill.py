@@ -4,6 +4,8 @@ teacher."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer import distill, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_distillation_loss_equals_a_hand_computation(records_dir):
@@ -39,8 +43,8 @@ def test_distillation_loss_equals_a_hand_computation(records_dir):
 def test_student_trains_from_a_cached_teacher(trained_job, records_dir, tmp_path):
     job = tmp_path / "student"
     cfg = config_lib.make_config(pathology="atelectasis", records_dir=records_dir, job_dir=str(job), image_size=32,
-                                 backbone="tiny", epochs=1, steps_per_epoch=3, batch_size=4, teacher=(trained_job,),
-                                 distill_alpha=0.7, distill_temperature=3.0)
+                                 backbone="tiny", epochs=1, steps_per_epoch=3, batch_size=4,
+                                 distill_from=(trained_job,), distill_alpha=0.7, distill_temperature=3.0)
     report = train.run(cfg)
     assert set(report["tasks"]) == {"atelectasis"} and 0.0 <= report["tasks"]["atelectasis"]["auroc"] <= 1.0
     cache = job / distill.CACHE
@@ -54,6 +58,37 @@ def test_student_trains_from_a_cached_teacher(trained_job, records_dir, tmp_path
     got = fn(tf.constant([paths[3], b"not/a/record.jpg"])).numpy()
     np.testing.assert_array_equal(got[0], logits[3])
     assert (got[1] == 0).all()  # unknown record: P = 0.5
-    with pytest.raises(config_lib.ConfigError, match="--teacher"):
+    with pytest.raises(config_lib.ConfigError, match="--distill_from"):
         config_lib.make_config(pathology="atelectasis", records_dir=records_dir, job_dir=str(job), image_size=32,
-                               teacher=("/nonexistent",))
+                               distill_from=("/nonexistent",))
+
+
+def test_the_old_teacher_flag_still_works_and_warns(trained_job, records_dir, tmp_path, capsys):
+    from trainer import task
+
+    base = ["trainer.task", f"--records_dir={records_dir}", f"--job_dir={tmp_path / 'job'}", "--image_size=32"]
+    try:
+        task.FLAGS(base + [f"--teacher={trained_job}"])
+        assert task.config_from_flags().distill_from == (trained_job,)
+        assert "trainer.task: warning: --teacher is deprecated; use --distill_from\n" in capsys.readouterr().err
+        task.FLAGS.unparse_flags()
+        task.FLAGS(base + [f"--distill_from={trained_job}"])
+        assert task.config_from_flags().distill_from == (trained_job,)
+        assert "deprecated" not in capsys.readouterr().err
+        task.FLAGS.unparse_flags()
+        task.FLAGS(base + [f"--distill_from={trained_job}", f"--teacher={trained_job}"])
+        with pytest.raises(config_lib.ConfigError, match="give --distill_from only"):
+            task.config_from_flags()
+    finally:
+        task.FLAGS.unparse_flags()
+
+
+def test_the_old_teacher_flag_on_the_command_line(records_dir, tmp_path):
+    """As users type it: one warning line, and errors name the flag's new name."""
+    done = subprocess.run([sys.executable, "-m", "trainer.task", f"--records_dir={records_dir}",
+                           f"--job_dir={tmp_path / 'job'}", "--image_size=32", "--teacher=/nonexistent"], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == "trainer.task: warning: --teacher is deprecated; use --distill_from"
+    assert lines[1].startswith("trainer.task: error: --distill_from: every job") and "/nonexistent" in lines[1]

@@ -68,3 +68,50 @@ def test_curves_equal_sklearn():
     prec, rec, _ = skm.precision_recall_curve(y, p, drop_intermediate=False)
     np.testing.assert_allclose(c["precision"], prec[:-1][::-1])
     np.testing.assert_allclose(c["recall"], rec[:-1][::-1])
+
+
+def _best_f1_by_trying_every_threshold(y, p):
+    """The quadratic reference: F1 at every distinct score, the highest of the best."""
+    candidates = np.unique(p)
+    f1s = np.array([metrics.at_threshold(y, p, t)["f1"] for t in candidates])
+    return float(candidates[np.flatnonzero(f1s == np.nanmax(f1s))[-1]])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_best_f1_threshold_equals_trying_every_threshold(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 120))
+    y = rng.integers(0, 2, n)
+    if not y.any():
+        y[0] = 1
+    # Few distinct scores for half the seeds: ties within a score and equal F1s between scores.
+    p = np.round(rng.random(n), 1 if seed % 2 else 3)
+    assert metrics.best_f1_threshold(y, p) == _best_f1_by_trying_every_threshold(y, p)
+
+
+def test_best_f1_threshold_ties_and_edge_cases():
+    # F1 is 2/3 at both 0.8 and 0.4 (tp 1 fp 0 fn 1; tp 2 fp 2 fn 0): the highest wins.
+    y, p = np.array([1, 0, 1, 0]), np.array([0.8, 0.6, 0.4, 0.5])
+    assert metrics.best_f1_threshold(y, p) == _best_f1_by_trying_every_threshold(y, p) == 0.8
+    assert np.isnan(metrics.best_f1_threshold(np.zeros(4), np.arange(4) / 4))
+    assert metrics.best_f1_threshold(np.ones(3), np.array([0.2, 0.5, 0.9])) == 0.2
+
+
+def test_calibration_curve_equals_sklearn_away_from_bin_edges():
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 2, 500)
+    p = np.clip(rng.random(500) * 0.7 + y * 0.25, 0, 1)
+    off_edge = np.abs(p * 10 - np.round(p * 10)) > 1e-9  # no score on a bin edge
+    y, p = y[off_edge], p[off_edge]
+    observed, confidence = calibration_curve(y, p, n_bins=10, strategy="uniform")
+    cal = metrics.calibration(y, p, bins=10)
+    np.testing.assert_allclose([b["observed"] for b in cal["curve"]], observed, atol=1e-12)
+    np.testing.assert_allclose([b["confidence"] for b in cal["curve"]], confidence, atol=1e-12)
+    assert sum(cal["counts"]) == len(y)
+
+
+def test_curves_need_both_classes():
+    with pytest.raises(ValueError, match="both classes"):
+        metrics.curves(np.ones(4), np.arange(4) / 4)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipeline import make_sample
 from trainer import config as config_lib
-from trainer import evaluate, metrics
+from trainer import evaluate, metrics, report, report_plots
 
 
 class _Page(html.parser.HTMLParser):
@@ -213,20 +213,20 @@ def test_undefined_metrics_each_get_a_sentence_and_a_tooltip():
     rng = np.random.default_rng(0)
     p = rng.random(40)
     scored = {"edema": ((p > 0.5).astype(int), p), "fracture": (np.zeros(40, int), p)}  # fracture: no positives
-    results = evaluate.compute(scored, {}, 0.35, 20, 0)
+    results = report.compute(scored, {}, 0.35, 20, 0)
     meta = _meta()
-    meta["missing"] = evaluate.missing_notes(results, meta)
+    meta["missing"] = report.missing_notes(results, meta)
     assert np.isnan(results["tasks"]["fracture"]["auroc"])
     assert ("fracture: no positive studies in the evaluated set, so AUROC, its CI and AUPRC are undefined and there "
             "are no ROC or precision-recall curves.") in meta["missing"]
     assert "fracture: at the threshold 0.35, sensitivity is undefined: no positive studies." in meta["missing"]
     assert any(n.startswith("Paper AUROC is empty for fracture:") for n in meta["missing"])
-    pngs = evaluate.plots(scored, results, meta)
+    pngs = report_plots.plots(scored, results, meta)
     assert sorted(pngs) == ["curves_edema.png", "reliability.png"]
-    md = evaluate.report_markdown(results, meta, list(pngs))
+    md = report.report_markdown(results, meta, list(pngs))
     assert all(n in md for n in meta["missing"])
     page = _Page()
-    page.feed(evaluate.report_html(results, meta, pngs))
+    page.feed(report.report_html(results, meta, pngs))
     assert not page.errors and not page.stack
     assert any("no positive studies" in t for t in page.titles)
 
@@ -286,3 +286,19 @@ def test_a_split_that_also_chose_the_models_epoch_is_said_to_flatter_it(records_
     md = (records_report / "report.md").read_text()
     assert "chose its best epoch (and when to stop) by mean AUROC on split valid" in md
     assert "optimistically biased" in json.dumps(json.loads((records_report / "metrics.json").read_text())["notes"])
+
+
+def test_labels_of_neighbouring_sparse_bins_do_not_overlap():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.4, 4))
+    # Two markers a few points apart (scores on either side of a bin edge), two near the top.
+    points = [(0.195, 0.0, 5), (0.205, 0.02, 5), (0.89, 1.0, -13), (0.91, 1.0, -13)]
+    labels = [ax.annotate(f"n={i}", (x, y), xytext=(7, dy), textcoords="offset points", fontsize=9)
+              for i, (x, y, dy) in enumerate(points)]
+    report_plots._separate(labels, fig)
+    renderer = fig.canvas.get_renderer()
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert labels[3].xyann[1] < -13  # a label hanging below its marker moves further down
+    plt.close(fig)

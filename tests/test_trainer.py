@@ -206,3 +206,79 @@ def test_a_job_folder_is_resumed_only_with_its_own_settings(records_dir, tmp_pat
         assert {n: (job / n).read_bytes() for n in before} == before
     longer = _cfg(records_dir, job, epochs=2, steps_per_epoch=2, batch_size=4)  # more epochs: resumes
     assert train.run(longer)["best_epoch"] in (1, 2)
+
+
+def _hand_written_rule(scores, patience):
+    """The early stopping and best-model rule the callbacks replaced: (saved epochs, last epoch)."""
+    best, wait, saved = -1.0, 0, []
+    for epoch, s in enumerate(scores, 1):
+        score = -np.inf if np.isnan(s) else s
+        if score > best:
+            best, wait = score, 0
+            saved.append(epoch)
+        else:
+            wait += 1
+        if wait >= patience:
+            return saved, epoch
+    return saved, len(scores)
+
+
+def _drive_callbacks(job, scores, patience, kill_after=None):
+    """What train.run does around its epochs, with ``scores`` as the validation mean AUROC;
+    ``kill_after`` epochs it starts again from the state the checkpoint would hold."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    state = {"epochs_done": 0, "best": -1.0, "wait": 0, "report": {}}
+    saved, last = [], 0
+    for stop_at in (kill_after, None):
+        saver = train.BestModel(str(job), state["best"], fields={"split": "valid"}, report=state["report"])
+        stopper = train.ResumableEarlyStopping(patience, state["best"], state["wait"])
+        history = train.HistoryCsv(str(job / "history.csv"), ["loss", "val_mean_auroc"], state["epochs_done"])
+        callbacks = keras.callbacks.CallbackList([history, saver, stopper], model=model)
+        model.stop_training = False
+        callbacks.on_train_begin()
+        for epoch in range(state["epochs_done"], len(scores)):
+            if epoch == stop_at:
+                break
+            callbacks.on_epoch_begin(epoch)
+            saver.evaluation = {"mean_auroc": scores[epoch], "tasks": {}, "images": 3}
+            callbacks.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1), "val_mean_auroc": scores[epoch]})
+            if saver.report.get("best_epoch") == epoch + 1:
+                saved.append(epoch + 1)
+            last = epoch + 1
+            state.update(epochs_done=epoch + 1, best=saver.best, wait=stopper.wait, report=saver.report)
+            if model.stop_training:
+                break
+        else:
+            callbacks.on_train_end()
+        if model.stop_training:
+            break
+    return saved, last
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_callbacks_keep_the_stopping_and_best_model_rule_across_a_restart(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    scores = [float("nan") if rng.random() < 0.15 else float(np.round(rng.random(), 2)) for _ in range(8)]
+    scores[0] = 0.5  # an undefined first epoch with patience 1 is where Keras' rule differs (train.py says so)
+    patience = int(rng.integers(1, 4))
+    want_saved, want_last = _hand_written_rule(scores, patience)
+    for kill_after in (None, 1, 3, 5):
+        job = tmp_path / f"job-{kill_after}"
+        job.mkdir()
+        saved, last = _drive_callbacks(job, scores, patience, kill_after)
+        assert (saved, last) == (want_saved, want_last), (scores, patience, kill_after)
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["best_epoch"] == want_saved[-1] and metrics["split"] == "valid"
+        assert (job / "model.keras").exists()
+        text = (job / "history.csv").read_text().splitlines()
+        assert text[0] == "epoch,loss,val_mean_auroc"  # the order history.csv always had, epochs from 1
+        assert [int(r.split(",")[0]) for r in text[1:]] == list(range(1, want_last + 1))
+
+
+def test_a_restart_drops_history_rows_of_the_epoch_it_repeats(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss\n1,0.5\n2,0.4\n")  # epoch 2 logged, killed before its checkpoint
+    history = train.HistoryCsv(str(path), ["loss"], epochs_done=1)
+    history.on_train_begin()
+    history.on_epoch_end(1, {"loss": 0.3})
+    assert path.read_text().splitlines() == ["epoch,loss", "1,0.5", "2,0.3"]

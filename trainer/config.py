@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 BACKBONES = ("densenet121", "densenet169", "densenet201", "tiny")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-VIEWS = ("frontal", "all")
+# What --views may select: frontal images only, or every view (not the CSV's view names,
+# schemas.chexpert.VIEWS, nor the per-record ones, core.views.VIEWS).
+VIEW_CHOICES = ("frontal", "all")
 
 
 class ConfigError(ValueError):
@@ -35,6 +37,8 @@ class TrainConfig:
         policy: slug -> uncertainty policy for all 14 observations (only ``tasks`` matter).
         batch_size: per replica; the global batch is ``batch_size * replicas``.
         steps_per_epoch: 0 means one full pass over the training split.
+        distill_from: job folders whose averaged predictions the model is distilled from
+            (``trainer.distill``); empty for none.
     """
 
     tasks: tuple[str, ...]
@@ -64,7 +68,7 @@ class TrainConfig:
     shuffle_buffer: int = 2048
     train_split: str = "train"
     eval_split: str = "valid"
-    teacher: tuple[str, ...] = ()
+    distill_from: tuple[str, ...] = ()
     distill_alpha: float = 0.5
     distill_temperature: float = 2.0
     # How the records were made (from their manifest): what predict and serving repeat.
@@ -90,7 +94,9 @@ class TrainConfig:
         ignored with a warning instead of failing inside a scoring worker."""
         d = json.loads(text)
         d["tasks"] = tuple(d["tasks"])
-        d["teacher"] = tuple(d.get("teacher", ()))
+        # Jobs trained before --teacher became --distill_from saved the field as "teacher".
+        old = d.pop("teacher", ())
+        d["distill_from"] = tuple(d.get("distill_from", old))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -211,7 +217,7 @@ def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str =
         (cfg.backbone in BACKBONES, f"--backbone={cfg.backbone}: expected one of {', '.join(BACKBONES)}"),
         (cfg.strategy in STRATEGIES, f"--strategy={cfg.strategy}: expected one of {', '.join(STRATEGIES)}"),
         (cfg.precision in PRECISIONS, f"--precision={cfg.precision}: expected one of {', '.join(PRECISIONS)}"),
-        (cfg.views in VIEWS, f"--views={cfg.views}: expected frontal or all"),
+        (cfg.views in VIEW_CHOICES, f"--views={cfg.views}: expected frontal or all"),
         (32 <= cfg.image_size <= 1024, f"--image_size={cfg.image_size}: expected 32..1024"),
         (cfg.image_size <= manifest["image_size"],
          f"--image_size={cfg.image_size} is larger than the records' {manifest['image_size']}; rebuild them"),
@@ -224,8 +230,9 @@ def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str =
          f"--weights={cfg.weights}: expected none, imagenet or an existing weights file"),
         (0.0 <= cfg.distill_alpha <= 1.0, "--distill_alpha must be in [0, 1]"),
         (cfg.distill_temperature > 0, "--distill_temperature must be > 0"),
-        (all(os.path.exists(os.path.join(t, "model.keras")) for t in cfg.teacher),
-         f"--teacher: every teacher must be a trainer.task job folder with model.keras ({', '.join(cfg.teacher)})"),
+        (all(os.path.exists(os.path.join(t, "model.keras")) for t in cfg.distill_from),
+         f"--distill_from: every job to distil from must be a trainer.task job folder with model.keras "
+         f"({', '.join(cfg.distill_from)})"),
         (cfg.train_split in manifest["splits"], f"the records have no '{cfg.train_split}' split"),
         (cfg.eval_split in manifest["splits"], f"the records have no '{cfg.eval_split}' split"),
     )

@@ -1,6 +1,6 @@
 """Knowledge distillation: a student trained on hard labels and a teacher's softened outputs.
 
-``trainer.task --teacher JOB_DIR[,JOB_DIR...]`` computes the teachers' P(positive) once per
+``trainer.task --distill_from JOB_DIR[,JOB_DIR...]`` computes the teachers' P(positive) once per
 training record (averaged over an ensemble) and caches it as logits in
 ``JOB_DIR/teacher_cache.npz``; the input pipeline looks them up by record path, so no
 teacher runs during training. Per task the student's binary logit is its sigmoid logit, or
@@ -56,7 +56,7 @@ def teacher_cache(cfg: TrainConfig, job_dir: str) -> tuple[np.ndarray, np.ndarra
     """(paths (n,), logits float32 (n, T)) of the teachers on the training split, computed
     once and cached in ``job_dir``; recomputed when the teachers or tasks change."""
     path = os.path.join(job_dir, CACHE)
-    key = np.array([",".join(cfg.teacher), ",".join(cfg.tasks), cfg.records_dir, cfg.train_split])
+    key = np.array([",".join(cfg.distill_from), ",".join(cfg.tasks), cfg.records_dir, cfg.train_split])
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as z:
             if z["key"].tolist() == key.tolist():
@@ -64,11 +64,11 @@ def teacher_cache(cfg: TrainConfig, job_dir: str) -> tuple[np.ndarray, np.ndarra
     manifest = read_manifest(cfg.records_dir)
     files = input_lib.shard_files(cfg.records_dir, cfg.train_split, manifest)
     probs_sum: dict[str, np.ndarray] = {}
-    for teacher_dir in cfg.teacher:
+    for teacher_dir in cfg.distill_from:
         job = inference.load_job(teacher_dir)
         missing = [t for t in cfg.tasks if t not in job.tasks]
         if missing:
-            raise ValueError(f"--teacher {teacher_dir} does not predict {', '.join(missing)}")
+            raise ValueError(f"--distill_from {teacher_dir} does not predict {', '.join(missing)}")
         # The student's records, read the way the teacher was trained (its image size).
         tcfg = dataclasses.replace(job.cfg, records_dir=cfg.records_dir, views="all",
                                    records_image_size=cfg.records_image_size, records_encoding=cfg.records_encoding)
@@ -79,7 +79,7 @@ def teacher_cache(cfg: TrainConfig, job_dir: str) -> tuple[np.ndarray, np.ndarra
                 probs_sum[p.decode()] = probs_sum.get(p.decode(), 0.0) + row
         log.info("teacher %s scored %d training records", teacher_dir, len(probs_sum))
     paths = np.array(sorted(probs_sum))
-    probs = np.clip(np.stack([probs_sum[p] for p in paths]) / len(cfg.teacher), 1e-6, 1 - 1e-6)
+    probs = np.clip(np.stack([probs_sum[p] for p in paths]) / len(cfg.distill_from), 1e-6, 1 - 1e-6)
     logits = np.log(probs / (1 - probs)).astype(np.float32)
     np.savez(path, key=key, paths=paths, logits=logits)
     return paths, logits

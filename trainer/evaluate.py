@@ -20,22 +20,20 @@ root; level, views, TTA, ensemble members) and what each model was trained on, w
 warning above everything else when that was synthetic data; every number it leaves empty
 comes with a sentence saying why. metrics.json carries the same (``source``,
 ``provenance``, ``synthetic``, ``warnings``, ``missing``).
+
+This module predicts, aggregates and writes the files; the numbers with their reasons and
+the report's text are ``trainer.report``'s, its figures ``trainer.report_plots``'.
 """
 
 from __future__ import annotations
 
-import base64
 import collections
 import csv
 import dataclasses
 import hashlib
-import html
-import io
-import itertools
 import json
 import logging
 import os
-import re
 import sys
 
 from absl import app, flags
@@ -69,12 +67,6 @@ if __name__ == "__main__":  # flags first, then TensorFlow, quietly (trainer/sta
     define_flags()
     startup.begin(sys.argv)
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on servers and CI
-
-import matplotlib.lines  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -83,15 +75,10 @@ from schemas import chexpert  # noqa: E402
 from trainer import inference  # noqa: E402
 from trainer import input as input_lib  # noqa: E402
 from trainer import metrics as m  # noqa: E402
+from trainer import report, report_plots  # noqa: E402
 from trainer.config import ConfigError, provenance_line, read_manifest  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-# CheXpert paper (Irvin et al. 2019), validation AUROC of the best policy per task.
-PAPER_AUROC = {"atelectasis": 0.858, "cardiomegaly": 0.854, "consolidation": 0.939, "edema": 0.941,
-               "pleural_effusion": 0.936}
-PAPER_POLICY = {"atelectasis": "ones", "cardiomegaly": "multiclass", "consolidation": "self_trained",
-                "edema": "ones", "pleural_effusion": "multiclass"}
 
 # --- Predictions ---------------------------------------------------------------------------
 
@@ -371,635 +358,6 @@ def tuning_plan(jobs: list, split: str | None, tune_split: str) -> str | None:
     return None
 
 
-# --- Metrics ---------------------------------------------------------------------------------
-
-
-PLURAL = {"study": "studies", "image": "images"}
-
-
-def _thr(t: float) -> str:
-    """A threshold as people write it: 0.35, 0.412."""
-    return f"{t:.3g}"
-
-
-def _undefined_at(op: dict, name: str, unit: str) -> str | None:
-    """One sentence naming each NaN rate at an operating point and why it is undefined."""
-    t, units = _thr(op["threshold"]), PLURAL[unit]
-    why = {"F1": ("f1", f"no positive {units} and none called positive"),
-           "accuracy": ("accuracy", f"no {units}"),
-           "sensitivity": ("sensitivity", f"no positive {units}"),
-           "specificity": ("specificity", f"no negative {units}"),
-           "PPV": ("ppv", f"no {unit} scored at or above {t}"),
-           "NPV": ("npv", f"no {unit} scored below {t}")}
-    undefined = [(label, reason) for label, (key, reason) in why.items() if np.isnan(op[key])]
-    if not undefined:
-        return None
-    if len(undefined) == 1:
-        return f"at {name} {t}, {undefined[0][0]} is undefined: {undefined[0][1]}"
-    return f"at {name} {t}, these are undefined: " + "; ".join(f"{label} ({reason})" for label, reason in undefined)
-
-
-def _missing(r: dict, n_boot: int, tuned: float | None, tune_split: str | None, unit: str) -> dict[str, str]:
-    """{metric: sentence} for the metrics of one task that could not be computed.
-
-    The tuned-threshold entry appears only for a task-specific reason; when nothing was
-    tuned at all the report gives the run's reason once (``meta["tune_note"]``).
-    """
-    pos, neg, why, units = r["positives"], r["negatives"], {}, PLURAL[unit]
-    if pos + neg == 0:
-        return {"auroc": f"no evaluated {unit} has a certain label for it (all uncertain), so nothing was scored"}
-    if pos == 0:
-        why["auroc"] = (f"no positive {units} in the evaluated set, so AUROC, its CI and AUPRC are undefined and "
-                        "there are no ROC or precision-recall curves")
-    elif neg == 0:
-        why["auroc"] = (f"no negative {units} in the evaluated set, so AUROC and its CI are undefined and there are "
-                        "no ROC or precision-recall curves")
-    elif any(np.isnan(v) for v in r["auroc_ci95"]):
-        why["auroc_ci95"] = ("--bootstrap 0, so no CI was computed" if n_boot == 0 else
-                             "every bootstrap resample held one class only, so there is no CI")
-    for key, name in (("at_threshold", "the threshold"), ("at_tuned_threshold", "the F1-tuned threshold")):
-        sentence = _undefined_at(r[key], name, unit) if key in r else None
-        if sentence:
-            why[key] = sentence
-    if tuned is not None and np.isnan(tuned):
-        why["at_tuned_threshold"] = (f"the '{tune_split}' split has no positive {units} for it, so no "
-                                     "F1-maximising threshold exists")
-    return why
-
-
-def compute(scored: dict, tuned: dict, threshold: float, n_boot: int, seed: int, *,
-            tune_split: str | None = None, level: str = "study") -> dict:
-    """Per-task metrics, with the reason for each one that could not be computed.
-
-    Args:
-        scored: ``{task: (y, p)}`` from ``aggregate``.
-        tuned: ``{task: threshold}`` tuned on ``tune_split``; NaN where it could not be.
-        threshold: the fixed operating threshold.
-        n_boot: bootstrap resamples of the AUROC CI.
-        seed: bootstrap seed.
-        tune_split: the split ``tuned`` came from, named in the reasons.
-        level: ``study`` or ``image``, what ``scored`` counts (named in the reasons).
-
-    Returns:
-        ``{"tasks": {task: {"auroc", "auroc_ci95", "auprc", "positives", "negatives",
-        "at_threshold", "at_tuned_threshold" (when tuned), "calibration", "paper_auroc",
-        "missing": {metric: reason}}}, "mean_auroc", "mean_auroc_competition"}``.
-    """
-    tasks = {}
-    for task, (y, p) in scored.items():
-        lo, hi = m.bootstrap_auroc_ci(y, p, n=n_boot, seed=seed)
-        r = {"auroc": m.auroc(y, p), "auroc_ci95": [lo, hi], "auprc": m.auprc(y, p), "positives": int(y.sum()),
-             "negatives": int(len(y) - y.sum()), "at_threshold": m.at_threshold(y, p, threshold),
-             "calibration": m.calibration(y, p), "paper_auroc": PAPER_AUROC.get(task)}
-        if task in tuned and not np.isnan(tuned[task]):
-            r["at_tuned_threshold"] = m.at_threshold(y, p, tuned[task])
-        r["missing"] = _missing(r, n_boot, tuned.get(task), tune_split, level)
-        tasks[task] = r
-    competition = [tasks[t]["auroc"] for t in chexpert.COMPETITION_TASKS if t in tasks]
-    return {"tasks": tasks, "mean_auroc": m.nanmean(r["auroc"] for r in tasks.values()),
-            "mean_auroc_competition": m.nanmean(competition) if competition else None}
-
-
-def missing_notes(results: dict, meta: dict) -> list[str]:
-    """One sentence for every number the report leaves empty, saying why."""
-    notes = []
-    if meta["tune_note"]:
-        notes.append(f"F1-tuned threshold columns are empty: {meta['tune_note']}.")
-    for task, r in results["tasks"].items():
-        notes += [f"{task}: {reason}." for reason in r["missing"].values()]
-    unreported = [t for t, r in results["tasks"].items() if r["paper_auroc"] is None]
-    if unreported:
-        notes.append(f"Paper AUROC is empty for {', '.join(unreported)}: the CheXpert paper reports AUROC for its "
-                     f"five competition tasks only ({', '.join(chexpert.COMPETITION_TASKS)}).")
-    if results["tasks"] and results["mean_auroc_competition"] is None:
-        notes.append("No mean AUROC over the competition tasks: none of them was evaluated.")
-    return notes
-
-
-# --- Plots -----------------------------------------------------------------------------------
-
-# Big enough to read at a report's full width without zooming; the same in every figure.
-_PLOT_STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10,
-               "xtick.labelsize": 10, "ytick.labelsize": 10, "figure.titlesize": 15}
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def _curves_figure(task: str, y: np.ndarray, p: np.ndarray, r: dict, meta: dict) -> bytes:
-    """ROC and precision-recall of one task with both operating points."""
-    unit = meta["level"]
-    fig, (roc, pr) = plt.subplots(1, 2, figsize=(13, 6.4))
-    c = m.curves(y, p)
-    lo, hi = r["auroc_ci95"]
-    ci = "" if np.isnan(lo) else f" [95% CI {lo:.2f}–{hi:.2f}]"
-    roc.plot(c["fpr"], c["tpr"], lw=2, color="C0", label=f"AUROC {r['auroc']:.2f}{ci}")
-    roc.plot([0, 1], [0, 1], ls=":", color="gray", label="chance (AUROC 0.50)")
-    # Average precision sums (R_n - R_{n-1}) P_n: only thresholds that add a positive count, and
-    # P_n holds over recall (R_{n-1}, R_n]. Drawn so, the area under the step line is exactly the
-    # AUPRC in the legend, without the saw-teeth of thresholds that only add false positives.
-    gain = np.diff(np.r_[0.0, c["recall"]]) > 0
-    recall, precision = c["recall"][gain], c["precision"][gain]
-    pr.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="pre", lw=2, color="C0",
-            label=f"AUPRC {r['auprc']:.2f} (area under the step line)")
-    prevalence = float(np.mean(y))
-    pr.axhline(prevalence, ls=":", color="gray", label=f"chance (prevalence {prevalence:.2f})")
-    points = (("at_threshold", "o", "C3", "threshold {t}"),
-              ("at_tuned_threshold", "s", "C2", "F1-tuned threshold {t} (" + str(meta["tune_split"]) + ")"))
-    for key, marker, colour, name in points:
-        op = r.get(key)
-        if not op:
-            continue
-        name = name.format(t=_thr(op["threshold"]))
-        style = dict(marker=marker, color=colour, ms=11, ls="none", mec="black", zorder=3)
-        if not np.isnan(op["specificity"]):
-            roc.plot(1 - op["specificity"], op["sensitivity"], **style,
-                     label=f"{name}: sensitivity {op['sensitivity']:.2f}, specificity {op['specificity']:.2f}")
-        if not np.isnan(op["ppv"]):
-            pr.plot(op["sensitivity"], op["ppv"], **style,
-                    label=f"{name}: recall {op['sensitivity']:.2f}, precision {op['ppv']:.2f}")
-    roc.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), aspect="equal", title="ROC",
-            xlabel="1 − specificity (false positive rate)", ylabel="sensitivity (true positive rate)")
-    pr.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), aspect="equal", title="Precision–recall",
-           xlabel="recall (sensitivity)", ylabel="precision (PPV)")
-    for ax in (roc, pr):
-        ax.grid(alpha=0.3)
-        # Below the axes: a legend inside can hide the very part of the curve that matters.
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
-    fig.suptitle(f"{task}: {len(y)} {PLURAL[unit]} ({r['positives']} positive, {r['negatives']} negative)")
-    out = _png(fig)
-    plt.close(fig)
-    return out
-
-
-def _reliability_figure(results: dict, meta: dict) -> bytes:
-    """One panel per task: observed frequency per probability bin with its Wilson 95% CI and
-    count, bins under ``metrics.SPARSE_BIN`` hollow; below it the count of every bin."""
-    unit = meta["level"]
-    tasks = list(results["tasks"])
-    ncols = min(3, len(tasks))
-    nrows = -(-len(tasks) // ncols)
-    height = 6.6 * nrows
-    fig = plt.figure(figsize=(5.4 * ncols, height))
-    # Margins in inches, not fractions, so one row and five rows leave the same room for the
-    # title above and the legend below.
-    outer = fig.add_gridspec(nrows, ncols, hspace=0.25, wspace=0.3, top=1 - 0.8 / height, bottom=1.4 / height)
-    for i, task in enumerate(tasks):
-        # Each task's count panel sits right under its curve, sharing the probability axis.
-        inner = outer[divmod(i, ncols)].subgridspec(2, 1, height_ratios=[3, 1.1], hspace=0.08)
-        ax = fig.add_subplot(inner[0])
-        hist = fig.add_subplot(inner[1], sharex=ax)
-        cal = results["tasks"][task]["calibration"]
-        ax.plot([0, 1], [0, 1], ls=":", color="gray")
-        curve = cal["curve"]
-        if curve:
-            ax.plot([b["confidence"] for b in curve], [b["observed"] for b in curve], color="C0", alpha=0.4)
-        for j, b in enumerate(curve):
-            lo, hi = b["observed_ci95"]
-            # Clipped at 0: float rounding must not make a negative error bar (matplotlib refuses one).
-            yerr = [[max(0.0, b["observed"] - lo)], [max(0.0, hi - b["observed"])]]
-            ax.errorbar(b["confidence"], b["observed"], yerr=yerr,
-                        marker="o", ms=8, color="C1" if b["sparse"] else "C0", capsize=3,
-                        mfc="white" if b["sparse"] else "C0", ls="none", zorder=3)
-            if b["sparse"]:
-                # Only the few-study bins are labelled here (every count is in the panel below):
-                # labels on every point overlap. Kept inside the axes near the top and right
-                # edges, and staggered so neighbouring sparse bins do not print over each other.
-                dx = -34 if b["confidence"] > 0.85 else 7
-                dy = -13 if b["observed"] > 0.9 or (j % 2 and b["observed"] >= 0.1) else 5
-                ax.annotate(f"n={b['count']}", (b["confidence"], b["observed"]), xytext=(dx, dy),
-                            textcoords="offset points", fontsize=9, color="C1")
-        ax.set(xlim=(0, 1), ylim=(-0.03, 1.03), ylabel="observed fraction positive",
-               title=f"{task}: ECE {cal['ece']:.3f}, {cal['n']} {PLURAL[unit]}")
-        ax.grid(alpha=0.3)
-        ax.tick_params(labelbottom=False)
-        edges = np.linspace(0, 1, cal["bins"] + 1)
-        colours = ["C1" if 0 < n < m.SPARSE_BIN else "C0" for n in cal["counts"]]
-        bars = hist.bar((edges[:-1] + edges[1:]) / 2, cal["counts"], width=0.9 / cal["bins"], color=colours)
-        hist.bar_label(bars, labels=[str(n) if n else "" for n in cal["counts"]], fontsize=9, padding=1)
-        hist.axhline(m.SPARSE_BIN, ls="--", lw=1, color="gray")
-        hist.set(xlabel="predicted probability", ylabel=PLURAL[unit],
-                 ylim=(0, max(max(cal["counts"]), m.SPARSE_BIN) * 1.3))
-    handles = [
-        matplotlib.lines.Line2D([], [], ls=":", color="gray", label="perfect calibration"),
-        matplotlib.lines.Line2D([], [], marker="o", color="C0", ls="none", ms=8,
-                                label=f"bin with {m.SPARSE_BIN} or more {PLURAL[unit]} (bar: Wilson 95% CI)"),
-        matplotlib.lines.Line2D([], [], marker="o", color="C1", mfc="white", ls="none", ms=8,
-                                label=f"bin with fewer than {m.SPARSE_BIN} {PLURAL[unit]}: unreliable (n = count)"),
-        matplotlib.lines.Line2D([], [], ls="--", color="gray", label=f"{m.SPARSE_BIN} {PLURAL[unit]} (count panels)"),
-    ]
-    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
-    fig.suptitle(f"Reliability: fraction positive against predicted probability, {cal['bins']} equal-width bins",
-                 y=1 - 0.2 / height)
-    out = _png(fig)
-    plt.close(fig)
-    return out
-
-
-def plots(scored: dict, results: dict, meta: dict) -> dict[str, bytes]:
-    """The report's figures.
-
-    Args:
-        scored: ``{task: (y, p)}`` from ``aggregate``.
-        results: ``compute``'s output for the same tasks.
-        meta: the run's description (``level`` and ``tune_split`` label the figures).
-
-    Returns:
-        PNG bytes by file name: ``curves_TASK.png`` (ROC and precision-recall with the
-        operating points) for each task with both classes present, and ``reliability.png``.
-    """
-    out = {}
-    with plt.rc_context(_PLOT_STYLE):
-        for task, (y, p) in scored.items():
-            if len(y) and y.min() != y.max():
-                out[f"curves_{task}.png"] = _curves_figure(task, y, p, results["tasks"][task], meta)
-        if results["tasks"]:
-            out["reliability.png"] = _reliability_figure(results, meta)
-    return out
-
-
-# --- The report: one list of blocks, rendered to markdown and to HTML -------------------------
-#
-# Both files are made from the same blocks; the HTML is never parsed back out of the markdown
-# (which left backticks and table syntax on the page). Inline text is a tuple of parts.
-
-
-@dataclasses.dataclass(frozen=True)
-class Code:
-    """A path, flag or split name: ``code`` in markdown, <code> in HTML."""
-
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Strong:
-    """Emphasised text (a label before its value)."""
-
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Missing:
-    """A number that could not be computed: an em dash, with the reason as the HTML tooltip
-    (every reason is also written out under the table)."""
-
-    reason: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Heading:
-    """A heading, ``level`` 1 (the title) to 3."""
-
-    level: int
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Para:
-    """A paragraph of inline parts; ``warning`` makes it the boxed alert at the top."""
-
-    parts: tuple
-    warning: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Items:
-    """A bulleted list; each item a tuple of inline parts."""
-
-    items: tuple
-
-
-@dataclasses.dataclass(frozen=True)
-class Table:
-    """A table; ``rows`` hold one cell (a part or a tuple of parts) per ``header`` column.
-
-    Columns from ``numeric_from`` on are numbers (right-aligned in HTML). ``groups``, when
-    given, is one label per column (``""`` for none) spanning the columns that share it: a
-    header row above ``header`` in HTML. Markdown has no such row; it takes
-    ``long_header``, names that say the group themselves.
-    """
-
-    header: tuple
-    rows: tuple
-    numeric_from: int = 1
-    groups: tuple = ()
-    long_header: tuple = ()
-
-    def html_group_row(self) -> str:
-        """``<tr>`` of the column groups, each label once over its run of columns."""
-        cells = []
-        for label, run in itertools.groupby(self.groups):
-            span = len(list(run))
-            cells.append(f'<th scope="colgroup" colspan="{span}">{html.escape(label)}</th>' if label else
-                         f'<td colspan="{span}" class="blank"></td>')
-        return f"<tr>{''.join(cells)}</tr>"
-
-
-@dataclasses.dataclass(frozen=True)
-class Figure:
-    """A PNG by file name (beside report.md; inlined in report.html) with its caption."""
-
-    name: str
-    caption: str
-
-
-def _parts(cell) -> tuple:
-    return cell if isinstance(cell, tuple) else (cell,)
-
-
-def _num(v, reason: str | None = None):
-    """A number with 3 decimals, or a Missing part carrying why it is absent."""
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return Missing(reason or "not computed")
-    return f"{v:.3f}"
-
-
-def _source_parts(meta: dict) -> tuple:
-    src = meta["source"]
-    if src["kind"] == "csv":
-        return ("the CSV ", Code(src["csv"]), ", image paths relative to ", Code(src["image_root"]))
-    parts: list = ["split ", Code(src["split"]), " of the records in "]
-    for i, r in enumerate(src["records"]):
-        parts += [" and in " if i else "", Code(r["records_dir"]),
-                  f" (snapshot {r['snapshot']}, built {str(r['created'])[:10]})"]
-    return tuple(p for p in parts if p)
-
-
-def _title(meta: dict) -> str:
-    jobs = meta["jobs"]
-    model = f"job {jobs[0]}" if len(jobs) == 1 else f"an ensemble of {len(jobs)} jobs"
-    src = meta["source"]
-    data = f"the CSV {src['csv']}" if src["kind"] == "csv" else f"split {src['split']} of its records"
-    if src["kind"] == "records" and len(jobs) > 1:
-        data = f"split {src['split']} of their records"
-    return f"Evaluation of {model} on {data}"
-
-
-def header_blocks(meta: dict) -> list:
-    """Title, warnings, what was evaluated and the models with their training data."""
-    blocks: list = [Heading(1, _title(meta))]
-    blocks += [Para((Strong("WARNING: "), w), warning=True) for w in meta["warnings"]]
-    unit = meta["level"]
-    views = "frontal" if meta["views"] == "frontal" else "frontal and lateral"
-    if unit == "study":
-        scored = (f"per study, as in the CheXpert paper: a study's probability is the highest of its {views} "
-                  f"images'; {meta['studies']} studies from {meta['images']} images")
-    else:
-        scored = f"per image; {meta['images']} images"
-    tta = ("on: each image's probability is the mean over 4 transforms (identity, shifts of 3% left and right, "
-           "1.05 zoom about the centre)" if meta["tta"] else "off")
-    jobs = meta["jobs"]
-    model = (("one job, ", Code(jobs[0])) if len(jobs) == 1 else
-             (f"an ensemble of {len(jobs)} jobs, probabilities averaged per image (members listed below)",))
-    if meta["tune_split"]:
-        where = "the job's records" if len(jobs) == 1 else "the members' records"
-        tuned = ("; per task, the threshold maximising F1 on split ", Code(meta["tune_split"]), f" of {where}"
-                 + (" (not the evaluated CSV)" if meta["source"]["kind"] == "csv" else " (not the evaluated split)"))
-    else:
-        tuned = (f"; no F1-tuned thresholds: {meta['tune_note']}",)
-    items = [
-        (Strong("Data: "),) + _source_parts(meta),
-        (Strong("Scored: "), scored),
-        (Strong("Views: "), "frontal only" if meta["views"] == "frontal" else "frontal and lateral"),
-        (Strong("Test-time augmentation: "), tta),
-        (Strong("Model: "),) + model,
-        (Strong("Thresholds: "), f"fixed {_thr(meta['threshold'])} ({meta['threshold_from']})") + tuned,
-    ]
-    left_out = []
-    if meta["unreadable"]:
-        left_out.append(f"{len(meta['unreadable'])} CSV rows that could not be read (listed in metrics.json)")
-    if meta["skipped_shards"]:
-        left_out.append(f"{len(meta['skipped_shards'])} corrupt shards skipped with --skip_corrupt (listed in "
-                        "metrics.json)")
-    if left_out:
-        items.append((Strong("Left out: "), "; ".join(left_out)))
-    items += [(Strong("Note: "), n) for n in meta["notes"]]
-    blocks += [Heading(2, "What was evaluated"), Items(tuple(items))]
-    rows = []
-    for p in meta["provenance"]:
-        snapshot = p.get("records_snapshot") or Missing("not recorded: a job from before provenance was recorded")
-        training = Strong(p["summary"]) if p["synthetic"] else p["summary"]
-        rows.append((Code(p["job_dir"]), ", ".join(p["tasks"]), training, snapshot))
-    blocks += [Heading(2, "Model" if len(jobs) == 1 else "Ensemble members"),
-               Table(("job", "tasks", "training data", "records snapshot"), tuple(rows), numeric_from=99)]
-    return blocks
-
-
-def results_blocks(results: dict, meta: dict) -> list:
-    """The per-task metrics table, the means, and why any number is missing."""
-    t, units = _thr(meta["threshold"]), PLURAL[meta["level"]]
-    rows = []
-    for task, r in results["tasks"].items():
-        why, a, tt = r["missing"], r["at_threshold"], r.get("at_tuned_threshold", {})
-        no_auroc = why.get("auroc")
-        no_tuned = why.get("at_tuned_threshold", meta["tune_note"] or "")
-        lo, hi = r["auroc_ci95"]
-        auroc = (_num(r["auroc"], no_auroc) if np.isnan(lo) else
-                 f"{r['auroc']:.3f} [{lo:.3f}–{hi:.3f}]")
-        paper = _num(r["paper_auroc"], "the paper reports the five competition tasks only")
-        if r["paper_auroc"] is not None and meta["policy"].get(task) != PAPER_POLICY.get(task):
-            paper = f"{paper} ({PAPER_POLICY[task]})"
-        at = why.get("at_threshold")
-        rows.append((task, meta["policy"].get(task, ""), auroc, paper, _num(r["auprc"], no_auroc),
-                     _num(a["f1"], at), _num(a["accuracy"], at), _num(a["sensitivity"], at),
-                     _num(a["specificity"], at), _num(a["ppv"], at), _num(a["npv"], at),
-                     _num(tt.get("threshold"), no_tuned), _num(tt.get("f1"), no_tuned),
-                     _num(r["calibration"]["ece"]), f"{r['positives']} / {r['negatives']}"))
-    header = ("task", "policy", "AUROC [95% CI]", "paper AUROC", "AUPRC", "F1", "accuracy", "sensitivity",
-              "specificity", "PPV", "NPV", "threshold", "F1", "ECE", "pos / neg")
-    groups = ("",) * 5 + (f"at threshold {t}",) * 6 + ("at the F1-tuned threshold",) * 2 + ("",) * 2
-    long_header = header[:5] + tuple(f"{h} at {t}" for h in header[5:11]) + (
-        "F1-tuned threshold", "F1 at tuned threshold") + header[13:]
-    defined = sum(not np.isnan(r["auroc"]) for r in results["tasks"].values())
-    means = (f"Mean AUROC over the {defined} task{'s' if defined != 1 else ''} with an AUROC: "
-             f"{_fmt(results['mean_auroc'])}.")
-    if defined < len(results["tasks"]):
-        means = means[:-1] + f" ({len(results['tasks']) - defined} without one, see below)."
-    present = [x for x in chexpert.COMPETITION_TASKS if x in results["tasks"]]
-    if results.get("mean_auroc_competition") is not None:
-        means += (f" Over the competition tasks present ({len(present)} of {len(chexpert.COMPETITION_TASKS)}): "
-                  f"{_fmt(results['mean_auroc_competition'])}.")
-    blocks = [Heading(2, "Results"), Table(header, tuple(rows), numeric_from=2, groups=groups, long_header=long_header),
-              Para((means,)),
-              Para((f"Counted per {meta['level']}; {units} with an uncertain label for a task are left out of "
-                    f"that task. AUROC 95% CI: percentile bootstrap over {units} ({meta['bootstrap']} resamples, "
-                    f"seed {meta['seed']}). Paper AUROC: CheXpert validation, Irvin et al. 2019, with the paper's "
-                    "best policy in brackets where it differs from this model's. ECE: expected calibration error "
-                    "over 10 equal-width bins.",))]
-    if meta["missing"]:
-        blocks += [Heading(3, "Why some numbers are missing"), Items(tuple((n,) for n in meta["missing"]))]
-    return blocks
-
-
-def detail_blocks(results: dict, meta: dict, images: list[str]) -> list:
-    """Confusion counts, studies per probability bin, and the plots."""
-    unit = meta["level"]
-    rows = []
-    for task, r in results["tasks"].items():
-        a, tt = r["at_threshold"], r.get("at_tuned_threshold")
-        no_tuned = r["missing"].get("at_tuned_threshold", meta["tune_note"] or "")
-        tuned = ((_thr(tt["threshold"]), str(tt["tp"]), str(tt["fp"]), str(tt["fn"]), str(tt["tn"])) if tt else
-                 (Missing(no_tuned),) * 5)
-        rows.append((task, _thr(a["threshold"]), str(a["tp"]), str(a["fp"]), str(a["fn"]), str(a["tn"])) + tuned)
-    blocks = [Heading(2, "Confusion counts"),
-              Table(("task",) + ("threshold", "TP", "FP", "FN", "TN") * 2, tuple(rows),
-                    groups=("",) + ("at the fixed threshold",) * 5 + ("at the F1-tuned threshold",) * 5,
-                    long_header=("task", "threshold", "TP", "FP", "FN", "TN", "F1-tuned threshold", "TP (tuned)",
-                                 "FP (tuned)", "FN (tuned)", "TN (tuned)"))]
-    bins = next(iter(results["tasks"].values()))["calibration"]["bins"] if results["tasks"] else 10
-    edges = np.linspace(0, 1, bins + 1)
-    rows = [(task,) + tuple(str(n) for n in r["calibration"]["counts"]) + (str(r["calibration"]["n"]),)
-            for task, r in results["tasks"].items()]
-    blocks += [Heading(2, "Calibration"),
-               Para((f"{PLURAL[unit].capitalize()} per bin of predicted probability, the counts behind the "
-                     f"reliability diagram and the ECE. A bin with fewer than {m.SPARSE_BIN} {PLURAL[unit]} says "
-                     "little about calibration; the diagram draws those hollow.",)),
-               Table(("task",) + tuple(f"{lo:.1f}–{hi:.1f}" for lo, hi in zip(edges[:-1], edges[1:])) + ("total",),
-                     tuple(rows))]
-    blocks.append(Heading(2, "Plots"))
-    for name in images:
-        if name == "reliability.png":
-            caption = (f"Reliability per task: fraction of positive {PLURAL[unit]} against mean predicted "
-                       f"probability in each bin, with its Wilson 95% interval and count (n); hollow markers: fewer "
-                       f"than {m.SPARSE_BIN} {PLURAL[unit]}. Below each panel, the count of every bin.")
-        else:
-            task = name[len("curves_"):-len(".png")]
-            caption = f"{task}: ROC and precision-recall curves with the operating points."
-        blocks.append(Figure(name, caption))
-    return blocks
-
-
-def report_blocks(results: dict, meta: dict, images: list[str]) -> list:
-    """The whole report, as blocks both renderers share."""
-    return header_blocks(meta) + results_blocks(results, meta) + detail_blocks(results, meta, images)
-
-
-def _fmt(v) -> str:
-    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
-
-
-# Escaped in markdown text: what would start code, emphasis, a table cell or an HTML tag. Square
-# brackets and underscores stay as they are (a bracket only links before "(", and GitHub
-# does not emphasise inside words such as pleural_effusion), so the file stays readable raw.
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*|<"})
-
-
-def _md_inline(parts: tuple) -> str:
-    out = []
-    for p in parts:
-        if isinstance(p, Code):
-            # A code span must be fenced by more backticks than it contains in a row.
-            longest = max((len(run) for run in re.findall(r"`+", p.text)), default=0)
-            fence = "`" * (longest + 1)
-            out.append(f"{fence}{p.text}{fence}")
-        elif isinstance(p, Strong):
-            out.append(f"**{p.text.strip().translate(_MD_SPECIAL)}**" + (" " if p.text.endswith(" ") else ""))
-        elif isinstance(p, Missing):
-            out.append("—")
-        else:
-            out.append(str(p).translate(_MD_SPECIAL))
-    return "".join(out)
-
-
-def render_markdown(blocks: list) -> str:
-    """Markdown (GitHub tables) of report blocks; figures link the PNGs beside the file."""
-    lines: list[str] = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            lines += ["#" * b.level + " " + b.text.translate(_MD_SPECIAL), ""]
-        elif isinstance(b, Para):
-            lines += [("> " if b.warning else "") + _md_inline(b.parts), ""]
-        elif isinstance(b, Items):
-            lines += ["- " + _md_inline(item) for item in b.items] + [""]
-        elif isinstance(b, Table):
-            lines.append("| " + " | ".join(h.translate(_MD_SPECIAL) for h in b.long_header or b.header) + " |")
-            lines.append("|" + "|".join("---:" if i >= b.numeric_from else "---" for i in range(len(b.header))) + "|")
-            lines += ["| " + " | ".join(_md_inline(_parts(c)) for c in row) + " |" for row in b.rows]
-            lines.append("")
-        elif isinstance(b, Figure):
-            lines += [f"![{b.caption.translate(_MD_SPECIAL)}]({b.name})", ""]
-    return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def _html_inline(parts: tuple) -> str:
-    out = []
-    for p in parts:
-        if isinstance(p, Code):
-            # A long path may wrap after a slash, never inside a folder name.
-            out.append(f"<code>{html.escape(p.text).replace('/', '/<wbr>')}</code>")
-        elif isinstance(p, Strong):
-            out.append(f"<strong>{html.escape(p.text.strip())}</strong>" + (" " if p.text.endswith(" ") else ""))
-        elif isinstance(p, Missing):
-            out.append(f'<span class="na" title="{html.escape(p.reason)}">—</span>')
-        else:
-            out.append(html.escape(str(p)))
-    return "".join(out)
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1500px;
-     padding:0 1.5em;color:#1a1a1a;line-height:1.45}
-h1{font-size:1.7em;margin-bottom:.4em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-.warning{background:#fdecea;border:2px solid #c62828;border-radius:6px;padding:.7em 1em;color:#7f1010;
-         font-size:1.08em}
-code{background:#f3f3f3;padding:0 .25em;border-radius:3px;font-size:.92em}
-.wide{overflow-x:auto}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
-th,td{border:1px solid #ccc;padding:4px 7px;vertical-align:top}
-th{background:#f5f5f5;text-align:center}td.blank{border:none;background:none}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tbody tr:nth-child(even){background:#fafafa}
-.na{color:#888;cursor:help;border-bottom:1px dotted #888}
-figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{color:#444;font-size:.92em;margin-top:.3em}
-"""
-
-
-NUM_TD = '<td class="num">'
-
-
-def render_html(blocks: list, pngs: dict[str, bytes], title: str = "Evaluation") -> str:
-    """One self-contained HTML page of report blocks: text escaped, PNGs inlined as base64."""
-    body = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            body.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
-        elif isinstance(b, Para):
-            cls = ' class="warning" role="alert"' if b.warning else ""
-            body.append(f"<p{cls}>{_html_inline(b.parts)}</p>")
-        elif isinstance(b, Items):
-            body.append("<ul>" + "".join(f"<li>{_html_inline(i)}</li>" for i in b.items) + "</ul>")
-        elif isinstance(b, Table):
-            head = "<tr>" + "".join(f'<th scope="col">{html.escape(h)}</th>' for h in b.header) + "</tr>"
-            if b.groups:
-                head = b.html_group_row() + head
-            rows = []
-            for row in b.rows:
-                cells = "".join((NUM_TD if i >= b.numeric_from else "<td>") + _html_inline(_parts(c)) + "</td>"
-                                for i, c in enumerate(row))
-                rows.append(f"<tr>{cells}</tr>")
-            # Wrapped so that a table wider than the window scrolls on its own, not the page.
-            body.append(f'<div class="wide"><table><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>')
-        elif isinstance(b, Figure):
-            data = base64.b64encode(pngs[b.name]).decode()
-            body.append(f'<figure><img alt="{html.escape(b.caption)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
-def report_markdown(results: dict, meta: dict, images: list[str]) -> str:
-    """report.md: the report's blocks as markdown."""
-    return render_markdown(report_blocks(results, meta, images))
-
-
-def report_html(results: dict, meta: dict, pngs: dict[str, bytes]) -> str:
-    """report.html: the same blocks as report.md, as one self-contained page."""
-    return render_html(report_blocks(results, meta, list(pngs)), pngs, title=_title(meta))
-
-
 # --- The job ---------------------------------------------------------------------------------
 
 
@@ -1059,7 +417,7 @@ def run(job_dirs: list[str], *, split: str = "valid", csv_path: str | None = Non
         _, tune_preds = ensemble([predict_records(j, tune_split, views, tta, skip_corrupt, skipped) for j in jobs])
         for task, (y, p) in aggregate(tune_preds, tasks, level).items():
             tuned[task] = m.best_f1_threshold(y, p)
-    results = compute(scored, tuned, threshold, n_boot, seed, tune_split=tune_split if tune_note is None else None,
+    results = report.compute(scored, tuned, threshold, n_boot, seed, tune_split=tune_split if tune_note is None else None,
                       level=level)
     provenance = job_provenance(jobs)
     meta = {"jobs": job_dirs, "split": None if csv_path else split, "source": source, "level": level,
@@ -1070,19 +428,19 @@ def run(job_dirs: list[str], *, split: str = "valid", csv_path: str | None = Non
             "tuned_thresholds": tuned, "bootstrap": n_boot, "seed": seed, "provenance": provenance,
             "synthetic": any_synthetic(provenance), "warnings": warnings_for(source, provenance),
             "notes": context_notes(jobs, source, tasks, per_job, preds)}
-    meta["missing"] = missing_notes(results, meta)
+    meta["missing"] = report.missing_notes(results, meta)
     for w in meta["warnings"]:
         log.warning("%s", w)
     report_dir = report_dir or default_report_dir(job_dirs, split, csv_path, tta, views, level)
     os.makedirs(report_dir, exist_ok=True)
-    pngs = plots(scored, results, meta)
+    pngs = report_plots.plots(scored, results, meta)
     for name, data in pngs.items():
         with open(os.path.join(report_dir, name), "wb") as f:
             f.write(data)
     with open(os.path.join(report_dir, "report.md"), "w") as f:
-        f.write(report_markdown(results, meta, list(pngs)))
+        f.write(report.report_markdown(results, meta, list(pngs)))
     with open(os.path.join(report_dir, "report.html"), "w") as f:
-        f.write(report_html(results, meta, pngs))
+        f.write(report.report_html(results, meta, pngs))
     out = {**meta, **results, "report_dir": report_dir}
     with open(os.path.join(report_dir, "metrics.json"), "w") as f:
         json.dump(out, f, indent=2, sort_keys=True, default=float)
@@ -1118,7 +476,7 @@ def main(argv) -> int:
         return 1
     # The terminal gets the header and the results (markdown reads well as plain text); the
     # confusion counts, bins and plots are in the files.
-    print(render_markdown(header_blocks(out) + results_blocks(out, out)))
+    print(report.render_markdown(report.header_blocks(out) + report.results_blocks(out, out)))
     print(f"report in {out['report_dir']}/report.html")
     return 0
 

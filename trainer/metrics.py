@@ -1,8 +1,11 @@
-"""Classification metrics in numpy: exact AUROC, AUPRC and threshold metrics.
+"""Classification metrics for one task: AUROC, AUPRC, curves, threshold metrics, calibration.
 
-AUROC is computed exactly from ranks (Mann-Whitney U with average ranks for ties), not from
-a bucketed curve as ``keras.metrics.AUC`` does, so it matches scikit-learn to float
-precision. All functions take 1-D arrays: ``y`` in {0, 1}, ``p`` probabilities.
+The ranking metrics and curves are scikit-learn's (exact, from ranks, not the bucketed curve
+of ``keras.metrics.AUC``). What this module adds are the report's conventions: NaN instead of
+an exception where a metric is undefined (one class only), confusion counts with every rate
+at one threshold, a bootstrap CI, the F1-tuned threshold, and reliability bins with their
+counts and intervals. All functions take 1-D arrays of one length n: ``y`` labels (nonzero
+is positive), ``p`` probabilities.
 """
 
 from __future__ import annotations
@@ -10,51 +13,38 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from sklearn import metrics as skm
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties given their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    ranks = np.empty(len(x), np.float64)
-    # Boundaries of runs of equal values.
-    bounds = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1], True])
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        ranks[order[a:b]] = (a + b + 1) / 2.0
-    return ranks
+def _binary(y, p) -> tuple[np.ndarray, np.ndarray]:
+    """``y`` as int8 labels in {0, 1} and ``p`` as float64, both (n,)."""
+    return (np.asarray(y) != 0).astype(np.int8), np.asarray(p, np.float64)
 
 
 def auroc(y: np.ndarray, p: np.ndarray) -> float:
     """Area under the ROC curve; NaN when only one class is present."""
-    y = np.asarray(y).astype(bool)
-    p = np.asarray(p, np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    y, p = _binary(y, p)
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == len(y):
         return float("nan")
-    r = _ranks(p)
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(skm.roc_auc_score(y, p))
 
 
 def auprc(y: np.ndarray, p: np.ndarray) -> float:
-    """Average precision: sum over thresholds of (R_n - R_{n-1}) P_n, scikit-learn's definition."""
-    y = np.asarray(y).astype(bool)
-    p = np.asarray(p, np.float64)
-    n_pos = int(y.sum())
-    if n_pos == 0:
+    """Average precision, the sum over thresholds of (R_n - R_{n-1}) P_n; NaN without positives."""
+    y, p = _binary(y, p)
+    if not y.any():
         return float("nan")
-    order = np.argsort(-p, kind="mergesort")
-    ys, ps = y[order], p[order]
-    # One point per distinct threshold (the last index of each run of equal scores).
-    last = np.r_[np.flatnonzero(ps[1:] != ps[:-1]), len(ps) - 1]
-    tp = np.cumsum(ys)[last]
-    fp = (last + 1) - tp
-    precision = tp / (tp + fp)
-    recall = tp / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(skm.average_precision_score(y, p))
 
 
 def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
-    """Confusion counts and the rates derived from them at ``p >= threshold``."""
+    """Confusion counts and the rates derived from them at ``p >= threshold``.
+
+    Kept by hand rather than ``sklearn.metrics.confusion_matrix`` plus ``precision_score``
+    and friends: those warn and return 0 where a rate is undefined, and the report needs NaN
+    there (it says why each one is missing).
+    """
     y = np.asarray(y).astype(bool)
     pred = np.asarray(p) >= threshold
     tp, fp = int(np.sum(pred & y)), int(np.sum(pred & ~y))
@@ -79,6 +69,7 @@ def task_report(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
 
 
 def nanmean(values) -> float:
+    """Mean of the values that are not NaN; NaN when none is."""
     vals = [v for v in values if not math.isnan(v)]
     return float(np.mean(vals)) if vals else float("nan")
 
@@ -102,14 +93,23 @@ def bootstrap_auroc_ci(y: np.ndarray, p: np.ndarray, *, n: int = 1000, seed: int
 
 
 def best_f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """The threshold maximising F1 (ties: the highest), for tuning on a separate split."""
-    y, p = np.asarray(y).astype(bool), np.asarray(p, np.float64)
-    if not y.any():
+    """The threshold maximising F1 (ties: the highest), for tuning on a separate split.
+
+    The candidates are the distinct scores; one ``precision_recall_curve`` pass gives the
+    true positives at each, so this is a sort, O(n log n). F1 is then formed from integer
+    counts exactly as ``at_threshold`` forms it, so that equal F1s compare equal and the tie
+    rule picks the same threshold as trying every candidate would. NaN without positives.
+    """
+    y, p = _binary(y, p)
+    n_pos = int(y.sum())
+    if n_pos == 0:
         return float("nan")
-    candidates = np.unique(p)
-    f1s = [at_threshold(y, p, t)["f1"] for t in candidates]
-    best = np.nanmax(f1s)
-    return float(candidates[np.flatnonzero(np.asarray(f1s) == best)[-1]])
+    _, recall, thresholds = skm.precision_recall_curve(y, p, drop_intermediate=False)
+    # thresholds ascend over the distinct scores; recall has one extra, final point (0).
+    tp = np.rint(recall[:-1] * n_pos)
+    called = len(p) - np.searchsorted(np.sort(p), thresholds, side="left")  # p >= threshold
+    f1 = 2 * tp / (tp + called + n_pos)  # 2tp / (2tp + fp + fn): fp = called - tp, fn = n_pos - tp
+    return float(thresholds[np.flatnonzero(f1 == f1.max())[-1]])
 
 
 # A bin with fewer studies than this has a binomial standard error of its observed frequency
@@ -139,6 +139,12 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
     """Expected calibration error over equal-width bins, and the reliability curve.
 
+    The curve is the one ``sklearn.calibration.calibration_curve(strategy="uniform")``
+    draws, binned here because that function returns neither the bin of each point nor its
+    count (the ECE weights, the Wilson intervals and the sparse flags need them), and it puts
+    a score on an inner edge (0.1, 0.2, ...) into the lower bin where this report has always
+    put it into the upper one (``np.digitize``). Away from the edges the two agree (tested).
+
     Returns:
         ``{"ece", "bins", "n", "counts", "curve"}``: ``counts`` has one entry per bin (empty
         bins 0, so it sums to ``n = len(y)``); ``curve`` one entry per non-empty bin with
@@ -164,13 +170,25 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
 
 
 def curves(y: np.ndarray, p: np.ndarray) -> dict:
-    """ROC (fpr, tpr) and precision-recall points at every distinct threshold, high to low."""
-    y, p = np.asarray(y).astype(bool), np.asarray(p, np.float64)
-    order = np.argsort(-p, kind="mergesort")
-    ys, ps = y[order], p[order]
-    last = np.r_[np.flatnonzero(ps[1:] != ps[:-1]), len(ps) - 1]
-    tp = np.cumsum(ys)[last].astype(float)
-    fp = (last + 1) - tp
-    n_pos, n_neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
-    return {"fpr": np.r_[0.0, fp / n_neg], "tpr": np.r_[0.0, tp / n_pos],
-            "recall": tp / n_pos, "precision": tp / (tp + fp)}
+    """ROC and precision-recall points at every distinct threshold, high to low.
+
+    Args:
+        y: labels (n,) with both classes present (the report draws curves only then).
+        p: probabilities (n,).
+
+    Returns:
+        float64 arrays: ``fpr`` and ``tpr`` (k + 1,) starting at (0, 0), ``recall`` and
+        ``precision`` (k,), for k distinct scores.
+
+    Raises:
+        ValueError: ``y`` holds one class only (no ROC, and recall is undefined).
+    """
+    y, p = _binary(y, p)
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == len(y):
+        raise ValueError("curves need both classes in y")
+    fpr, tpr, _ = skm.roc_curve(y, p, drop_intermediate=False)
+    precision, recall, _ = skm.precision_recall_curve(y, p, drop_intermediate=False)
+    # precision_recall_curve runs low to high thresholds and appends the (recall 0,
+    # precision 1) end point; the report draws from the highest threshold down.
+    return {"fpr": fpr, "tpr": tpr, "recall": recall[-2::-1], "precision": precision[-2::-1]}

@@ -50,18 +50,31 @@ flags.DEFINE_boolean("jit_compile", True, "XLA-compile the per-replica forward+b
 flags.DEFINE_enum("precision", "float32", list(config_lib.PRECISIONS), "Keras dtype policy.")
 flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling, augmentation).")
 flags.DEFINE_boolean("augment", True, "Small random rotation/shift/scale when training; never flips.")
-flags.DEFINE_enum("views", "frontal", list(config_lib.VIEWS), "Train and evaluate on frontal views, or all.")
+flags.DEFINE_enum("views", "frontal", list(config_lib.VIEW_CHOICES), "Train and evaluate on frontal views, or all.")
 flags.DEFINE_boolean("skip_corrupt", False, "Skip (and report) corrupt shards instead of stopping.")
 flags.DEFINE_integer("patience", 3, "Early stopping: epochs without a better validation mean AUROC.")
 flags.DEFINE_integer("shuffle_buffer", 2048, "Examples in the shuffle buffer (uint8 images).")
-flags.DEFINE_list("teacher", [], "Distil from these trainer.task job folders (comma list: an ensemble, averaged). "
-                                 "Their predictions are computed once and cached in the job folder.")
+flags.DEFINE_list("distill_from", [], "Distil from these trainer.task job folders (comma list: an ensemble, "
+                                      "averaged). Their predictions are computed once and cached in the job folder.")
+# The flag's name before --distill_from; accepted, with a warning, for one release.
+flags.DEFINE_list("teacher", [], "Deprecated: use --distill_from.")
 flags.DEFINE_float("distill_alpha", 0.5, "Weight of the teacher's soft targets; 1 - alpha weighs the labels.")
 flags.DEFINE_float("distill_temperature", 2.0, "Softening temperature T for teacher and student logits.")
 flags.DEFINE_boolean("verbose", False, "Show TensorFlow's own start-up and INFO lines (hidden by default).")
 
 
+def _distill_from() -> tuple[str, ...]:
+    """--distill_from, or the deprecated --teacher (with a one-line warning on stderr)."""
+    if not FLAGS.teacher:
+        return tuple(FLAGS.distill_from)
+    if FLAGS.distill_from:
+        raise config_lib.ConfigError("--teacher is the deprecated name of --distill_from: give --distill_from only")
+    print("trainer.task: warning: --teacher is deprecated; use --distill_from", file=sys.stderr)
+    return tuple(FLAGS.teacher)
+
+
 def config_from_flags() -> config_lib.TrainConfig:
+    """The validated config of the parsed flags; raises ConfigError naming a bad flag."""
     job_dir = FLAGS.job_dir or f"jobs/{FLAGS.pathology.replace(',', '_')}"
     return config_lib.make_config(
         pathology=FLAGS.pathology, records_dir=FLAGS.records_dir, job_dir=job_dir, policy=FLAGS.policy,
@@ -71,7 +84,7 @@ def config_from_flags() -> config_lib.TrainConfig:
         threshold=FLAGS.threshold, strategy=FLAGS.strategy, jit_compile=FLAGS.jit_compile,
         precision=FLAGS.precision, seed=FLAGS.seed, augment=FLAGS.augment, views=FLAGS.views,
         skip_corrupt=FLAGS.skip_corrupt, patience=FLAGS.patience, shuffle_buffer=FLAGS.shuffle_buffer,
-        teacher=tuple(FLAGS.teacher), distill_alpha=FLAGS.distill_alpha,
+        distill_from=_distill_from(), distill_alpha=FLAGS.distill_alpha,
         distill_temperature=FLAGS.distill_temperature,
     )
 

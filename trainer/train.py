@@ -15,11 +15,14 @@ per-task counts of unmasked labels (an all-reduce before the XLA call), so the s
 replicas is exactly the global-batch mean: one step on N replicas equals one step on one
 replica with the same global batch (tested).
 
-Fault tolerance: a ``tf.train.CheckpointManager`` in ``JOB_DIR/backup`` holds model,
-optimizer, epoch, best score and early-stopping patience after every epoch; a restarted job
-resumes at the next epoch. Best model: ``JOB_DIR/model.keras`` (P(positive) per task),
-``JOB_DIR/saved_model/`` (serving signature on encoded image bytes), ``metrics.json``,
-``history.csv`` and TensorBoard logs in ``JOB_DIR/logs``.
+Per-epoch outputs, best-model saving and early stopping are Keras callbacks driven from the
+loop through ``keras.callbacks.CallbackList`` (``HistoryCsv``, ``EpochSummaries``,
+``BestModel``, ``ResumableEarlyStopping``). Fault tolerance: a ``tf.train.CheckpointManager``
+in ``JOB_DIR/backup`` holds model, optimizer, epoch, best score and early-stopping patience
+after every epoch; a restarted job resumes at the next epoch with the callbacks' state.
+Best model: ``JOB_DIR/model.keras`` (P(positive) per task), ``JOB_DIR/saved_model/``
+(serving signature on encoded image bytes), ``metrics.json``, ``history.csv`` and
+TensorBoard logs in ``JOB_DIR/logs``.
 """
 
 from __future__ import annotations
@@ -211,19 +214,118 @@ def export_saved_model(prob_model: keras.Model, cfg: TrainConfig, path: str) -> 
         f.write(cfg.to_json())
 
 
-def _truncate_history(path: str, epochs: int) -> None:
-    """Drops history rows after the restored epoch: a job killed after logging an epoch but
-    before its checkpoint repeats that epoch, and must not log it twice."""
-    if not os.path.exists(path):
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(r for r in rows if int(r["epoch"]) <= epochs)
+class HistoryCsv(keras.callbacks.Callback):
+    """Appends one row per epoch to ``history.csv``: ``epoch`` (1-based), then ``columns``.
+
+    Not ``keras.callbacks.CSVLogger``: that one sorts its columns by name and numbers
+    epochs from 0, and history.csv keeps the order and numbering it always had. A resumed
+    job first drops the rows after its restored epoch: one killed after logging an epoch but
+    before checkpointing it repeats that epoch, and must not log it twice.
+    """
+
+    def __init__(self, path: str, columns: list[str], epochs_done: int):
+        super().__init__()
+        self.path, self.columns, self.epochs_done = path, columns, epochs_done
+
+    def on_train_begin(self, logs=None):
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            return
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(r for r in rows if int(r["epoch"]) <= self.epochs_done)
+
+    def on_epoch_end(self, epoch, logs=None):
+        new = not os.path.exists(self.path)
+        # Opened per epoch, not held open as CSVLogger does: a killed job leaves whole rows.
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["epoch"] + self.columns)
+            if new:
+                w.writeheader()
+            w.writerow({"epoch": epoch + 1, **{k: logs[k] for k in self.columns}})
+
+
+class EpochSummaries(keras.callbacks.Callback):
+    """Writes each epoch's logs as TensorBoard scalars (step = 1-based epoch), NaNs left out.
+
+    Not ``keras.callbacks.TensorBoard``: that one files scalars under ``train/`` and
+    ``validation/`` with ``epoch_`` prefixes, which would rename every curve of ``logs/``.
+    """
+
+    def __init__(self, writer):
+        super().__init__()
+        self.writer = writer
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self.writer.as_default(step=epoch + 1):
+            for k, v in logs.items():
+                if not math.isnan(v):
+                    tf.summary.scalar(k, v)
+
+    def on_train_end(self, logs=None):
+        self.writer.flush()
+
+
+class BestModel(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint(save_best_only=True)`` on the validation mean AUROC that also writes
+    the saved epoch's ``metrics.json``, so the two always describe the same model.
+
+    Keras flattens nested logs, so the per-task metrics come through ``evaluation`` (the
+    ended epoch's ``evaluate_predictions`` result), which the loop sets before each
+    ``on_epoch_end``. An undefined (NaN) mean AUROC is never an improvement: ``best``
+    starts at -1, below any AUROC, instead of at the first epoch's value as Keras' default.
+    """
+
+    def __init__(self, job_dir: str, best: float, fields: dict, report: dict):
+        """Args:
+            job_dir: where model.keras and metrics.json go.
+            best: the best mean AUROC so far (-1 for none; a resumed job's checkpoint).
+            fields: what metrics.json says besides the epoch's metrics (split, threshold, ...).
+            report: metrics.json's content so far (a resumed job's file, else empty).
+        """
+        super().__init__(os.path.join(job_dir, "model.keras"), monitor="val_mean_auroc", mode="max",
+                         save_best_only=True, initial_value_threshold=best)
+        self.metrics_path = os.path.join(job_dir, "metrics.json")
+        self.fields, self.report, self.evaluation = fields, report, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        before = self.best
+        super().on_epoch_end(epoch, logs)
+        if self.best != before:  # saved: this epoch is the new best
+            e = self.evaluation
+            self.report = {"best_epoch": epoch + 1, "mean_auroc": e["mean_auroc"], "tasks": e["tasks"],
+                           "images": e["images"], **self.fields}
+            with open(self.metrics_path, "w") as f:
+                json.dump(self.report, f, indent=2, sort_keys=True, default=float)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` whose patience survives a restart.
+
+    Keras resets ``wait`` and ``best`` at ``on_train_begin``, so a resumed job would wait a
+    full ``patience`` again; this one starts from the checkpoint's values. ``best`` starts
+    at -1 rather than Keras' None for the reason ``BestModel`` gives. The best weights are
+    not restored in memory (``restore_best_weights``): the run reloads ``model.keras``, which
+    also holds the best epoch of a run that was killed and resumed.
+
+    Keras' rule is the hand-written one it replaced (stop once ``patience`` epochs in a row
+    brought no better mean AUROC) except at the edges, where Keras' is the sensible one:
+    ``--patience 0`` stops at the first epoch without improvement (it stopped after the
+    first epoch), and the first epoch never stops a run (with ``--patience 1`` and no
+    defined AUROC in epoch 1, a run stopped without any model.keras to export).
+    """
+
+    def __init__(self, patience: int, best: float, wait: int):
+        super().__init__(monitor="val_mean_auroc", mode="max", patience=patience)
+        self.resume_from = (best, wait)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.best, self.wait = self.resume_from
 
 
 def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict:
@@ -268,10 +370,10 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
              cfg.precision)
 
     teacher = None
-    if cfg.teacher:
+    if cfg.distill_from:
         paths, logits = distill.teacher_cache(cfg, job_dir)
         teacher = distill.lookup(paths, logits)
-        log.info("distilling from %s: %d cached teacher predictions, alpha %.2f, T %.1f", ", ".join(cfg.teacher),
+        log.info("distilling from %s: %d cached teacher predictions, alpha %.2f, T %.1f", ", ".join(cfg.distill_from),
                  len(paths), cfg.distill_alpha, cfg.distill_temperature)
     with _precision_policy(cfg.precision):
         trainer = Trainer(cfg, strategy)
@@ -288,19 +390,30 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
         ckpt = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer, epoch=epoch_var,
                                    best=best_var, wait=wait_var)
         backup = tf.train.CheckpointManager(ckpt, os.path.join(job_dir, "backup"), max_to_keep=1)
-        history_path = os.path.join(job_dir, "history.csv")
         if backup.latest_checkpoint:
             ckpt.restore(backup.latest_checkpoint).expect_partial()
             log.info("resuming from %s at epoch %d", backup.latest_checkpoint, int(epoch_var.numpy()) + 1)
-            _truncate_history(history_path, int(epoch_var.numpy()))
-        writer = tf.summary.create_file_writer(os.path.join(job_dir, "logs")) if chief else None
+        epochs_done = int(epoch_var.numpy())
         report: dict = {}
         metrics_path = os.path.join(job_dir, "metrics.json")
         if os.path.exists(metrics_path):
             with open(metrics_path) as f:
                 report = json.load(f)
+        columns = ["loss", "val_mean_auroc", *(f"val_auroc_{t}" for t in cfg.tasks), "seconds", "images_per_sec"]
+        saver = BestModel(job_dir, float(best_var.numpy()), report=report, fields={
+            "split": cfg.eval_split, "threshold": cfg.threshold, "skipped_shards": skipped, "replicas": replicas,
+            "global_batch": global_batch, "provenance": dict(cfg.provenance)})
+        stopper = ResumableEarlyStopping(cfg.patience, float(best_var.numpy()), int(wait_var.numpy()))
+        # Only the chief writes history and TensorBoard logs; every worker saves (to scratch
+        # when not the chief), as every worker takes part in the checkpoint.
+        per_epoch = [HistoryCsv(os.path.join(job_dir, "history.csv"), columns, epochs_done),
+                     EpochSummaries(tf.summary.create_file_writer(os.path.join(job_dir, "logs")))] if chief else []
+        callbacks = keras.callbacks.CallbackList(per_epoch + [saver, stopper], model=prob_model)
+        prob_model.stop_training = False
+        callbacks.on_train_begin()
         iterator = iter(train_ds)
-        for epoch in range(int(epoch_var.numpy()), cfg.epochs):
+        for epoch in range(epochs_done, cfg.epochs):
+            callbacks.on_epoch_begin(epoch)
             start = time.perf_counter()
             # A live bar on a terminal; one line per epoch in log files (cron, CI).
             bar = keras.utils.Progbar(steps, stateful_metrics=["loss"],
@@ -315,44 +428,23 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
                 bar.update(step + 1, [("loss", float(np.mean(losses[-20:])))])
             seconds = time.perf_counter() - start
             result = evaluate_predictions(trainer.predict(eval_ds, eval_files), cfg)
-            mean_auroc = result["mean_auroc"]
-            row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mean_auroc": mean_auroc,
-                   **{f"val_auroc_{t}": r["auroc"] for t, r in result["tasks"].items()},
-                   "seconds": round(seconds, 2), "images_per_sec": round(steps * global_batch / seconds, 1)}
+            logs = {"loss": float(np.mean(losses)), "val_mean_auroc": result["mean_auroc"],
+                    **{f"val_auroc_{t}": r["auroc"] for t, r in result["tasks"].items()},
+                    "seconds": round(seconds, 2), "images_per_sec": round(steps * global_batch / seconds, 1)}
             log.info("epoch %d/%d  loss %.4f  val mean AUROC %.4f  (%s)  %.0f img/s", epoch + 1, cfg.epochs,
-                     row["loss"], mean_auroc, ", ".join(f"{t} {r['auroc']:.3f}" for t, r in result["tasks"].items()),
-                     row["images_per_sec"])
-            if chief:
-                new = not os.path.exists(history_path)
-                with open(history_path, "a", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=list(row))
-                    if new:
-                        w.writeheader()
-                    w.writerow(row)
-                with writer.as_default(step=epoch + 1):
-                    for k, v in row.items():
-                        if k != "epoch" and not (isinstance(v, float) and math.isnan(v)):
-                            tf.summary.scalar(k, v)
-            score = -math.inf if math.isnan(mean_auroc) else mean_auroc
-            if score > float(best_var.numpy()):
-                best_var.assign(score)
-                wait_var.assign(0)
-                prob_model.save(os.path.join(job_dir, "model.keras"))
-                report = {"best_epoch": epoch + 1, "split": cfg.eval_split, "threshold": cfg.threshold,
-                          "mean_auroc": mean_auroc, "tasks": result["tasks"], "images": result["images"],
-                          "skipped_shards": skipped, "replicas": replicas, "global_batch": global_batch,
-                          "provenance": dict(cfg.provenance)}
-                with open(metrics_path, "w") as f:
-                    json.dump(report, f, indent=2, sort_keys=True, default=float)
-            else:
-                wait_var.assign_add(1)
+                     logs["loss"], result["mean_auroc"],
+                     ", ".join(f"{t} {r['auroc']:.3f}" for t, r in result["tasks"].items()), logs["images_per_sec"])
+            saver.evaluation = result
+            callbacks.on_epoch_end(epoch, logs)
             epoch_var.assign(epoch + 1)
+            best_var.assign(saver.best)
+            wait_var.assign(stopper.wait)
             backup.save()
-            if int(wait_var.numpy()) >= cfg.patience:
+            if prob_model.stop_training:
                 log.info("early stopping: no better validation mean AUROC for %d epochs", cfg.patience)
                 break
-        if writer:
-            writer.flush()
+        callbacks.on_train_end()
+        report = saver.report
         best = keras.models.load_model(os.path.join(job_dir, "model.keras"))
         export_saved_model(best, cfg, os.path.join(job_dir, "saved_model"))
     if not chief:

@@ -1,14 +1,15 @@
-"""Learning to teach: the policy gradient's sign on a toy problem, selectors, episodes."""
+"""Data selection (learning to teach): the policy gradient's sign on a toy problem, selectors, episodes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from trainer.teaching import experiment, policy
-from trainer.teaching.student import Student, linear
+from trainer.selection import experiment
+from trainer.selection import selector as selector_lib
+from trainer.selection.student import Student, linear
 
-UNCERTAIN = policy.FEATURES.index("uncertain_label")
+UNCERTAIN = selector_lib.FEATURES.index("uncertain_label")
 
 
 def _toy_task(seed: int = 0, n: int = 2000, dim: int = 8) -> experiment.Task:
@@ -40,66 +41,66 @@ def test_policy_gradient_points_away_from_useless_samples(toy):
     BUILD_NOTES); pooled over three data seeds (96 episodes, common random numbers within
     each seed) it is clearly negative."""
     task, student = toy
-    teacher = policy.LearnedTeacher()  # keeps every candidate with p = 0.5: no preference yet
+    learned = selector_lib.LearnedSelector()  # keeps every candidate with p = 0.5: no preference yet
     rewards, trajectories, grads = [], [], []
     for data_seed in range(3):
         r_seed, t_seed = [], []
         for k in range(32):
-            tr = policy.Trajectory()
-            ep = experiment.run_episode(student, task, teacher, seed=data_seed, select_seed=1000 + k, trajectory=tr,
+            tr = selector_lib.Trajectory()
+            ep = experiment.run_episode(student, task, learned, seed=data_seed, select_seed=1000 + k, trajectory=tr,
                                         **KW)
             r_seed.append(experiment.reward(ep.steps, KW["max_steps"], ep.reached))
             t_seed.append(tr)
         assert 0 < np.mean(r_seed) and np.std(r_seed) > 0  # the target is reachable, and not always alike
-        grads.append(teacher.gradient(r_seed, t_seed, float(np.mean(r_seed))))
+        grads.append(learned.gradient(r_seed, t_seed, float(np.mean(r_seed))))
         rewards += r_seed
         trajectories += t_seed
     g = np.mean(grads, axis=0)
     # Episodes that happened to keep fewer coin-flip samples reached the target sooner, so
     # the ascent direction lowers the keep probability of flagged samples.
     assert g[UNCERTAIN] < 0
-    before = teacher.w.copy()
-    teacher.update(rewards, trajectories)
-    assert teacher.w[UNCERTAIN] < before[UNCERTAIN]
+    before = learned.w.copy()
+    learned.update(rewards, trajectories)
+    assert learned.w[UNCERTAIN] < before[UNCERTAIN]
 
 
 def test_reinforce_gradient_matches_a_hand_computation():
-    teacher = policy.LearnedTeacher()
-    teacher.w = np.linspace(-0.3, 0.3, policy.NUM_FEATURES)
-    f = np.random.default_rng(0).random((5, policy.NUM_FEATURES)).astype(np.float32)
-    p = 1 / (1 + np.exp(-(f @ teacher.w)))
+    learned = selector_lib.LearnedSelector()
+    learned.w = np.linspace(-0.3, 0.3, selector_lib.NUM_FEATURES)
+    f = np.random.default_rng(0).random((5, selector_lib.NUM_FEATURES)).astype(np.float32)
+    p = 1 / (1 + np.exp(-(f @ learned.w)))
     trs = []
     actions = [np.array([1, 0, 1, 1, 0], np.float32), np.array([0, 0, 1, 0, 0], np.float32)]
     for a in actions:
-        tr = policy.Trajectory()
-        tr.add(f, teacher.keep_prob(f), a)
+        tr = selector_lib.Trajectory()
+        tr.add(f, learned.keep_prob(f), a)
         trs.append(tr)
     want = sum((r - 0.5) * ((a - p)[:, None] * f).sum(0) / 5 for r, a in zip([1.0, 0.2], actions)) / 2
-    np.testing.assert_allclose(teacher.gradient([1.0, 0.2], trs, 0.5), want, rtol=1e-6)
+    np.testing.assert_allclose(learned.gradient([1.0, 0.2], trs, 0.5), want, rtol=1e-6)
 
 
 def test_episodes_are_paired_by_seed_and_selectors_keep_what_they_say(toy):
     task, student = toy
-    a = experiment.run_episode(student, task, policy.RandomSelection(), seed=3, **KW)
-    b = experiment.run_episode(student, task, policy.RandomSelection(), seed=3, **KW)
+    a = experiment.run_episode(student, task, selector_lib.RandomSelection(), seed=3, **KW)
+    b = experiment.run_episode(student, task, selector_lib.RandomSelection(), seed=3, **KW)
     assert a == b
-    full = experiment.run_episode(student, task, policy.RandomSelection(keep=1.0), seed=3, **KW)
+    full = experiment.run_episode(student, task, selector_lib.RandomSelection(keep=1.0), seed=3, **KW)
     assert full.kept_fraction == 1.0 and 0.4 < a.kept_fraction < 0.6
-    f = policy.features(np.full(8, 0.5), np.arange(8.0), np.ones(8), np.zeros(8), progress=0.0)
-    keep = policy.Curriculum(start=0.5).select(f, np.random.default_rng(0))
+    f = selector_lib.features(np.full(8, 0.5), np.arange(8.0), np.ones(8), np.zeros(8), progress=0.0)
+    keep = selector_lib.Curriculum(start=0.5).select(f, np.random.default_rng(0))
     np.testing.assert_array_equal(keep, [1, 1, 1, 1, 0, 0, 0, 0])  # the four lowest losses
-    f[:, policy.FEATURES.index("progress")] = 1.0
-    assert policy.Curriculum(start=0.5).select(f, np.random.default_rng(0)).all()
+    f[:, selector_lib.FEATURES.index("progress")] = 1.0
+    assert selector_lib.Curriculum(start=0.5).select(f, np.random.default_rng(0)).all()
     assert experiment.reward(10, 100, True) == pytest.approx(np.log(10)) and experiment.reward(100, 100, False) == 0
 
 
 def test_curriculum_keeps_the_easiest_of_each_class():
     loss = np.array([0.1, 0.2, 0.3, 0.4, 3.0, 3.1, 3.2, 3.3])
     label = np.array([1, 1, 1, 1, 0, 0, 0, 0], np.float32)
-    f = policy.features(np.full(8, 0.5), loss, label, np.zeros(8), progress=0.0)
-    keep = policy.Curriculum(start=0.5).select(f, np.random.default_rng(0))
+    f = selector_lib.features(np.full(8, 0.5), loss, label, np.zeros(8), progress=0.0)
+    keep = selector_lib.Curriculum(start=0.5).select(f, np.random.default_rng(0))
     np.testing.assert_array_equal(keep, [1, 1, 0, 0, 1, 1, 0, 0])  # not the four lowest losses overall
-    hard = policy.HardestFirst(keep=0.5).select(f, np.random.default_rng(0))
+    hard = selector_lib.HardestFirst(keep=0.5).select(f, np.random.default_rng(0))
     np.testing.assert_array_equal(hard, [0, 0, 0, 0, 1, 1, 1, 1])
 
 

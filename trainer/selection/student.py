@@ -1,5 +1,5 @@
-"""The student of the learning-to-teach experiment: a small Keras model trained one
-selected mini-batch at a time, on data held in memory.
+"""The student of the data-selection (learning-to-teach) experiment: a small Keras model
+trained one selected mini-batch at a time, on data held in memory.
 
 Episodes are many and short, so the student is built once and re-initialised per episode
 (fresh weights from the episode's seed, optimizer state zeroed): each compiled step is
@@ -98,7 +98,7 @@ class Student:
 
     def train_on(self, idx: np.ndarray, keep: np.ndarray) -> None:
         """One update on the kept candidates (mean loss over them); none kept, no update
-        (the step is still spent: the teacher wasted it)."""
+        (the step is still spent: the selector wasted it)."""
         if keep.any():
             self._step(tf.constant(idx, tf.int32), tf.constant(keep, tf.float32))
 

@@ -2,7 +2,7 @@ r"""Learning to teach (Fan et al., ICLR 2018) on the synthetic CheXpert: does a 
 data-selection policy get a student to a target validation AUROC in fewer steps than random
 selection or an easy-first curriculum?
 
-    python -m trainer.teaching.experiment            # generates data/teaching on first use
+    python -m trainer.selection.experiment            # generates data/selection on first use
 
 One command: makes a synthetic set (``--signal_noise``, so borderline studies are hard),
 builds its records with the project's Beam job, and takes one observation under one
@@ -14,13 +14,14 @@ Then:
 
 1. calibration: with ``--target_auroc=auto`` the target is 97% of the worst final AUROC of
    two random-selection episodes, so the baselines reach it before ``--max_steps``;
-2. training the teacher: ``--iterations`` REINFORCE updates, each from
-   ``--episodes_per_update`` episodes (a fresh student each, on training seeds);
+2. training the learned selector (Fan et al.'s "teacher"): ``--iterations`` REINFORCE
+   updates, each from ``--episodes_per_update`` episodes (a fresh student each, on
+   training seeds);
 3. evaluation on ``--eval_seeds`` unseen seeds, paired (the same initial weights and
-   candidate stream for every selector): steps to the target for the learned teacher
-   (``l2t``), ``random`` (keep each candidate with p = 0.5, the teacher's starting point),
+   candidate stream for every selector): steps to the target for the learned selector
+   (``l2t``), ``random`` (keep each candidate with p = 0.5, the learned one's starting point),
    ``all`` (plain SGD on every candidate), ``curriculum`` (lowest loss first, per class) and
-   ``hardest`` (highest loss first, a control for what the teacher learns).
+   ``hardest`` (highest loss first, a control for what the learned selector learns).
 
 A step is one student update on the candidates a selector kept out of ``--candidates``; the
 target is checked every ``--eval_every`` steps; an episode that never reaches it counts as
@@ -39,9 +40,9 @@ import time
 
 import numpy as np
 
-from trainer.teaching import policy
+from trainer.selection import selector as selector_lib
 
-log = logging.getLogger("teaching")
+log = logging.getLogger("selection")
 
 
 @dataclasses.dataclass
@@ -85,7 +86,7 @@ def run_episode(student, task: Task, selector, *, seed: int, max_steps: int, tar
     The candidate stream and the initial weights depend only on ``seed``; the selector draws
     from its own generator (``select_seed``, default ``seed``). So selectors compared on one
     seed see the same data, and episodes that share ``seed`` but not ``select_seed`` differ
-    only in the teacher's decisions (common random numbers: the reward's differences are
+    only in the selector's decisions (common random numbers: the reward's differences are
     then the decisions' doing, which is what the policy gradient needs).
     """
     student.reset(seed)
@@ -96,7 +97,7 @@ def run_episode(student, task: Task, selector, *, seed: int, max_steps: int, tar
     for step in range(1, max_steps + 1):
         idx = data_rng.choice(len(task.y_train), candidates, replace=False)
         p, loss, y = student.state(idx)
-        f = policy.features(p, loss, y, task.uncertain[idx], step / max_steps)
+        f = selector_lib.features(p, loss, y, task.uncertain[idx], step / max_steps)
         keep = selector.select(f, select_rng, trajectory)
         student.train_on(idx, keep)
         kept, offered = kept + int(keep.sum()), offered + candidates
@@ -107,27 +108,27 @@ def run_episode(student, task: Task, selector, *, seed: int, max_steps: int, tar
     return Episode(max_steps, auroc >= target, kept / offered, auroc)
 
 
-def train_teacher(student, task: Task, teacher, *, iterations: int, episodes_per_update: int, seed0: int,
-                  **episode_kw) -> list[dict]:
+def train_selector(student, task: Task, learned, *, iterations: int, episodes_per_update: int, seed0: int,
+                   **episode_kw) -> list[dict]:
     """REINFORCE: each iteration runs ``episodes_per_update`` episodes on one new training
-    seed (same initial student and candidate stream; the teacher's draws differ) and takes
+    seed (same initial student and candidate stream; the selector's draws differ) and takes
     one policy-gradient step. Returns a log line per iteration."""
     history = []
     for it in range(iterations):
         rewards, trajectories, steps = [], [], []
         for k in range(episodes_per_update):
-            tr = policy.Trajectory()
-            ep = run_episode(student, task, teacher, seed=seed0 + it, select_seed=seed0 + 7919 * (k + 1) + it,
+            tr = selector_lib.Trajectory()
+            ep = run_episode(student, task, learned, seed=seed0 + it, select_seed=seed0 + 7919 * (k + 1) + it,
                              trajectory=tr, **episode_kw)
             rewards.append(reward(ep.steps, episode_kw["max_steps"], ep.reached))
             trajectories.append(tr)
             steps.append(ep.steps)
-        g = teacher.update(rewards, trajectories)
+        g = learned.update(rewards, trajectories)
         history.append({"iteration": it + 1, "mean_steps": float(np.mean(steps)), "mean_reward": float(np.mean(rewards)),
                         "kept": float(np.mean([t.kept / max(t.decisions, 1) for t in trajectories])),
-                        "grad_norm": float(np.linalg.norm(g)), "w": teacher.describe()})
+                        "grad_norm": float(np.linalg.norm(g)), "w": learned.describe()})
         log.info("iteration %d: mean steps %.0f, reward %.3f, kept %.2f, w %s", it + 1, np.mean(steps),
-                 np.mean(rewards), history[-1]["kept"], teacher.describe())
+                 np.mean(rewards), history[-1]["kept"], learned.describe())
     return history
 
 
@@ -135,7 +136,7 @@ def load_task(records_dir: str, observation: str, policy_name: str, image_size: 
     """One observation's frontal train and valid images from a records folder, in memory.
 
     Read through the trainer's own input pipeline (``trainer.input.make_dataset``: the same
-    policy targets, teacher values, view selection and resize as training), then put in path
+    policy targets, U-SelfTrained targets, view selection and resize as training), then put in path
     order, so the experiment does not depend on how records are laid out in shards.
     Training targets use ``policy_name`` for ``observation``; entries it masks (e.g.
     ``ignore``) are left out. Valid labels are the valid split's (the hidden truth in the
@@ -197,7 +198,7 @@ def summarize(results: dict[str, list[Episode]]) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work_dir", default="data/teaching", help="Synthetic set and records (made once).")
+    parser.add_argument("--work_dir", default="data/selection", help="Synthetic set and records (made once).")
     parser.add_argument("--records_dir", default=None, help="Use these records instead (e.g. a real CheXpert's).")
     parser.add_argument("--observation", default="pleural_effusion")
     parser.add_argument("--policy", default="ones", help="Uncertainty policy for the observation's training labels.")
@@ -208,14 +209,16 @@ def main(argv=None) -> int:
     parser.add_argument("--max_steps", type=int, default=150)
     parser.add_argument("--eval_every", type=int, default=5)
     parser.add_argument("--target_auroc", default="auto", help="A number, or auto (see the module docstring).")
-    parser.add_argument("--iterations", type=int, default=40, help="REINFORCE updates of the teacher.")
+    parser.add_argument("--iterations", type=int, default=40, help="REINFORCE updates of the learned selector.")
     parser.add_argument("--episodes_per_update", type=int, default=4)
     parser.add_argument("--eval_seeds", type=int, default=12)
-    parser.add_argument("--teacher_seed", type=int, default=1000,
-                        help="First data seed of the teacher's training episodes (evaluation uses 0..eval_seeds-1).")
+    parser.add_argument("--selector_seed", type=int, default=1000,
+                        help="First data seed of the learned selector's training episodes (evaluation uses "
+                             "0..eval_seeds-1).")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="The student's Adam learning rate.")
-    parser.add_argument("--teacher_learning_rate", type=float, default=0.1)
-    parser.add_argument("--out", default=None, help="Write results and the teacher's history as JSON here.")
+    parser.add_argument("--selector_learning_rate", type=float, default=0.1,
+                        help="The learned selector's Adam learning rate (REINFORCE).")
+    parser.add_argument("--out", default=None, help="Write results and the learned selector's history as JSON here.")
     args = parser.parse_args(argv)
     from schemas import chexpert
 
@@ -237,7 +240,7 @@ def main(argv=None) -> int:
     if args.records_dir and not os.path.exists(os.path.join(args.records_dir, "manifest.json")):
         parser.error(f"--records_dir={args.records_dir}: no manifest.json; build records with pipeline.build_records")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    from trainer.teaching.student import Student, small_cnn  # TensorFlow: after the flags are checked
+    from trainer.selection.student import Student, small_cnn  # TensorFlow: after the flags are checked
 
     start = time.perf_counter()
     records_dir = args.records_dir or prepare_records(args.work_dir, args.num_patients, args.signal_noise,
@@ -250,18 +253,19 @@ def main(argv=None) -> int:
                       args.learning_rate)
     kw = dict(max_steps=args.max_steps, candidates=args.candidates, eval_every=args.eval_every)
     if args.target_auroc == "auto":
-        finals = [run_episode(student, task, policy.RandomSelection(), seed=10_000 + k, target=2.0, **kw).final_auroc
+        random_selection = selector_lib.RandomSelection()
+        finals = [run_episode(student, task, random_selection, seed=10_000 + k, target=2.0, **kw).final_auroc
                   for k in range(2)]
         target = round(0.97 * min(finals), 3)
         log.info("calibration: random selection ends at AUROC %s; target %.3f", [round(f, 3) for f in finals], target)
     else:
         target = float(args.target_auroc)
     kw["target"] = target
-    teacher = policy.LearnedTeacher(learning_rate=args.teacher_learning_rate)
-    history = train_teacher(student, task, teacher, iterations=args.iterations,
-                            episodes_per_update=args.episodes_per_update, seed0=args.teacher_seed, **kw)
-    selectors = [teacher, policy.RandomSelection(), policy.RandomSelection(keep=1.0), policy.Curriculum(),
-                 policy.HardestFirst()]
+    learned = selector_lib.LearnedSelector(learning_rate=args.selector_learning_rate)
+    history = train_selector(student, task, learned, iterations=args.iterations,
+                             episodes_per_update=args.episodes_per_update, seed0=args.selector_seed, **kw)
+    selectors = [learned, selector_lib.RandomSelection(), selector_lib.RandomSelection(keep=1.0),
+                 selector_lib.Curriculum(), selector_lib.HardestFirst()]
     names = ["l2t", "random", "all", "curriculum", "hardest"]
     results: dict[str, list[Episode]] = {n: [] for n in names}
     for seed in range(args.eval_seeds):
@@ -269,14 +273,14 @@ def main(argv=None) -> int:
             results[name].append(run_episode(student, task, selector, seed=seed, **kw))
         log.info("eval seed %d: %s", seed, ", ".join(f"{n} {results[n][-1].steps}" for n in names))
     lines = [f"{args.observation} under {args.policy}; target valid AUROC {target:.3f}; {args.eval_seeds} unseen "
-             f"seeds; M={args.candidates}, max {args.max_steps} steps; teacher trained for {args.iterations} x "
-             f"{args.episodes_per_update} episodes; {time.perf_counter() - start:.0f}s in all", ""]
+             f"seeds; M={args.candidates}, max {args.max_steps} steps; learned selector trained for "
+             f"{args.iterations} x {args.episodes_per_update} episodes; {time.perf_counter() - start:.0f}s in all", ""]
     lines += summarize(results)
-    lines += ["", f"learned policy weights: {teacher.describe()}"]
+    lines += ["", f"learned selector weights: {learned.describe()}"]
     print("\n".join(lines))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"target": target, "args": vars(args), "history": history, "weights": teacher.describe(),
+            json.dump({"target": target, "args": vars(args), "history": history, "weights": learned.describe(),
                        "results": {n: [dataclasses.asdict(e) for e in eps] for n, eps in results.items()}}, f, indent=1)
     return 0
 

@@ -1,9 +1,9 @@
-"""Data selection for one student step: the learned teacher policy and two fixed baselines.
+"""Data selectors for one student step: the learned selector and fixed baselines.
 
 Each step the student is offered ``M`` candidate samples; a selector returns a keep mask
-(M,) and the student trains on the kept ones. The learned selector is Fan et al.'s teacher
-("Learning to Teach", ICLR 2018) in its simplest form: a logistic policy over per-sample
-state features,
+(M,) and the student trains on the kept ones. The learned selector is what Fan et al. call
+the teacher ("Learning to Teach", ICLR 2018), in its simplest form: a logistic policy over
+per-sample state features,
 
     pi(keep | s) = sigmoid(w . f(s)),
 
@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-# f(s), one row per candidate: what the teacher sees of the student and the sample.
+# f(s), one row per candidate: what the selector sees of the student and the sample.
 FEATURES = ("bias", "p_student", "loss", "label", "uncertain_label", "progress", "loss_x_progress")
 NUM_FEATURES = len(FEATURES)
 LOSS_SCALE = 5.0  # losses are clipped to [0, 5] and scaled to [0, 1]
@@ -28,7 +28,7 @@ LOSS_SCALE = 5.0  # losses are clipped to [0, 5] and scaled to [0, 1]
 
 def features(p: np.ndarray, loss: np.ndarray, label: np.ndarray, uncertain: np.ndarray,
              progress: float) -> np.ndarray:
-    """The teacher's state features for M candidates.
+    """The selector's state features for M candidates.
 
     Args:
         p: float (M,) the student's P(positive) now.
@@ -64,12 +64,12 @@ class Trajectory:
         self.kept += int(action.sum())
 
 
-class LearnedTeacher:
-    """The logistic teacher policy with REINFORCE updates (Adam on w).
+class LearnedSelector:
+    """The logistic selection policy with REINFORCE updates (Adam on w).
 
     The baseline is the mean reward of the update's own episodes, which share one data seed
-    (``experiment.train_teacher``): the reward's spread within the batch is then due to the
-    teacher's decisions, not to a lucky initialisation.
+    (``experiment.train_selector``): the reward's spread within the batch is then due to the
+    selector's decisions, not to a lucky initialisation.
     """
 
     name = "l2t"
@@ -117,7 +117,7 @@ class LearnedTeacher:
 
 
 class RandomSelection:
-    """Keeps each candidate with a fixed probability: the learned teacher's starting point,
+    """Keeps each candidate with a fixed probability: the learned selector's starting point,
     and plain SGD on random mini-batches of the same expected size."""
 
     name = "random"
