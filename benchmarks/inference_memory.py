@@ -73,9 +73,9 @@ def eager_grad_cam(job, image: np.ndarray, task: str) -> np.ndarray:
 
     model = job.model
     backbone = next(l for l in model.layers if isinstance(l, keras.Model))
-    conv_model = keras.Model(backbone.input, [backbone.get_layer(model_lib.LAST_CONV_LAYER).output, backbone.output])
+    conv_model = keras.Model(backbone.input, [backbone.get_layer(heads.LAST_CONV_LAYER).output, backbone.output])
     normalize, head = model.get_layer("normalize"), model.get_layer(task)
-    prob = model_lib.probability_of(model, task)
+    prob = heads.probability_of(model, task)
     x = normalize(tf.convert_to_tensor(image[None]))
     with tf.GradientTape() as tape:
         fmap, _ = conv_model(x, training=False)

@@ -42,7 +42,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from absl import app, flags
 
-from trainer import startup
+from serving import startup
 
 FLAGS = flags.FLAGS
 
@@ -60,7 +60,7 @@ def define_flags() -> None:
     flags.DEFINE_boolean("verbose", False, "Show TensorFlow's own start-up lines (hidden by default).")
 
 
-if __name__ == "__main__":  # flags first, then TensorFlow, quietly (trainer/startup.py)
+if __name__ == "__main__":  # flags first, then TensorFlow, quietly (serving/startup.py)
     define_flags()
     startup.begin(sys.argv)
 

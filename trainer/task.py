@@ -22,7 +22,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from trainer import config as config_lib
-from trainer import startup
+from serving import startup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pathology", "atelectasis",

@@ -62,8 +62,8 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-if __name__ == "__main__":  # flags first, then TensorFlow, quietly (trainer/startup.py)
-    from trainer import startup
+if __name__ == "__main__":  # flags first, then TensorFlow, quietly (serving/startup.py)
+    from serving import startup
 
     startup.load_tensorflow(make_parser().parse_args().verbose)
 
