@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from typing import Any, Mapping
 
 from schemas import chexpert
@@ -30,6 +31,8 @@ from schemas import chexpert
 log = logging.getLogger(__name__)
 
 FILE = "job_spec.json"
+# The trainer's own config, beside the spec; the only description jobs trained before it have.
+CONFIG_FILE = "config.json"
 # MAJOR.MINOR: a minor bump adds optional keys (older readers ignore them, with a warning);
 # a major bump changes what an existing key means, and older readers refuse the spec.
 SPEC_VERSION = "1.0"
@@ -153,7 +156,7 @@ def format_probability(p: float, threshold: float) -> str:
     return repr(float(p))  # exactly the threshold (a positive call: calls are p >= threshold)
 
 
-def from_train_config(config: Mapping[str, Any], source: str = "config.json") -> JobSpec:
+def from_train_config(config: Mapping[str, Any], source: str = CONFIG_FILE) -> JobSpec:
     """The spec of a job from its trainer config (``config.json``'s content, or
     ``dataclasses.asdict`` of a ``TrainConfig``): how jobs trained before the spec existed
     are read, and how the trainer makes the spec it writes (one derivation for both).
@@ -173,6 +176,33 @@ def from_train_config(config: Mapping[str, Any], source: str = "config.json") ->
         if key in config:
             d[key] = config[key]
     return _build(JobSpec, d, source)
+
+
+def read(folder: str) -> JobSpec | None:
+    """The spec of the job in ``folder``: its ``job_spec.json``, else derived from its
+    ``config.json`` (a job trained before the spec existed); None when it has neither.
+
+    Raises:
+        JobSpecError: the file is there but cannot be read as a spec (the message names it).
+    """
+    spec_path, config_path = os.path.join(folder, FILE), os.path.join(folder, CONFIG_FILE)
+    path = spec_path if os.path.exists(spec_path) else config_path if os.path.exists(config_path) else None
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise JobSpecError(f"{path}: unreadable ({e})") from None
+    if path == spec_path:
+        return JobSpec.from_json(text, path)
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise JobSpecError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(config, dict):
+        raise JobSpecError(f"{path}: not a trainer.task config (a JSON {type(config).__name__})")
+    return from_train_config(config, path)
 
 
 def _build(cls, d: dict, source: str) -> JobSpec:

@@ -10,7 +10,6 @@ above; the spec is derived from it (``job_spec.from_train_config``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import threading
 from typing import Callable
@@ -21,9 +20,6 @@ import tensorflow as tf
 from schemas import job_spec
 from schemas.job_spec import JobSpec
 from serving import heads  # noqa: F401  (registers PositiveProbability for load_model)
-
-CONFIG_FILE = "config.json"
-
 
 class JobError(RuntimeError):
     """A job folder without a usable model or spec; the message names the folder."""
@@ -80,27 +76,11 @@ class SavedModelPixels:
 
 
 def read_spec(folder: str) -> JobSpec | None:
-    """The spec of the job in ``folder``: its ``job_spec.json``, else derived from its
-    ``config.json`` (a job trained before the spec existed); None when it has neither.
-
-    Raises:
-        JobError: the file is there but cannot be read as a spec (the message names it).
-    """
-    spec_path, config_path = os.path.join(folder, job_spec.FILE), os.path.join(folder, CONFIG_FILE)
-    path = spec_path if os.path.exists(spec_path) else config_path if os.path.exists(config_path) else None
-    if path is None:
-        return None
+    """``schemas.job_spec.read`` with its error as a ``JobError``."""
     try:
-        with open(path) as f:
-            text = f.read()
-        if path == spec_path:
-            return JobSpec.from_json(text, path)
-        config = json.loads(text)
-        if not isinstance(config, dict):
-            raise job_spec.JobSpecError(f"{path}: not a trainer.task config")
-        return job_spec.from_train_config(config, path)
-    except (OSError, ValueError) as e:  # JobSpecError is a ValueError, and so is bad JSON
-        raise JobError(str(e) if isinstance(e, job_spec.JobSpecError) else f"{path}: unreadable ({e})") from None
+        return job_spec.read(folder)
+    except job_spec.JobSpecError as e:
+        raise JobError(str(e)) from None
 
 
 def load_job(job_dir: str) -> Job:
@@ -118,7 +98,7 @@ def load_job(job_dir: str) -> Job:
         return Job(job_dir, spec, SavedModelPixels(job_dir))
     model_path = os.path.join(job_dir, "model.keras")
     spec = read_spec(job_dir)
-    missing = ([f"{CONFIG_FILE} (nor {job_spec.FILE})"] if spec is None else []) + \
+    missing = ([f"{job_spec.CONFIG_FILE} (nor {job_spec.FILE})"] if spec is None else []) + \
         (["model.keras"] if not os.path.exists(model_path) else [])
     if missing:
         raise JobError(f"{job_dir}: no {missing[0]}; is this a trainer.task --job_dir that finished an epoch, or a "
