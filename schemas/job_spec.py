@@ -15,6 +15,9 @@ settings; this spec is the part that travels with the model, versioned and read 
 Jobs trained before the spec existed have only ``config.json``: ``from_train_config``
 derives the same spec from it (``serving.job.load_job`` does this on its own).
 
+Every output that speaks for a model says what it was trained on (``provenance_line``) and
+never shows a probability on the wrong side of the threshold (``format_probability``).
+
 Pure Python: the Beam launcher and the web demo read it without TensorFlow.
 """
 
