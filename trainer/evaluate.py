@@ -78,9 +78,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from core.errors import ConfigError  # noqa: E402
 from pipeline import make_sample, records  # noqa: E402
 from schemas import chexpert  # noqa: E402
-from core.errors import ConfigError  # noqa: E402
 from schemas.job_spec import provenance_line  # noqa: E402
 from serving import job as job_lib  # noqa: E402
 from serving import preprocess  # noqa: E402
