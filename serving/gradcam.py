@@ -70,7 +70,7 @@ def grad_cam(job: Job, image: np.ndarray, task: str) -> np.ndarray:
     """
     if not job.is_keras:
         raise JobError(f"{job.job_dir}: Grad-CAM needs the job's model.keras; a SavedModel has no layers "
-                                 "to take gradients at")
+                       "to take gradients at")
     fn = job.compiled(f"grad_cam/{task}", lambda: _grad_cam_function(job, task))
     return fn(tf.convert_to_tensor(image)).numpy()
 
