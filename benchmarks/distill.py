@@ -22,14 +22,15 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer import inference, train
+from serving import job as job_lib
+from trainer import train
 
 
-def scoring_rate(job: inference.Job, n: int = 2048, batch: int = 256) -> float:
+def scoring_rate(job: job_lib.Job, n: int = 2048, batch: int = 256) -> float:
     """Model images/s on this CPU: a compiled call on device-resident batches, so the number
     is the network's cost, not Python's per-call overhead (which dominates tiny models)."""
     images = tf.constant(np.random.default_rng(0).integers(
-        0, 255, (batch, job.cfg.image_size, job.cfg.image_size, 1), np.uint8))
+        0, 255, (batch, job.spec.image_size, job.spec.image_size, 1), np.uint8))
     call = tf.function(lambda x: job.model(x, training=False))
     call(images)  # trace
     start = time.perf_counter()
@@ -46,8 +47,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     try:
-        teacher = inference.load_job(args.teacher)
-    except inference.JobError as e:
+        teacher = job_lib.load_job(args.teacher)
+    except job_lib.JobError as e:
         print(f"{e}\nrun `make demo` first", file=sys.stderr)
         return 2
     with open(os.path.join(args.teacher, "metrics.json")) as f:
@@ -56,15 +57,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, teachers in (("labels only", ()), ("distilled", (args.teacher,))):
             cfg = config_lib.make_config(
-                pathology=",".join(teacher.tasks), records_dir=teacher.cfg.records_dir,
+                pathology=",".join(teacher.tasks), records_dir=config_lib.load_config(args.teacher).records_dir,
                 job_dir=os.path.join(tmp, name.replace(" ", "_")), backbone="tiny", image_size=args.student_size,
                 learning_rate=1e-3, epochs=args.epochs, patience=args.epochs, distill_from=teachers,
                 distill_alpha=0.5, distill_temperature=2.0)
             report = train.run(cfg)
-            job = inference.load_job(cfg.job_dir)
+            job = job_lib.load_job(cfg.job_dir)
             results[name] = (report["mean_auroc"], scoring_rate(job))
     t_rate = scoring_rate(teacher)
-    print(f"\nteacher  {teacher.cfg.backbone} @ {teacher.cfg.image_size}px: mean AUROC {teacher_auroc:.4f}, "
+    print(f"\nteacher  {teacher.spec.backbone} @ {teacher.spec.image_size}px: mean AUROC {teacher_auroc:.4f}, "
           f"{t_rate:.0f} img/s")
     for name, (auroc, rate) in results.items():
         print(f"student  tiny @ {args.student_size}px, {name:11s}: mean AUROC {auroc:.4f} "

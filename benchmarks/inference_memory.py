@@ -9,12 +9,12 @@ Every cell is a fresh subprocess (``--child``) that builds the untrained model (
 not change the memory), scores one warm-up batch (which traces the graph) and then timed
 batches of the same random uint8 images:
 
-* ``eager``: ``job.model(x, training=False)``, what ``trainer.inference.predict_batch`` did
+* ``eager``: ``job.model(x, training=False)``, what ``serving.predict.predict_batch`` replaced
   before it was compiled;
-* ``compiled``: ``trainer.inference.predict_batch`` (one ``tf.function``, calls of at most
+* ``compiled``: ``serving.predict.predict_batch`` (one ``tf.function``, calls of at most
   ``images_per_call`` images).
 
-and the same for Grad-CAM of one image (eager: the former ``trainer.predict.grad_cam``).
+and the same for Grad-CAM of one image (eager: what ``serving.gradcam.grad_cam`` replaced).
 Peak RSS is the child's own high-water mark (``ru_maxrss``), or the sampled one of
 ``benchmarks.measure.run_measured`` where that is higher; a child passing ``--rss_limit_gb``
 is killed and shown as "> limit" (eager DenseNet at batch 32 wants ~13 GB, at 64 ~26 GB).
@@ -45,7 +45,7 @@ GiB = 2**30
 def _job(backbone: str, size: int):
     import keras
 
-    from trainer import inference
+    from serving import job as job_lib
     from trainer import model as model_lib
     from trainer.config import TrainConfig
 
@@ -53,11 +53,11 @@ def _job(backbone: str, size: int):
                                                                        "cardiomegaly": "multiclass"},
                       backbone=backbone, image_size=size)
     keras.utils.set_random_seed(0)
-    return inference.Job("untrained", cfg, model_lib.probability_model(model_lib.build_model(cfg), cfg))
+    return job_lib.Job("untrained", cfg.spec(), model_lib.probability_model(model_lib.build_model(cfg), cfg))
 
 
 def eager_probabilities(job, images: np.ndarray) -> np.ndarray:
-    """The former ``trainer.inference.predict_batch``: uint8 (B, S, S, 1) -> float32 (B, T)."""
+    """The eager call ``serving.predict.predict_batch`` replaced: uint8 (B, S, S, 1) -> float32 (B, T)."""
     import tensorflow as tf
 
     out = job.model(tf.convert_to_tensor(images), training=False)
@@ -65,17 +65,17 @@ def eager_probabilities(job, images: np.ndarray) -> np.ndarray:
 
 
 def eager_grad_cam(job, image: np.ndarray, task: str) -> np.ndarray:
-    """The former ``trainer.predict.grad_cam``: uint8 (S, S, 1) -> float32 (S, S)."""
+    """The eager Grad-CAM ``serving.gradcam.grad_cam`` replaced: uint8 (S, S, 1) -> float32 (S, S)."""
     import keras
     import tensorflow as tf
 
-    from trainer import model as model_lib
+    from serving import heads
 
     model = job.model
-    backbone = next(l for l in model.layers if isinstance(l, keras.Model))
-    conv_model = keras.Model(backbone.input, [backbone.get_layer(model_lib.LAST_CONV_LAYER).output, backbone.output])
+    backbone = heads.backbone_of(model)
+    conv_model = keras.Model(backbone.input, [backbone.get_layer(heads.LAST_CONV_LAYER).output, backbone.output])
     normalize, head = model.get_layer("normalize"), model.get_layer(task)
-    prob = model_lib.probability_of(model, task)
+    prob = heads.probability_of(model, task)
     x = normalize(tf.convert_to_tensor(image[None]))
     with tf.GradientTape() as tape:
         fmap, _ = conv_model(x, training=False)
@@ -92,17 +92,17 @@ def eager_grad_cam(job, image: np.ndarray, task: str) -> np.ndarray:
 def child(mode: str, backbone: str, size: int, batch: int, out_path: str) -> None:
     """Prints one JSON line: model-loaded and peak RSS (bytes), images/s after warm-up; saves
     the last batch's outputs to ``out_path`` (.npy)."""
-    from trainer import inference, predict
+    from serving import gradcam, predict
 
     job = _job(backbone, size)
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 1), dtype=np.uint8)
     if mode.endswith("grad_cam"):
-        fn = eager_grad_cam if mode == "eager_grad_cam" else predict.grad_cam
+        fn = eager_grad_cam if mode == "eager_grad_cam" else gradcam.grad_cam
         call = lambda: np.stack([fn(job, im, "cardiomegaly") for im in images])  # noqa: E731
         calls = 3
     else:
-        fn = eager_probabilities if mode == "eager" else inference.predict_batch
+        fn = eager_probabilities if mode == "eager" else predict.predict_batch
         call = lambda: fn(job, images)  # noqa: E731
         calls = max(1, 16 // batch)  # at least 16 images timed
     out = call()  # warm-up: traces the graph (compiled) or builds the layers' call caches (eager)

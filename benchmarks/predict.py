@@ -13,7 +13,9 @@ import os
 import sys
 import time
 
-from trainer import inference, predict
+from core.inputs import list_inputs
+from serving import job as job_lib
+from trainer import predict
 
 
 def main() -> int:
@@ -23,18 +25,18 @@ def main() -> int:
     parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_args()
     try:
-        job = inference.load_job(args.job_dir)
-    except inference.JobError as e:
+        job = job_lib.load_job(args.job_dir)
+    except job_lib.JobError as e:
         print(f"{e}\nrun `make demo` first", file=sys.stderr)
         return 2
-    files = predict.list_inputs([args.folder])
+    files = list_inputs([args.folder])
     rates = {}
     for bs in (args.batch_size, 1):
         predict.predict_files(job, files[:bs], threshold=0.35, batch_size=bs)  # warm-up: trace this shape
         start = time.perf_counter()
         results, _ = predict.predict_files(job, files, threshold=0.35, batch_size=bs)
         rates[bs] = len(results) / (time.perf_counter() - start)
-    print(f"cores: {os.cpu_count()}  {len(files)} images, {job.cfg.backbone} at {job.cfg.image_size}")
+    print(f"cores: {os.cpu_count()}  {len(files)} images, {job.spec.backbone} at {job.spec.image_size}")
     print(f"  batch {args.batch_size:3d}   {rates[args.batch_size]:8.1f} img/s")
     print(f"  batch   1   {rates[1]:8.1f} img/s")
     print(f"  batched / one-per-call = {rates[args.batch_size] / rates[1]:.1f}x (goal >= 3x)")

@@ -36,7 +36,7 @@ import numpy as np
 from pipeline import build_records, make_sample
 from schemas import chexpert
 from trainer import config as config_lib
-from trainer import evaluate, inference, metrics, train
+from trainer import evaluate, metrics, train
 
 OBSERVATIONS = ("consolidation", "atelectasis", "edema")
 POLICIES = ("ignore", "zeros", "ones", "self_trained", "oracle")
@@ -84,7 +84,7 @@ def fit(records_dir: str, job_dir: str, args, seed: int, policy: str = "") -> fl
     start = time.perf_counter()
     train.run(cfg)
     seconds = time.perf_counter() - start
-    job = inference.load_job(job_dir)
+    job = evaluate.load_member(job_dir)
     scored = evaluate.aggregate(evaluate.predict_records(job, "valid", "frontal", tta=False), list(job.tasks), "image")
     return {t: metrics.auroc(*scored[t]) for t in OBSERVATIONS}, seconds
 

@@ -22,7 +22,6 @@ import os
 import re
 import stat
 import warnings
-from typing import Iterable
 from collections.abc import Callable
 
 import numpy as np
@@ -407,17 +406,5 @@ def preprocess(data: bytes, name: str, size: int, mode: str = "squash") -> np.nd
     return resize(decode(data, name, draft_size=size), size, mode)
 
 
-# File names the scorers take when given a folder (case-insensitive).
+# File names the scorers take when given a folder (case-insensitive; core.inputs).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
-
-
-def list_image_files(paths: Iterable[str]) -> list[str]:
-    """Files as given, and image files (by suffix) found below folders, sorted."""
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            for root, _, files in os.walk(p):
-                out += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
-        else:
-            out.append(p)
-    return sorted(out)

@@ -130,8 +130,7 @@ class BuildConfig:
         return records.ExampleSettings(self.image_size, self.resize, self.encoding, self.table, self.seed)
 
 
-class ConfigError(ValueError):
-    """A flag value that cannot work; the message names the flag."""
+from core.errors import ConfigError  # noqa: E402  (one error for every job's bad flags)
 
 
 def find_dataset_root(input_dir: str) -> str:
@@ -440,7 +439,7 @@ def needs_teacher(codes, indices: tuple[int, ...]) -> bool:
 def teacher_image_fn(input_root: str, job_dir: str, indices: tuple[int, ...]) -> beam.DoFn:
     """The DoFn of the TeacherImages stage (built here so that Beam's ML module is imported
     only with --teacher)."""
-    from pipeline.score import LoadImageFn
+    from pipeline.model_handler import LoadImageFn
 
     class TeacherImageFn(LoadImageFn):
         """(split, (Row, source, line)) -> (path, uint8 (S, S, 1)) as the teacher saw images
@@ -461,7 +460,7 @@ def teacher_image_fn(input_root: str, job_dir: str, indices: tuple[int, ...]) ->
                 return
             try:
                 data = _read_file(posixpath.join(input_root, row.path), row.path)
-                yield row.path, self._model_input(data, row.path, self.cfg)
+                yield row.path, self.model_input(data, row.path)
             except chexpert.RowError:
                 self.skipped.inc()
 
@@ -524,7 +523,7 @@ def teacher_targets(rows: beam.PCollection, cfg: BuildConfig) -> beam.PCollectio
     observation]) for the rows that need it, scored in batches by RunInference."""
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-    from pipeline.score import ChexpertModelHandler
+    from pipeline.model_handler import ChexpertModelHandler
 
     slugs = chexpert.teacher_observations(cfg.policy)
     handler = KeyedModelHandler(ChexpertModelHandler(cfg.teacher, max_batch_size=cfg.teacher_batch_size))

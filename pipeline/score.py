@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import datetime
 import glob
 import io
@@ -38,7 +37,7 @@ import logging
 import os
 import posixpath
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
 from pipeline import options as job_options
 
@@ -46,21 +45,19 @@ if __name__ == "__main__":  # --help and flag typos answered before Beam loads
     job_options.score_parser(__doc__).parse_known_args()
 
 import apache_beam as beam  # noqa: E402
-import numpy as np  # noqa: E402
-from apache_beam.io.filesystems import FileSystems  # noqa: E402
-from apache_beam.metrics import Metrics  # noqa: E402
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference  # noqa: E402
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions  # noqa: E402
 
 from core import commit as commit_lib  # noqa: E402
-from core import imaging, storage, studies  # noqa: E402
-from pipeline import records, runs  # noqa: E402
+from core import inputs as core_inputs  # noqa: E402
+from core import storage, studies  # noqa: E402
+from core.errors import ConfigError  # noqa: E402
 from core.studies import model_data  # noqa: E402
-from schemas import chexpert  # noqa: E402
+from pipeline import records, runs  # noqa: E402
+from pipeline.model_handler import REJECTED, ChexpertModelHandler, Input, LoadImageFn  # noqa: E402
+from schemas import chexpert, job_spec  # noqa: E402
 
 log = logging.getLogger("score")
-NAMESPACE = "score"
-REJECTED = "rejected"
 # Part of every run's fingerprint; raised when a run writes outputs its predecessors did
 # not (2: studies.csv and the rows' views), so that no older commit counts as "nothing new".
 OUTPUTS_VERSION = "outputs=2"
@@ -71,42 +68,17 @@ def make_parser() -> argparse.ArgumentParser:
     return job_options.score_parser(__doc__)
 
 
-class ConfigError(ValueError):
-    """A flag or input that cannot work; the message names it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Input:
-    """One thing to score: its key in the output and where its bytes are.
-
-    ``view`` is the view a CSV row gave it (``frontal``, ``lateral``, ``unknown``), or None
-    when it was not listed by a CSV.
-    """
-
-    key: str
-    path: str
-    stat: str
-    view: str | None = None
-
-
 def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
     """The inputs named by --input_pattern or --csv, plus CSV rows rejected before any image
     is read. Fails fast when neither or both are given, or nothing matches."""
     if bool(opts.input_pattern) == bool(opts.csv):
         raise ConfigError("give exactly one of --input_pattern and --csv")
     if opts.input_pattern:
-        paths = []
-        for pattern in opts.input_pattern.split(","):
-            if "://" in pattern:
-                paths += [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-            elif os.path.isdir(pattern):
-                paths += imaging.list_image_files([pattern])
-            else:
-                paths += [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+        paths = core_inputs.list_inputs(opts.input_pattern.split(","), patterns=True)
         if not paths:
             raise ConfigError(f"--input_pattern={opts.input_pattern}: no files match (give a folder, a glob such as "
                               f"'DIR/**/*.jpg' in quotes, or --csv)")
-        return [Input(p, p, runs.file_stat(p)) for p in sorted(set(paths))], []
+        return [Input(p, p, runs.file_stat(p)) for p in paths], []
     if not os.path.exists(opts.csv):
         raise ConfigError(f"--csv={opts.csv}: no such file")
     root = opts.image_root or os.path.dirname(os.path.dirname(os.path.abspath(opts.csv)))
@@ -140,75 +112,6 @@ def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
     return inputs, rejected
 
 
-class LoadImageFn(beam.DoFn):
-    """Input -> ((key, view), uint8 (S, S, 1)) as the model saw images in training, with the
-    image's view (``studies.input_view``: its DICOM tag, its CSV row, its file name); unreadable
-    inputs are REJECTED with the reason."""
-
-    def __init__(self, job_dir: str):
-        self.job_dir = job_dir
-
-    def setup(self):
-        # Imported per worker, not at module import: the launcher needs no TensorFlow.
-        from trainer import inference
-        from trainer.config import TrainConfig
-
-        self._model_input = inference.model_input
-        with open(os.path.join(self.job_dir, "config.json")) as f:
-            self.cfg = TrainConfig.from_json(f.read())
-
-    def process(self, item: Input):
-        try:
-            imaging.refuse_link_outside(item.path, item.key)
-            imaging.refuse_non_file(item.path, item.key)
-            with FileSystems.open(item.path, compression_type="uncompressed") as f:
-                data = f.read()
-            image = self._model_input(data, item.key, self.cfg)
-            yield (item.key, studies.input_view(item.key, data, item.view)), image
-        except chexpert.RowError as e:
-            Metrics.counter(NAMESPACE, f"rejected_{e.reason}").inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, {"key": item.key, "reason": e.reason, "detail": e.detail})
-        except (OSError, IOError) as e:
-            reason = "missing_file" if not FileSystems.exists(item.path) else "unreadable_file"
-            Metrics.counter(NAMESPACE, f"rejected_{reason}").inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, {"key": item.key, "reason": reason, "detail": f"{item.key}: {e}"})
-
-
-class ChexpertModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
-    """RunInference handler for a trainer.task job: batches of uint8 (S, S, 1) images ->
-    PredictionResult with ``inference`` = {task: P(positive)}."""
-
-    def __init__(self, job_dir: str, model_format: str = "keras", max_batch_size: int = 64):
-        super().__init__()
-        self.job_dir, self.model_format, self.max_batch_size = job_dir, model_format, max_batch_size
-        with open(os.path.join(job_dir, "config.json")) as f:
-            self.tasks = tuple(json.load(f)["tasks"])
-
-    def load_model(self):
-        from trainer import inference
-
-        # A SavedModel folder loads as a job too (its serve_pixels signature).
-        folder = os.path.join(self.job_dir, "saved_model") if self.model_format == "saved_model" else self.job_dir
-        return inference.load_job(folder)
-
-    def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[PredictionResult]:
-        from trainer import inference
-
-        # Always the same batch shape: CPU kernels give bit-identical per-image results for a
-        # fixed batch size whatever the neighbours, but not across sizes (~1e-12 apart), and an
-        # incremental run must reproduce a full run's scores exactly.
-        images = np.zeros((self.max_batch_size, *batch[0].shape), np.uint8)
-        images[: len(batch)] = np.stack(batch)
-        probs = inference.predict_batch(model, images)[: len(batch)]
-        return [PredictionResult(x, {t: float(v) for t, v in zip(self.tasks, p)}) for x, p in zip(batch, probs)]
-
-    def batch_elements_kwargs(self):
-        return {"min_batch_size": 1, "max_batch_size": self.max_batch_size}
-
-    def get_metrics_namespace(self) -> str:
-        return NAMESPACE
-
-
 def score_row(key: str, probs: dict, threshold: float, view: str = studies.UNKNOWN) -> dict:
     """One output row: probabilities rounded to 6 decimals (stable across batchings), and the
     image's view, which ``studies.csv`` needs (an incremental run carries rows over)."""
@@ -238,7 +141,7 @@ def _model_digest(job_dir: str, model_format: str) -> str:
     h = hashlib.sha256()
     files = ([os.path.join(job_dir, "model.keras")] if model_format == "keras"
              else sorted(glob.glob(os.path.join(job_dir, "saved_model", "**", "*"), recursive=True)))
-    for path in files + [os.path.join(job_dir, "config.json")]:
+    for path in files + [os.path.join(job_dir, job_spec.FILE), os.path.join(job_dir, job_spec.CONFIG_FILE)]:
         if os.path.isfile(path):
             with open(path, "rb") as f:
                 h.update(f.read())
@@ -281,30 +184,27 @@ def write_outputs(output_dir: str, snapshot: str, rows: list[dict], rejected: li
     return rel
 
 
-def read_job_config(job_dir: str, model_format: str) -> dict:
-    """The job's config.json, checked before any work: present, a JSON object with tasks and
-    threshold, and the model file it needs present and not empty.
+def read_job_spec(job_dir: str, model_format: str) -> job_spec.JobSpec:
+    """The job's spec (``job_spec.json``, or derived from an older job's ``config.json``),
+    checked before any work, and the model file it needs present and not empty.
 
     Raises:
         ConfigError: naming the file.
     """
-    cfg_path = os.path.join(job_dir, "config.json")
-    if not os.path.exists(cfg_path):
-        raise ConfigError(f"--job_dir={job_dir}: no config.json; train a model with trainer.task first")
     try:
-        with open(cfg_path) as f:
-            job_cfg = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{cfg_path}: unreadable ({type(e).__name__}: {e})") from None
-    if not isinstance(job_cfg, dict) or not {"tasks", "threshold"} <= set(job_cfg):
-        raise ConfigError(f"{cfg_path}: not a trainer.task config (no tasks or threshold)")
+        spec = job_spec.read(job_dir)
+    except job_spec.JobSpecError as e:
+        raise ConfigError(str(e)) from None
+    if spec is None:
+        raise ConfigError(f"--job_dir={job_dir}: no config.json (nor {job_spec.FILE}); train a model with "
+                          "trainer.task first")
     # The model the format names, or the folder itself being a SavedModel export.
     candidates = [os.path.join(job_dir, "model.keras") if model_format == "keras"
                   else os.path.join(job_dir, "saved_model", "saved_model.pb"), os.path.join(job_dir, "saved_model.pb")]
     if not any(os.path.isfile(c) and os.path.getsize(c) > 0 for c in candidates):
         raise ConfigError(f"{candidates[0]}: missing or empty; the job did not finish training (or give "
                           "--model_format=saved_model for an export)")
-    return job_cfg
+    return spec
 
 
 def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> dict:
@@ -331,8 +231,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         raise ConfigError(f"--batch_size={opts.batch_size}: expected >= 1")
     if opts.threshold is not None and not 0.0 < opts.threshold < 1.0:  # also refuses nan
         raise ConfigError(f"--threshold={opts.threshold}: expected a probability strictly between 0 and 1")
-    job_cfg = read_job_config(opts.job_dir, opts.model_format)
-    tasks, threshold = job_cfg["tasks"], opts.threshold if opts.threshold is not None else job_cfg["threshold"]
+    spec = read_job_spec(opts.job_dir, opts.model_format)
+    tasks, threshold = list(spec.tasks), opts.threshold if opts.threshold is not None else spec.threshold
     inputs, csv_rejects = list_inputs(opts)
     model = _model_digest(opts.job_dir, opts.model_format)
     # OUTPUTS_VERSION: a run committed before studies.csv existed is never "nothing new". A
@@ -356,7 +256,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
             return previous
         with commit_lib.new_snapshot(out) as (snapshot, snapshot_dir):
             manifest = _score_into(opts, options, previous or {}, inputs, csv_rejects, model, tasks, threshold, fp,
-                                   snapshot, snapshot_dir, job_cfg.get("provenance"))
+                                   snapshot, snapshot_dir, dict(spec.provenance) or None)
     manifest["nothing_new"] = False
     return manifest
 

@@ -113,6 +113,17 @@ class RowError(ValueError):
         self.detail = detail
 
 
+# The two reasons a file named by a CSV row or a command line has no image, in every job's
+# dead letters and failure lists (build_records, score, trainer.evaluate, trainer.predict).
+MISSING_FILE = "missing_file"  # no such file
+UNREADABLE_FILE = "unreadable_file"  # the file is there, but reading it failed (permissions, I/O)
+
+
+def unreadable_reason(exists: bool) -> str:
+    """``MISSING_FILE`` or ``UNREADABLE_FILE`` for a file whose read raised ``OSError``."""
+    return UNREADABLE_FILE if exists else MISSING_FILE
+
+
 class CsvHeaderError(ValueError):
     """The CSV header lacks a required column or has one this schema does not know."""
 

@@ -18,7 +18,8 @@ from PIL import Image
 from pipeline import build_records, make_sample, records, score
 from schemas import chexpert
 from trainer import config as config_lib
-from trainer import evaluate, inference, predict, train
+from serving import job as job_lib
+from trainer import evaluate, predict, train
 from trainer import input as input_lib
 from tests import badinputs, images
 
@@ -113,7 +114,7 @@ def test_score_and_predict_agree_on_every_bad_file(trained_job, bad_folder, tmp_
     assert m["inputs"] == len(FILES) == m["scored"] + m["rejected"]
     with open(tmp_path / "scores" / m["outputs"]["rejected"]) as f:
         score_rejects = {os.path.basename(json.loads(line)["key"]): json.loads(line)["reason"] for line in f}
-    job = inference.load_job(trained_job)
+    job = job_lib.load_job(trained_job)
     results, failures = predict.predict_files(job, sorted(str(p) for p in bad_folder.iterdir()), threshold=0.35)
     predict_rejects = {os.path.basename(f["path"]): f["reason"] for f in failures}
     want = {name: reason for name, (_, reason) in FILES.items() if reason}
@@ -219,7 +220,7 @@ def test_score_reads_a_csv_with_bad_bytes_row_by_row(trained_job, sample_dir, ba
 
 def test_evaluate_reads_a_csv_with_bad_bytes_row_by_row(trained_job, sample_dir, bad_bytes_csv):
     csv_path, want = bad_bytes_csv
-    preds, failed = evaluate.predict_csv(inference.load_job(trained_job), csv_path, sample_dir, "all", tta=False)
+    preds, failed = evaluate.predict_csv(job_lib.load_job(trained_job), csv_path, sample_dir, "all", tta=False)
     assert len(preds) == 5
     assert {f["row"]: f["reason"] for f in failed} == want
 

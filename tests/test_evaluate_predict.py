@@ -16,8 +16,14 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from core import views
+from core.inputs import list_inputs
 from pipeline import make_sample
-from trainer import evaluate, inference, metrics, predict, report
+from serving import gradcam, heatmap
+from serving import job as job_lib
+from serving import predict as serving_predict
+from trainer import config as config_lib
+from trainer import evaluate, metrics, predict, report
 from trainer import model as model_lib
 from tests import images
 from tests.test_views import dicom_with_view
@@ -71,7 +77,7 @@ def test_ensemble_of_one_job_twice_and_tta_and_csv_mode(trained_job, sample_dir,
 
 
 def test_predict_scores_batches_flags_laterals_and_reports_bad_files(trained_job, sample_dir, tmp_path):
-    job = inference.load_job(trained_job)
+    job = job_lib.load_job(trained_job)
     folder = tmp_path / "in"
     folder.mkdir()
     valid = os.path.join(sample_dir, make_sample.DATASET_DIR, "valid")
@@ -83,7 +89,7 @@ def test_predict_scores_batches_flags_laterals_and_reports_bad_files(trained_job
     (folder / "d.jpg").write_bytes(b"%PDF-1.4 not an image")
     (folder / "e.dcm").write_bytes(dicom_with_view("LL"))
     shutil.copy(frontal[1], folder / "lateral_scan.jpg")  # a frontal whose free name says "lateral"
-    files = predict.list_inputs([str(folder)])
+    files = list_inputs([str(folder)])
     results, failures = predict.predict_files(job, files, threshold=0.35, batch_size=2)
     assert [os.path.relpath(r["path"], folder) for r in results] == [
         "a_frontal.jpg", "b/view2_lateral.png", "c.dcm", "e.dcm", "lateral_scan.jpg"]
@@ -92,7 +98,7 @@ def test_predict_scores_batches_flags_laterals_and_reports_bad_files(trained_job
     # in a free name; the lateral warning goes with stated laterals only.
     assert [r["view"] for r in results] == ["unknown", "lateral", "unknown", "lateral", "unknown"]
     assert [bool(r["warnings"]) for r in results] == [False, True, False, True, False]
-    assert [inference.is_lateral(r["path"], open(r["path"], "rb").read()) for r in results] == [
+    assert [views.view_of(r["path"], open(r["path"], "rb").read()) == views.LATERAL for r in results] == [
         False, True, False, True, False]
     for r in results:
         assert set(r["probs"]) == {"atelectasis", "cardiomegaly"}
@@ -103,71 +109,75 @@ def test_predict_scores_batches_flags_laterals_and_reports_bad_files(trained_job
 
 
 def test_predict_batch_is_one_graph_called_on_bounded_chunks(trained_job, monkeypatch):
-    job = inference.load_job(trained_job)
+    job = job_lib.load_job(trained_job)
     x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 1), dtype=np.uint8)
-    whole = inference.predict_batch(job, x)
+    whole = serving_predict.predict_batch(job, x)
     assert whole.shape == (8, 2) and whole.dtype == np.float32
     out = job.model(x, training=False)  # the eager call predict_batch replaced
     np.testing.assert_allclose(whole, np.stack([np.asarray(out[t]) for t in job.tasks], axis=-1), atol=1e-6)
 
-    job = inference.load_job(trained_job)
-    graph, calls = inference._probability_function(job), []
+    job = job_lib.load_job(trained_job)
+    graph, calls = serving_predict._probability_function(job), []
 
     def spy(images):
         calls.append(int(images.shape[0]))
         return graph(images)
 
     job.compiled("probabilities", lambda: spy)
-    monkeypatch.setattr(inference, "MAX_PIXELS_PER_CALL", 3 * 32 * 32)
-    chunked = inference.predict_batch(job, x)
+    monkeypatch.setattr(serving_predict, "MAX_PIXELS_PER_CALL", 3 * 32 * 32)
+    chunked = serving_predict.predict_batch(job, x)
     assert calls == [3, 3, 2]
     np.testing.assert_allclose(chunked, whole, atol=1e-6)
     # A fixed batch shape is cut the same way every time, so an image's score does not depend
     # on its neighbours (pipeline.score pads its batches for this), bit for bit.
     padded = np.zeros_like(x)
     padded[:4] = x[:4]
-    np.testing.assert_array_equal(inference.predict_batch(job, padded)[:4], chunked[:4])
-    assert inference.predict_batch(job, x[:0]).shape == (0, 2)
+    np.testing.assert_array_equal(serving_predict.predict_batch(job, padded)[:4], chunked[:4])
+    assert serving_predict.predict_batch(job, x[:0]).shape == (0, 2)
     assert graph.experimental_get_tracing_count() == 1  # chunks of every size share one trace
     with pytest.raises(ValueError, match=r"uint8 \(B, 32, 32, 1\)"):
-        inference.predict_batch(job, x.astype(np.float32))
+        serving_predict.predict_batch(job, x.astype(np.float32))
 
 
 def test_a_saved_model_folder_alone_scores_like_its_job(trained_job, sample_dir, tmp_path):
     # The export carries its config, so the folder works on its own (e.g. shipped to a hospital).
     alone = tmp_path / "shipped"
     shutil.copytree(os.path.join(trained_job, "saved_model"), alone)
-    sm, job = inference.load_job(str(alone)), inference.load_job(trained_job)
+    sm, job = job_lib.load_job(str(alone)), job_lib.load_job(trained_job)
     assert sm.tasks == job.tasks and not sm.is_keras and job.is_keras
     valid = os.path.join(sample_dir, make_sample.DATASET_DIR, "valid")
-    files = predict.list_inputs([valid])[:6]
+    files = list_inputs([valid])[:6]
     got, _ = predict.predict_files(sm, files, threshold=0.35)
     want, _ = predict.predict_files(job, files, threshold=0.35)
     for g, w in zip(got, want):
         for t in job.tasks:
             assert g["probs"][t] == pytest.approx(w["probs"][t], abs=1e-5)
-    with pytest.raises(inference.JobError, match="Grad-CAM needs the job's model.keras"):
-        predict.grad_cam(sm, np.zeros((32, 32, 1), np.uint8), "atelectasis")
+    with pytest.raises(job_lib.JobError, match="Grad-CAM needs the job's model.keras"):
+        gradcam.grad_cam(sm, np.zeros((32, 32, 1), np.uint8), "atelectasis")
+    # An export from before the spec carries config.json instead: it is read from that.
+    os.remove(alone / "job_spec.json")
+    shutil.copy(os.path.join(trained_job, "config.json"), alone / "config.json")
+    assert job_lib.load_job(str(alone)).spec == job.spec
     os.remove(alone / "config.json")
-    with pytest.raises(inference.JobError, match="a SavedModel without config.json"):
-        inference.load_job(str(alone))
+    with pytest.raises(job_lib.JobError, match="a SavedModel without config.json or job_spec.json"):
+        job_lib.load_job(str(alone))
 
 
 def test_grad_cam_is_a_normalised_map_that_depends_on_the_image(trained_job):
     # At 32 px the tiny DenseNet's last feature map is 1x1; Grad-CAM needs a spatial map.
-    cfg = dataclasses.replace(inference.load_job(trained_job).cfg, image_size=128)
+    cfg = dataclasses.replace(config_lib.load_config(trained_job), image_size=128)
     keras.utils.set_random_seed(0)
-    job = inference.Job("unsaved", cfg, model_lib.probability_model(model_lib.build_model(cfg), cfg))
+    job = job_lib.Job("unsaved", cfg.spec(), model_lib.probability_model(model_lib.build_model(cfg), cfg))
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (128, 128, 1)).astype(np.uint8)
     b = np.zeros((128, 128, 1), np.uint8)
     b[30:90, 10:50] = 200
     for task in ("atelectasis", "cardiomegaly"):
-        cam = predict.grad_cam(job, a, task)
+        cam = gradcam.grad_cam(job, a, task)
         assert cam.shape == (128, 128) and cam.min() >= 0 and cam.max() <= 1 + 1e-6
         assert cam.std() > 0.01  # a map, not a constant
-    assert not np.allclose(predict.grad_cam(job, a, "atelectasis"), predict.grad_cam(job, b, "atelectasis"))
-    img = predict.overlay(a, predict.grad_cam(job, a, "atelectasis"))
+    assert not np.allclose(gradcam.grad_cam(job, a, "atelectasis"), gradcam.grad_cam(job, b, "atelectasis"))
+    img = heatmap.overlay(a, gradcam.grad_cam(job, a, "atelectasis"))
     assert img.size == (128, 128) and img.mode == "RGB"
 
 

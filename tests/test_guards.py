@@ -297,6 +297,7 @@ def test_overwrite_rebuilds_even_when_nothing_changed_and_repairs_same_size_dama
     ("nan", "--threshold=nan", "--threshold=nan: expected a probability"),
     ("two", "--threshold=2", "--threshold=2.0: expected a probability"),
     ("empty_model", "", "model.keras: missing or empty"),
+    ("garbage_spec", "", "job_spec.json: unreadable"),
     ("garbage_config", "", "config.json: unreadable"),
 ])
 def test_score_refuses_bad_flags_and_broken_jobs_in_one_line(trained_job, pristine, tmp_path, capsys, damage, flag,
@@ -305,7 +306,10 @@ def test_score_refuses_bad_flags_and_broken_jobs_in_one_line(trained_job, pristi
     shutil.copytree(trained_job, job)
     if damage == "empty_model":
         open(os.path.join(job, "model.keras"), "wb").close()
-    if damage == "garbage_config":
+    if damage == "garbage_spec":
+        open(os.path.join(job, "job_spec.json"), "w").write("{not json")
+    if damage == "garbage_config":  # a job from before the spec: config.json is what describes it
+        os.remove(os.path.join(job, "job_spec.json"))
         open(os.path.join(job, "config.json"), "w").write("{not json")
     argv = [f"--job_dir={job}", f"--output_dir={tmp_path / 'scores'}", "--runner=DirectRunner",
             f"--input_pattern={pristine}", *([flag] if flag else [])]

@@ -116,7 +116,7 @@ def test_predictions_carry_the_view_and_say_the_model_was_trained_on_synthetic_d
 @pytest.mark.parametrize("mode", imaging.RESIZE_MODES)
 @pytest.mark.parametrize("source, decoded", [((90, 60), (90, 60)), ((60, 96), (15, 24))])
 def test_a_map_on_the_model_input_goes_back_onto_the_source_where_it_came_from(mode, source, decoded):
-    from trainer import predict
+    from serving import gradcam
 
     # A linear ramp survives resizing (down, then bilinear up) except at the borders, so the
     # map sent through resize and back must equal the ramp on the source, in the interior.
@@ -124,7 +124,7 @@ def test_a_map_on_the_model_input_goes_back_onto_the_source_where_it_came_from(m
     yy, xx = np.mgrid[0:hd, 0:wd]
     ramp = ((yy + 0.5) / hd * 0.6 + (xx + 0.5) / wd * 0.4) * 250
     cam = imaging.resize(np.round(ramp).astype(np.uint8), size, mode).astype(np.float32) / 250
-    back = predict.cam_on_source(cam, imaging.resize_frame(hd, wd, mode), (hd, wd), (h, w))
+    back = gradcam.cam_on_source(cam, imaging.resize_frame(hd, wd, mode), (hd, wd), (h, w))
     assert back.shape == (h, w) and back.dtype == np.float32
     sy, sx = np.mgrid[0:h, 0:w]
     want = (sy + 0.5) / h * 0.6 + (sx + 0.5) / w * 0.4
@@ -161,9 +161,9 @@ def test_overlay_names_are_unique_even_when_paths_flatten_alike():
 def test_an_earlier_runs_predictions_are_refused_or_replaced_whole(trained_job, sample_dir, tmp_path):
     """Reusing an output folder must not mix two runs: without --overwrite it is refused;
     with it, the earlier run's overlays go too (none of another model left behind)."""
-    from trainer import inference
+    from serving import job as job_lib
 
-    job = inference.load_job(trained_job)
+    job = job_lib.load_job(trained_job)
     valid = os.path.join(sample_dir, make_sample.DATASET_DIR, "valid")
     out = str(tmp_path / "p")
     first = predict.run(job, [valid], out, heatmap_task="atelectasis")
@@ -182,6 +182,6 @@ def test_an_earlier_runs_predictions_are_refused_or_replaced_whole(trained_job, 
 @pytest.mark.parametrize("p,want", [(0.349753, "0.3498"), (0.350326, "0.3503"), (0.35, "0.35"),
                                     (0.3449, "0.345"), (0.9, "0.900"), (0.34999999, "0.34999999")])
 def test_a_probability_is_never_shown_on_the_wrong_side_of_the_threshold(p, want):
-    from trainer import config as config_lib
+    from schemas import job_spec
 
-    assert config_lib.format_probability(p, 0.35) == want
+    assert job_spec.format_probability(p, 0.35) == want

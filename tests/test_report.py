@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from pipeline import make_sample
+from schemas import job_spec
 from trainer import config as config_lib
 from trainer import evaluate, metrics, report, report_plots
 
@@ -131,7 +132,7 @@ def test_synthetic_training_data_is_a_warning_in_every_output(records_report, tr
     md = (records_report / "report.md").read_text()
     before_results = md.split("## What was evaluated")[0]
     assert "> **WARNING:** Trained on SYNTHETIC data" in before_results
-    assert config_lib.provenance_line(cfg.provenance) in md
+    assert job_spec.provenance_line(cfg.provenance) in md
 
     page = _page(records_report / "report.html")
     assert page.warnings >= 1
@@ -142,7 +143,7 @@ def test_synthetic_training_data_is_a_warning_in_every_output(records_report, tr
     assert any("SYNTHETIC" in w for w in saved["warnings"])
     (member,) = saved["provenance"]
     assert member["job_dir"] == trained_job and member["synthetic"] is True
-    assert member["summary"] == config_lib.provenance_line(cfg.provenance)
+    assert member["summary"] == job_spec.provenance_line(cfg.provenance)
     assert member["records_snapshot"] == cfg.provenance["records_snapshot"]
 
 
@@ -264,7 +265,7 @@ def test_an_ensemble_lists_each_member_with_its_training_data(trained_job, tmp_p
     assert "## Ensemble members" in md and "an ensemble of 2 jobs" in md
     members = md.split("## Ensemble members")[1].split("## Results")[0]
     assert f"| `{trained_job}` |" in members and f"| `{old}` |" in members
-    assert config_lib.provenance_line({}) in members
+    assert job_spec.provenance_line({}) in members
 
 
 def test_default_report_folders_never_replace_another_evaluations_report(tmp_path):

@@ -18,7 +18,8 @@ import pytest
 
 from core import storage
 from pipeline import make_sample, score
-from trainer import inference, predict
+from serving import job as job_lib
+from trainer import predict
 from tests import images, outputs, studies_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +65,7 @@ def test_scores_equal_predict_and_bad_inputs_are_dead_letters(trained_job, image
         assert {r["model_data"] for r in csv.DictReader(f)} == {"synthetic"}
     rows = _lines(_output(tmp_path / "out", "scores_jsonl"))
     assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
-    job = inference.load_job(trained_job)
+    job = job_lib.load_job(trained_job)
     want, _ = predict.predict_files(job, [r["path"] for r in rows], threshold=0.35)
     for r, w in zip(rows, want):
         for t in job.tasks:
@@ -123,7 +124,7 @@ def test_score_commits_a_study_csv_equal_to_predicts(trained_job, sample_dir, tm
     assert m["studies"] == {"studies": 6, "without_frontal": 1, "outside": 1}
     assert {r["path"]: r["view"] for r in _lines(_output(tmp_path / "out", "scores_jsonl"))}[
         os.path.join(folder, studies_folder.ITS_LATERAL)] == "lateral"
-    doc = predict.run(inference.load_job(trained_job), [folder], str(tmp_path / "predict"), threshold=0.35)
+    doc = predict.run(job_lib.load_job(trained_job), [folder], str(tmp_path / "predict"), threshold=0.35)
     assert doc["studies"]["csv"] == "predictions_studies.csv"
 
     def read(path):

@@ -49,7 +49,9 @@ def _records(out, manifest):
 
 
 def test_teacher_relabels_only_uncertain_entries_with_its_probability(taught, records_dir, teacher_job, sample_dir):
-    from trainer import inference
+    from serving import job as job_lib
+    from serving import preprocess
+    from serving.predict import predict_batch
 
     out, manifest = taught
     assert manifest["policy"]["consolidation"] == "self_trained"
@@ -58,7 +60,7 @@ def test_teacher_relabels_only_uncertain_entries_with_its_probability(taught, re
     assert set(got) == set(before)
     uncertain = [p for p, r in got.items() if r[example_lib.LABELS_RAW][CONS] == UNC]
     assert 5 <= len(uncertain) < len(got)
-    job = inference.load_job(teacher_job)
+    job = job_lib.load_job(teacher_job)
     for path, rec in got.items():
         teacher = rec[example_lib.LABELS_TEACHER]
         old = before[path]
@@ -79,8 +81,8 @@ def test_teacher_relabels_only_uncertain_entries_with_its_probability(taught, re
         assert rec[example_lib.LABELS_TARGET][CONS] == teacher[CONS]
     # The stored values are the teacher's predictions on those images (same preprocessing).
     with open(os.path.join(sample_dir, uncertain[0]), "rb") as f:
-        x = inference.model_input(f.read(), uncertain[0], job.cfg)
-    want = inference.predict_batch(job, x[None])[0, job.tasks.index("consolidation")]
+        x = preprocess.model_input(f.read(), uncertain[0], job.spec)
+    want = predict_batch(job, x[None])[0, job.tasks.index("consolidation")]
     assert got[uncertain[0]][example_lib.LABELS_TEACHER][CONS] == pytest.approx(want, abs=1e-5)
     # The manifest names the teacher and counts what it relabelled.
     t = manifest["teacher"]

@@ -168,12 +168,14 @@ def test_model_keras_loads_with_plain_keras_in_a_fresh_interpreter(trained_job, 
     """What a Keras user does with a shared .keras file: load_model, no project import, and
     the same P(positive) as our own inference path."""
     from pipeline import make_sample
-    from trainer import inference
+    from serving import job as job_lib
+    from serving import preprocess
+    from serving.predict import predict_batch
 
-    job = inference.load_job(trained_job)
+    job = job_lib.load_job(trained_job)
     valid = os.path.join(sample_dir, make_sample.DATASET_DIR, "valid")
     files = sorted(os.path.join(r, f) for r, _, fs in os.walk(valid) for f in fs)[:4]
-    batch = np.stack([inference.model_input(open(f, "rb").read(), f, job.cfg) for f in files])
+    batch = np.stack([preprocess.model_input(open(f, "rb").read(), f, job.spec) for f in files])
     np.save(tmp_path / "batch.npy", batch)
     code = ("import sys, json, keras, numpy as np\n"
             f"m = keras.models.load_model({os.path.join(trained_job, 'model.keras')!r})\n"
@@ -185,7 +187,7 @@ def test_model_keras_loads_with_plain_keras_in_a_fresh_interpreter(trained_job, 
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    want = inference.predict_batch(job, batch)  # (B, T) in job.tasks order
+    want = predict_batch(job, batch)  # (B, T) in job.tasks order
     assert set(got) == set(job.tasks) == {"atelectasis", "cardiomegaly"}  # a binary and a 3-class head
     for i, task in enumerate(job.tasks):
         np.testing.assert_allclose(got[task], want[:, i], atol=1e-6)

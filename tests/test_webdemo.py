@@ -22,7 +22,9 @@ from fastapi.testclient import TestClient
 
 from core import imaging
 from tests import images
-from trainer import inference
+from serving import job as job_lib
+from serving import preprocess
+from serving.predict import predict_batch
 from webdemo import app as webapp
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -92,17 +94,19 @@ def test_api_tells_the_training_data_of_the_model(client):
 
 
 def _copy_job(src: str, dst, **provenance_edit) -> str:
-    """A copy of job ``src`` at ``dst`` whose config.json provenance is edited (None: removed)."""
+    """A copy of job ``src`` at ``dst`` whose provenance is edited (``remove=True``: removed) in
+    both files that carry it, config.json and job_spec.json."""
     shutil.copytree(src, dst)
-    path = os.path.join(dst, "config.json")
-    with open(path) as f:
-        cfg = json.load(f)
-    if provenance_edit.get("remove"):
-        del cfg["provenance"]
-    else:
-        cfg["provenance"].update(provenance_edit)
-    with open(path, "w") as f:
-        json.dump(cfg, f)
+    for name in ("config.json", "job_spec.json"):
+        path = os.path.join(dst, name)
+        with open(path) as f:
+            cfg = json.load(f)
+        if provenance_edit.get("remove"):
+            del cfg["provenance"]
+        else:
+            cfg["provenance"].update(provenance_edit)
+        with open(path, "w") as f:
+            json.dump(cfg, f)
     return str(dst)
 
 
@@ -136,8 +140,8 @@ def single_jobs(trained_job, tmp_path_factory) -> dict[str, str]:
 
 
 def _own_probabilities(job_dir: str, data: bytes) -> dict[str, float]:
-    job = inference.load_job(job_dir)
-    probs = inference.predict_batch(job, inference.model_input(data, "x.jpg", job.cfg)[None])[0]
+    job = job_lib.load_job(job_dir)
+    probs = predict_batch(job, preprocess.model_input(data, "x.jpg", job.spec)[None])[0]
     return dict(zip(job.tasks, map(float, probs)))
 
 
@@ -160,7 +164,7 @@ def test_api_several_single_pathology_jobs_give_one_bar_each(single_jobs):
 
 
 def test_api_heatmap_failure_is_a_message(client, caplog):
-    """Until trainer.predict.grad_cam handles 3-class heads, their heatmap is a 500 with a
+    """Until serving.gradcam.grad_cam handles 3-class heads, their heatmap is a 500 with a
     message (and the traceback in the server log), not a bare 'Internal Server Error'."""
     r = client.post("/api/heatmap", params={"observation": "cardiomegaly"},
                     files={"file": ("x.jpg", _xray_jpeg(), "image/jpeg")})
@@ -206,10 +210,10 @@ def test_api_jobs_predicting_the_same_pathology_are_an_ensemble_of_their_mean(tr
 
 def test_several_jobs_that_cannot_be_combined_are_refused_when_the_app_starts(trained_job, single_jobs,
                                                                               tmp_path):
-    with pytest.raises(inference.JobError, match="twice"):
+    with pytest.raises(job_lib.JobError, match="twice"):
         webapp.create_app([trained_job, trained_job])
     strict = _untrained_job(trained_job, tmp_path / "strict", ("atelectasis",), 3, threshold=0.5)
-    with pytest.raises(inference.JobError, match="threshold"):
+    with pytest.raises(job_lib.JobError, match="threshold"):
         webapp.create_app([single_jobs["atelectasis"], strict])
     assert webapp.main(["--job_dir", trained_job, "--job_dir", trained_job]) == 2
 

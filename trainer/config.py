@@ -13,7 +13,8 @@ import logging
 import os
 from typing import Any, Mapping, Sequence
 
-from schemas import chexpert
+from core.errors import ConfigError
+from schemas import chexpert, job_spec
 
 log = logging.getLogger(__name__)
 BACKBONES = ("densenet121", "densenet169", "densenet201", "tiny")
@@ -22,10 +23,6 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # What --views may select: frontal images only, or every view (not the CSV's view names,
 # schemas.chexpert.VIEWS, nor the per-record ones, core.views.VIEWS).
 VIEW_CHOICES = ("frontal", "all")
-
-
-class ConfigError(ValueError):
-    """A flag value that cannot work; the message names the flag."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +78,11 @@ class TrainConfig:
 
     def head_kind(self, task: str) -> str:
         """``multiclass`` (3-way softmax) or ``binary`` (sigmoid) for a task."""
-        return "multiclass" if self.policy[task] == chexpert.MULTICLASS else "binary"
+        return job_spec.head_kind_of(self.policy[task])
+
+    def spec(self) -> job_spec.JobSpec:
+        """What a scorer of this job's model needs (``schemas.job_spec``), written next to it."""
+        return job_spec.from_train_config(dataclasses.asdict(self))
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -140,17 +141,6 @@ def provenance_of(records_dir: str, manifest: dict) -> dict:
             "trained": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def provenance_line(provenance: Mapping[str, Any]) -> str:
-    """One sentence for reports, logs, pages: what the model was trained on, and when."""
-    if not provenance:
-        return "training data unknown (a job from before provenance was recorded)"
-    when = str(provenance.get("trained", ""))[:10]
-    if provenance.get("synthetic"):
-        return (f"trained {when} on SYNTHETIC data ({provenance.get('input_dir')}, made by pipeline.make_sample): "
-                "its outputs say nothing about real radiographs")
-    return f"trained {when} on records of {provenance.get('input_dir')} ({provenance.get('records')} images)"
-
-
 def parse_tasks(spec: str) -> tuple[str, ...]:
     """``atelectasis``, ``competition``, ``all`` or a comma list -> slugs in CSV order."""
     names: set[str] = set()
@@ -170,6 +160,22 @@ def parse_tasks(spec: str) -> tuple[str, ...]:
     if not names:
         raise ConfigError("--pathology is empty")
     return tuple(s for s in chexpert.OBSERVATIONS if s in names)
+
+
+def load_config(job_dir: str) -> TrainConfig:
+    """The config of a trainer.task job folder, or of the job a SavedModel folder was exported
+    from (``JOB_DIR/saved_model``: the config is in the folder above).
+
+    Raises:
+        ConfigError: neither folder has a config.json.
+    """
+    for folder in (job_dir, os.path.dirname(os.path.abspath(job_dir))):
+        path = os.path.join(folder, "config.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                return TrainConfig.from_json(f.read())
+    raise ConfigError(f"{job_dir}: no config.json (nor in the folder above); the training settings of this model "
+                      "are not here")
 
 
 def read_manifest(records_dir: str) -> dict:
@@ -240,13 +246,3 @@ def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str =
         if not ok:
             raise ConfigError(message)
     return cfg
-
-
-def format_probability(p: float, threshold: float) -> str:
-    """``p`` with 3 decimals, or more where 3 would put it on (or across) the threshold:
-    0.349753 next to 0.35 reads "0.3498", not "0.350", which looks like a positive call."""
-    for decimals in range(3, 11):
-        shown = f"{p:.{decimals}f}"
-        if (float(shown) >= threshold) == (p >= threshold) and float(shown) != threshold:
-            return shown
-    return repr(float(p))  # exactly the threshold (a positive call: calls are p >= threshold)

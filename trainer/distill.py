@@ -21,9 +21,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from trainer import inference
+from serving import job as job_lib
+from serving.predict import predict_batch
 from trainer import input as input_lib
-from trainer.config import TrainConfig, read_manifest
+from trainer.config import TrainConfig, load_config, read_manifest
 
 log = logging.getLogger(__name__)
 CACHE = "teacher_cache.npz"
@@ -65,15 +66,15 @@ def teacher_cache(cfg: TrainConfig, job_dir: str) -> tuple[np.ndarray, np.ndarra
     files = input_lib.shard_files(cfg.records_dir, cfg.train_split, manifest)
     probs_sum: dict[str, np.ndarray] = {}
     for teacher_dir in cfg.distill_from:
-        job = inference.load_job(teacher_dir)
+        job = job_lib.load_job(teacher_dir)
         missing = [t for t in cfg.tasks if t not in job.tasks]
         if missing:
             raise ValueError(f"--distill_from {teacher_dir} does not predict {', '.join(missing)}")
         # The student's records, read the way the teacher was trained (its image size).
-        tcfg = dataclasses.replace(job.cfg, records_dir=cfg.records_dir, views="all",
+        tcfg = dataclasses.replace(load_config(teacher_dir), records_dir=cfg.records_dir, views="all",
                                    records_image_size=cfg.records_image_size, records_encoding=cfg.records_encoding)
         for batch in input_lib.checked(input_lib.make_dataset(files, tcfg, training=False, batch_size=128), files):
-            probs = inference.predict_batch(job, batch["image"].numpy())
+            probs = predict_batch(job, batch["image"].numpy())
             cols = [job.tasks.index(t) for t in cfg.tasks]
             for p, row in zip(batch["path"].numpy(), probs[:, cols]):
                 probs_sum[p.decode()] = probs_sum.get(p.decode(), 0.0) + row

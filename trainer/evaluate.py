@@ -38,7 +38,7 @@ import sys
 
 from absl import app, flags
 
-from trainer import startup
+from serving import startup
 
 FLAGS = flags.FLAGS
 
@@ -63,24 +63,57 @@ def define_flags() -> None:
     flags.DEFINE_boolean("verbose", False, "Show TensorFlow's own start-up lines (hidden by default).")
 
 
-if __name__ == "__main__":  # flags first, then TensorFlow, quietly (trainer/startup.py)
+if __name__ == "__main__":  # flags first, then TensorFlow, quietly (serving/startup.py)
     define_flags()
     startup.begin(sys.argv)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from core.errors import ConfigError  # noqa: E402
 from pipeline import make_sample, records  # noqa: E402
 from schemas import chexpert  # noqa: E402
-from trainer import inference  # noqa: E402
+from schemas.job_spec import provenance_line  # noqa: E402
+from serving import job as job_lib  # noqa: E402
+from serving import preprocess  # noqa: E402
+from serving.predict import predict_batch, score_in_batches  # noqa: E402
+from trainer import config as config_lib  # noqa: E402
 from trainer import input as input_lib  # noqa: E402
 from trainer import metrics as m  # noqa: E402
 from trainer import report, report_plots  # noqa: E402
-from trainer.config import ConfigError, provenance_line, read_manifest  # noqa: E402
+from trainer.config import TrainConfig, read_manifest  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 # --- Predictions ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One evaluated model: the serving job that scores images, and its training config,
+    which names the records it was trained and selected on (read here with the trainer's
+    own input pipeline, ``trainer.input``)."""
+
+    job: job_lib.Job
+    cfg: TrainConfig
+
+    @property
+    def job_dir(self) -> str:
+        return self.job.job_dir
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.job.tasks
+
+
+def load_member(job_dir: str) -> Member:
+    """The job in ``job_dir`` and its config (a SavedModel export's is in the folder above).
+
+    Raises:
+        serving.job.JobError: no usable model or spec.
+        ConfigError: no config.json.
+    """
+    return Member(job_lib.load_job(job_dir), config_lib.load_config(job_dir))
 
 
 def _tta_transforms(size: int) -> np.ndarray:
@@ -92,27 +125,25 @@ def _tta_transforms(size: int) -> np.ndarray:
                      [z, 0, c - z * c, 0, z, c - z * c, 0, 0]], np.float32)
 
 
-def _predict_images(job, images: np.ndarray, tta: bool) -> np.ndarray:
+def _predict_images(job: job_lib.Job, images: np.ndarray, tta: bool) -> np.ndarray:
+    """uint8 (B, S, S, 1) -> P(positive) float32 (B, T); with ``tta`` the mean over
+    ``_tta_transforms`` (each applied with ``serving.preprocess``'s transform and rounding)."""
     if not tta:
-        return inference.predict_batch(job, images)
-    outs = []
+        return predict_batch(job, images)
     x = tf.cast(images, tf.float32)
-    for t in _tta_transforms(job.cfg.image_size):
-        moved = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x, transforms=tf.tile(t[None], [len(images), 1]), output_shape=tf.shape(x)[1:3], fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="CONSTANT")
-        outs.append(inference.predict_batch(job, tf.cast(tf.clip_by_value(tf.round(moved), 0, 255), tf.uint8)))
+    outs = [predict_batch(job, preprocess.to_pixels(preprocess.transform(x, tf.tile(t[None], [len(images), 1]))))
+            for t in _tta_transforms(job.spec.image_size)]
     return np.mean(outs, axis=0)
 
 
-def predict_records(job, split: str, views: str, tta: bool, skip_corrupt: bool = False,
+def predict_records(member: Member, split: str, views: str, tta: bool, skip_corrupt: bool = False,
                     skipped: dict | None = None) -> dict:
     """Predictions of one job on a split of its own records, keyed by source path.
 
     A corrupt shard raises ``input.CorruptShardError`` naming it; with ``skip_corrupt`` it is
     left out and recorded in ``skipped``.
     """
-    cfg = dataclasses.replace(job.cfg, views=views)
+    cfg = dataclasses.replace(member.cfg, views=views)
     manifest = read_manifest(cfg.records_dir)
     files = input_lib.shard_files(cfg.records_dir, split, manifest)
     if skip_corrupt:
@@ -122,47 +153,43 @@ def predict_records(job, split: str, views: str, tta: bool, skip_corrupt: bool =
     out = {}
     dataset = input_lib.make_dataset(files, cfg, training=False, batch_size=64)
     for batch in input_lib.checked(dataset, files):
-        probs = _predict_images(job, batch["image"].numpy(), tta)
+        probs = _predict_images(member.job, batch["image"].numpy(), tta)
         for path, study, raw, p in zip(batch["path"].numpy(), batch["study"].numpy(), batch["raw"].numpy(), probs):
-            out[path.decode()] = {"study": study.decode(), "raw": dict(zip(job.tasks, raw.tolist())),
-                                  "probs": dict(zip(job.tasks, p.tolist()))}
+            out[path.decode()] = {"study": study.decode(), "raw": dict(zip(member.tasks, raw.tolist())),
+                                  "probs": dict(zip(member.tasks, p.tolist()))}
     return out
 
 
-def predict_csv(job, csv_path: str, image_root: str, views: str, tta: bool) -> tuple[dict, list[dict]]:
+def predict_csv(job: job_lib.Job, csv_path: str, image_root: str, views: str, tta: bool
+                ) -> tuple[dict, list[dict]]:
     """Predictions of one job on a CheXpert-format CSV; unreadable rows are returned apart."""
-    out, failed, batch = {}, [], []
+    failed = []
 
-    def flush():
-        if not batch:
-            return
-        probs = _predict_images(job, np.stack([b[2] for b in batch]), tta)
-        for (row, _, _), p in zip(batch, probs):
-            raw = {t: row.codes[chexpert.OBSERVATION_INDEX[t]] for t in job.tasks}
-            out[row.path] = {"study": row.study_id, "raw": raw, "probs": dict(zip(job.tasks, p.tolist()))}
-        batch.clear()
-
-    with open(csv_path, "rb") as f:
-        for item in records.read_csv_rows(f, os.path.basename(csv_path)):
-            if isinstance(item, records.Reject):
-                failed.append(item.to_dict())
-                continue
-            try:
-                row = chexpert.parse_row(item.cells)
-                if views == "frontal" and row.view != "frontal":
+    def readable():
+        with open(csv_path, "rb") as f:
+            for item in records.read_csv_rows(f, os.path.basename(csv_path)):
+                if isinstance(item, records.Reject):
+                    failed.append(item.to_dict())
                     continue
-                with open(os.path.join(image_root, row.path), "rb") as img:
-                    data = img.read()
-                batch.append((row, item.line, inference.model_input(data, row.path, job.cfg)))
-            except chexpert.RowError as e:
-                failed.append({"row": item.line, "path": item.cells.get("Path"), "reason": e.reason,
-                               "detail": e.detail})
-            except OSError as e:
-                failed.append({"row": item.line, "path": item.cells.get("Path"), "reason": "missing_file",
-                               "detail": str(e)})
-            if len(batch) == 64:
-                flush()
-    flush()
+                try:
+                    row = chexpert.parse_row(item.cells)
+                    if views == "frontal" and row.view != "frontal":
+                        continue
+                    path = os.path.join(image_root, row.path)
+                    with open(path, "rb") as img:
+                        data = img.read()
+                    yield row, preprocess.model_input(data, row.path, job.spec)
+                except chexpert.RowError as e:
+                    failed.append({"row": item.line, "path": item.cells.get("Path"), "reason": e.reason,
+                                   "detail": e.detail})
+                except OSError as e:
+                    failed.append({"row": item.line, "path": item.cells.get("Path"),
+                                   "reason": chexpert.unreadable_reason(os.path.exists(path)), "detail": str(e)})
+
+    out = {}
+    for row, p in score_in_batches(readable(), lambda images: _predict_images(job, images, tta), 64):
+        raw = {t: row.codes[chexpert.OBSERVATION_INDEX[t]] for t in job.tasks}
+        out[row.path] = {"study": row.study_id, "raw": raw, "probs": dict(zip(job.tasks, p.tolist()))}
     return out, failed
 
 
@@ -204,7 +231,7 @@ def describe_source(jobs: list, split: str, csv_path: str | None, image_root: st
     """What the predictions were made on, for the report header and metrics.json.
 
     Args:
-        jobs: the loaded jobs (``inference.Job``).
+        jobs: the loaded jobs (``Member``).
         split: the records split evaluated (ignored with ``csv_path``).
         csv_path: the CSV evaluated instead of records, or None.
         image_root: the folder the CSV's paths are relative to (default: the CSV's folder).
@@ -394,7 +421,7 @@ def run(job_dirs: list[str], *, split: str = "valid", csv_path: str | None = Non
         ``synthetic``, ``warnings``, ``notes``, ``missing``: why any number is absent, ...)
         and the results (``tasks``, ``mean_auroc``, ...).
     """
-    jobs = [inference.load_job(d) for d in job_dirs]
+    jobs = [load_member(d) for d in job_dirs]
     threshold_from = "--threshold" if threshold is not None else (
         "the job's --threshold" if len(jobs) == 1 else "the first member's --threshold")
     threshold = threshold if threshold is not None else jobs[0].cfg.threshold
@@ -404,7 +431,7 @@ def run(job_dirs: list[str], *, split: str = "valid", csv_path: str | None = Non
         image_root = image_root or os.path.dirname(csv_path)
         per_job = []
         for j in jobs:
-            preds, failed = predict_csv(j, csv_path, image_root, views, tta)
+            preds, failed = predict_csv(j.job, csv_path, image_root, views, tta)
             per_job.append(preds)
     else:
         per_job = [predict_records(j, split, views, tta, skip_corrupt, skipped) for j in jobs]
@@ -466,7 +493,7 @@ def main(argv) -> int:
                   tune_split=FLAGS.tune_split, tta=FLAGS.tta, views=FLAGS.views, level=FLAGS.level,
                   n_boot=FLAGS.bootstrap, seed=FLAGS.seed, threshold=FLAGS.threshold, report_dir=FLAGS.report_dir,
                   skip_corrupt=FLAGS.skip_corrupt)
-    except (inference.JobError, input_lib.CorruptShardError, ValueError) as e:
+    except (job_lib.JobError, input_lib.CorruptShardError, ValueError) as e:
         print(f"trainer.evaluate: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # one line, not a traceback (--verbose shows it)

@@ -43,7 +43,9 @@ import tensorflow as tf
 from schemas import chexpert
 from schemas import example as ex
 from schemas import example_tf
-from trainer.config import ConfigError, TrainConfig, read_manifest
+from core.errors import ConfigError
+from serving import preprocess
+from trainer.config import TrainConfig, read_manifest
 
 AUTOTUNE = tf.data.AUTOTUNE
 log = logging.getLogger(__name__)
@@ -178,10 +180,7 @@ def _affine(images: tf.Tensor, size: int) -> tf.Tensor:
     a2 = c - a0 * c - a1 * c - tx
     b2 = c - b0 * c - b1 * c - ty
     zeros = tf.zeros([n])
-    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=[size, size], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="CONSTANT")
+    return preprocess.transform(images, tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1))
 
 
 def _decode_batch(f: dict, encoding: str, stored: int) -> tf.Tensor:
@@ -267,13 +266,12 @@ def make_dataset(
         image = _decode_batch(f, cfg.records_encoding, stored)
         # Keep the static batch size of drop_remainder batches: XLA needs static shapes.
         image = tf.ensure_shape(image, [serialized.shape[0], stored, stored, 1])
-        if size != stored or (training and cfg.augment):
-            image = tf.cast(image, tf.float32)
-            if size != stored:  # smaller training sizes (CPU demos) resize here, not in a rebuild
-                image = tf.image.resize(image, [size, size], antialias=True)
-            if training and cfg.augment:
-                image = _affine(image, size)
-            image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+        # Smaller training sizes (CPU demos) resize here, not in a rebuild, with the resize
+        # every scorer repeats (serving.preprocess); augmenting works on the float result.
+        if training and cfg.augment:
+            image = preprocess.to_pixels(_affine(preprocess.resize(tf.cast(image, tf.float32), size), size))
+        else:
+            image = preprocess.resize_pixels(image, size)
         targets, masks = example_tf.policy_targets(f[ex.LABELS_RAW], f[ex.LABELS_DRAW], table, f[ex.LABELS_TEACHER])
         out = {"image": image, "targets": tf.gather(targets, idx, axis=-1), "masks": tf.gather(masks, idx, axis=-1)}
         if teacher is not None:

@@ -5,7 +5,8 @@ task: (B, 1) for a binary (sigmoid) head, (B, 3) for a ``multiclass`` head whose
 negative / positive / uncertain (the seed's U-MultiClass Cardiomegaly). ``probability_model``
 wraps the same layers to give P(positive) per task, (B,) float32: sigmoid for binary heads,
 and for 3-class heads the softmax over the negative and positive logits only, as the
-CheXpert paper scores U-MultiClass at test time.
+CheXpert paper scores U-MultiClass at test time. ``serving.heads`` reads what it saves
+(layer names, the legacy ``PositiveProbability`` layer).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from serving.heads import LAST_CONV_LAYER
 from trainer.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,6 @@ _BACKBONES = {
 # ~0.1 M parameters): DenseNet121's architecture at a size a 2-core CPU trains in minutes.
 TINY_BLOCKS = (2, 2, 2, 2)
 TINY_GROWTH = 16
-# Both DenseNet121 and the tiny one end their features in a layer of this name (the last
-# dense block's activation before pooling): Grad-CAM's target.
-LAST_CONV_LAYER = "relu"
 
 
 def _tiny_densenet(shape) -> keras.Model:
@@ -135,33 +134,6 @@ def build_model(cfg: TrainConfig) -> keras.Model:
     return keras.Model(image, outputs, name=f"chexpert_{cfg.backbone}")
 
 
-def positive_probability(logits: tf.Tensor, kind: str) -> tf.Tensor:
-    """P(positive), (B,), from one head's logits."""
-    if kind == "multiclass":
-        return tf.nn.softmax(logits[:, :2], axis=-1)[:, 1]
-    return tf.sigmoid(logits[:, 0])
-
-
-@keras.saving.register_keras_serializable(package="chexpert")
-class PositiveProbability(keras.layers.Layer):
-    """Logits of one head -> P(positive), (B,). Kept only so that model.keras files saved
-    before 2026-11-26 still load here; new models use Keras' own layers
-    (``probability_model``)."""
-
-    def __init__(self, kind: str, **kwargs):
-        super().__init__(**kwargs)
-        self.kind = kind
-
-    def call(self, logits):
-        return positive_probability(logits, self.kind)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape[:1]
-
-    def get_config(self):
-        return {**super().get_config(), "kind": self.kind}
-
-
 def probability_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
     """The same layers with P(positive) per task, (B,) float32: what users load and serve.
 
@@ -169,7 +141,7 @@ def probability_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
     an interpreter that never imported this project (how people share .keras files): a
     frozen bias-free Dense takes the logit of "positive" (binary: the logit itself;
     3-class: l1 - l0, since softmax([l0, l1])[1] = sigmoid(l1 - l0), the uncertain class
-    left out as in ``positive_probability``), then a sigmoid and a reshape to (B,).
+    left out as in ``serving.heads.positive_probability``), then a sigmoid and a reshape to (B,).
     """
     probs = {}
     for task in cfg.tasks:
@@ -181,17 +153,6 @@ def probability_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
         p = keras.layers.Activation("sigmoid", dtype="float32", name=f"sigmoid_{task}")(z)
         probs[task] = keras.layers.Reshape((), dtype="float32", name=f"p_{task}")(p)
     return keras.Model(model.input, probs, name=model.name + "_probabilities")
-
-
-def probability_of(model: keras.Model, task: str):
-    """The layers of ``model`` (a ``probability_model``) that turn ``task``'s logits into
-    P(positive), as one callable: (B, K) logits -> (B,). Works for models saved before the
-    built-in-layer head too (one PositiveProbability layer)."""
-    final = model.get_layer(f"p_{task}")
-    if isinstance(final, PositiveProbability):
-        return final
-    select, sigmoid = model.get_layer(f"logit_{task}"), model.get_layer(f"sigmoid_{task}")
-    return lambda logits: final(sigmoid(select(logits)))
 
 
 def masked_loss(logits: dict, targets: tf.Tensor, masks: tf.Tensor, denominators: tf.Tensor,

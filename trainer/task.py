@@ -6,7 +6,7 @@ r"""Trains a CheXpert classifier from the records job's TFRecords.
 
 Defaults are the seed project's: DenseNet121 on 320x320 gray, Adam lr 1e-4 (0.9, 0.999,
 1e-8), batch 16 per replica, threshold 0.35. Writes to ``--job_dir``: config.json,
-model.keras, saved_model/, metrics.json, history.csv, logs/ (TensorBoard), backup/ (a
+job_spec.json (what scorers read, ``schemas.job_spec``), model.keras, saved_model/, metrics.json, history.csv, logs/ (TensorBoard), backup/ (a
 killed job restarted with the same flags resumes at its last finished epoch).
 
 Multi-worker: set TF_CONFIG on each machine and pass ``--strategy multi_worker`` (or leave
@@ -22,7 +22,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from trainer import config as config_lib
-from trainer import startup
+from serving import startup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pathology", "atelectasis",

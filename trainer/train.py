@@ -42,7 +42,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from schemas import chexpert
+from core import storage
+from schemas import chexpert, job_spec
+from serving import export, heads
 from trainer import distill
 from trainer import input as input_lib
 from trainer import metrics as metrics_lib
@@ -140,7 +142,7 @@ class Trainer:
 
     def _predict_fn(self, image):
         logits = self.model(image, training=False)
-        return tf.stack([model_lib.positive_probability(logits[t], self.cfg.head_kind(t)) for t in self.cfg.tasks],
+        return tf.stack([heads.positive_probability(logits[t], self.cfg.head_kind(t)) for t in self.cfg.tasks],
                         axis=-1)
 
     def predict(self, dataset: tf.data.Dataset, files: list[str]) -> dict:
@@ -180,38 +182,6 @@ def _precision_policy(name: str):
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
-
-
-def export_saved_model(prob_model: keras.Model, cfg: TrainConfig, path: str) -> None:
-    """Writes a SavedModel whose ``serving_default`` takes encoded JPEG/PNG bytes (batch,)
-    and returns {task: P(positive) (batch,)}; ``serve_pixels`` takes uint8 (batch, S, S, 1).
-
-    The image is decoded as gray and resized with antialiased bilinear resampling, like the
-    records job (which uses Pillow's bilinear filter: the two agree to within a few gray
-    levels).
-    """
-    size = cfg.image_size
-
-    def decode(data):
-        image = tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32), [size, size], antialias=True)
-        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
-    def serve(images):
-        batch = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([size, size, 1], tf.uint8))
-        return prob_model(batch, training=False)
-
-    archive = keras.export.ExportArchive()
-    archive.track(prob_model)
-    archive.add_endpoint("serving_default", serve, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-    # For callers that preprocess with the records job's own code (batch scoring, DICOM).
-    archive.add_endpoint("serve_pixels", lambda x: prob_model(x, training=False),
-                         input_signature=[tf.TensorSpec([None, size, size, 1], tf.uint8, name="pixels")])
-    archive.write_out(path, verbose=False)
-    # The preprocessing travels with the model: trainer.inference.load_job(path) works on
-    # the folder alone (SavedModel loaders ignore files they do not know).
-    with open(os.path.join(path, "config.json"), "w") as f:
-        f.write(cfg.to_json())
 
 
 class HistoryCsv(keras.callbacks.Callback):
@@ -350,6 +320,7 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
                 config_lib.check_resumable(cfg, TrainConfig.from_json(f.read()))
         with open(config_path, "w") as f:
             f.write(cfg.to_json())
+        storage.write_bytes(os.path.join(job_dir, job_spec.FILE), cfg.spec().to_json().encode())
     manifest = read_manifest(cfg.records_dir)
     train_files = input_lib.shard_files(cfg.records_dir, cfg.train_split, manifest)
     eval_files = input_lib.shard_files(cfg.records_dir, cfg.eval_split, manifest)
@@ -446,7 +417,7 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
         callbacks.on_train_end()
         report = saver.report
         best = keras.models.load_model(os.path.join(job_dir, "model.keras"))
-        export_saved_model(best, cfg, os.path.join(job_dir, "saved_model"))
+        export.export_saved_model(best, cfg.spec(), os.path.join(job_dir, "saved_model"))
     if not chief:
         shutil.rmtree(job_dir, ignore_errors=True)
     return report

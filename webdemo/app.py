@@ -11,7 +11,7 @@ the server. Binds to 127.0.0.1 unless ``--host`` says otherwise.
 
 Several ``--job_dir`` give one bar per pathology: a pathology one job predicts is that job's
 answer, one that several predict is their mean (an ensemble), and the page says which. The
-page names every job with what it was trained on (``trainer.config.provenance_line``),
+page names every job with what it was trained on (``schemas.job_spec.provenance_line``),
 synthetic data above all, and the view the file states (``core.views``: frontal,
 lateral or unknown). Every request, refused ones included, is one line of the
 ``webdemo.access`` log: method, path, status, milliseconds and the error message.
@@ -62,8 +62,8 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-if __name__ == "__main__":  # flags first, then TensorFlow, quietly (trainer/startup.py)
-    from trainer import startup
+if __name__ == "__main__":  # flags first, then TensorFlow, quietly (serving/startup.py)
+    from serving import startup
 
     startup.load_tensorflow(make_parser().parse_args().verbose)
 
@@ -79,8 +79,11 @@ from starlette.requests import ClientDisconnect  # noqa: E402
 
 from core import views  # noqa: E402
 from schemas import chexpert  # noqa: E402
-from trainer import config as config_lib  # noqa: E402
-from trainer import inference, predict  # noqa: E402
+from schemas.job_spec import provenance_line  # noqa: E402
+from serving import gradcam, preprocess  # noqa: E402
+from serving import heatmap as heatmap_lib  # noqa: E402
+from serving import job as job_lib  # noqa: E402
+from serving.predict import predict_batch  # noqa: E402
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 DEFAULT_JOB = "jobs/atelectasis"
@@ -293,7 +296,7 @@ class AccessLog:
             access_log.info("%s", line + (f": {_printable(error)}" if error else ""))
 
 
-class ServeError(inference.JobError):
+class ServeError(job_lib.JobError):
     """Jobs that load but cannot be served together; the message says which and why."""
 
 
@@ -332,7 +335,7 @@ class Panel:
         """Loads every job.
 
         Raises:
-            inference.JobError: a folder without a usable model.
+            job_lib.JobError: a folder without a usable model.
             ServeError: a folder given twice, no folder, or jobs that disagree on the
                 threshold of a pathology they share.
         """
@@ -345,15 +348,15 @@ class Panel:
                 # Averaging a model with itself would call it an ensemble and weigh it twice.
                 raise ServeError(f"{job_dir}: given twice (also as {seen[real]}); give each job once")
             seen[real] = job_dir
-        self.jobs = dict(zip(_job_names(job_dirs), (inference.load_job(d) for d in job_dirs)))
+        self.jobs = dict(zip(_job_names(job_dirs), (job_lib.load_job(d) for d in job_dirs)))
         self.tasks = tuple(t for t in chexpert.OBSERVATIONS if any(t in j.tasks for j in self.jobs.values()))
         self.members = {t: [n for n, j in self.jobs.items() if t in j.tasks] for t in self.tasks}
         self.thresholds = {}
         for task, names in self.members.items():
-            values = {self.jobs[n].cfg.threshold for n in names}
+            values = {self.jobs[n].spec.threshold for n in names}
             if len(values) > 1:
                 raise ServeError(f"{', '.join(names)} all predict {task} but with different thresholds "
-                                 f"({', '.join(f'{n}: {self.jobs[n].cfg.threshold}' for n in names)}); "
+                                 f"({', '.join(f'{n}: {self.jobs[n].spec.threshold}' for n in names)}); "
                                  "their mean would have no agreed cut-off")
             self.thresholds[task] = values.pop()
         thresholds = set(self.thresholds.values())
@@ -361,7 +364,7 @@ class Panel:
         self.threshold = thresholds.pop() if len(thresholds) == 1 else None
 
     @property
-    def first(self) -> inference.Job:
+    def first(self) -> job_lib.Job:
         return next(iter(self.jobs.values()))
 
     def combine(self) -> dict[str, dict]:
@@ -371,11 +374,11 @@ class Panel:
 
     def describe(self) -> list[dict]:
         """Per job: name, tasks, threshold, views, and what it was trained on (``provenance``:
-        ``trainer.config.provenance_line``; ``synthetic`` and ``trained`` are None for a job
+        ``schemas.job_spec.provenance_line``; ``synthetic`` and ``trained`` are None for a job
         from before provenance was recorded). No server path is sent but the line's."""
-        return [{"name": name, "tasks": list(job.tasks), "threshold": job.cfg.threshold, "views": job.cfg.views,
-                 "synthetic": job.cfg.synthetic, "trained": job.cfg.provenance.get("trained"),
-                 "provenance": config_lib.provenance_line(job.cfg.provenance)}
+        return [{"name": name, "tasks": list(job.tasks), "threshold": job.spec.threshold, "views": job.spec.views,
+                 "synthetic": job.spec.synthetic, "trained": job.spec.provenance.get("trained"),
+                 "provenance": provenance_line(job.spec.provenance)}
                 for name, job in self.jobs.items()]
 
     def model_inputs(self, filename: str, data: bytes) -> dict[str, np.ndarray]:
@@ -388,15 +391,15 @@ class Panel:
         by_recipe: dict[tuple, np.ndarray] = {}
         out = {}
         for name, job in self.jobs.items():
-            recipe = (job.cfg.records_image_size, job.cfg.records_resize, job.cfg.image_size)
+            recipe = (job.spec.records_image_size, job.spec.records_resize, job.spec.image_size)
             if recipe not in by_recipe:
-                by_recipe[recipe] = inference.model_input(data, filename, job.cfg)
+                by_recipe[recipe] = preprocess.model_input(data, filename, job.spec)
             out[name] = by_recipe[recipe]
         return out
 
     def score(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         """Returns (task -> combined P(positive), task -> {job name: its P(positive)})."""
-        per_job = {name: dict(zip(job.tasks, inference.predict_batch(job, inputs[name][None])[0]))
+        per_job = {name: dict(zip(job.tasks, predict_batch(job, inputs[name][None])[0]))
                    for name, job in self.jobs.items()}
         members = {t: {n: float(per_job[n][t]) for n in names} for t, names in self.members.items()}
         return {t: float(np.mean(list(m.values()))) for t, m in members.items()}, members
@@ -405,7 +408,7 @@ class Panel:
         """What the page must say next to the answer: a lateral view given to frontal-only
         jobs, then every job trained on synthetic data."""
         out = []
-        frontal_only = [n for n, j in self.jobs.items() if j.cfg.views == "frontal"]
+        frontal_only = [n for n, j in self.jobs.items() if j.spec.views == "frontal"]
         if view == views.LATERAL and frontal_only:
             if len(self.jobs) == 1:
                 out.append("This looks like a lateral view; the model was trained on frontal views.")
@@ -413,12 +416,12 @@ class Panel:
                 out.append(f"This looks like a lateral view; {', '.join(frontal_only)} "
                            f"{'was' if len(frontal_only) == 1 else 'were'} trained on frontal views only.")
         for name, job in self.jobs.items():
-            if job.cfg.synthetic:
+            if job.spec.synthetic:
                 who = "The model" if len(self.jobs) == 1 else name
                 out.append(f"{who} was trained on SYNTHETIC data: its outputs say nothing about real radiographs.")
         return out
 
-    def heatmap_job(self, observation: str, name: str | None) -> tuple[str, inference.Job]:
+    def heatmap_job(self, observation: str, name: str | None) -> tuple[str, job_lib.Job]:
         """The job whose Grad-CAM is drawn: ``name``, or the first member with layers
         (a SavedModel has none).
 
@@ -453,7 +456,7 @@ def create_app(job_dirs: str | Sequence[str], *, max_upload_mb: float = 20.0, ma
             slot is free again (a stalled client cannot hold one).
 
     Raises:
-        inference.JobError: a folder without a usable model, or jobs that cannot be served
+        job_lib.JobError: a folder without a usable model, or jobs that cannot be served
             together (``ServeError``).
     """
     if max_concurrent < 1:
@@ -508,7 +511,7 @@ def create_app(job_dirs: str | Sequence[str], *, max_upload_mb: float = 20.0, ma
     @app.get("/api/info")
     def info():
         return {"tasks": list(panel.tasks), "threshold": panel.threshold, "thresholds": panel.thresholds,
-                "image_size": panel.first.cfg.image_size,
+                "image_size": panel.first.spec.image_size,
                 "names": {t: chexpert.SLUG_TO_NAME[t] for t in panel.tasks},
                 "jobs": panel.describe(), "combine": panel.combine()}
 
@@ -534,18 +537,18 @@ def create_app(job_dirs: str | Sequence[str], *, max_upload_mb: float = 20.0, ma
 
         def explain(filename: str, data: bytes) -> dict:
             try:
-                image = inference.model_input(data, filename, chosen.cfg)
+                image = preprocess.model_input(data, filename, chosen.spec)
             except chexpert.RowError as e:
                 raise HTTPException(400, f"{filename}: {MESSAGES.get(e.reason, e.reason)}") from None
             try:
-                cam = predict.grad_cam(chosen, image, observation)
-            except inference.JobError as e:
+                cam = gradcam.grad_cam(chosen, image, observation)
+            except job_lib.JobError as e:
                 raise HTTPException(400, f"{filename}: {e}") from None
             except Exception:  # a model Grad-CAM cannot walk: the traceback goes to the log, a message to the page
                 log.exception("Grad-CAM of %s for %s failed", name, observation)
                 raise HTTPException(500, f"{filename}: the Grad-CAM of job {name} for {observation} failed "
                                     "(the server log has the traceback)") from None
-            return {"observation": observation, "job": name, "overlay": _png_data_url(predict.overlay(image, cam))}
+            return {"observation": observation, "job": name, "overlay": _png_data_url(heatmap_lib.overlay(image, cam))}
 
         return await upload(request, explain)
 
@@ -570,7 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServeError as e:
         print(f"webdemo: error: {e}", file=sys.stderr)
         return 2
-    except inference.JobError as e:
+    except job_lib.JobError as e:
         print(f"webdemo: error: {e}\n(train one first, e.g. `make demo`)", file=sys.stderr)
         return 2
     import uvicorn
