@@ -63,6 +63,7 @@ from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.metrics import Metrics  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions  # noqa: E402
 
+from core import cli, fingerprint  # noqa: E402
 from core import commit as commit_lib  # noqa: E402
 from core import imaging  # noqa: E402
 from pipeline import make_sample  # noqa: E402
@@ -707,7 +708,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         commit_lib.GuardError: too many rejects, or too large a shrink (nothing committed).
         RuntimeError: counts that do not reconcile (nothing is committed).
     """
-    opts, runner_flags = job_options.parse_flags(make_parser(), sys.argv[1:] if argv is None else argv)
+    opts, runner_flags = cli.parse_flags(make_parser(), sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(runs.runner_args(runner_flags))
     options.view_as(SetupOptions).save_main_session = save_main_session
     if options.view_as(StandardOptions).runner is None:
@@ -747,7 +748,7 @@ def scan_rows(cfg: BuildConfig, sources: list[dict]) -> list[dict]:
             except chexpert.RowError:
                 continue
             out.append({"source": src["name"], "line": item.line, "path": path, "patient": records.patient_of(path),
-                        "stat": runs.file_stat(posixpath.join(cfg.input_dir, path)),
+                        "stat": fingerprint.file_stat(posixpath.join(cfg.input_dir, path)),
                         "row": records.row_digest(item.cells)})
     return out
 
@@ -797,7 +798,7 @@ def input_fingerprint(cfg: BuildConfig, sources: list[dict], rows: list[dict]) -
              str(chexpert.SCHEMA_VERSION), example_lib.RECORD_ORDER]
     parts += [f"{src['name']}\t{src['sha256']}" for src in sources]
     parts += [f"{r['path']}\t{r['stat']}" for r in rows]
-    return runs.fingerprint(parts)
+    return fingerprint.fingerprint(parts)
 
 
 def _compatible(cfg: BuildConfig, previous: dict) -> str | None:
@@ -971,7 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"build_records: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # a full disk, a worker failure...: said in one line, nothing committed
-        print(f"build_records: error: {runs.one_line(e)}; nothing committed", file=sys.stderr)
+        print(f"build_records: error: {cli.one_line(e)}; nothing committed", file=sys.stderr)
         if "--verbose" in argv:
             raise
         return 1

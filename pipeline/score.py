@@ -53,7 +53,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions  # noqa: E402
 
 from core import commit as commit_lib  # noqa: E402
-from core import imaging, storage, studies  # noqa: E402
+from core import cli, fingerprint, imaging, storage, studies  # noqa: E402
 from pipeline import records, runs  # noqa: E402
 from core.studies import model_data  # noqa: E402
 from schemas import chexpert  # noqa: E402
@@ -106,7 +106,7 @@ def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
         if not paths:
             raise ConfigError(f"--input_pattern={opts.input_pattern}: no files match (give a folder, a glob such as "
                               f"'DIR/**/*.jpg' in quotes, or --csv)")
-        return [Input(p, p, runs.file_stat(p)) for p in sorted(set(paths))], []
+        return [Input(p, p, fingerprint.file_stat(p)) for p in sorted(set(paths))], []
     if not os.path.exists(opts.csv):
         raise ConfigError(f"--csv={opts.csv}: no such file")
     root = opts.image_root or os.path.dirname(os.path.dirname(os.path.abspath(opts.csv)))
@@ -132,7 +132,7 @@ def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
             continue
         seen.add(path)
         full = os.path.join(root, path)
-        inputs.append(Input(path, full, runs.file_stat(full), studies.csv_view(item.cells.get(chexpert.COL_VIEW))))
+        inputs.append(Input(path, full, fingerprint.file_stat(full), studies.csv_view(item.cells.get(chexpert.COL_VIEW))))
     if inputs and all(i.stat == "missing" for i in inputs):
         state = "does not exist" if not os.path.isdir(root) else "holds none of them"
         raise ConfigError(f"{root}: the {len(inputs)} images --csv={opts.csv} lists are relative to this folder, but "
@@ -316,7 +316,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
             ``core.commit``; nothing is committed.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    opts, pipeline_args = job_options.parse_flags(make_parser(), argv)
+    opts, pipeline_args = cli.parse_flags(make_parser(), argv)
     options = PipelineOptions(runs.runner_args(pipeline_args))
     options.view_as(SetupOptions).save_main_session = save_main_session
     if options.view_as(StandardOptions).runner is None:
@@ -337,7 +337,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     model = _model_digest(opts.job_dir, opts.model_format)
     # OUTPUTS_VERSION: a run committed before studies.csv existed is never "nothing new". A
     # CSV's view column is part of an input: editing it changes studies.csv.
-    fp = runs.fingerprint([model, str(threshold), opts.model_format, json.dumps(csv_rejects, sort_keys=True),
+    fp = fingerprint.fingerprint([model, str(threshold), opts.model_format, json.dumps(csv_rejects, sort_keys=True),
                            OUTPUTS_VERSION]
                           + [f"{i.key}\t{i.stat}" + (f"\t{i.view}" if i.view else "") for i in inputs])
     out = opts.output_dir
@@ -443,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"score: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # a full disk, a model that fails to load...: one line, nothing committed
-        print(f"score: error: {runs.one_line(e)}; nothing committed", file=sys.stderr)
+        print(f"score: error: {cli.one_line(e)}; nothing committed", file=sys.stderr)
         if "--verbose" in argv:
             raise
         return 1

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from pipeline import build_records, options, score
+from core import cli
+from pipeline import build_records, score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,10 +51,10 @@ def test_runner_flags_pass_through_to_remote_runners():
     parser = build_records.make_parser()
     argv = ["--image_size=64", "--runner=DataflowRunner", "--project=p", "--region=r",
             "--dataflow_service_options=enable_prime", "--some_future_service_flag=1"]
-    opts, rest = options.parse_flags(parser, argv)
+    opts, rest = cli.parse_flags(parser, argv)
     assert opts.image_size == 64
     assert rest == argv[1:]  # not checked: the service may know flags this install does not
-    opts, rest = options.parse_flags(parser, ["--runner=DirectRunner", "--direct_num_workers=2",
+    opts, rest = cli.parse_flags(parser, ["--runner=DirectRunner", "--direct_num_workers=2",
                                            "--direct_running_mode=multi_processing"])
     assert rest == ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 

@@ -40,6 +40,7 @@ import sys
 
 from absl import app, flags
 
+from core import cli
 from trainer import startup
 
 FLAGS = flags.FLAGS
@@ -1112,7 +1113,7 @@ def main(argv) -> int:
         print(f"trainer.evaluate: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # one line, not a traceback (--verbose shows it)
-        print(f"trainer.evaluate: error: {startup.error_line(e)}", file=sys.stderr)
+        print(f"trainer.evaluate: error: {cli.one_line(e)}", file=sys.stderr)
         if FLAGS.verbose:
             raise
         return 1
