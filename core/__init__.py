@@ -2,6 +2,7 @@
 TensorFlow or Beam at import time (Beam's FileSystems only for a remote path).
 
 Image decoding (`imaging`), view detection (`views`), study aggregation (`studies`), the
-TF-free TFRecord framing (`tfrecord`), the one filesystem layer for job writes (`storage`)
-and snapshot commits with their lock (`commit`).
+TF-free TFRecord framing (`tfrecord`), the one filesystem layer for job writes (`storage`),
+snapshot commits with their lock (`commit`), the one CSV reader (`csv_reader`), change
+detection (`fingerprint`) and the command-line kit (`cli`).
 """

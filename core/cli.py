@@ -6,6 +6,8 @@
     runner_of        the ``--runner`` a command line asks for
     fraction         argparse type: a number in [0, 1]
     add_guard_flags  ``--max_reject_fraction`` / ``--max_shrink_fraction`` (``core.commit``)
+    add_renamed_flag a renamed flag's old name, still accepted, with a warning
+    ConfigError      a flag or input that cannot work (exit 2)
     one_line         an unexpected exception as the one line an entry point prints
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import sys
 from typing import Sequence
 
 LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner")
@@ -104,3 +107,29 @@ def one_line(e: BaseException) -> str:
     [Errno 28] ... [while running 'WriteShards']``; the first line says it all."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+class ConfigError(ValueError):
+    """A flag or input that cannot work, found before any work; the message names the flag.
+    An entry point prints it as one line and exits 2."""
+
+
+def add_renamed_flag(parser: argparse.ArgumentParser, old: str, new: str, *, warn: bool = True) -> None:
+    """Keeps accepting ``old``, a flag renamed to ``new`` (already added), for a release:
+    it sets ``new``'s value and says so on stderr, one line
+    (``prog: warning: --teacher is deprecated; use --labeller``).
+
+    Args:
+        warn: False for a parse whose flags are parsed again later (an entry point's early
+            ``--help`` check), so the warning is printed once.
+    """
+    target = next(a for a in parser._actions if new in a.option_strings)
+
+    class _Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            if warn:
+                print(f"{parser.prog}: warning: {old} is deprecated; use {new}", file=sys.stderr)
+            setattr(namespace, target.dest, values)
+
+    parser.add_argument(old, action=_Renamed, dest=target.dest, type=target.type, default=argparse.SUPPRESS,
+                        help=f"Deprecated: the old name of {new}.")

@@ -15,8 +15,9 @@ DEFAULT_RECORDS = "data/records"
 PATIENT_OVERLAP = ("reject", "fail")
 
 
-def build_records_parser(doc: str) -> argparse.ArgumentParser:
-    """``pipeline.build_records``' flags; ``doc`` is its module docstring (for --help)."""
+def build_records_parser(doc: str, warn: bool = True) -> argparse.ArgumentParser:
+    """``pipeline.build_records``' flags; ``doc`` is its module docstring (for --help).
+    ``warn``: say so on stderr when a renamed flag's old name is used (``cli.add_renamed_flag``)."""
     parser = cli.job_parser("python -m pipeline.build_records", doc)
     parser.add_argument("--input_dir", default=None,
                         help="Folder holding CheXpert-v1.0-small/ or CheXpert-v1.0/ (or that folder itself). "
@@ -45,10 +46,12 @@ def build_records_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--incremental", action="store_true",
                         help="Encode only rows whose image (size, mtime) or CSV cells are new or changed; keep "
                              "the committed shards for the rest (same options required, else a full rebuild).")
-    parser.add_argument("--teacher", default="",
+    parser.add_argument("--labeller", default="",
                         help="A trainer.task job folder (model.keras) whose P(positive) becomes the target of "
                              "every uncertain label under the self_trained policy (U-SelfTrained).")
-    parser.add_argument("--teacher_batch_size", type=int, default=32, help="RunInference batch for --teacher.")
+    parser.add_argument("--labeller_batch_size", type=int, default=32, help="RunInference batch for --labeller.")
+    cli.add_renamed_flag(parser, "--teacher", "--labeller", warn=warn)
+    cli.add_renamed_flag(parser, "--teacher_batch_size", "--labeller_batch_size", warn=warn)
     parser.add_argument("--sample_patients", type=int, default=1000,
                         help="Train patients of the synthetic sample generated when no data is found.")
     cli.add_guard_flags(parser, inputs="CSV rows", outputs="records",

@@ -54,7 +54,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 
 from core import commit as commit_lib  # noqa: E402
 from core import cli, fingerprint, imaging, storage, studies  # noqa: E402
-from pipeline import records, runs  # noqa: E402
+from core import csv_reader  # noqa: E402
+from pipeline import runs  # noqa: E402
 from core.studies import model_data  # noqa: E402
 from schemas import chexpert  # noqa: E402
 
@@ -113,11 +114,11 @@ def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
     inputs, rejected, seen = [], [], set()
     with open(opts.csv, "rb") as f:
         try:
-            items = list(records.read_csv_rows(f, os.path.basename(opts.csv)))
+            items = list(csv_reader.read_csv_rows(f, os.path.basename(opts.csv)))
         except chexpert.CsvHeaderError as e:
             raise ConfigError(str(e)) from None
     for item in items:
-        if isinstance(item, records.Reject):
+        if isinstance(item, csv_reader.Reject):
             rejected.append({"key": item.path, "row": item.row, "reason": item.reason, "detail": item.detail})
             continue
         try:

@@ -79,7 +79,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline import make_sample, records  # noqa: E402
+from core import csv_reader  # noqa: E402
+from pipeline import make_sample  # noqa: E402
 from schemas import chexpert  # noqa: E402
 from trainer import inference  # noqa: E402
 from trainer import input as input_lib  # noqa: E402
@@ -157,8 +158,8 @@ def predict_csv(job, csv_path: str, image_root: str, views: str, tta: bool) -> t
         batch.clear()
 
     with open(csv_path, "rb") as f:
-        for item in records.read_csv_rows(f, os.path.basename(csv_path)):
-            if isinstance(item, records.Reject):
+        for item in csv_reader.read_csv_rows(f, os.path.basename(csv_path)):
+            if isinstance(item, csv_reader.Reject):
                 failed.append(item.to_dict())
                 continue
             try:
