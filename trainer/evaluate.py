@@ -238,9 +238,8 @@ def describe_source(jobs: list, split: str, csv_path: str | None, image_root: st
     folders = []
     for records_dir in dict.fromkeys(j.cfg.records_dir for j in jobs):
         manifest = read_manifest(records_dir)
-        folders.append({"records_dir": os.path.abspath(records_dir), "snapshot": manifest.get("snapshot"),
-                        "created": manifest.get("created"),
-                        "synthetic": bool(manifest.get("options", {}).get("synthetic"))})
+        folders.append({"records_dir": os.path.abspath(records_dir), "snapshot": manifest.snapshot or None,
+                        "created": manifest.created or None, "synthetic": manifest.synthetic})
     return {"kind": "records", "split": split, "records": folders}
 
 
@@ -366,10 +365,10 @@ def tuning_plan(jobs: list, split: str | None, tune_split: str) -> str | None:
         except ConfigError:
             return (f"the records of {j.job_dir} ({j.cfg.records_dir}) are not on this machine, so there was no "
                     f"'{tune_split}' split to tune on")
-        if tune_split not in manifest["splits"]:
+        if tune_split not in manifest.splits:
             hint = " (build_records --holdout_fraction makes one)" if tune_split == "holdout" else ""
             return (f"there was no '{tune_split}' split to tune on: the records in {j.cfg.records_dir} have only "
-                    f"{', '.join(sorted(manifest['splits']))}{hint}")
+                    f"{', '.join(sorted(manifest.splits))}{hint}")
     return None
 
 
