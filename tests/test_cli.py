@@ -100,3 +100,25 @@ def test_guard_fractions_out_of_range_are_one_line_errors_in_both_jobs(tmp_path,
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "expected a fraction in [0, 1]" in err[0]
     assert not os.listdir(tmp_path)
+
+
+def test_a_renamed_flag_still_works_and_warns_once(capsys):
+    parser = build_records.make_parser()
+    opts, _ = cli.parse_flags(parser, ["--teacher=jobs/l", "--teacher_batch_size=4", "--runner=DirectRunner"])
+    assert (opts.labeller, opts.labeller_batch_size) == ("jobs/l", 4)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["python -m pipeline.build_records: warning: --teacher is deprecated; use --labeller",
+                   "python -m pipeline.build_records: warning: --teacher_batch_size is deprecated; use "
+                   "--labeller_batch_size"]
+    opts, _ = cli.parse_flags(parser, ["--labeller=jobs/l"])
+    assert opts.labeller == "jobs/l" and not capsys.readouterr().err
+    # The entry point's early --help check parses quietly: one warning per run, not two.
+    from pipeline import options
+    options.build_records_parser("doc", warn=False).parse_known_args(["--teacher=x"])
+    assert not capsys.readouterr().err
+
+
+def test_one_line_is_the_first_line_of_an_error():
+    assert cli.one_line(RuntimeError("OSError: [Errno 28] No space\n  [while running 'WriteShards']")) == (
+        "RuntimeError: OSError: [Errno 28] No space")
+    assert cli.one_line(KeyError()) == "KeyError: "
