@@ -166,7 +166,8 @@ def make_config(opts: argparse.Namespace) -> BuildConfig:
     if opts.labeller_batch_size < 1:
         raise ConfigError("--labeller_batch_size must be >= 1")
     if opts.patient_overlap not in job_options.PATIENT_OVERLAP:
-        raise ConfigError(f"--patient_overlap={opts.patient_overlap}: expected one of {', '.join(job_options.PATIENT_OVERLAP)}")
+        raise ConfigError(f"--patient_overlap={opts.patient_overlap}: expected one of "
+                          f"{', '.join(job_options.PATIENT_OVERLAP)}")
     try:
         commit_lib.check_output_dir(opts.output_dir)
     except commit_lib.OutputError as e:

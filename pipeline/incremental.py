@@ -130,4 +130,5 @@ def stats_for(cfg: BuildConfig, paths: list[str], entries: dict, split: str, sha
         views[entries[p]["view"]] = views.get(entries[p]["view"], 0) + 1
     return manifest_lib.ShardStats(
         shard=shard, split=split, written=len(paths), bytes=size, views=views, raw_counts=raw_counts,
-        target_counts=target_counts, relabelled=self_trained.relabelled_counts([entries[p].get("teacher") for p in paths]))
+        target_counts=target_counts,
+        relabelled=self_trained.relabelled_counts([entries[p].get("teacher") for p in paths]))

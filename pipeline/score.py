@@ -133,7 +133,8 @@ def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
             continue
         seen.add(path)
         full = os.path.join(root, path)
-        inputs.append(Input(path, full, fingerprint.file_stat(full), studies.csv_view(item.cells.get(chexpert.COL_VIEW))))
+        inputs.append(Input(path, full, fingerprint.file_stat(full),
+                            studies.csv_view(item.cells.get(chexpert.COL_VIEW))))
     if inputs and all(i.stat == "missing" for i in inputs):
         state = "does not exist" if not os.path.isdir(root) else "holds none of them"
         raise ConfigError(f"{root}: the {len(inputs)} images --csv={opts.csv} lists are relative to this folder, but "

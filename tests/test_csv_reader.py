@@ -153,7 +153,8 @@ def test_a_row_of_arbitrary_bytes_costs_only_its_own_lines(junk, at, eol, chunk)
     data = _csv(*_GOOD[:at], "\x00JUNK", *_GOOD[at:], eol=eol).replace(b"\x00JUNK", junk)
     items = _read(data)  # never raises, and reconciles with count_data_rows
     assert len(list(csv_reader.iter_lines(io.BytesIO(data), chunk_size=chunk))) == len(items) + 1
-    assert list(csv_reader.iter_lines(io.BytesIO(data), chunk_size=chunk)) == list(csv_reader.iter_lines(io.BytesIO(data)))
+    assert (list(csv_reader.iter_lines(io.BytesIO(data), chunk_size=chunk))
+            == list(csv_reader.iter_lines(io.BytesIO(data))))
     # Every good row comes through intact, numbered by the physical line it is on.
     want = [dict(zip(chexpert.CSV_COLUMNS, g.split(","))) for g in _GOOD]
     got = [(i.line, i.cells) for i in items if isinstance(i, csv_reader.CsvRow) and i.cells in want]
