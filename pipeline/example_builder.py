@@ -1,6 +1,7 @@
 """One record from one CSV row: the row's image read, decoded, resized and encoded, its
 labels mapped by the uncertainty policy, all as a serialized ``tf.train.Example`` (by the
-TF-free encoder ``schemas.example``); and the label counts a shard's stats hold.
+TF-free encoder ``schemas.example``); and the label counts a shard's stats hold. Plain
+functions: no Beam (but for a remote path, through ``core.storage``), no TensorFlow.
 """
 
 from __future__ import annotations
@@ -8,15 +9,14 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 
-from core import imaging
+from core import imaging, storage
 from schemas import chexpert
 from schemas import example as example_lib
 
 
 def read_image(path: str, name: str) -> bytes:
-    """The bytes of a row's image file (any Beam filesystem).
+    """The bytes of a row's image file (local, or any Beam filesystem).
 
     Args:
         path: the file's full path.
@@ -29,10 +29,9 @@ def read_image(path: str, name: str) -> bytes:
     imaging.refuse_link_outside(path, name)
     imaging.refuse_non_file(path, name)
     try:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            return f.read()
-    except (FileNotFoundError, IOError, OSError) as e:
-        if not FileSystems.exists(path):
+        return storage.read_bytes(path)
+    except OSError as e:
+        if not storage.exists(path):
             raise chexpert.RowError("missing_file", f"{name}: no such file under the input folder") from None
         raise chexpert.RowError("unreadable_file", f"{name}: {e}") from None
 
