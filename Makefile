@@ -41,15 +41,15 @@ demo: records
 	$(BIN)/python -m trainer.task --pathology atelectasis --job_dir jobs/atelectasis $(DEMO_TRAIN)
 	$(BIN)/python -m trainer.task --pathology cardiomegaly --job_dir jobs/cardiomegaly $(DEMO_TRAIN)
 
-# U-SelfTrained, the whole loop: a Consolidation teacher trained with its uncertain labels
+# U-SelfTrained, the whole loop: a Consolidation labeller trained with its uncertain labels
 # ignored relabels them inside the records job; the student trains on those soft targets.
 selftrained: records
 	$(BIN)/python -m trainer.task --pathology consolidation --policy consolidation=ignore \
-		--job_dir jobs/consolidation-teacher $(DEMO_TRAIN)
+		--job_dir jobs/consolidation-labeller $(DEMO_TRAIN)
 	$(BIN)/python -m pipeline.build_records --runner=DirectRunner \
 		--direct_num_workers=2 --direct_running_mode=multi_processing \
 		--input_dir=$(DEMO_DATA) --output_dir=data/records-selftrained --overwrite \
-		--teacher=jobs/consolidation-teacher --policy=consolidation=self_trained
+		--labeller=jobs/consolidation-labeller --policy=consolidation=self_trained
 	$(BIN)/python -m trainer.task --pathology consolidation --records_dir data/records-selftrained \
 		--job_dir jobs/consolidation-selftrained $(DEMO_TRAIN)
 

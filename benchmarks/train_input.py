@@ -11,7 +11,6 @@ for each file, ``img_to_array / 255``, one process (Keras' default ``workers=1``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -49,10 +48,9 @@ def main() -> None:
                         "generator reads at most one pass over the frontal training images).")
     parser.add_argument("--batch_size", type=int, default=16)
     args = parser.parse_args()
-    with open(os.path.join(args.records_dir, "manifest.json")) as f:
-        manifest = json.load(f)
-    root = manifest["options"]["input_dir"]
-    size = manifest["image_size"]
+    manifest = config_lib.read_manifest(args.records_dir)
+    root = manifest.options["input_dir"]
+    size = manifest.image_size
     cfg = config_lib.make_config(pathology="atelectasis", records_dir=args.records_dir, job_dir="/tmp/unused",
                                  image_size=size, augment=False)
     files = input_lib.shard_files(args.records_dir, "train", manifest)

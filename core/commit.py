@@ -37,6 +37,7 @@ import uuid
 from typing import Iterator
 
 from core import storage
+from schemas import manifest as manifest_lib
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,23 @@ def read_manifest(output_dir: str) -> dict | None:
     if not isinstance(manifest, dict):
         raise DamagedOutputError(f"{path}: not a manifest (a JSON object expected); rerun with --overwrite")
     return manifest
+
+
+def read_records_manifest(records_dir: str) -> manifest_lib.Manifest | None:
+    """The committed manifest of a records folder (``pipeline.build_records``), typed: the
+    one way every reader of records reads it. None when the folder holds none.
+
+    Raises:
+        DamagedOutputError: manifest.json exists but is not a records manifest.
+    """
+    raw = read_manifest(records_dir)
+    if raw is None:
+        return None
+    try:
+        return manifest_lib.Manifest.from_json(raw)
+    except (manifest_lib.ManifestError, TypeError) as e:
+        raise DamagedOutputError(f"{storage.join(records_dir, MANIFEST)}: not a records manifest ({e}); rebuild "
+                                 "the records with --overwrite") from None
 
 
 def committed(output_dir: str, overwrite: bool) -> dict | None:

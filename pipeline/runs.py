@@ -1,57 +1,23 @@
-"""What every scheduled job shares besides its commit (``core.commit``): an input
-fingerprint, runner flags, logging.
-
-The fingerprint is a sha256 over everything a run's output depends on (the input CSVs'
-digests, every input file's path, size and mtime, and the options): a rerun whose
-fingerprint equals the committed manifest's has "nothing new" to do and leaves the output
-byte for byte as it is.
+"""The Beam side of what both scheduled jobs share besides their commit (``core.commit``)
+and fingerprint (``core.fingerprint``): logging, quiet local workers, runner arguments, and
+the JSON-lines files a pipeline leaves for its driver (stats, dead letters).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import sys
 import tempfile
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from apache_beam.io.filesystems import FileSystems
 
-from core import storage
-from pipeline import options
+from core import cli, storage
 
 log = logging.getLogger(__name__)
-
-
-def fingerprint(parts: Iterable[str]) -> str:
-    """sha256 over an ordered sequence of strings (each newline-terminated)."""
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode())
-        h.update(b"\n")
-    return h.hexdigest()
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one line for a command line's error message: Beam wraps a worker's
-    error as ``RuntimeError: OSError: [Errno 28] ... [while running 'WriteShards']``; the
-    first line says it all."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
-
-
-def file_stat(path: str) -> str:
-    """``size:mtime_ns`` of a local file, or ``missing``: a cheap change detector."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return "missing"
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
 _log_stream = None
 
 
@@ -102,8 +68,6 @@ def quiet_workers(verbose: bool) -> Iterator[None]:
             os.close(saved)
 
 
-
-
 def runner_args(argv: list[str]) -> list[str]:
     """Runner flags with quiet local workers unless the user set their log level, and, on
     the local runner, no attempt to fetch Prism.
@@ -118,7 +82,7 @@ def runner_args(argv: list[str]) -> list[str]:
     if not any(a.startswith("--default_sdk_harness_log_level") for a in argv):
         # Local multi-process workers otherwise log every gRPC channel at INFO.
         argv.append("--default_sdk_harness_log_level=WARNING")
-    if options.runner_of(argv) in options.LOCAL_RUNNERS and "--allow_unsafe_triggers" not in argv:
+    if cli.runner_of(argv) in cli.LOCAL_RUNNERS and "--allow_unsafe_triggers" not in argv:
         argv.append("--allow_unsafe_triggers")
     return argv
 

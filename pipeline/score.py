@@ -49,11 +49,12 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference  # noq
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions  # noqa: E402
 
 from core import commit as commit_lib  # noqa: E402
+from core import cli, fingerprint, storage, studies  # noqa: E402
+from core import csv_reader  # noqa: E402
 from core import inputs as core_inputs  # noqa: E402
-from core import storage, studies  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
+from pipeline import runs  # noqa: E402
 from core.studies import model_data  # noqa: E402
-from pipeline import records, runs  # noqa: E402
 from pipeline.model_handler import REJECTED, ChexpertModelHandler, Input, LoadImageFn  # noqa: E402
 from schemas import chexpert, job_spec  # noqa: E402
 
@@ -78,18 +79,18 @@ def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
         if not paths:
             raise ConfigError(f"--input_pattern={opts.input_pattern}: no files match (give a folder, a glob such as "
                               f"'DIR/**/*.jpg' in quotes, or --csv)")
-        return [Input(p, p, runs.file_stat(p)) for p in paths], []
+        return [Input(p, p, fingerprint.file_stat(p)) for p in paths], []
     if not os.path.exists(opts.csv):
         raise ConfigError(f"--csv={opts.csv}: no such file")
     root = opts.image_root or os.path.dirname(os.path.dirname(os.path.abspath(opts.csv)))
     inputs, rejected, seen = [], [], set()
     with open(opts.csv, "rb") as f:
         try:
-            items = list(records.read_csv_rows(f, os.path.basename(opts.csv)))
+            items = list(csv_reader.read_csv_rows(f, os.path.basename(opts.csv)))
         except chexpert.CsvHeaderError as e:
             raise ConfigError(str(e)) from None
     for item in items:
-        if isinstance(item, records.Reject):
+        if isinstance(item, csv_reader.Reject):
             rejected.append({"key": item.path, "row": item.row, "reason": item.reason, "detail": item.detail})
             continue
         try:
@@ -104,7 +105,8 @@ def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
             continue
         seen.add(path)
         full = os.path.join(root, path)
-        inputs.append(Input(path, full, runs.file_stat(full), studies.csv_view(item.cells.get(chexpert.COL_VIEW))))
+        inputs.append(Input(path, full, fingerprint.file_stat(full),
+                            studies.csv_view(item.cells.get(chexpert.COL_VIEW))))
     if inputs and all(i.stat == "missing" for i in inputs):
         state = "does not exist" if not os.path.isdir(root) else "holds none of them"
         raise ConfigError(f"{root}: the {len(inputs)} images --csv={opts.csv} lists are relative to this folder, but "
@@ -136,16 +138,13 @@ def build_pipeline(p, inputs: list[Input], job_dir: str, model_format: str, thre
 
 
 def _model_digest(job_dir: str, model_format: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
+    """What identifies the model a run scored with: each of its files' sha256
+    (``hashlib.file_digest``, read in blocks) with its name, and the job's spec and config."""
     files = ([os.path.join(job_dir, "model.keras")] if model_format == "keras"
              else sorted(glob.glob(os.path.join(job_dir, "saved_model", "**", "*"), recursive=True)))
-    for path in files + [os.path.join(job_dir, job_spec.FILE), os.path.join(job_dir, job_spec.CONFIG_FILE)]:
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                h.update(f.read())
-    return h.hexdigest()
+    files += [os.path.join(job_dir, job_spec.FILE), os.path.join(job_dir, job_spec.CONFIG_FILE)]
+    return fingerprint.fingerprint(f"{os.path.relpath(p, job_dir)} {fingerprint.file_sha256(p)}"
+                                   for p in files if os.path.isfile(p))
 
 
 def study_table(rows: list[dict], tasks: Sequence[str]) -> studies.StudyTable:
@@ -216,7 +215,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
             ``core.commit``; nothing is committed.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    opts, pipeline_args = job_options.parse_flags(make_parser(), argv)
+    opts, pipeline_args = cli.parse_flags(make_parser(), argv)
     options = PipelineOptions(runs.runner_args(pipeline_args))
     options.view_as(SetupOptions).save_main_session = save_main_session
     if options.view_as(StandardOptions).runner is None:
@@ -237,7 +236,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     model = _model_digest(opts.job_dir, opts.model_format)
     # OUTPUTS_VERSION: a run committed before studies.csv existed is never "nothing new". A
     # CSV's view column is part of an input: editing it changes studies.csv.
-    fp = runs.fingerprint([model, str(threshold), opts.model_format, json.dumps(csv_rejects, sort_keys=True),
+    fp = fingerprint.fingerprint([model, str(threshold), opts.model_format, json.dumps(csv_rejects, sort_keys=True),
                            OUTPUTS_VERSION]
                           + [f"{i.key}\t{i.stat}" + (f"\t{i.view}" if i.view else "") for i in inputs])
     out = opts.output_dir
@@ -343,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"score: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # a full disk, a model that fails to load...: one line, nothing committed
-        print(f"score: error: {runs.one_line(e)}; nothing committed", file=sys.stderr)
+        print(f"score: error: {cli.one_line(e)}; nothing committed", file=sys.stderr)
         if "--verbose" in argv:
             raise
         return 1

@@ -398,8 +398,8 @@ def resolve_policies(
         if policy in TEACHER_POLICIES and not have_teacher:
             if slug in overrides:
                 raise PolicyError(
-                    f"--policy {slug}=self_trained needs a teacher: build the records with "
-                    "`python -m pipeline.build_records --teacher JOB_DIR` (a trainer.task job trained with "
+                    f"--policy {slug}=self_trained needs a labeller: build the records with "
+                    "`python -m pipeline.build_records --labeller JOB_DIR` (a trainer.task job trained with "
                     f"{slug}=ignore), or use ignore, zeros, ones, multiclass, lsr_ones or lsr_zeros"
                 )
             policy = SELF_TRAINED_FALLBACK

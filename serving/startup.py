@@ -71,9 +71,3 @@ def begin(argv: list[str]) -> None:
     flags.FLAGS.unparse_flags()
     load_tensorflow(verbose)
 
-
-def error_line(e: BaseException) -> str:
-    """An unexpected exception as the one line an entry point prints instead of a
-    traceback (which ``--verbose`` shows)."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"

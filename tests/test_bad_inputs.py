@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline import build_records, make_sample, records, score
+from pipeline import build_records, make_sample, score
+from pipeline import index as index_lib
 from schemas import chexpert
 from trainer import config as config_lib
 from serving import job as job_lib
@@ -189,7 +190,7 @@ def test_build_survives_bad_bytes_in_its_csvs_losing_only_their_rows(tmp_path):
     # valid.csv, rewritten with CR-only line endings, still reads as its rows.
     assert valid["rows"] == valid["written"] == clean["valid.csv"] and valid["rejected"] == 0
     with open(os.path.join(out, m["index_file"]), "rb") as f:
-        index = records.read_index(f.read())
+        index = index_lib.read_index(f.read())
     assert all(index[path]["view"] == "frontal" for path in want_written)
 
 
@@ -248,7 +249,7 @@ def test_an_incremental_build_keeps_rows_read_past_bad_bytes_by_their_first_line
     assert inc["sources"] == full["sources"]
     for name, name_ref in zip(inc["rejected_files"], full["rejected_files"]):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name_ref).read_bytes()
-    index = {d: records.read_index((tmp_path / d / m["index_file"]).read_bytes())
+    index = {d: index_lib.read_index((tmp_path / d / m["index_file"]).read_bytes())
              for d, m in (("out", inc), ("ref", full))}
     drop_shard = lambda ix: {p: {k: v for k, v in e.items() if k != "shard"} for p, e in ix.items()}  # noqa: E731
     assert drop_shard(index["out"]) == drop_shard(index["ref"])

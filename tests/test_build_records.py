@@ -227,3 +227,22 @@ def test_a_run_whose_counts_do_not_reconcile_commits_nothing(sample_dir, tmp_pat
     with pytest.raises(RuntimeError, match="counts do not reconcile, nothing committed"):
         _run(sample_dir, out, "--num_shards=2", "--overwrite", "--seed=1")
     assert {n: open(os.path.join(out, n), "rb").read() for n in storage.files_under(out) if n != ".lock"} == before
+
+
+def test_run_builds_into_a_test_pipeline_and_commits_the_same_records(built, tmp_path):
+    """``run(test_pipeline=...)``, as Beam examples take one: the graph is built into the
+    given pipeline, and the committed records equal a run's on its own pipeline."""
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    sample_dir, out, manifest = built
+    other = str(tmp_path / "out")
+    m = build_records.run([f"--input_dir={sample_dir}", f"--output_dir={other}", "--image_size=64",
+                           "--holdout_fraction=0.25", "--num_shards=2", "--runner=DirectRunner"],
+                          test_pipeline=TestPipeline(argv=["--runner=DirectRunner"]))
+    assert m["nothing_new"] is False and m["written"] == manifest["written"]
+    assert commit.read_records_manifest(other).to_json() == {k: v for k, v in m.items() if k != "nothing_new"}
+    def shard_bytes(folder, man):
+        return {os.path.basename(n): open(os.path.join(folder, n), "rb").read()
+                for sp in man["splits"].values() for n in sp["shards"]}
+
+    assert shard_bytes(other, m) == shard_bytes(out, manifest)

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from pipeline import build_records, options, score
+from core import cli
+from pipeline import build_records, score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,10 +51,10 @@ def test_runner_flags_pass_through_to_remote_runners():
     parser = build_records.make_parser()
     argv = ["--image_size=64", "--runner=DataflowRunner", "--project=p", "--region=r",
             "--dataflow_service_options=enable_prime", "--some_future_service_flag=1"]
-    opts, rest = options.parse_flags(parser, argv)
+    opts, rest = cli.parse_flags(parser, argv)
     assert opts.image_size == 64
     assert rest == argv[1:]  # not checked: the service may know flags this install does not
-    opts, rest = options.parse_flags(parser, ["--runner=DirectRunner", "--direct_num_workers=2",
+    opts, rest = cli.parse_flags(parser, ["--runner=DirectRunner", "--direct_num_workers=2",
                                            "--direct_running_mode=multi_processing"])
     assert rest == ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 
@@ -99,3 +100,25 @@ def test_guard_fractions_out_of_range_are_one_line_errors_in_both_jobs(tmp_path,
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "expected a fraction in [0, 1]" in err[0]
     assert not os.listdir(tmp_path)
+
+
+def test_a_renamed_flag_still_works_and_warns_once(capsys):
+    parser = build_records.make_parser()
+    opts, _ = cli.parse_flags(parser, ["--teacher=jobs/l", "--teacher_batch_size=4", "--runner=DirectRunner"])
+    assert (opts.labeller, opts.labeller_batch_size) == ("jobs/l", 4)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["python -m pipeline.build_records: warning: --teacher is deprecated; use --labeller",
+                   "python -m pipeline.build_records: warning: --teacher_batch_size is deprecated; use "
+                   "--labeller_batch_size"]
+    opts, _ = cli.parse_flags(parser, ["--labeller=jobs/l"])
+    assert opts.labeller == "jobs/l" and not capsys.readouterr().err
+    # The entry point's early --help check parses quietly: one warning per run, not two.
+    from pipeline import options
+    options.build_records_parser("doc", warn=False).parse_known_args(["--teacher=x"])
+    assert not capsys.readouterr().err
+
+
+def test_one_line_is_the_first_line_of_an_error():
+    assert cli.one_line(RuntimeError("OSError: [Errno 28] No space\n  [while running 'WriteShards']")) == (
+        "RuntimeError: OSError: [Errno 28] No space")
+    assert cli.one_line(KeyError()) == "KeyError: "

@@ -1,4 +1,5 @@
-"""pipeline/records.py functions and the Beam transforms that wire them (TestPipeline)."""
+"""The records job's per-row functions (pipeline.rows, shards, index, example_builder, the CSV
+reader) and the Beam transforms that wire them (TestPipeline)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline import build_records, records
+from core import csv_reader
+from pipeline import example_builder, shards, transforms
+from pipeline import index as index_lib
+from pipeline import rows as rows_lib
 from schemas import chexpert
 
 HEADER = ",".join(chexpert.CSV_COLUMNS)
@@ -26,44 +30,44 @@ def _line(path, age="50", edema="1.0"):
 def test_read_csv_rows_numbers_lines_and_rejects_bad_bytes_and_field_counts():
     text = "\n".join([HEADER, _line("d/train/patient1/study1/a.jpg"), "", "only,three,fields"]).encode()
     text += b"\n" + _line("d/train/patient2/study1/a.jpg").encode()[:-3] + b"\xff\xfe\n"
-    items = list(records.read_csv_rows(io.BytesIO(text), "train.csv"))
-    assert isinstance(items[0], records.CsvRow) and items[0].line == 2
+    items = list(csv_reader.read_csv_rows(io.BytesIO(text), "train.csv"))
+    assert isinstance(items[0], csv_reader.CsvRow) and items[0].line == 2
     assert (items[1].reason, items[1].row) == ("bad_row", 4)  # the blank line 3 is skipped
     assert (items[2].reason, items[2].row) == ("bad_encoding", 5)
-    assert records.count_data_rows(io.BytesIO(text)) == len(items) == 3
+    assert csv_reader.count_data_rows(io.BytesIO(text)) == len(items) == 3
 
 
 def test_read_header_fails_before_any_row_naming_the_column():
     bad = HEADER.replace(",Edema,", ",Oedema,") + "\n" + _line("d/train/patient1/study1/a.jpg")
     with pytest.raises(chexpert.CsvHeaderError, match="train.csv: missing column.*'Edema'.*unknown.*'Oedema'"):
-        list(records.read_csv_rows(io.BytesIO(bad.encode()), "train.csv"))
+        list(csv_reader.read_csv_rows(io.BytesIO(bad.encode()), "train.csv"))
 
 
 def test_split_is_a_stable_patient_level_hash():
-    splits = {p: records.split_of("train", f"patient{p:05d}", 0.2) for p in range(2000)}
+    splits = {p: rows_lib.split_of("train", f"patient{p:05d}", 0.2) for p in range(2000)}
     frac = sum(s == "holdout" for s in splits.values()) / len(splits)
     assert 0.17 < frac < 0.23
-    assert all(records.split_of("train", f"patient{p:05d}", 0.2) == s for p, s in splits.items())
-    assert records.split_of("valid", "patient64541", 0.9) == "valid"
-    assert records.split_of("train", "patient00001", 0.0) == "train"
+    assert all(rows_lib.split_of("train", f"patient{p:05d}", 0.2) == s for p, s in splits.items())
+    assert rows_lib.split_of("valid", "patient64541", 0.9) == "valid"
+    assert rows_lib.split_of("train", "patient00001", 0.0) == "train"
 
 
 def test_num_shards_follows_size_but_never_leaves_shards_nearly_empty():
     kw = dict(image_size=320, encoding="raw", shard_size_mb=256, min_shards=4)
-    assert records.num_shards_for(223_414, **kw) == 86  # 223,414 x 103 KB = 23.0 GB / 256 MiB
-    assert records.num_shards_for(1000, **kw) == 4  # min_shards for parallel writers
-    assert records.num_shards_for(100, **kw) == 1  # too few rows to split 4 ways
-    assert records.num_shards_for(100, fixed=7, **kw) == 7
-    assert records.num_shards_for(0, **kw) == 0
+    assert shards.num_shards_for(223_414, **kw) == 86  # 223,414 x 103 KB = 23.0 GB / 256 MiB
+    assert shards.num_shards_for(1000, **kw) == 4  # min_shards for parallel writers
+    assert shards.num_shards_for(100, **kw) == 1  # too few rows to split 4 ways
+    assert shards.num_shards_for(100, fixed=7, **kw) == 7
+    assert shards.num_shards_for(0, **kw) == 0
     counts = [0] * 8
     for i in range(8000):
-        counts[records.shard_of(f"p{i}.jpg", 8)] += 1
+        counts[shards.shard_of(f"p{i}.jpg", 8)] += 1
     assert min(counts) > 850 and max(counts) < 1150
 
 
 def _csv_row(line, path, **kw):
     cells = dict(zip(chexpert.CSV_COLUMNS, _line(path, **kw).split(",")))
-    return records.CsvRow("train.csv", line, cells)
+    return csv_reader.CsvRow("train.csv", line, cells)
 
 
 def test_parse_rows_transform_routes_bad_rows_to_dead_letters():
@@ -72,10 +76,10 @@ def test_parse_rows_transform_routes_bad_rows_to_dead_letters():
     bad_label = _csv_row(4, "d/train/patient00003/study1/view1_frontal.jpg", edema="positive")
     with BeamTestPipeline() as p:
         out = (p | beam.Create([("train", good), ("train", bad_age), ("train", bad_label)])
-                 | beam.ParDo(build_records.ParseRowFn(0.0)).with_outputs(build_records.REJECTED, main="rows"))
+                 | beam.ParDo(transforms.ParseRowFn(0.0)).with_outputs(transforms.REJECTED, main="rows"))
         assert_that(out.rows | beam.Map(lambda kv: (kv[0], kv[1][0], kv[1][1].patient_id)),
                     equal_to([(good.cells["Path"], "train", "patient00001")]), label="Rows")
-        assert_that(out[build_records.REJECTED] | beam.Map(lambda r: (r.row, r.reason, r.split)),
+        assert_that(out[transforms.REJECTED] | beam.Map(lambda r: (r.row, r.reason, r.split)),
                     equal_to([(3, "bad_age", "train"), (4, "bad_label", "train")]), label="Rejects")
 
 
@@ -84,11 +88,11 @@ def test_duplicate_paths_keep_the_first_row_and_reject_the_rest():
     rows = [_csv_row(n, path) for n in (9, 2, 5)]
     with BeamTestPipeline() as p:
         parsed = (p | beam.Create([("train", r) for r in rows])
-                    | beam.ParDo(build_records.ParseRowFn(0.0)).with_outputs(build_records.REJECTED, main="rows"))
+                    | beam.ParDo(transforms.ParseRowFn(0.0)).with_outputs(transforms.REJECTED, main="rows"))
         out = (parsed.rows | beam.GroupByKey()
-               | beam.ParDo(build_records.RejectDuplicatesFn()).with_outputs(build_records.REJECTED, main="rows"))
+               | beam.ParDo(transforms.RejectDuplicatesFn()).with_outputs(transforms.REJECTED, main="rows"))
         assert_that(out.rows | beam.Map(lambda kv: (kv[0], kv[1][2])), equal_to([("train", 2)]), label="First")
-        assert_that(out[build_records.REJECTED] | beam.Map(lambda r: (r.row, r.reason)),
+        assert_that(out[transforms.REJECTED] | beam.Map(lambda r: (r.row, r.reason)),
                     equal_to([(5, "duplicate_path"), (9, "duplicate_path")]), label="Dupes")
 
 
@@ -96,7 +100,7 @@ def test_label_counts_buckets_codes_and_mapped_targets():
     codes = [[1] * 14, [-1] * 14, [-2] * 14]
     targets = [[1.0] * 14, [0.7] * 14, [0.0] * 14]
     mask = [[1.0] * 14, [1.0] * 14, [0.0] * 14]
-    raw, mapped = records.label_counts(codes, targets, mask)
+    raw, mapped = example_builder.label_counts(codes, targets, mask)
     assert raw["edema"] == {"1": 1, "-1": 1, "blank": 1}
     assert mapped["edema"] == {"1": 1, "soft": 1, "masked": 1}
 
@@ -107,8 +111,8 @@ def test_index_round_trips_and_row_digest_sees_relabels():
              "a/c.jpg": {"stat": "11:20", "row": "fe", "split": "train", "shard": "train-00000-of-00001.tfrecord",
                          "codes": [-1] * 14, "view": "lateral",
                          "teacher": [float(v) for v in np.float32([0.1, 1 / 3] + [-1.0] * 12)]}}
-    assert records.read_index(records.write_index(index)) == index
+    assert index_lib.read_index(index_lib.write_index(index)) == index
     cells = dict(zip(chexpert.CSV_COLUMNS, _line("d/train/patient1/study1/a.jpg").split(",")))
     relabelled = {**cells, "Edema": "0.0"}
-    assert records.row_digest(cells) != records.row_digest(relabelled)
-    assert records.row_digest(cells) == records.row_digest(dict(cells))
+    assert rows_lib.row_digest(cells) != rows_lib.row_digest(relabelled)
+    assert rows_lib.row_digest(cells) == rows_lib.row_digest(dict(cells))

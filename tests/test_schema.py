@@ -106,7 +106,7 @@ def test_default_mapping_is_the_papers_and_self_trained_falls_back():
     assert p["cardiomegaly"] == "multiclass" and p["pleural_effusion"] == "multiclass"
     assert p["consolidation"] == chexpert.SELF_TRAINED_FALLBACK == "ignore"
     assert p["fracture"] == "ones"
-    with pytest.raises(chexpert.PolicyError, match="needs a teacher.*--teacher JOB_DIR"):
+    with pytest.raises(chexpert.PolicyError, match="needs a labeller.*--labeller JOB_DIR"):
         chexpert.resolve_policies({"consolidation": "self_trained"})
     assert chexpert.resolve_policies({"consolidation": "self_trained"}, have_teacher=True)["consolidation"] == (
         "self_trained")

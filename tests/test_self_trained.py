@@ -1,4 +1,4 @@
-"""U-SelfTrained as a records-job stage: `build_records --teacher JOB_DIR`."""
+"""U-SelfTrained as a records-job stage: `build_records --labeller JOB_DIR`."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def teacher_job(records_dir, tmp_path_factory) -> str:
 def taught(sample_dir, teacher_job, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("records_taught"))
     manifest = build_records.run([f"--input_dir={sample_dir}", f"--output_dir={out}", "--image_size=32",
-                                  "--num_shards=2", "--holdout_fraction=0.2", f"--teacher={teacher_job}",
-                                  "--teacher_batch_size=8", "--runner=DirectRunner"])
+                                  "--num_shards=2", "--holdout_fraction=0.2", f"--labeller={teacher_job}",
+                                  "--labeller_batch_size=8", "--runner=DirectRunner"])
     return out, manifest
 
 
@@ -101,7 +101,7 @@ def test_trainer_reads_the_soft_targets(taught):
     out, manifest = taught
     cfg = config_lib.make_config(pathology="consolidation", records_dir=out, job_dir="unused", image_size=32,
                                  policy="consolidation=self_trained", views="all")
-    files = input_lib.shard_files(out, "train", manifest)
+    files = input_lib.shard_files(out, "train", config_lib.read_manifest(out))
     batches = list(input_lib.make_dataset(files, cfg, training=False, batch_size=64).as_numpy_iterator())
     targets = np.concatenate([b["targets"][:, 0] for b in batches])
     masks = np.concatenate([b["masks"][:, 0] for b in batches])
@@ -112,22 +112,22 @@ def test_trainer_reads_the_soft_targets(taught):
     assert set(np.unique(targets[~soft])) <= {0.0, 1.0}
 
 
-def test_teacher_flag_errors_name_the_problem(sample_dir, trained_job, teacher_job, tmp_path):
+def test_labeller_flag_errors_name_the_problem(sample_dir, trained_job, teacher_job, tmp_path):
     base = [f"--input_dir={sample_dir}", f"--output_dir={tmp_path}", "--image_size=32"]
     with pytest.raises(build_records.ConfigError, match="predicts cardiomegaly, atelectasis but not consolidation"):
-        build_records.run(base + [f"--teacher={trained_job}"])
+        build_records.run(base + [f"--labeller={trained_job}"])
     with pytest.raises(build_records.ConfigError, match="no observation uses the self_trained policy"):
-        build_records.run(base + [f"--teacher={teacher_job}", "--policy=consolidation=ignore"])
+        build_records.run(base + [f"--labeller={teacher_job}", "--policy=consolidation=ignore"])
     with pytest.raises(build_records.ConfigError, match="no config.json or model.keras"):
-        build_records.run(base + [f"--teacher={tmp_path}"])
+        build_records.run(base + [f"--labeller={tmp_path}"])
     with pytest.raises(build_records.ConfigError, match="local \\(or mounted\\) folder"):
-        build_records.run(base + ["--teacher=gs://bucket/jobs/teacher"])
-    with pytest.raises(build_records.ConfigError, match="needs a teacher"):
+        build_records.run(base + ["--labeller=gs://bucket/jobs/teacher"])
+    with pytest.raises(build_records.ConfigError, match="needs a labeller"):
         build_records.run(base + ["--policy=consolidation=self_trained"])
     assert not os.path.exists(os.path.join(tmp_path, "manifest.json"))
 
 
-def test_incremental_build_with_a_teacher_equals_a_full_rebuild(sample_dir, teacher_job, tmp_path):
+def test_incremental_build_with_a_labeller_equals_a_full_rebuild(sample_dir, teacher_job, tmp_path):
     import csv
     import shutil
 
@@ -135,7 +135,7 @@ def test_incremental_build_with_a_teacher_equals_a_full_rebuild(sample_dir, teac
 
     data = tmp_path / "data"
     shutil.copytree(sample_dir, data)
-    args = [f"--input_dir={data}", "--image_size=32", "--num_shards=2", f"--teacher={teacher_job}",
+    args = [f"--input_dir={data}", "--image_size=32", "--num_shards=2", f"--labeller={teacher_job}",
             "--runner=DirectRunner"]
     out = str(tmp_path / "inc")
     build_records.run([f"--output_dir={out}", *args])
@@ -160,3 +160,20 @@ def test_incremental_build_with_a_teacher_equals_a_full_rebuild(sample_dir, teac
     assert a[rows[unc][0]][example_lib.LABELS_TEACHER][CONS] == chexpert.NO_TEACHER
     assert inc["teacher"]["relabelled"] == full["teacher"]["relabelled"]
     assert inc["splits"]["train"]["target_counts"] == full["splits"]["train"]["target_counts"]
+
+
+def test_the_old_teacher_flags_still_work_and_warn(sample_dir, teacher_job, taught, tmp_path, capsys):
+    """``--teacher``/``--teacher_batch_size``, the flags' names before ``--labeller``, build
+    the same records for a release, each with a one-line deprecation warning on stderr."""
+    out = str(tmp_path / "old_flags")
+    manifest = build_records.run([f"--input_dir={sample_dir}", f"--output_dir={out}", "--image_size=32",
+                                  "--num_shards=2", "--holdout_fraction=0.2", f"--teacher={teacher_job}",
+                                  "--teacher_batch_size=8", "--runner=DirectRunner"])
+    err = capsys.readouterr().err
+    assert "--teacher is deprecated; use --labeller" in err
+    assert "--teacher_batch_size is deprecated; use --labeller_batch_size" in err
+    assert manifest["options"]["teacher"] == teacher_job and manifest["options"]["teacher_batch_size"] == 8
+    a, b = _records(out, manifest), _records(*taught)
+    assert set(a) == set(b)
+    for path in a:
+        np.testing.assert_array_equal(a[path][example_lib.LABELS_TEACHER], b[path][example_lib.LABELS_TEACHER])

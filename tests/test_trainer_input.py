@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -19,8 +18,7 @@ def _cfg(records_dir, **kw):
 
 
 def _manifest(records_dir):
-    with open(os.path.join(records_dir, "manifest.json")) as f:
-        return json.load(f)
+    return config_lib.read_manifest(records_dir)
 
 
 def test_eval_pipeline_yields_every_frontal_once_with_policy_targets(records_dir):
@@ -30,7 +28,7 @@ def test_eval_pipeline_yields_every_frontal_once_with_policy_targets(records_dir
     ds = input_lib.make_dataset(files, cfg, training=False, batch_size=8)
     batches = list(ds.as_numpy_iterator())
     n = sum(len(b["path"]) for b in batches)
-    assert n == input_lib.count_examples(m, "valid", "frontal") == m["splits"]["valid"]["views"]["frontal"]
+    assert n == input_lib.count_examples(m, "valid", "frontal") == m.splits["valid"].views["frontal"]
     b = batches[0]
     assert b["image"].dtype == np.uint8 and b["image"].shape[1:] == (32, 32, 1)
     assert b["targets"].dtype == np.float32 and b["targets"].shape[1:] == (2,)
@@ -122,10 +120,10 @@ def test_shards_hold_frontal_views_first_so_the_reader_takes_a_head(records_dir,
     from schemas import example_tf
 
     m = _manifest(records_dir)
-    assert m["record_order"] == ex.RECORD_ORDER
+    assert m.record_order == ex.RECORD_ORDER
     files = input_lib.shard_files(records_dir, "train", m)
     heads = input_lib.frontal_counts(records_dir, files)
-    assert sum(heads) == m["splits"]["train"]["views"]["frontal"]
+    assert sum(heads) == m.splits["train"].views["frontal"]
     saw_lateral = False
     for f, n in zip(files, heads):
         views = [r[ex.IMAGE_VIEW] for r in tf.data.TFRecordDataset(f).map(

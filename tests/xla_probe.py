@@ -21,8 +21,7 @@ records = sys.argv[1]
 cfg = config_lib.make_config(pathology="atelectasis,cardiomegaly", records_dir=records, job_dir="/nonexistent",
                              image_size=32, backbone="tiny", jit_compile="--nojit" not in sys.argv)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-with open(os.path.join(records, "manifest.json")) as f:
-    files = input_lib.shard_files(records, "train", json.load(f))
+files = input_lib.shard_files(records, "train", config_lib.read_manifest(records))
 trainer = train.Trainer(cfg, strategy)
 ds = strategy.distribute_datasets_from_function(
     lambda ctx: input_lib.make_dataset(files, cfg, training=True, batch_size=4, input_context=ctx))

@@ -13,8 +13,10 @@ import logging
 import os
 from typing import Any, Mapping, Sequence
 
+from core import commit as commit_lib
 from core.errors import ConfigError
 from schemas import chexpert, job_spec
+from schemas import manifest as manifest_lib
 
 log = logging.getLogger(__name__)
 BACKBONES = ("densenet121", "densenet169", "densenet201", "tiny")
@@ -132,12 +134,11 @@ def check_resumable(cfg: TrainConfig, previous: TrainConfig) -> None:
                           "or delete that one to start over")
 
 
-def provenance_of(records_dir: str, manifest: dict) -> dict:
+def provenance_of(records_dir: str, manifest: manifest_lib.Manifest) -> dict:
     """What a model trained on ``records_dir`` must say about its data."""
-    options = manifest.get("options", {})
-    return {"synthetic": bool(options.get("synthetic")), "records_dir": os.path.abspath(records_dir),
-            "records_snapshot": manifest.get("snapshot"), "records_created": manifest.get("created"),
-            "input_dir": options.get("input_dir"), "records": manifest.get("written"),
+    return {"synthetic": manifest.synthetic, "records_dir": os.path.abspath(records_dir),
+            "records_snapshot": manifest.snapshot or None, "records_created": manifest.created or None,
+            "input_dir": manifest.options.get("input_dir"), "records": manifest.written,
             "trained": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -178,14 +179,20 @@ def load_config(job_dir: str) -> TrainConfig:
                       "are not here")
 
 
-def read_manifest(records_dir: str) -> dict:
-    """The committed manifest of a records folder; raises ConfigError naming the folder."""
-    path = os.path.join(records_dir, "manifest.json")
-    if not os.path.exists(path):
+def read_manifest(records_dir: str) -> manifest_lib.Manifest:
+    """The committed manifest of a records folder (``core.commit.read_records_manifest``).
+
+    Raises:
+        ConfigError: naming the folder, when it holds no manifest or a damaged one.
+    """
+    try:
+        manifest = commit_lib.read_records_manifest(records_dir)
+    except commit_lib.DamagedOutputError as e:
+        raise ConfigError(f"--records_dir={records_dir}: {e}") from None
+    if manifest is None:
         raise ConfigError(f"--records_dir={records_dir}: no manifest.json; build the records first with "
                           "`python -m pipeline.build_records --runner=DirectRunner`")
-    with open(path) as f:
-        return json.load(f)
+    return manifest
 
 
 def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str = "", blank: str | None = None,
@@ -202,22 +209,22 @@ def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str =
     manifest = read_manifest(records_dir)
     try:
         overrides = chexpert.parse_policy_overrides(policy)
-        taught = set((manifest.get("teacher") or {}).get("observations") or ())
+        taught = set(manifest.labeller.observations if manifest.labeller else ())
         for slug, p in overrides.items():
             if p in chexpert.TEACHER_POLICIES and slug not in taught:
                 raise chexpert.PolicyError(
-                    f"--policy {slug}={p}: the records in {records_dir} hold no teacher targets for {slug}; build "
-                    f"them with `python -m pipeline.build_records --teacher JOB_DIR --policy {slug}=self_trained`")
-        resolved = dict(manifest.get("policy") or chexpert.resolve_policies())
+                    f"--policy {slug}={p}: the records in {records_dir} hold no labeller targets for {slug}; build "
+                    f"them with `python -m pipeline.build_records --labeller JOB_DIR --policy {slug}=self_trained`")
+        resolved = dict(manifest.policy or chexpert.resolve_policies())
         resolved.update(overrides)
-        blank = blank or manifest.get("blank", "negative")
+        blank = blank or manifest.blank
         chexpert.policy_matrix(resolved, blank)
     except chexpert.PolicyError as e:
         raise ConfigError(str(e)) from None
     cfg = TrainConfig(tasks=tasks, records_dir=records_dir, job_dir=job_dir, policy=resolved, blank=blank,
-                      records_image_size=int(manifest["image_size"]),
-                      records_encoding=manifest.get("encoding", "raw"),
-                      records_resize=manifest.get("options", {}).get("resize", "squash"),
+                      records_image_size=int(manifest.image_size),
+                      records_encoding=manifest.encoding,
+                      records_resize=manifest.options.get("resize", "squash"),
                       provenance=provenance_of(records_dir, manifest), **kw)
     checks: Sequence[tuple[bool, str]] = (
         (cfg.backbone in BACKBONES, f"--backbone={cfg.backbone}: expected one of {', '.join(BACKBONES)}"),
@@ -225,8 +232,8 @@ def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str =
         (cfg.precision in PRECISIONS, f"--precision={cfg.precision}: expected one of {', '.join(PRECISIONS)}"),
         (cfg.views in VIEW_CHOICES, f"--views={cfg.views}: expected frontal or all"),
         (32 <= cfg.image_size <= 1024, f"--image_size={cfg.image_size}: expected 32..1024"),
-        (cfg.image_size <= manifest["image_size"],
-         f"--image_size={cfg.image_size} is larger than the records' {manifest['image_size']}; rebuild them"),
+        (cfg.image_size <= manifest.image_size,
+         f"--image_size={cfg.image_size} is larger than the records' {manifest.image_size}; rebuild them"),
         (cfg.batch_size >= 1, "--batch_size must be >= 1"),
         (cfg.epochs >= 1, "--epochs must be >= 1"),
         (cfg.steps_per_epoch >= 0, "--steps_per_epoch must be >= 0"),
@@ -239,8 +246,8 @@ def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str =
         (all(os.path.exists(os.path.join(t, "model.keras")) for t in cfg.distill_from),
          f"--distill_from: every job to distil from must be a trainer.task job folder with model.keras "
          f"({', '.join(cfg.distill_from)})"),
-        (cfg.train_split in manifest["splits"], f"the records have no '{cfg.train_split}' split"),
-        (cfg.eval_split in manifest["splits"], f"the records have no '{cfg.eval_split}' split"),
+        (cfg.train_split in manifest.splits, f"the records have no '{cfg.train_split}' split"),
+        (cfg.eval_split in manifest.splits, f"the records have no '{cfg.eval_split}' split"),
     )
     for ok, message in checks:
         if not ok:

@@ -38,6 +38,7 @@ import sys
 
 from absl import app, flags
 
+from core import cli
 from serving import startup
 
 FLAGS = flags.FLAGS
@@ -70,8 +71,9 @@ if __name__ == "__main__":  # flags first, then TensorFlow, quietly (serving/sta
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from core import csv_reader  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
-from pipeline import make_sample, records  # noqa: E402
+from pipeline import make_sample  # noqa: E402
 from schemas import chexpert  # noqa: E402
 from schemas.job_spec import provenance_line  # noqa: E402
 from serving import job as job_lib  # noqa: E402
@@ -167,8 +169,8 @@ def predict_csv(job: job_lib.Job, csv_path: str, image_root: str, views: str, tt
 
     def readable():
         with open(csv_path, "rb") as f:
-            for item in records.read_csv_rows(f, os.path.basename(csv_path)):
-                if isinstance(item, records.Reject):
+            for item in csv_reader.read_csv_rows(f, os.path.basename(csv_path)):
+                if isinstance(item, csv_reader.Reject):
                     failed.append(item.to_dict())
                     continue
                 try:
@@ -250,9 +252,8 @@ def describe_source(jobs: list, split: str, csv_path: str | None, image_root: st
     folders = []
     for records_dir in dict.fromkeys(j.cfg.records_dir for j in jobs):
         manifest = read_manifest(records_dir)
-        folders.append({"records_dir": os.path.abspath(records_dir), "snapshot": manifest.get("snapshot"),
-                        "created": manifest.get("created"),
-                        "synthetic": bool(manifest.get("options", {}).get("synthetic"))})
+        folders.append({"records_dir": os.path.abspath(records_dir), "snapshot": manifest.snapshot or None,
+                        "created": manifest.created or None, "synthetic": manifest.synthetic})
     return {"kind": "records", "split": split, "records": folders}
 
 
@@ -378,10 +379,10 @@ def tuning_plan(jobs: list, split: str | None, tune_split: str) -> str | None:
         except ConfigError:
             return (f"the records of {j.job_dir} ({j.cfg.records_dir}) are not on this machine, so there was no "
                     f"'{tune_split}' split to tune on")
-        if tune_split not in manifest["splits"]:
+        if tune_split not in manifest.splits:
             hint = " (build_records --holdout_fraction makes one)" if tune_split == "holdout" else ""
             return (f"there was no '{tune_split}' split to tune on: the records in {j.cfg.records_dir} have only "
-                    f"{', '.join(sorted(manifest['splits']))}{hint}")
+                    f"{', '.join(sorted(manifest.splits))}{hint}")
     return None
 
 
@@ -497,7 +498,7 @@ def main(argv) -> int:
         print(f"trainer.evaluate: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # one line, not a traceback (--verbose shows it)
-        print(f"trainer.evaluate: error: {startup.error_line(e)}", file=sys.stderr)
+        print(f"trainer.evaluate: error: {cli.one_line(e)}", file=sys.stderr)
         if FLAGS.verbose:
             raise
         return 1

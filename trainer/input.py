@@ -44,6 +44,7 @@ from schemas import chexpert
 from schemas import example as ex
 from schemas import example_tf
 from core.errors import ConfigError
+from schemas.manifest import Manifest
 from serving import preprocess
 from trainer.config import TrainConfig, read_manifest
 
@@ -55,13 +56,11 @@ class CorruptShardError(RuntimeError):
     """A TFRecord shard that cannot be read to the end; the message names the file."""
 
 
-def shard_files(records_dir: str, split: str, manifest: dict) -> list[str]:
+def shard_files(records_dir: str, split: str, manifest: Manifest) -> list[str]:
     """The shards a committed manifest lists for ``split`` (never a glob: no partial files)."""
-    try:
-        names = manifest["splits"][split]["shards"]
-    except KeyError:
-        raise ValueError(f"{records_dir}: the manifest has no split {split!r}") from None
-    return [os.path.join(records_dir, n) for n in names]
+    if split not in manifest.splits:
+        raise ValueError(f"{records_dir}: the manifest has no split {split!r}")
+    return [os.path.join(records_dir, n) for n in manifest.splits[split].shards]
 
 
 def frontal_counts(records_dir: str, files: list[str]) -> list[int] | None:
@@ -72,9 +71,9 @@ def frontal_counts(records_dir: str, files: list[str]) -> list[int] | None:
         manifest = read_manifest(records_dir)
     except ConfigError:
         return None
-    if manifest.get("record_order") != ex.RECORD_ORDER:
+    if manifest.record_order != ex.RECORD_ORDER:
         return None
-    stats, root = manifest.get("shard_stats", {}), os.path.abspath(records_dir)
+    stats, root = manifest.shard_stats, os.path.abspath(records_dir)
     out = []
     for file in files:
         # Shards are named relative to the records folder (snapshot-.../train-...tfrecord).
@@ -82,16 +81,16 @@ def frontal_counts(records_dir: str, files: list[str]) -> list[int] | None:
         st = stats.get(rel)
         if st is None or rel.startswith("../"):
             return None
-        out.append(int(st.get("views", {}).get("frontal", 0)))
+        out.append(int(st.views.get("frontal", 0)))
     return out
 
 
-def count_examples(manifest: dict, split: str, views: str) -> int:
+def count_examples(manifest: Manifest, split: str, views: str) -> int:
     """Examples of ``split`` the pipeline will yield under ``views`` (from the manifest)."""
-    sp = manifest["splits"][split]
-    if views == "all" or "views" not in sp:
-        return int(sp["written"])
-    return int(sp["views"].get("frontal", 0))
+    sp = manifest.splits[split]
+    if views == "all" or sp.views is None:
+        return int(sp.written)
+    return int(sp.views.get("frontal", 0))
 
 
 def scan_shards(files: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -42,6 +42,7 @@ from typing import Sequence
 
 from absl import app, flags
 
+from core import cli
 from serving import startup
 
 FLAGS = flags.FLAGS
@@ -334,7 +335,7 @@ def main(argv) -> int:
         print(f"trainer.predict: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # one line, not a traceback (--verbose shows it)
-        print(f"trainer.predict: error: {startup.error_line(e)}", file=sys.stderr)
+        print(f"trainer.predict: error: {cli.one_line(e)}", file=sys.stderr)
         if FLAGS.verbose:
             raise
         return 1

@@ -21,6 +21,7 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
+from core import cli
 from trainer import config as config_lib
 from serving import startup
 
@@ -125,7 +126,7 @@ def main(argv) -> int:
         print(f"trainer.task: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # one line, not a traceback (--verbose shows it)
-        print(f"trainer.task: error: {startup.error_line(e)}", file=sys.stderr)
+        print(f"trainer.task: error: {cli.one_line(e)}", file=sys.stderr)
         if FLAGS.verbose:
             raise
         return 1

@@ -1,4 +1,4 @@
-"""pipeline/records.py's CSV reader on bad bytes: every bad byte costs one row, never the
+"""core/csv_reader.py, the CSV reader, on bad bytes: every bad byte costs one row, never the
 job; a logical CSV row (RFC 4180, quoted line breaks included) is one row, numbered by its
 first line; rows yielded always equal ``count_data_rows``."""
 
@@ -10,7 +10,7 @@ import re
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from pipeline import records
+from core import csv_reader
 from schemas import chexpert
 
 HEADER = ",".join(chexpert.CSV_COLUMNS)
@@ -33,13 +33,13 @@ def _csv(*lines: str, eol: str = "\n") -> bytes:
 
 def _read(data: bytes) -> list:
     """All items of ``read_csv_rows``; checks they reconcile with ``count_data_rows``."""
-    items = list(records.read_csv_rows(io.BytesIO(data), "train.csv"))
-    assert records.count_data_rows(io.BytesIO(data)) == len(items)
+    items = list(csv_reader.read_csv_rows(io.BytesIO(data), "train.csv"))
+    assert csv_reader.count_data_rows(io.BytesIO(data)) == len(items)
     return items
 
 
 def _outcomes(items) -> list[tuple[int, str]]:
-    return [(i.line, "ok") if isinstance(i, records.CsvRow) else (i.row, i.reason) for i in items]
+    return [(i.line, "ok") if isinstance(i, csv_reader.CsvRow) else (i.row, i.reason) for i in items]
 
 
 @pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["plain", "bom"])
@@ -133,7 +133,7 @@ def test_a_quoted_header_is_read_like_a_plain_one():
 # --- Fuzzing: a row of arbitrary bytes costs only the lines it occupies --------------------
 
 # More good lines than the junk can hold line breaks, so that it never outvotes the file's
-# line ending (see records.iter_lines).
+# line ending (see csv_reader.iter_lines).
 _GOOD = [_line(n) for n in range(1, 25)]
 
 
@@ -152,11 +152,12 @@ def _physical_lines(data: bytes, cr_only: bool) -> list[bytes]:
 def test_a_row_of_arbitrary_bytes_costs_only_its_own_lines(junk, at, eol, chunk):
     data = _csv(*_GOOD[:at], "\x00JUNK", *_GOOD[at:], eol=eol).replace(b"\x00JUNK", junk)
     items = _read(data)  # never raises, and reconciles with count_data_rows
-    assert len(list(records.iter_lines(io.BytesIO(data), chunk_size=chunk))) == len(items) + 1
-    assert list(records.iter_lines(io.BytesIO(data), chunk_size=chunk)) == list(records.iter_lines(io.BytesIO(data)))
+    assert len(list(csv_reader.iter_lines(io.BytesIO(data), chunk_size=chunk))) == len(items) + 1
+    assert (list(csv_reader.iter_lines(io.BytesIO(data), chunk_size=chunk))
+            == list(csv_reader.iter_lines(io.BytesIO(data))))
     # Every good row comes through intact, numbered by the physical line it is on.
     want = [dict(zip(chexpert.CSV_COLUMNS, g.split(","))) for g in _GOOD]
-    got = [(i.line, i.cells) for i in items if isinstance(i, records.CsvRow) and i.cells in want]
+    got = [(i.line, i.cells) for i in items if isinstance(i, csv_reader.CsvRow) and i.cells in want]
     assert [cells for _, cells in got] == want
     physical = _physical_lines(data, eol == "\r")
     for line, cells in got:

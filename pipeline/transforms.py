@@ -1,0 +1,291 @@
+"""The records job's Beam graph: DoFns wrapped in composite PTransforms, each a CapWords
+stage that only chains the plain functions of ``pipeline.rows``, ``pipeline.shards`` and
+``pipeline.example_builder``.
+
+    ListCsvs -> ReadCsv -> ParseRows -> RejectDuplicates -> PlanShards (side input)
+        -> WriteShards
+    with --labeller: RejectDuplicates -> LabellerTargets (RunInference; side input) -> WriteShards
+    every stage's rejects -> WriteRejects;  WriteShards' reports -> WriteStats
+
+Row-sized elements are grouped, never pixels. Each stage with dead letters returns a
+``beam.pvalue.DoOutputsTuple`` whose main output is ``rows`` (``stats`` for WriteShards)
+and whose ``REJECTED`` output holds ``core.csv_reader.Reject`` elements.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from core import storage, tfrecord
+from core.csv_reader import Reject, read_csv_rows
+from pipeline import example_builder, rows, self_trained, shards
+from pipeline.build_config import BuildConfig
+from schemas import chexpert
+from schemas import example as example_lib
+from schemas import manifest as manifest_lib
+
+NAMESPACE = "build_records"
+REJECTED = "rejected"
+
+
+def _reject_counter(reason: str):
+    return Metrics.counter(NAMESPACE, f"rejected_{reason}")
+
+
+class ReadCsvFn(beam.DoFn):
+    """(csv path, source split) -> (source split, CsvRow) | Reject (tagged REJECTED), one
+    per data line.
+
+    ``skip``: {csv name: int array of line numbers} an incremental run has already settled
+    (kept records, and duplicates of them); a compact array, not a set, since it travels
+    to every worker.
+    """
+
+    def __init__(self, skip: dict | None = None):
+        self.skip = skip or {}
+        self.rows_read = Metrics.counter(NAMESPACE, "rows_read")
+
+    def setup(self):
+        self._skip = {name: set(lines.tolist()) for name, lines in self.skip.items()}
+
+    def process(self, element):
+        path, source_split = element
+        source = posixpath.basename(path)
+        skip = self._skip.get(source, set())
+        with FileSystems.open(path) as f:
+            for item in read_csv_rows(f, source):
+                if (item.row if isinstance(item, Reject) else item.line) in skip:
+                    continue
+                self.rows_read.inc()
+                if isinstance(item, Reject):
+                    _reject_counter(item.reason).inc()
+                    yield beam.pvalue.TaggedOutput(REJECTED, item)
+                else:
+                    yield source_split, item
+
+
+class ParseRowFn(beam.DoFn):
+    """(source split, CsvRow) -> (path, (split, Row, CsvRow)) | Reject (tagged REJECTED).
+
+    ``valid_patients``: patient ids of valid.csv; a train.csv row of one of them is rejected
+    as ``patient_in_valid`` (its images would leak into the validation set's patients).
+    """
+
+    def __init__(self, holdout_fraction: float, valid_patients: frozenset = frozenset()):
+        self.holdout_fraction = holdout_fraction
+        self.valid_patients = valid_patients
+
+    def process(self, element):
+        source_split, row = element
+        try:
+            split, parsed = rows.parse_csv_row(row, source_split, self.holdout_fraction)
+            if source_split == "train" and parsed.patient_id in self.valid_patients:
+                raise chexpert.RowError("patient_in_valid", f"patient {parsed.patient_id} also appears in valid.csv: "
+                                        "kept out of training (pass --patient_overlap=fail to stop instead)")
+        except chexpert.RowError as e:
+            _reject_counter(e.reason).inc()
+            split = rows.guess_split(row, source_split, self.holdout_fraction)
+            yield beam.pvalue.TaggedOutput(
+                REJECTED, Reject(row.source, row.line, row.cells.get(chexpert.COL_PATH, ""), split, e.reason, e.detail))
+            return
+        yield parsed.path, (split, parsed, row)
+
+
+class RejectDuplicatesFn(beam.DoFn):
+    """(path, [(split, Row, CsvRow), ...]) -> (split, (Row, source, line)) for the first
+    occurrence (lowest file and line); later ones REJECTED."""
+
+    def process(self, element):
+        path, items = element
+        items = sorted(items, key=lambda it: (it[2].source, it[2].line))
+        first = items[0]
+        yield first[0], (first[1], first[2].source, first[2].line)
+        for split, _, row in items[1:]:
+            _reject_counter("duplicate_path").inc()
+            yield beam.pvalue.TaggedOutput(
+                REJECTED, Reject(row.source, row.line, path, split, "duplicate_path",
+                                 f"Path {path!r} already appears at {first[2].source} line {first[2].line}"))
+
+
+class WriteShardFn(beam.DoFn):
+    """((split, shard, num_shards), [(Row, source, line), ...]) -> one TFRecord file in the
+    run's snapshot folder.
+
+    ``labeller`` (side input, with --labeller): {path: [P(positive) per labeller index]}.
+
+    Reads, decodes and encodes one image at a time, so a worker's memory is one shard's
+    row list plus one image. Yields the shard's ``shards.WrittenShard`` as JSON;
+    undecodable images are REJECTED. Writing the same shard twice (a retried bundle)
+    rewrites the same file.
+    """
+
+    def __init__(self, input_root: str, snapshot_dir: str, settings: example_builder.ExampleSettings, tag: str = "",
+                 labeller_indices: tuple[int, ...] = ()):
+        self.input_root = input_root
+        self.snapshot_dir = snapshot_dir
+        self.settings = settings
+        self.tag = tag
+        self.labeller_indices = labeller_indices
+        self.written = Metrics.counter(NAMESPACE, "written")
+        self.bytes = Metrics.counter(NAMESPACE, "bytes_written")
+
+    def process(self, element, labeller=None):
+        (split, index, num_shards), shard_rows = element
+        name = shards.shard_name(split, index, num_shards, self.tag)
+        report = shards.WrittenShard(manifest_lib.ShardStats(shard=name, split=split, index=index,
+                                                             num_shards=num_shards))
+        targets_all, masks_all = [], []
+        size = 0
+        with storage.create(posixpath.join(self.snapshot_dir, name)) as writer:
+            # Sorted: the same bytes every run, frontal views first (example_lib.RECORD_ORDER).
+            for row, source, line in sorted(shard_rows, key=lambda r: example_lib.record_order(r[0].path, r[0].view)):
+                try:
+                    data = example_builder.read_image(posixpath.join(self.input_root, row.path), row.path)
+                    soft = self_trained.labeller_vector(row.codes, (labeller or {}).get(row.path),
+                                                        self.labeller_indices)
+                    serialized, targets, mask = example_builder.build_example(row, data, self.settings, soft)
+                except chexpert.RowError as e:
+                    _reject_counter(e.reason).inc()
+                    yield beam.pvalue.TaggedOutput(REJECTED, Reject(source, line, row.path, split, e.reason, e.detail))
+                    continue
+                size += tfrecord.write_record(writer, serialized)
+                report.paths.append(row.path)
+                report.views.append(row.view)
+                report.codes.append(list(map(int, row.codes)))
+                report.labeller.append(None if soft is None else soft.tolist())
+                targets_all.append(targets)
+                masks_all.append(mask)
+        stats = report.stats
+        stats.written, stats.bytes = len(report.paths), size
+        for view in report.views:
+            stats.views[view] = stats.views.get(view, 0) + 1
+        stats.raw_counts, stats.target_counts = example_builder.label_counts(report.codes, targets_all, masks_all)
+        stats.relabelled = self_trained.relabelled_counts(report.labeller)
+        self.written.inc(stats.written)
+        self.bytes.inc(size)
+        yield report.to_json()
+
+
+class ReadCsv(beam.PTransform):
+    """(csv path, source split) -> rows: (source split, CsvRow); REJECTED: unreadable rows."""
+
+    def __init__(self, skip: dict | None = None):
+        super().__init__()
+        self.skip = skip
+
+    def expand(self, sources):
+        return sources | "ReadLines" >> beam.ParDo(ReadCsvFn(self.skip)).with_outputs(REJECTED, main="rows")
+
+
+class ParseRows(beam.PTransform):
+    """rows: (source split, CsvRow) -> (path, (split, Row, CsvRow)); REJECTED: invalid rows."""
+
+    def __init__(self, holdout_fraction: float, valid_patients: frozenset = frozenset()):
+        super().__init__()
+        self.holdout_fraction, self.valid_patients = holdout_fraction, valid_patients
+
+    def expand(self, csv_rows):
+        return csv_rows | "ParseRow" >> beam.ParDo(ParseRowFn(self.holdout_fraction, self.valid_patients)).with_outputs(
+            REJECTED, main="rows")
+
+
+class RejectDuplicates(beam.PTransform):
+    """(path, (split, Row, CsvRow)) -> rows: (split, (Row, source, line)), one per path;
+    REJECTED: every later row of a path."""
+
+    def expand(self, parsed):
+        return (parsed
+                | "GroupByPath" >> beam.GroupByKey()
+                | "KeepFirst" >> beam.ParDo(RejectDuplicatesFn()).with_outputs(REJECTED, main="rows"))
+
+
+class PlanShards(beam.PTransform):
+    """(split, (Row, source, line)) -> (split, number of shards): rows counted per split
+    (``shards.num_shards_for``)."""
+
+    def __init__(self, cfg: BuildConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, unique):
+        cfg = self.cfg
+        return (unique
+                | "SplitOf" >> beam.Map(lambda kv: kv[0])
+                | "CountPerSplit" >> beam.combiners.Count.PerElement()
+                | "ShardsPerSplit" >> beam.Map(lambda kv: (kv[0], shards.num_shards_for(
+                    kv[1], image_size=cfg.image_size, encoding=cfg.encoding, shard_size_mb=cfg.shard_size_mb,
+                    min_shards=cfg.min_shards, fixed=cfg.num_shards))))
+
+
+def _assign_shard(element, plan: dict):
+    split, item = element
+    n = plan[split]
+    return (split, shards.shard_of(item[0].path, n), n), item
+
+
+class WriteShards(beam.PTransform):
+    """(split, (Row, source, line)) -> stats: ``shards.WrittenShard`` JSON per shard file
+    written; REJECTED: rows whose image cannot be read or decoded.
+
+    Args:
+        plan: (split, number of shards), from PlanShards.
+        labeller: (path, probabilities), from LabellerTargets, or None.
+    """
+
+    def __init__(self, cfg: BuildConfig, snapshot_dir: str, tag: str, plan, labeller=None):
+        super().__init__()
+        self.cfg, self.snapshot_dir, self.tag, self.plan, self.labeller = cfg, snapshot_dir, tag, plan, labeller
+
+    def expand(self, unique):
+        cfg = self.cfg
+        side = {"labeller": beam.pvalue.AsDict(self.labeller)} if self.labeller is not None else {}
+        return (unique
+                | "AssignShards" >> beam.Map(_assign_shard, plan=beam.pvalue.AsDict(self.plan))
+                | "GroupByShard" >> beam.GroupByKey()
+                | "WriteShard" >> beam.ParDo(WriteShardFn(cfg.input_dir, self.snapshot_dir, cfg.example_settings(),
+                                                          self.tag, cfg.labeller_indices), **side)
+                                   .with_outputs(REJECTED, main="stats"))
+
+
+class WriteJsonLines(beam.PTransform):
+    """Elements (dicts, or Rejects) -> ``PREFIX-*.jsonl`` files, one JSON object a line."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def expand(self, elements):
+        return (elements
+                | "ToJson" >> beam.Map(lambda r: json.dumps(r.to_dict() if isinstance(r, Reject) else r,
+                                                            sort_keys=True))
+                | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl"))
+
+
+def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, str]], snapshot_dir: str,
+                   skip: dict | None = None, tag: str = "", valid_patients: frozenset = frozenset()) -> None:
+    """Adds the records job to ``p``; its outputs land in ``snapshot_dir``: the shards,
+    ``stats-*.jsonl`` (WrittenShard per shard) and ``rejects-*.jsonl`` (Reject per row).
+
+    Args:
+        sources: (CSV path, the split its rows go to).
+        skip: lines an incremental run has settled (see ReadCsvFn); tag: its shard tag.
+        valid_patients: see ParseRowFn.
+    """
+    read = p | "ListCsvs" >> beam.Create(sources) | "ReadCsv" >> ReadCsv(skip)
+    parsed = read.rows | "ParseRows" >> ParseRows(cfg.holdout_fraction, valid_patients)
+    unique = parsed.rows | "RejectDuplicates" >> RejectDuplicates()
+    plan = unique.rows | "PlanShards" >> PlanShards(cfg)
+    labeller = None
+    if cfg.labeller:
+        labeller = unique.rows | "LabellerTargets" >> self_trained.LabellerTargets(
+            cfg.input_dir, cfg.labeller, cfg.policy, cfg.labeller_batch_size)
+    written = unique.rows | "WriteShards" >> WriteShards(cfg, snapshot_dir, tag, plan, labeller)
+    ((read[REJECTED], parsed[REJECTED], unique[REJECTED], written[REJECTED])
+     | "MergeRejects" >> beam.Flatten()
+     | "WriteRejects" >> WriteJsonLines(posixpath.join(snapshot_dir, "rejects")))
+    written.stats | "WriteStats" >> WriteJsonLines(posixpath.join(snapshot_dir, "stats"))
