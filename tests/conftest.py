@@ -13,7 +13,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-UNIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unit")
+HERE = os.path.dirname(os.path.abspath(__file__))
+UNIT = os.path.join(HERE, "unit")
+TIERS = ("unit", "schemas", "pipeline", "serving", "trainer", "webdemo")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each test carries its tier's marker (its folder under tests/), so ``-m trainer`` or
+    ``-m "not webdemo"`` select by layer; ``slow`` is set by the end-to-end modules."""
+    for item in items:
+        tier = os.path.relpath(str(item.path), HERE).split(os.sep)[0]
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 def pytest_collection_finish(session):

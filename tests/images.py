@@ -126,3 +126,15 @@ def write_float_tiff(path: str, width: int, height: int) -> None:
     row = np.linspace(-1.0, 1.0, width, dtype=np.float32)
     Image.fromarray(np.ascontiguousarray(np.broadcast_to(row, (height, width)))).save(
         path, format="TIFF", compression="tiff_deflate")
+
+
+def dicom_with_view(position: str | None) -> bytes:
+    """A small valid DICOM file whose ViewPosition is ``position`` (absent when None)."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(gradient(64, 64, maxval=4095))))
+    if position is not None:
+        ds.ViewPosition = position
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

@@ -5,7 +5,6 @@ tests, so that XLA_FLAGS=--xla_dump_to takes effect before TensorFlow starts).
 """
 
 import json
-import os
 import sys
 
 import tensorflow as tf

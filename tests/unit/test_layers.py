@@ -14,7 +14,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tests
+
+ROOT = tests.ROOT
 PACKAGES = ("schemas", "core", "serving", "pipeline", "trainer", "webdemo")
 
 # What each layer may import from the project (itself included).

@@ -11,7 +11,9 @@ import re
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tests
+
+ROOT = tests.ROOT
 OURS = ("schemas", "core", "serving", "pipeline", "trainer", "webdemo")
 
 

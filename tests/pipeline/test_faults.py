@@ -25,12 +25,16 @@ import sys
 
 import pytest
 
+import tests
 from core import commit
 from pipeline import build_records, make_sample, score
 from tests import images, outputs
 from tests.faults import Faults, Killed, bootstrap
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # a fault at every write and rename: dozens of runs
+
+
+ROOT = tests.ROOT
 BUILD_ARGS = ["--image_size=16", "--num_shards=1", "--runner=DirectRunner"]
 
 

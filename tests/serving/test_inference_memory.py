@@ -21,9 +21,13 @@ import time
 import psutil
 import pytest
 
+import tests
 from pipeline import build_records, make_sample
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # DenseNet121 at 320 px in child processes, peak memory
+
+
+ROOT = tests.ROOT
 GiB = 2**30
 # Measured on 2 cores: compiled, 1.60 GiB for evaluate (batches of 64) and 1.57 GiB for
 # predict (32), of which ~0.85 GiB is TensorFlow, Keras and the model before the first

@@ -11,7 +11,7 @@ import pytest
 
 from core import imaging, studies
 from tests import images
-from tests.test_views import dicom_with_view
+from tests.images import dicom_with_view
 
 
 @pytest.mark.parametrize("name, view", [

@@ -9,10 +9,11 @@ import sys
 
 import pytest
 
+import tests
 from core import cli
 from pipeline import build_records, score
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = tests.ROOT
 
 
 @pytest.mark.parametrize("module", ["pipeline.build_records", "pipeline.score"])

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+import tests
 from core import views
 from core.inputs import list_inputs
 from pipeline import make_sample
@@ -26,9 +27,9 @@ from trainer import config as config_lib
 from trainer import evaluate, metrics, predict, report
 from trainer import model as model_lib
 from tests import images
-from tests.test_views import dicom_with_view
+from tests.images import dicom_with_view
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = tests.ROOT
 
 
 def test_study_level_metrics_match_sklearn_and_the_report_is_complete(trained_job, tmp_path):

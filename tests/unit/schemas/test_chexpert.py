@@ -1,16 +1,13 @@
-"""schemas/: label parsing, policies, header checks and the Example round trip."""
+"""schemas/chexpert.py and schemas/example.py without TensorFlow: label parsing, policies,
+header and row checks. The reader side (schemas/example_tf.py) is tests/schemas/test_example_tf.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-from core import imaging, tfrecord
 from schemas import chexpert
-from schemas import example as example_lib
-from schemas import example_tf
 
 C = chexpert.Code
 
@@ -68,7 +65,8 @@ CODES = np.array([C.BLANK, C.UNCERTAIN, C.NEGATIVE, C.POSITIVE])
 HALF = np.full(4, 0.5, np.float32)
 
 
-@pytest.mark.parametrize("policy,blank,targets,mask", [
+# (uncertainty policy, blank mode, targets and masks for BLANK, UNCERTAIN, NEGATIVE, POSITIVE)
+POLICY_TABLE = [
     ("ignore", "negative", [0, 0, 0, 1], [1, 0, 1, 1]),
     ("zeros", "negative", [0, 0, 0, 1], [1, 1, 1, 1]),
     ("ones", "negative", [0, 1, 0, 1], [1, 1, 1, 1]),
@@ -77,7 +75,10 @@ HALF = np.full(4, 0.5, np.float32)
     ("lsr_zeros", "negative", [0, 0.15, 0, 1], [1, 1, 1, 1]),
     ("ones", "ignore", [0, 1, 0, 1], [0, 1, 1, 1]),
     ("ignore", "ignore", [0, 0, 0, 1], [0, 0, 1, 1]),
-])
+]
+
+
+@pytest.mark.parametrize("policy,blank,targets,mask", POLICY_TABLE)
 def test_policy_targets_and_masks_on_a_hand_written_table(policy, blank, targets, mask):
     table = chexpert.policy_matrix({s: policy for s in chexpert.OBSERVATIONS}, blank)
     codes = np.tile(CODES[:, None], (1, 14))  # 4 rows, every observation gets the same code
@@ -85,10 +86,6 @@ def test_policy_targets_and_masks_on_a_hand_written_table(policy, blank, targets
     t, m = chexpert.apply_policy(codes, draws, table)
     np.testing.assert_allclose(t[:, 0], targets, atol=1e-6)
     np.testing.assert_array_equal(m[:, 0], mask)
-    # The reader's TensorFlow version evaluates the same table to the same numbers.
-    tt, tm = example_tf.policy_targets(tf.constant(codes), tf.constant(draws), table)
-    np.testing.assert_array_equal(tt.numpy(), t)
-    np.testing.assert_array_equal(tm.numpy(), m)
 
 
 def test_lsr_targets_span_their_ranges():
@@ -123,14 +120,11 @@ def test_self_trained_takes_the_teacher_only_for_uncertain_entries():
     np.testing.assert_array_equal(m[:, 0], [1, 1, 1, 1])
     np.testing.assert_array_equal(t[:, 7], [0, 0, 0, 1])  # no teacher value: ignore
     np.testing.assert_array_equal(m[:, 7], [1, 0, 1, 1])
-    # Without any teacher vector self_trained is `ignore`; the reader agrees exactly.
+    # Without any teacher vector self_trained is `ignore`; as ignore is.
     t0, m0 = chexpert.apply_policy(codes, draws, table)
     ti, mi = chexpert.apply_policy(codes, draws, chexpert.policy_matrix({s: "ignore" for s in chexpert.OBSERVATIONS}))
     np.testing.assert_array_equal(m0, mi)
     np.testing.assert_array_equal(t0, ti)
-    tt, tm = example_tf.policy_targets(tf.constant(codes), tf.constant(draws), table, tf.constant(teacher))
-    np.testing.assert_array_equal(tt.numpy(), t)
-    np.testing.assert_array_equal(tm.numpy(), m)
 
 
 def test_policy_overrides_parse_and_errors_name_the_item():
@@ -205,65 +199,3 @@ def test_row_parser_never_crashes_on_arbitrary_cells(cells):
         assert e.reason.startswith("bad_")
     else:
         assert len(row.codes) == 14 and set(row.codes) <= {-2, -1, 0, 1}
-
-
-def test_example_round_trip_every_field():
-    row = chexpert.parse_row(_row())
-    pixels = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
-    draws = chexpert.draws_for(row.path)
-    table = chexpert.policy_matrix(chexpert.resolve_policies())
-    targets, mask = chexpert.apply_policy(np.array(row.codes), draws, table)
-    for fmt, encoded in [("raw", pixels.tobytes()), ("png", imaging.encode(pixels))]:
-        ex = example_lib.to_example(row, encoded=encoded, image_format=fmt, height=12, width=10, draws=draws,
-                                    targets=targets, mask=mask)
-        f = example_tf.parse(tf.constant(ex))
-        assert set(example_tf.FEATURE_SPEC) == set(example_lib.FEATURES) and set(example_lib.FEATURES) <= set(f)
-        np.testing.assert_array_equal(f["image"].numpy()[..., 0], pixels)
-        assert f["image"].dtype == tf.uint8
-        assert f[example_lib.IMAGE_FORMAT].numpy() == fmt.encode()
-        assert (f[example_lib.IMAGE_HEIGHT].numpy(), f[example_lib.IMAGE_WIDTH].numpy()) == (12, 10)
-        assert f[example_lib.SOURCE_PATH].numpy().decode() == row.path
-        assert f[example_lib.PATIENT_ID].numpy() == b"patient00007"
-        assert f[example_lib.STUDY_ID].numpy() == b"patient00007/study2"
-        assert f[example_lib.PATIENT_SEX].numpy() == b"Female" and f[example_lib.PATIENT_AGE].numpy() == 63
-        assert f[example_lib.IMAGE_VIEW].numpy() == b"frontal" and f[example_lib.IMAGE_PROJECTION].numpy() == b"AP"
-        np.testing.assert_array_equal(f[example_lib.LABELS_RAW].numpy(), row.codes)
-        np.testing.assert_array_equal(f[example_lib.LABELS_DRAW].numpy(), draws)
-        np.testing.assert_array_equal(f[example_lib.LABELS_TARGET].numpy(), targets)
-        np.testing.assert_array_equal(f[example_lib.LABELS_MASK].numpy(), mask)
-        assert f[example_lib.VERSION].numpy() == chexpert.SCHEMA_VERSION
-
-
-def _tf_proto(features: dict) -> bytes:
-    """The same record built with TensorFlow's own protobuf classes."""
-    feats = {}
-    for key, value in features.items():
-        kind = example_lib.FEATURES[key][0]
-        if kind == "bytes":
-            v = value.encode() if isinstance(value, str) else value
-            feats[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
-        elif kind == "float":
-            feats[key] = tf.train.Feature(float_list=tf.train.FloatList(value=np.ravel(value).tolist()))
-        else:
-            feats[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(x) for x in np.ravel(value)]))
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(deterministic=True)
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.binary(max_size=300), st.text(max_size=40),
-       st.lists(st.integers(-2**63, 2**63 - 1), min_size=14, max_size=14),
-       st.lists(st.floats(width=32, allow_nan=False), min_size=14, max_size=14))
-def test_hand_encoder_equals_tensorflows_deterministic_serialization(blob, text, ints, floats):
-    features = {example_lib.IMAGE_ENCODED: blob, example_lib.SOURCE_PATH: text, example_lib.LABELS_RAW: ints,
-                example_lib.LABELS_DRAW: np.array(floats, np.float32), example_lib.PATIENT_AGE: [0],
-                example_lib.IMAGE_HEIGHT: [320]}
-    assert example_lib.encode(features) == _tf_proto(features)
-
-
-def test_tfrecord_framing_reads_back_in_tensorflow(tmp_path):
-    records = [b"", b"a", bytes(range(256)) * 300]
-    path = str(tmp_path / "x.tfrecord")
-    with open(path, "wb") as f:
-        sizes = [tfrecord.write_record(f, r) for r in records]
-    assert sum(sizes) == (tmp_path / "x.tfrecord").stat().st_size
-    assert [r.numpy() for r in tf.data.TFRecordDataset(path)] == records

@@ -16,13 +16,14 @@ import time
 
 import pytest
 
+import tests
 from core import storage
 from pipeline import make_sample, score
 from serving import job as job_lib
 from trainer import predict
 from tests import images, outputs, studies_folder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = tests.ROOT
 
 
 def _score(job, out, *extra):

@@ -69,7 +69,7 @@ def test_api_errors_are_messages_not_stack_traces(client):
 
 
 def test_api_says_which_view_it_was_given_and_warns_only_for_a_lateral(client):
-    from tests.test_views import dicom_with_view
+    from tests.images import dicom_with_view
 
     def post(name, data):
         body = client.post("/api/predict", files={"file": (name, data, "application/octet-stream")}).json()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tests
 from core import commit, storage
 from pipeline import build_records, make_sample, runs
 from schemas import chexpert
@@ -197,7 +198,7 @@ def test_rebuilds_in_other_processes_with_other_hash_seeds_and_workers_are_ident
 
     from tests import outputs
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = tests.ROOT
     args = [f"--input_dir={sample_dir}", "--image_size=32", "--num_shards=3", "--holdout_fraction=0.2"]
     runs_ = {"a": ("1", ["--runner=DirectRunner"]),
              "b": ("2", ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"])}

@@ -9,9 +9,10 @@ import os
 import subprocess
 import sys
 
+import tests
 from schemas import manifest as manifest_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = tests.ROOT
 SNAP = "snapshot-20261126T111828-ffc05385"
 COUNTS = {"atelectasis": {"-1": 4, "1": 4, "blank": 18}, "edema": {"0": 3, "1": 12}}
 

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 
 from core import views
 from tests import images
-
-
-def dicom_with_view(position: str | None) -> bytes:
-    """A small valid DICOM file whose ViewPosition is ``position`` (absent when None)."""
-    import pydicom
-
-    ds = pydicom.dcmread(io.BytesIO(images.dicom_bytes(images.gradient(64, 64, maxval=4095))))
-    if position is not None:
-        ds.ViewPosition = position
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+from tests.images import dicom_with_view
 
 
 @pytest.mark.parametrize("name, view", [

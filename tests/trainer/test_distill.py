@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tests
 from trainer import config as config_lib
 from trainer import distill, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = tests.ROOT
 
 
 def test_distillation_loss_equals_a_hand_computation(records_dir):

@@ -11,7 +11,14 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
+
+import tests
+
+pytestmark = pytest.mark.slow  # kills and two-worker training in child processes
+
+
+ROOT = tests.ROOT
 
 
 def _free_ports(n):

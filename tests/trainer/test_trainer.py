@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tests
 from core import imaging
 from trainer import config as config_lib
 from trainer import model as model_lib
 from trainer import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = tests.ROOT
 
 
 def _cfg(records_dir, job_dir="/tmp/unused", **kw):

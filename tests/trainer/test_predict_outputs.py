@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tests
 from core import imaging
 from pipeline import make_sample
 from tests import studies_folder
 from trainer import predict
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = tests.ROOT
 TASK = "atelectasis"
 
 
