@@ -8,9 +8,9 @@ the truth of a borderline study is not readable off its image), three observatio
 uncertain labels mean different things in the generator: Consolidation (30% of its
 uncertain labels are truly positive), Atelectasis (85%) and Edema (80%). Per seed:
 
-1. teacher = U-Ignore: trainer.task on the records, uncertain entries masked;
+1. labeller = U-Ignore: trainer.task on the records, uncertain entries masked;
 2. U-Zeros, U-Ones: the same records, ``--policy`` overrides (no rebuild);
-3. U-SelfTrained: ``build_records --teacher`` (the teacher of step 1 relabels every
+3. U-SelfTrained: ``build_records --labeller`` (the labeller of step 1 relabels every
    uncertain entry inside the Beam job), then a student on those records;
 4. oracle: records built from a copy of train.csv whose uncertain cells hold the hidden truth.
 
@@ -119,19 +119,19 @@ def main() -> int:
     results = []  # (seed, policy, {obs: auroc}, seconds)
     for seed in seeds:
         jobs = os.path.join(work, f"seed{seed}")
-        teacher = os.path.join(jobs, "ignore")
-        results.append((seed, "ignore", *fit(base, teacher, args, seed)))
+        labeller = os.path.join(jobs, "ignore")
+        results.append((seed, "ignore", *fit(base, labeller, args, seed)))
         for policy in ("zeros", "ones"):
             spec = ",".join(f"{o}={policy}" for o in OBSERVATIONS)
             results.append((seed, policy, *fit(base, os.path.join(jobs, policy), args, seed, spec)))
         taught = os.path.join(jobs, "records-self_trained")
         start = time.perf_counter()
-        build(sample, taught, args, f"--teacher={teacher}",
+        build(sample, taught, args, f"--labeller={labeller}",
               "--policy=" + ",".join(f"{o}=self_trained" for o in OBSERVATIONS), "--overwrite")
         build_s = time.perf_counter() - start
         results.append((seed, "self_trained", *fit(taught, os.path.join(jobs, "self_trained"), args, seed)))
         results.append((seed, "oracle", *fit(oracle, os.path.join(jobs, "oracle"), args, seed)))
-        print(f"seed {seed}: records job with the teacher stage took {build_s:.0f}s", flush=True)
+        print(f"seed {seed}: records job with the labeller stage took {build_s:.0f}s", flush=True)
         for s, policy, aurocs, secs in results[-5:]:
             print(f"  {policy:13s} " + "  ".join(f"{o} {aurocs[o]:.4f}" for o in OBSERVATIONS) + f"  ({secs:.0f}s)",
                   flush=True)

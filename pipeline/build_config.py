@@ -77,7 +77,7 @@ class BuildConfig:
         """Observation indices whose uncertain entries take the labeller's probability."""
         if not self.labeller:
             return ()
-        return tuple(chexpert.OBSERVATION_INDEX[s] for s in chexpert.teacher_observations(self.policy))
+        return tuple(chexpert.OBSERVATION_INDEX[s] for s in chexpert.labelled_observations(self.policy))
 
     def example_settings(self) -> example_builder.ExampleSettings:
         return example_builder.ExampleSettings(self.image_size, self.resize, self.encoding, self.table, self.seed)
@@ -158,7 +158,7 @@ def make_config(opts: argparse.Namespace) -> BuildConfig:
         raise ConfigError("--num_shards must be >= 0, --min_shards >= 1 and --shard_size_mb > 0")
     try:
         policy = chexpert.resolve_policies(chexpert.parse_policy_overrides(opts.policy),
-                                           have_teacher=bool(opts.labeller))
+                                           have_labeller=bool(opts.labeller))
         chexpert.policy_matrix(policy, opts.blank)
     except chexpert.PolicyError as e:
         raise ConfigError(str(e)) from None

@@ -141,7 +141,7 @@ def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.
              ",".join(f"{k}={v}" for k, v in cfg.policy.items()))
     if cfg.labeller:
         log.info("labeller %s (model sha256 %s...) relabels uncertain %s", cfg.labeller, cfg.labeller_sha256[:12],
-                 ", ".join(chexpert.teacher_observations(cfg.policy)))
+                 ", ".join(chexpert.labelled_observations(cfg.policy)))
     with runs.quiet_workers(cfg.verbose), (test_pipeline or beam.Pipeline(options=options)) as p:
         transforms.build_pipeline(p, cfg, [(s.path, s.split) for s in sources], snapshot_dir, kept.skip or None, tag,
                                   valid_patients)

@@ -48,7 +48,7 @@ class ExampleSettings:
 
 
 def build_example(
-    row: chexpert.Row, data: bytes, settings: ExampleSettings, teacher: np.ndarray | None = None
+    row: chexpert.Row, data: bytes, settings: ExampleSettings, labeller: np.ndarray | None = None
 ) -> tuple[bytes, np.ndarray, np.ndarray]:
     """Decodes, resizes and encodes one radiograph and builds its record.
 
@@ -56,7 +56,7 @@ def build_example(
         row: the validated row.
         data: the image file's bytes.
         settings: size, resize mode, encoding, policy table and seed.
-        teacher: float32 (14,) the teacher's P(positive) for this row (``NO_TEACHER`` where
+        labeller: float32 (14,) the labeller's P(positive) for this row (``NO_LABELLER_VALUE`` where
             none), or None.
 
     Returns:
@@ -67,7 +67,7 @@ def build_example(
     """
     pixels = imaging.preprocess(data, row.path, settings.image_size, settings.resize)
     draws = chexpert.draws_for(row.path, settings.seed)
-    targets, mask = chexpert.apply_policy(np.asarray(row.codes), draws, settings.table, teacher)
+    targets, mask = chexpert.apply_policy(np.asarray(row.codes), draws, settings.table, labeller)
     serialized = example_lib.to_example(
         row,
         encoded=imaging.encode(pixels, settings.encoding),
@@ -77,7 +77,7 @@ def build_example(
         draws=draws,
         targets=targets,
         mask=mask,
-        teacher=teacher,
+        labeller=labeller,
     )
     return serialized, targets, mask
 

@@ -121,7 +121,7 @@ def stats_for(cfg: BuildConfig, paths: list[str], entries: dict, split: str, sha
     """A compacted shard's stats, recomputed from its index entries' stored label codes."""
     codes = np.array([entries[p]["codes"] for p in paths], np.int64)
     draws = np.stack([chexpert.draws_for(p, cfg.seed) for p in paths])
-    soft = np.stack([chexpert.no_teacher() if entries[p].get("teacher") is None
+    soft = np.stack([chexpert.no_labeller_values() if entries[p].get("teacher") is None
                      else np.asarray(entries[p]["teacher"], np.float32) for p in paths])
     targets, mask = chexpert.apply_policy(codes, draws, cfg.table, soft)
     raw_counts, target_counts = example_builder.label_counts(codes, targets, mask)

@@ -5,20 +5,24 @@ copy it out of a shard it compacts, without decoding anything.
 
 from __future__ import annotations
 
+# An entry's keys are these column names. ``teacher`` holds the U-SelfTrained labeller's values
+# and keeps the concept's old name: it is the header of every committed index.tsv, which
+# ``read_index`` checks, so renaming it would make existing snapshots unreadable.
 INDEX_COLUMNS = ("path", "stat", "row", "split", "shard", "codes", "view", "teacher")
 
 
 def write_index(index: dict[str, dict]) -> bytes:
     """The committed records' index as TSV (5x faster to read back than JSON lines at 225k
     rows): one line per record, sorted by path; ``codes`` comma-separated; ``teacher`` the
-    record's ``labels/teacher`` (14 comma-separated float32 values, exact) or empty."""
+    record's ``labels/teacher``, i.e. its labeller values (14 comma-separated float32 values,
+    exact), or empty."""
     lines = ["\t".join(INDEX_COLUMNS)]
     for path in sorted(index):
         e = index[path]
-        teacher = e.get("teacher")
+        labeller = e.get("teacher")
         lines.append("\t".join([path, e["stat"], e["row"], e["split"], e["shard"],
                                 ",".join(map(str, e["codes"])), e["view"],
-                                ",".join(repr(float(v)) for v in teacher) if teacher is not None else ""]))
+                                ",".join(repr(float(v)) for v in labeller) if labeller is not None else ""]))
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -30,8 +34,8 @@ def read_index(data: bytes) -> dict[str, dict]:
         raise ValueError("not a records index (unexpected header)")
     out = {}
     for line in lines[1:]:
-        path, stat, row, split, shard, codes, view, teacher = line.split("\t")
+        path, stat, row, split, shard, codes, view, labeller = line.split("\t")
         out[path] = {"stat": stat, "row": row, "split": split, "shard": shard,
                      "codes": [int(c) for c in codes.split(",")], "view": view,
-                     "teacher": [float(v) for v in teacher.split(",")] if teacher else None}
+                     "teacher": [float(v) for v in labeller.split(",")] if labeller else None}
     return out

@@ -1,6 +1,6 @@
 """Beam wiring over the serving layer: loading images the way a job's model saw them, and a
 RunInference handler for a trained job. Used by ``pipeline.score`` and by the records job's
-U-SelfTrained stage (``build_records --teacher``).
+U-SelfTrained stage (``build_records --labeller``).
 
 TensorFlow is imported in the workers only (``setup``, ``load_model``): the launcher that
 builds the graph needs none.

@@ -43,7 +43,7 @@ def check_labeller(job_dir: str, policy: dict) -> str:
     if "://" in job_dir:
         raise ConfigError(f"--labeller={job_dir}: the labeller is loaded from a local (or mounted) folder by every "
                           "worker; copy the job folder there (e.g. into the workers' container image)")
-    observations = chexpert.teacher_observations(policy)
+    observations = chexpert.labelled_observations(policy)
     if not observations:
         raise ConfigError(f"--labeller={job_dir}: no observation uses the self_trained policy, so the labeller would "
                           "change nothing; add e.g. --policy=consolidation=self_trained")
@@ -67,7 +67,7 @@ def check_labeller(job_dir: str, policy: dict) -> str:
 
 def labeller_vector(codes, probs, indices: tuple[int, ...]) -> np.ndarray | None:
     """A row's ``labels/teacher``: the labeller's probability at each uncertain entry of a
-    self_trained observation, ``NO_TEACHER`` everywhere else.
+    self_trained observation, ``NO_LABELLER_VALUE`` everywhere else.
 
     Args:
         codes: the row's 14 codes.
@@ -79,7 +79,7 @@ def labeller_vector(codes, probs, indices: tuple[int, ...]) -> np.ndarray | None
     """
     if probs is None:
         return None
-    out = chexpert.no_teacher()
+    out = chexpert.no_labeller_values()
     for i, p in zip(indices, probs):
         if codes[i] == chexpert.Code.UNCERTAIN:
             out[i] = p
@@ -140,7 +140,7 @@ class LabellerTargets(beam.PTransform):
     def __init__(self, input_root: str, job_dir: str, policy: dict, batch_size: int):
         super().__init__()
         self.input_root, self.job_dir, self.batch_size = input_root, job_dir, batch_size
-        self.slugs = chexpert.teacher_observations(policy)
+        self.slugs = chexpert.labelled_observations(policy)
 
     def expand(self, rows):
         from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
@@ -162,7 +162,7 @@ def labeller_info(job_dir: str, model_sha256: str, policy: dict,
     uncertain entries it relabelled per split and observation."""
     with open(os.path.join(job_dir, "config.json")) as f:
         job_cfg = json.load(f)
-    slugs = chexpert.teacher_observations(policy)
+    slugs = chexpert.labelled_observations(policy)
     relabelled: dict = {}
     for s in stats:
         per = relabelled.setdefault(s.split, {slug: 0 for slug in slugs})

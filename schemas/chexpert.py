@@ -11,13 +11,13 @@ Label codes as stored in records (int64):
     BLANK = -2     (empty cell: the report did not mention the observation)
 
 An uncertainty policy maps each code to a target and a loss mask. Every policy here is one
-row of ``POLICY_TABLE``: for each code a ``(low, high, mask, from_teacher)`` entry, and the
+row of ``POLICY_TABLE``: for each code a ``(low, high, mask, from_labeller)`` entry, and the
 target is ``low + draw * (high - low)`` where ``draw`` is a per-record uniform number in
 [0, 1) stored with the record. Deterministic policies have ``low == high``; label smoothing
 (``lsr_*``) has a range. ``self_trained`` (U-SelfTrained, the CheXpert paper's) is the one
-entry with ``from_teacher = 1``: its draw is the teacher model's probability stored with the
+entry with ``from_labeller = 1``: its draw is the labeller model's probability stored with the
 record (``labels/teacher``), so the target *is* that probability; where a record has no
-teacher value (-1) the entry is masked, i.e. ``ignore``. The numpy writer
+labeller value (-1) the entry is masked, i.e. ``ignore``. The numpy writer
 (``apply_policy``) and the tf.data reader (``schemas.example_tf.policy_targets``) both
 evaluate this one table, so a record parsed with a policy gives exactly the targets the
 records job wrote for it.
@@ -302,7 +302,7 @@ def parse_row(row: Mapping[str, str | None]) -> Row:
 
 BLANK_POLICIES = ("negative", "ignore")
 
-# (low, high, mask, from_teacher) for BLANK, UNCERTAIN, NEGATIVE, POSITIVE (column = code +
+# (low, high, mask, from_labeller) for BLANK, UNCERTAIN, NEGATIVE, POSITIVE (column = code +
 # CODE_OFFSET). BLANK's entry is the "blank = negative" default; --blank=ignore overrides its
 # mask to 0. `multiclass` targets are class indices: 0 negative, 1 positive, 2 uncertain.
 _NEG = (0.0, 0.0, 1.0, 0.0)
@@ -316,14 +316,14 @@ POLICY_TABLE: dict[str, tuple[tuple[float, float, float, float], ...]] = {
     # Label-smoothing regularisation (Pham et al. 2019): uncertain -> U(0.55, 0.85) / U(0, 0.3).
     "lsr_ones": (_NEG, (0.55, 0.85, 1.0, 0.0), _NEG, _POS),
     "lsr_zeros": (_NEG, (0.0, 0.3, 1.0, 0.0), _NEG, _POS),
-    # U-SelfTrained: uncertain -> the teacher's P(positive); known labels stay as they are.
+    # U-SelfTrained: uncertain -> the labeller's P(positive); known labels stay as they are.
     "self_trained": (_NEG, (0.0, 1.0, 1.0, 1.0), _NEG, _POS),
 }
-TABLE_COLUMNS = ("low", "high", "mask", "from_teacher")
-# Policies whose targets need a teacher's probabilities stored in the records.
-TEACHER_POLICIES = ("self_trained",)
+TABLE_COLUMNS = ("low", "high", "mask", "from_labeller")
+# Policies whose targets need a labeller's probabilities stored in the records.
+LABELLER_POLICIES = ("self_trained",)
 POLICIES = tuple(POLICY_TABLE)
-NO_TEACHER = -1.0  # labels/teacher where no teacher value was stored
+NO_LABELLER_VALUE = -1.0  # labels/teacher where no labeller value was stored
 MULTICLASS = "multiclass"
 NUM_CLASSES_MULTICLASS = 3
 
@@ -336,7 +336,7 @@ DEFAULT_POLICY.update(
     pleural_effusion="multiclass",
     consolidation="self_trained",
 )
-# What `self_trained` falls back to while no teacher exists.
+# What `self_trained` falls back to while no labeller exists.
 SELF_TRAINED_FALLBACK = "ignore"
 
 
@@ -373,29 +373,29 @@ def parse_policy_overrides(spec: str | None) -> dict[str, str]:
 
 
 def resolve_policies(
-    overrides: Mapping[str, str] | None = None, *, have_teacher: bool = False
+    overrides: Mapping[str, str] | None = None, *, have_labeller: bool = False
 ) -> dict[str, str]:
     """The policy for each of the 14 observations: defaults, then the user's overrides.
 
-    ``self_trained`` needs a teacher. Where it is only the default (Consolidation) and no
-    teacher is given, it falls back to ``SELF_TRAINED_FALLBACK``; where the user asked for it
+    ``self_trained`` needs a labeller. Where it is only the default (Consolidation) and no
+    labeller is given, it falls back to ``SELF_TRAINED_FALLBACK``; where the user asked for it
     explicitly, that is an error rather than a silent change of the experiment.
 
     Args:
         overrides: slug -> policy (``parse_policy_overrides``).
-        have_teacher: a teacher model will supply the ``self_trained`` targets.
+        have_labeller: a labeller model will supply the ``self_trained`` targets.
 
     Returns:
         slug -> a policy name in ``POLICY_TABLE``, for all 14 observations in order.
 
     Raises:
-        PolicyError: an explicit ``self_trained`` without a teacher.
+        PolicyError: an explicit ``self_trained`` without a labeller.
     """
     overrides = dict(overrides or {})
     out = {}
     for slug in OBSERVATIONS:
         policy = overrides.get(slug, DEFAULT_POLICY[slug])
-        if policy in TEACHER_POLICIES and not have_teacher:
+        if policy in LABELLER_POLICIES and not have_labeller:
             if slug in overrides:
                 raise PolicyError(
                     f"--policy {slug}=self_trained needs a labeller: build the records with "
@@ -407,9 +407,9 @@ def resolve_policies(
     return out
 
 
-def teacher_observations(policies: Mapping[str, str]) -> tuple[str, ...]:
-    """The observations whose targets come from a teacher, in CSV order."""
-    return tuple(s for s in OBSERVATIONS if policies.get(s) in TEACHER_POLICIES)
+def labelled_observations(policies: Mapping[str, str]) -> tuple[str, ...]:
+    """The observations whose targets come from a labeller, in CSV order."""
+    return tuple(s for s in OBSERVATIONS if policies.get(s) in LABELLER_POLICIES)
 
 
 def policy_matrix(policies: Mapping[str, str], blank: str = "negative") -> np.ndarray:
@@ -421,7 +421,7 @@ def policy_matrix(policies: Mapping[str, str], blank: str = "negative") -> np.nd
 
     Returns:
         float32 array of shape (14, 4, 4): [observation, code + CODE_OFFSET,
-        (low, high, mask, from_teacher)].
+        (low, high, mask, from_labeller)].
 
     Raises:
         PolicyError: unknown policy or blank mode.
@@ -439,13 +439,13 @@ def policy_matrix(policies: Mapping[str, str], blank: str = "negative") -> np.nd
     return table
 
 
-def no_teacher(shape: tuple[int, ...] = (NUM_OBSERVATIONS,)) -> np.ndarray:
-    """float32 ``labels/teacher`` for records without teacher values: all ``NO_TEACHER``."""
-    return np.full(shape, NO_TEACHER, np.float32)
+def no_labeller_values(shape: tuple[int, ...] = (NUM_OBSERVATIONS,)) -> np.ndarray:
+    """float32 ``labels/teacher`` for records without labeller values: all ``NO_LABELLER_VALUE``."""
+    return np.full(shape, NO_LABELLER_VALUE, np.float32)
 
 
 def apply_policy(
-    codes: np.ndarray, draws: np.ndarray, table: np.ndarray, teacher: np.ndarray | None = None
+    codes: np.ndarray, draws: np.ndarray, table: np.ndarray, labeller: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Maps raw codes to targets and loss masks (numpy; the writer's side).
 
@@ -453,22 +453,22 @@ def apply_policy(
         codes: int array (..., 14) of ``Code`` values.
         draws: float32 array (..., 14), uniform in [0, 1): the record's ``labels/draw``.
         table: float32 (14, 4, 4) from ``policy_matrix``.
-        teacher: float32 (..., 14) ``labels/teacher``: a teacher's P(positive), or
-            ``NO_TEACHER``; None means no teacher values at all.
+        labeller: float32 (..., 14) ``labels/teacher``: a labeller's P(positive), or
+            ``NO_LABELLER_VALUE``; None means no labeller values at all.
 
     Returns:
         ``(targets, mask)``, both float32 of shape (..., 14).
     """
     codes = np.asarray(codes, np.int64)
     draws = np.asarray(draws, np.float32)
-    teacher = no_teacher(draws.shape) if teacher is None else np.asarray(teacher, np.float32)
+    labeller = no_labeller_values(draws.shape) if labeller is None else np.asarray(labeller, np.float32)
     entry = table[np.arange(NUM_OBSERVATIONS), codes + CODE_OFFSET]  # (..., 14, 4)
-    low, high, mask, from_teacher = (entry[..., k] for k in range(4))
-    use_teacher = from_teacher > 0
-    have = teacher >= 0.0
-    source = np.where(use_teacher, np.where(have, teacher, 0.0), draws).astype(np.float32)
+    low, high, mask, from_labeller = (entry[..., k] for k in range(4))
+    use_labeller = from_labeller > 0
+    have = labeller >= 0.0
+    source = np.where(use_labeller, np.where(have, labeller, 0.0), draws).astype(np.float32)
     targets = low + source * (high - low)
-    mask = np.where(use_teacher & ~have, 0.0, mask)  # no teacher value: ignore
+    mask = np.where(use_labeller & ~have, 0.0, mask)  # no labeller value: ignore
     return targets.astype(np.float32), mask.astype(np.float32)
 
 

@@ -25,8 +25,8 @@ Keys (dtype, shape):
     labels/draw         float32 (14,)   uniform [0, 1) draws for label smoothing
     labels/target       float32 (14,)   targets under the job's policy mapping
     labels/mask         float32 (14,)   1 where the target enters the loss
-    labels/teacher      float32 (14,)   a teacher's P(positive) where the job ran one
-                                        (``build_records --teacher``), else -1; absent
+    labels/teacher      float32 (14,)   the U-SelfTrained labeller's P(positive) where the
+                                        job ran one (``build_records --labeller``), else -1; absent
                                         from version 1 records, parsed as all -1
     schema/version      int64   ()
 
@@ -34,7 +34,7 @@ The raw codes are always stored, so a different policy never needs a rebuild: th
 maps ``labels/raw``, ``labels/draw`` and ``labels/teacher`` with
 ``example_tf.policy_targets`` and the same table the writer used
 (``schemas.chexpert.policy_matrix``). Only switching an observation *to* ``self_trained``
-needs teacher values the job did not store, i.e. a rebuild with ``--teacher``.
+needs labeller values the job did not store, i.e. a rebuild with ``--labeller``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ LABELS_RAW = "labels/raw"
 LABELS_DRAW = "labels/draw"
 LABELS_TARGET = "labels/target"
 LABELS_MASK = "labels/mask"
-LABELS_TEACHER = "labels/teacher"
+# The U-SelfTrained labeller's values. The key string keeps the concept's old name ("teacher"):
+# it is written into every record, and renaming it would make existing records unreadable.
+LABELS_LABELLER = "labels/teacher"
 VERSION = "schema/version"
 
 IMAGE_FORMATS = ("png", "jpeg", "raw")
@@ -83,11 +85,11 @@ FEATURES: dict[str, tuple[str, tuple[int, ...]]] = {
     LABELS_DRAW: ("float", (_N,)),
     LABELS_TARGET: ("float", (_N,)),
     LABELS_MASK: ("float", (_N,)),
-    LABELS_TEACHER: ("float", (_N,)),
+    LABELS_LABELLER: ("float", (_N,)),
     VERSION: ("int64", ()),
 }
 # Parse defaults for keys older records lack (FixedLenFeature default_value).
-DEFAULTS = {LABELS_TEACHER: [chexpert.NO_TEACHER] * _N}
+DEFAULTS = {LABELS_LABELLER: [chexpert.NO_LABELLER_VALUE] * _N}
 
 
 # How records are ordered inside a shard (the manifest's ``record_order``): frontal views
@@ -177,7 +179,7 @@ def to_example(
     draws: np.ndarray,
     targets: np.ndarray,
     mask: np.ndarray,
-    teacher: np.ndarray | None = None,
+    labeller: np.ndarray | None = None,
 ) -> bytes:
     """Builds the serialized record for one radiograph (the writer's side).
 
@@ -188,7 +190,7 @@ def to_example(
         height, width: pixel size of the stored image.
         draws: float32 (14,) from ``chexpert.draws_for``.
         targets, mask: float32 (14,) from ``chexpert.apply_policy``.
-        teacher: float32 (14,) ``labels/teacher`` (None: all ``chexpert.NO_TEACHER``).
+        labeller: float32 (14,) ``labels/teacher`` (None: all ``chexpert.NO_LABELLER_VALUE``).
 
     Returns:
         A serialized ``tf.train.Example`` with every key in ``FEATURES``.
@@ -211,6 +213,6 @@ def to_example(
         LABELS_DRAW: draws,
         LABELS_TARGET: targets,
         LABELS_MASK: mask,
-        LABELS_TEACHER: chexpert.no_teacher() if teacher is None else teacher,
+        LABELS_LABELLER: chexpert.no_labeller_values() if labeller is None else labeller,
         VERSION: [chexpert.SCHEMA_VERSION],
     })

@@ -58,7 +58,7 @@ def parse(serialized: tf.Tensor, *, decode: bool = True) -> dict[str, tf.Tensor]
 
 
 def policy_targets(
-    raw: tf.Tensor, draws: tf.Tensor, table: np.ndarray | tf.Tensor, teacher: tf.Tensor | None = None
+    raw: tf.Tensor, draws: tf.Tensor, table: np.ndarray | tf.Tensor, labeller: tf.Tensor | None = None
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Maps raw codes to targets and masks in TensorFlow (the reader's side).
 
@@ -69,7 +69,7 @@ def policy_targets(
         raw: int64 (..., 14) ``labels/raw``.
         draws: float32 (..., 14) ``labels/draw``.
         table: float32 (14, 4, 4) from ``chexpert.policy_matrix``.
-        teacher: float32 (..., 14) ``labels/teacher`` (``NO_TEACHER`` where absent), or None.
+        labeller: float32 (..., 14) ``labels/teacher`` (``NO_LABELLER_VALUE`` where absent), or None.
 
     Returns:
         ``(targets, mask)``: float32 (..., 14) each.
@@ -78,11 +78,12 @@ def policy_targets(
     table = tf.reshape(tf.constant(table, tf.float32), [_N * len(chexpert.CODES), cols])
     flat = tf.range(_N, dtype=tf.int64) * len(chexpert.CODES) + (tf.cast(raw, tf.int64) + chexpert.CODE_OFFSET)
     entry = tf.gather(table, flat)  # (..., 14, 4)
-    low, high, mask, from_teacher = (entry[..., k] for k in range(cols))
+    low, high, mask, from_labeller = (entry[..., k] for k in range(cols))
     draws = tf.cast(draws, tf.float32)
-    teacher = tf.fill(tf.shape(draws), chexpert.NO_TEACHER) if teacher is None else tf.cast(teacher, tf.float32)
-    use_teacher = from_teacher > 0
-    have = teacher >= 0.0
-    source = tf.where(use_teacher, tf.where(have, teacher, 0.0), draws)
-    mask = tf.where(use_teacher & ~have, 0.0, mask)
+    labeller = (tf.fill(tf.shape(draws), chexpert.NO_LABELLER_VALUE) if labeller is None
+                else tf.cast(labeller, tf.float32))
+    use_labeller = from_labeller > 0
+    have = labeller >= 0.0
+    source = tf.where(use_labeller, tf.where(have, labeller, 0.0), draws)
+    mask = tf.where(use_labeller & ~have, 0.0, mask)
     return low + source * (high - low), mask

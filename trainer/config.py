@@ -211,7 +211,7 @@ def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str =
         overrides = chexpert.parse_policy_overrides(policy)
         taught = set(manifest.labeller.observations if manifest.labeller else ())
         for slug, p in overrides.items():
-            if p in chexpert.TEACHER_POLICIES and slug not in taught:
+            if p in chexpert.LABELLER_POLICIES and slug not in taught:
                 raise chexpert.PolicyError(
                     f"--policy {slug}={p}: the records in {records_dir} hold no labeller targets for {slug}; build "
                     f"them with `python -m pipeline.build_records --labeller JOB_DIR --policy {slug}=self_trained`")

@@ -271,7 +271,7 @@ def make_dataset(
             image = preprocess.to_pixels(_affine(preprocess.resize(tf.cast(image, tf.float32), size), size))
         else:
             image = preprocess.resize_pixels(image, size)
-        targets, masks = example_tf.policy_targets(f[ex.LABELS_RAW], f[ex.LABELS_DRAW], table, f[ex.LABELS_TEACHER])
+        targets, masks = example_tf.policy_targets(f[ex.LABELS_RAW], f[ex.LABELS_DRAW], table, f[ex.LABELS_LABELLER])
         out = {"image": image, "targets": tf.gather(targets, idx, axis=-1), "masks": tf.gather(masks, idx, axis=-1)}
         if teacher is not None:
             out["teacher"] = teacher(f[ex.SOURCE_PATH])

@@ -32,10 +32,10 @@ def test_reader_takes_the_labellers_value_for_uncertain_entries_as_the_writer():
     table = chexpert.policy_matrix({s: "self_trained" for s in chexpert.OBSERVATIONS})
     codes = np.tile(CODES[:, None], (1, 14))
     draws = np.full((4, 14), 0.5, np.float32)
-    teacher = np.full((4, 14), 0.3, np.float32)
-    teacher[:, 7] = chexpert.NO_TEACHER
-    t, m = chexpert.apply_policy(codes, draws, table, teacher)
-    tt, tm = example_tf.policy_targets(tf.constant(codes), tf.constant(draws), table, tf.constant(teacher))
+    labeller = np.full((4, 14), 0.3, np.float32)
+    labeller[:, 7] = chexpert.NO_LABELLER_VALUE
+    t, m = chexpert.apply_policy(codes, draws, table, labeller)
+    tt, tm = example_tf.policy_targets(tf.constant(codes), tf.constant(draws), table, tf.constant(labeller))
     np.testing.assert_array_equal(tt.numpy(), t)
     np.testing.assert_array_equal(tm.numpy(), m)
     np.testing.assert_allclose(tt.numpy()[:, 0], [0, 0.3, 0, 1], atol=0)

@@ -150,7 +150,7 @@ def test_bad_flags_name_the_flag(records_dir):
         _cfg(records_dir, pathology="atelectasiss")
     with pytest.raises(config_lib.ConfigError, match="--image_size=640 is larger than the records' 32"):
         _cfg(records_dir, image_size=640)
-    with pytest.raises(config_lib.ConfigError, match="hold no teacher targets for consolidation.*--teacher"):
+    with pytest.raises(config_lib.ConfigError, match="hold no labeller targets for consolidation.*--labeller"):
         _cfg(records_dir, policy="consolidation=self_trained")
     with pytest.raises(config_lib.ConfigError, match="no manifest.json"):
         _cfg("/nonexistent")

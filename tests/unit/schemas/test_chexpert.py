@@ -105,22 +105,22 @@ def test_default_mapping_is_the_papers_and_self_trained_falls_back():
     assert p["fracture"] == "ones"
     with pytest.raises(chexpert.PolicyError, match="needs a labeller.*--labeller JOB_DIR"):
         chexpert.resolve_policies({"consolidation": "self_trained"})
-    assert chexpert.resolve_policies({"consolidation": "self_trained"}, have_teacher=True)["consolidation"] == (
+    assert chexpert.resolve_policies({"consolidation": "self_trained"}, have_labeller=True)["consolidation"] == (
         "self_trained")
 
 
-def test_self_trained_takes_the_teacher_only_for_uncertain_entries():
+def test_self_trained_takes_the_labeller_only_for_uncertain_entries():
     table = chexpert.policy_matrix({s: "self_trained" for s in chexpert.OBSERVATIONS})
     codes = np.tile(CODES[:, None], (1, 14))  # blank, uncertain, negative, positive
     draws = np.full((4, 14), 0.5, np.float32)
-    teacher = np.full((4, 14), 0.3, np.float32)
-    teacher[:, 7] = chexpert.NO_TEACHER  # observation 7: the job stored no teacher value
-    t, m = chexpert.apply_policy(codes, draws, table, teacher)
-    np.testing.assert_allclose(t[:, 0], [0, 0.3, 0, 1], atol=0)  # the teacher's value, exactly
+    labeller = np.full((4, 14), 0.3, np.float32)
+    labeller[:, 7] = chexpert.NO_LABELLER_VALUE  # observation 7: the job stored no labeller value
+    t, m = chexpert.apply_policy(codes, draws, table, labeller)
+    np.testing.assert_allclose(t[:, 0], [0, 0.3, 0, 1], atol=0)  # the labeller's value, exactly
     np.testing.assert_array_equal(m[:, 0], [1, 1, 1, 1])
-    np.testing.assert_array_equal(t[:, 7], [0, 0, 0, 1])  # no teacher value: ignore
+    np.testing.assert_array_equal(t[:, 7], [0, 0, 0, 1])  # no labeller value: ignore
     np.testing.assert_array_equal(m[:, 7], [1, 0, 1, 1])
-    # Without any teacher vector self_trained is `ignore`; as ignore is.
+    # Without any labeller vector self_trained is `ignore`; as ignore is.
     t0, m0 = chexpert.apply_policy(codes, draws, table)
     ti, mi = chexpert.apply_policy(codes, draws, chexpert.policy_matrix({s: "ignore" for s in chexpert.OBSERVATIONS}))
     np.testing.assert_array_equal(m0, mi)
