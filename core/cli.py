@@ -8,11 +8,13 @@
     add_guard_flags  ``--max_reject_fraction`` / ``--max_shrink_fraction`` (``core.commit``)
     add_renamed_flag a renamed flag's old name, still accepted, with a warning
     one_line         an unexpected exception as the one line an entry point prints
+    require_extra    a command that needs a pip extra says which, in one line, when it is missing
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import difflib
 import sys
 from typing import Sequence
@@ -111,19 +113,68 @@ def one_line(e: BaseException) -> str:
 def add_renamed_flag(parser: argparse.ArgumentParser, old: str, new: str, *, warn: bool = True) -> None:
     """Keeps accepting ``old``, a flag renamed to ``new`` (already added), for a release:
     it sets ``new``'s value and says so on stderr, one line
-    (``prog: warning: --teacher is deprecated; use --labeller``).
+    (``prog: warning: --teacher is deprecated; use --labeller``). Both names on one command
+    line are an error (exit 2), whichever comes first: one of them would be ignored.
 
     Args:
         warn: False for a parse whose flags are parsed again later (an entry point's early
             ``--help`` check), so the warning is printed once.
     """
     target = next(a for a in parser._actions if new in a.option_strings)
+    seen = f"_given_{target.dest}"  # which name set the value, on the namespace being parsed
+
+    def _claim(parser, namespace, name):
+        other = getattr(namespace, seen, None)
+        if other is not None and other != name:
+            parser.error(f"{old} is the deprecated name of {new}: give {new} only")
+        setattr(namespace, seen, name)
+
+    class _New(type(target)):
+        def __call__(self, parser, namespace, values, option_string=None):
+            _claim(parser, namespace, new)
+            super().__call__(parser, namespace, values, option_string)
 
     class _Renamed(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):
+            _claim(parser, namespace, old)
             if warn:
                 print(f"{parser.prog}: warning: {old} is deprecated; use {new}", file=sys.stderr)
             setattr(namespace, target.dest, values)
 
+    target.__class__ = _New
     parser.add_argument(old, action=_Renamed, dest=target.dest, type=target.type, default=argparse.SUPPRESS,
                         help=f"Deprecated: the old name of {new}.")
+
+
+# What each extra of setup.cfg brings, by the import names the commands need.
+EXTRAS = {
+    "serving": ("tensorflow", "keras", "matplotlib"),
+    "train": ("tensorflow", "keras", "matplotlib", "absl", "sklearn", "tensorboard"),
+    "web": ("tensorflow", "keras", "matplotlib", "fastapi", "uvicorn", "python_multipart"),
+}
+
+
+def missing_extra(extra: str) -> str | None:
+    """What to say when ``extra`` (``EXTRAS``) is not installed here, else None.
+
+    ``pip install .`` is the Beam side only; a command of another layer must say what to
+    install, not crash on an import with a traceback (or, for a Beam job, only once its
+    workers run).
+    """
+    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return f"{', '.join(missing)} not installed; this needs the [{extra}] extra: pip install '.[{extra}]'"
+
+
+def require_extra(extra: str, prog: str) -> None:
+    """For an entry point, before its imports: exits 2 with one line when ``extra`` is
+    missing (``missing_extra``).
+
+    Raises:
+        SystemExit: 2, after printing ``prog: error: ...`` naming the modules and the extra.
+    """
+    problem = missing_extra(extra)
+    if problem:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)

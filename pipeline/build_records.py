@@ -68,6 +68,16 @@ def make_parser() -> argparse.ArgumentParser:
     return job_options.build_records_parser(__doc__)
 
 
+def _check_workers_can_load_models(options: PipelineOptions, needed: bool) -> None:
+    """With --labeller the workers load a Keras model: on a local runner (workers in this
+    environment) a missing [serving] extra is a one-line error before any work, not a
+    worker's traceback mid-run. Remote workers get it with the job (README)."""
+    if needed and options.view_as(StandardOptions).runner in cli.LOCAL_RUNNERS:
+        problem = cli.missing_extra("serving")
+        if problem:
+            raise ConfigError(f"--labeller: {problem}")
+
+
 def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         test_pipeline: beam.Pipeline | None = None) -> dict:
     """Builds the records.
@@ -97,6 +107,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"  # Prism would download a binary
     cfg = make_config(opts)
+    _check_workers_can_load_models(options, bool(cfg.labeller))
     sources = inputs.list_sources(cfg)
     rows = inputs.scan_rows(cfg, sources)
     inputs.check_image_folders(cfg, rows)

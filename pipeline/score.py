@@ -31,6 +31,7 @@ import argparse
 import csv
 import datetime
 import glob
+import hashlib
 import io
 import json
 import logging
@@ -138,13 +139,22 @@ def build_pipeline(p, inputs: list[Input], job_dir: str, model_format: str, thre
 
 
 def _model_digest(job_dir: str, model_format: str) -> str:
-    """What identifies the model a run scored with: each of its files' sha256
-    (``hashlib.file_digest``, read in blocks) with its name, and the job's spec and config."""
+    """sha256 over the bytes of the model's files, then its job spec and config, in order.
+
+    One hash over the files' concatenated bytes (read in 1 MiB blocks), not
+    ``hashlib.file_digest`` per file: this is the digest earlier releases committed, so a job
+    folder that has not changed (an old one has no job_spec.json, which is then skipped) keeps
+    its digest across an upgrade and an incremental run carries its scores over.
+    """
+    h = hashlib.sha256()
     files = ([os.path.join(job_dir, "model.keras")] if model_format == "keras"
              else sorted(glob.glob(os.path.join(job_dir, "saved_model", "**", "*"), recursive=True)))
-    files += [os.path.join(job_dir, job_spec.FILE), os.path.join(job_dir, job_spec.CONFIG_FILE)]
-    return fingerprint.fingerprint(f"{os.path.relpath(p, job_dir)} {fingerprint.file_sha256(p)}"
-                                   for p in files if os.path.isfile(p))
+    for path in files + [os.path.join(job_dir, job_spec.FILE), os.path.join(job_dir, job_spec.CONFIG_FILE)]:
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
 
 
 def study_table(rows: list[dict], tasks: Sequence[str]) -> studies.StudyTable:
@@ -220,6 +230,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     options.view_as(SetupOptions).save_main_session = save_main_session
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
+    if options.view_as(StandardOptions).runner in cli.LOCAL_RUNNERS and cli.missing_extra("serving"):
+        # Local workers load the model in this environment: say so before any work.
+        raise ConfigError(cli.missing_extra("serving"))
     if opts.model_format not in ("keras", "saved_model"):
         raise ConfigError(f"--model_format={opts.model_format}: expected keras or saved_model")
     try:

@@ -41,7 +41,10 @@ CONFIG_FILE = "config.json"
 SPEC_VERSION = "1.0"
 MAJOR = 1
 HEAD_KINDS = ("binary", "multiclass")
-VIEWS = ("frontal", "all")
+VIEW_CHOICES = ("frontal", "all")  # what a model was trained on (trainer.task --views)
+
+
+MAX_IMAGE_SIZE = 4096  # build_records' --image_size bound
 
 
 class JobSpecError(ValueError):
@@ -209,25 +212,50 @@ def read(folder: str) -> JobSpec | None:
 
 
 def _build(cls, d: dict, source: str) -> JobSpec:
-    """A checked ``JobSpec`` from known keys; defaults for missing optional ones."""
+    """A checked ``JobSpec`` from known keys; defaults for missing optional ones.
+
+    Raises:
+        JobSpecError: a required key missing, or a value of the wrong type or range; the
+            message names the file and the key (a hand-edited spec must not fail later, as a
+            traceback inside a scorer).
+    """
     missing = [k for k in ("tasks", "image_size") if k not in d]
     if missing:
         raise JobSpecError(f"{source}: no {' or '.join(missing)}; not a job spec")
-    d["tasks"] = tuple(d["tasks"])
-    d["image_size"] = int(d["image_size"])
-    d["records_image_size"] = int(d.get("records_image_size", d["image_size"]))
-    d["heads"] = dict(d.get("heads") or {})
+
+    def bad(key: str, expected: str) -> JobSpecError:
+        return JobSpecError(f"{source}: {key}={d[key]!r}; expected {expected}")
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    tasks = d["tasks"]
+    if not isinstance(tasks, (list, tuple)) or not tasks or not all(t in chexpert.OBSERVATION_INDEX for t in tasks):
+        raise bad("tasks", "a non-empty list of observation slugs (e.g. ['atelectasis'])")
+    d["tasks"] = tuple(tasks)
+    d.setdefault("records_image_size", d["image_size"])
+    for key in ("image_size", "records_image_size"):
+        if not is_int(d[key]) or not 1 <= d[key] <= MAX_IMAGE_SIZE:
+            raise bad(key, f"a whole number of pixels, 1..{MAX_IMAGE_SIZE}")
+    for key in ("heads", "policy", "provenance"):
+        if d.get(key) is not None and not isinstance(d[key], dict):
+            raise bad(key, "a JSON object")
+        d[key] = dict(d.get(key) or {})
     # A spec without heads (hand-written) means sigmoid heads, the trainer's default.
     for task in d["tasks"]:
         d["heads"].setdefault(task, "binary")
-    bad = {t: k for t, k in d["heads"].items() if k not in HEAD_KINDS}
-    if bad:
-        raise JobSpecError(f"{source}: unknown head kind(s) {bad}; expected {' or '.join(HEAD_KINDS)}")
-    if d.get("views", "frontal") not in VIEWS:
-        raise JobSpecError(f"{source}: views={d['views']!r}; expected {' or '.join(VIEWS)}")
+    wrong = {t: k for t, k in d["heads"].items() if k not in HEAD_KINDS}
+    if wrong:
+        raise JobSpecError(f"{source}: unknown head kind(s) {wrong}; expected {' or '.join(HEAD_KINDS)}")
+    if d.get("views", "frontal") not in VIEW_CHOICES:
+        raise bad("views", " or ".join(VIEW_CHOICES))
     if "threshold" in d:
-        d["threshold"] = float(d["threshold"])
-    d["policy"] = dict(d.get("policy") or {})
-    d["provenance"] = dict(d.get("provenance") or {})
+        t = d["threshold"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t < 1.0:
+            raise bad("threshold", "a probability strictly between 0 and 1")
+        d["threshold"] = float(t)
+    for key in ("records_resize", "backbone"):
+        if key in d and not isinstance(d[key], str):
+            raise bad(key, "a string")
     d["spec_version"] = str(d.get("spec_version", SPEC_VERSION))
     return cls(**d)

@@ -24,7 +24,7 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # What --views may select: frontal images only, or every view (not the CSV's view names,
 # schemas.chexpert.VIEWS, nor the per-record ones, core.views.VIEWS).
-VIEW_CHOICES = ("frontal", "all")
+VIEW_CHOICES = job_spec.VIEW_CHOICES  # what --views takes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,9 +36,12 @@ import logging
 import os
 import sys
 
-from absl import app, flags
-
 from core import cli
+
+cli.require_extra("train", "trainer.evaluate")  # before absl: a Beam-only install says what is missing
+
+from absl import app, flags  # noqa: E402
+
 from serving import startup
 
 FLAGS = flags.FLAGS
@@ -425,7 +428,7 @@ def run(job_dirs: list[str], *, split: str = "valid", csv_path: str | None = Non
     jobs = [load_member(d) for d in job_dirs]
     threshold_from = "--threshold" if threshold is not None else (
         "the job's --threshold" if len(jobs) == 1 else "the first member's --threshold")
-    threshold = threshold if threshold is not None else jobs[0].cfg.threshold
+    threshold = threshold if threshold is not None else jobs[0].job.spec.threshold  # what every scorer reads
     failed: list[dict] = []
     skipped: dict[str, str] = {}
     if csv_path:

@@ -40,9 +40,12 @@ import sys
 import time
 from typing import Sequence
 
-from absl import app, flags
-
 from core import cli
+
+cli.require_extra("train", "trainer.predict")  # before absl: a Beam-only install says what is missing
+
+from absl import app, flags  # noqa: E402
+
 from serving import startup
 
 FLAGS = flags.FLAGS

@@ -18,10 +18,13 @@ from __future__ import annotations
 import logging
 import sys
 
-from absl import app, flags
-from absl import logging as absl_logging
-
 from core import cli
+
+cli.require_extra("train", "trainer.task")  # before absl: a Beam-only install says what is missing
+
+from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+
 from trainer import config as config_lib
 from serving import startup
 

@@ -418,6 +418,11 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
         report = saver.report
         best = keras.models.load_model(os.path.join(job_dir, "model.keras"))
         export.export_saved_model(best, cfg.spec(), os.path.join(job_dir, "saved_model"))
+        # The training config travels too: trainer.evaluate reads from it which records the
+        # model was trained and tuned on, so a copied export evaluates on its own, as it did
+        # before the job spec existed (scorers read only the spec).
+        with open(os.path.join(job_dir, "saved_model", "config.json"), "w") as f:
+            f.write(cfg.to_json())
     if not chief:
         shutil.rmtree(job_dir, ignore_errors=True)
     return report

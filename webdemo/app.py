@@ -63,7 +63,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":  # flags first, then TensorFlow, quietly (serving/startup.py)
+    from core import cli
     from serving import startup
+
+    cli.require_extra("web", "webdemo")
 
     startup.load_tensorflow(make_parser().parse_args().verbose)
 
@@ -574,7 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"webdemo: error: {e}", file=sys.stderr)
         return 2
     except job_lib.JobError as e:
-        print(f"webdemo: error: {e}\n(train one first, e.g. `make demo`)", file=sys.stderr)
+        # The hint only where there is no model at all; a damaged spec needs no retraining.
+        missing = [d for d in job_dirs if not os.path.isdir(d)]
+        hint = "\n(train one first, e.g. `make demo`)" if missing else ""
+        print(f"webdemo: error: {e}{hint}", file=sys.stderr)
         return 2
     import uvicorn
 

@@ -11,7 +11,9 @@ import pytest
 
 import tests
 from core import cli
+from core import errors as cli_errors
 from pipeline import build_records, score
+from schemas import chexpert
 
 ROOT = tests.ROOT
 
@@ -119,7 +121,43 @@ def test_a_renamed_flag_still_works_and_warns_once(capsys):
     assert not capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["--teacher=jobs/a", "--labeller=jobs/b"], ["--labeller=jobs/b", "--teacher=jobs/a"],
+                                  ["--labeller_batch_size=8", "--teacher_batch_size=4"]])
+def test_a_renamed_flag_and_its_new_name_together_are_an_error_not_a_silent_choice(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse_flags(build_records.make_parser(), argv + ["--runner=DirectRunner"])
+    assert e.value.code == 2
+    assert "is the deprecated name of --labeller" in capsys.readouterr().err
+
+
 def test_one_line_is_the_first_line_of_an_error():
     assert cli.one_line(RuntimeError("OSError: [Errno 28] No space\n  [while running 'WriteShards']")) == (
         "RuntimeError: OSError: [Errno 28] No space")
     assert cli.one_line(KeyError()) == "KeyError: "
+
+
+@pytest.mark.parametrize("module,extra", [("trainer.task", "train"), ("trainer.evaluate", "train"),
+                                          ("trainer.predict", "train"), ("webdemo.app", "web")])
+def test_a_command_without_its_extra_says_which_to_install_in_one_line(module, extra):
+    # pip install . is the Beam side: a trainer or web command in such an install must name
+    # the extra, not die on an import. The extra is made "missing" by naming a module that
+    # is not installed anywhere; the entry point runs for real.
+    code = (f"from core import cli; cli.EXTRAS[{extra!r}] = ('not_installed_module',); import runpy, sys; "
+            f"sys.argv = [{module!r}, '--help']; runpy.run_module({module!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"{module.split('.app')[0]}: error: not_installed_module not installed; this needs the [{extra}] extra: "
+        f"pip install '.[{extra}]'"]
+
+
+def test_jobs_whose_local_workers_load_a_model_say_the_serving_extra_is_missing(trained_job, tmp_path, monkeypatch):
+    monkeypatch.setitem(cli.EXTRAS, "serving", ("not_installed_module",))
+    with pytest.raises(cli_errors.ConfigError, match=r"not_installed_module not installed; .*\[serving\] extra"):
+        score.run([f"--job_dir={trained_job}", f"--input_pattern={tmp_path}/*.png", f"--output_dir={tmp_path}/s",
+                   "--runner=DirectRunner"])
+    assert not os.path.exists(tmp_path / "s")  # before any work
+    (tmp_path / "train.csv").write_text(",".join(chexpert.CSV_COLUMNS) + "\n")
+    with pytest.raises(cli_errors.ConfigError, match=r"--labeller: not_installed_module not installed"):
+        build_records.run([f"--input_dir={tmp_path}", f"--output_dir={tmp_path}/r", f"--labeller={trained_job}",
+                           "--policy=atelectasis=self_trained,consolidation=ignore", "--runner=DirectRunner"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import json
 import os
 import random
@@ -271,3 +272,16 @@ def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_
     assert [n for n in mixed if inc["incremental"]["tag"] in n]  # a compacted or delta shard holds both views
     assert build_records.run([f"--output_dir={out}", "--incremental", *args])["nothing_new"] is True
     assert first["written"] < full["written"]
+
+
+def test_the_model_digest_is_the_one_earlier_releases_committed(trained_job, tmp_path):
+    """An upgrade must not make a nightly --incremental run rescore everything: the digest is
+    sha256 over the model's bytes, then job_spec.json's (absent before the spec existed),
+    then config.json's, as committed by every earlier release."""
+    def sha(*names, root=trained_job):
+        return hashlib.sha256(b"".join(open(os.path.join(root, n), "rb").read() for n in names)).hexdigest()
+
+    assert score._model_digest(trained_job, "keras") == sha("model.keras", "job_spec.json", "config.json")
+    old = tmp_path / "old"
+    shutil.copytree(trained_job, old, ignore=shutil.ignore_patterns("job_spec.json", "saved_model"))
+    assert score._model_digest(str(old), "keras") == sha("model.keras", "config.json", root=str(old))

@@ -155,13 +155,25 @@ def test_a_saved_model_folder_alone_scores_like_its_job(trained_job, sample_dir,
             assert g["probs"][t] == pytest.approx(w["probs"][t], abs=1e-5)
     with pytest.raises(job_lib.JobError, match="Grad-CAM needs the job's model.keras"):
         gradcam.grad_cam(sm, np.zeros((32, 32, 1), np.uint8), "atelectasis")
-    # An export from before the spec carries config.json instead: it is read from that.
+    # It carries the training config too: evaluate finds the records it was trained on.
+    member = evaluate.load_member(str(alone))
+    assert member.cfg == config_lib.load_config(trained_job) and member.job.spec == job.spec
+    # An export from before the spec carries config.json alone: the spec is read from that.
     os.remove(alone / "job_spec.json")
-    shutil.copy(os.path.join(trained_job, "config.json"), alone / "config.json")
     assert job_lib.load_job(str(alone)).spec == job.spec
     os.remove(alone / "config.json")
     with pytest.raises(job_lib.JobError, match="a SavedModel without config.json or job_spec.json"):
         job_lib.load_job(str(alone))
+
+
+def test_evaluate_calls_findings_at_the_threshold_the_job_spec_says(trained_job, tmp_path):
+    # The spec is what every scorer reads (predict, score, the web demo): evaluate too.
+    job = tmp_path / "job"
+    shutil.copytree(trained_job, job)
+    spec = json.loads((job / "job_spec.json").read_text())
+    (job / "job_spec.json").write_text(json.dumps({**spec, "threshold": 0.9}))
+    out = evaluate.run([str(job)], split="valid", tune_split="", n_boot=10, report_dir=str(tmp_path / "r"))
+    assert out["threshold"] == 0.9 and out["threshold_from"] == "the job's --threshold"
 
 
 def test_grad_cam_is_a_normalised_map_that_depends_on_the_image(trained_job):

@@ -65,6 +65,19 @@ def test_a_spec_that_cannot_be_read_is_a_clear_error(text, message):
         JobSpec.from_json(text, "job_spec.json")
 
 
+@pytest.mark.parametrize("change,key", [
+    ({"image_size": "big"}, "image_size"), ({"image_size": 32.5}, "image_size"), ({"image_size": True}, "image_size"),
+    ({"records_image_size": -1}, "records_image_size"), ({"tasks": 5}, "tasks"), ({"tasks": []}, "tasks"),
+    ({"tasks": ["not_an_observation"]}, "tasks"), ({"threshold": "x"}, "threshold"), ({"threshold": 1.5}, "threshold"),
+    ({"threshold": None}, "threshold"), ({"heads": ["binary"]}, "heads"), ({"policy": "ones"}, "policy"),
+    ({"provenance": 3}, "provenance"), ({"views": "lateral"}, "views"), ({"backbone": 121}, "backbone"),
+])
+def test_a_hand_edited_value_of_the_wrong_type_is_an_error_naming_file_and_key(change, key):
+    d = {"tasks": ["edema"], "image_size": 32, **change}
+    with pytest.raises(job_spec.JobSpecError, match=rf"^jobs/x/job_spec.json: {key}=.*; expected "):
+        JobSpec.from_json(json.dumps(d), "jobs/x/job_spec.json")
+
+
 def test_read_prefers_the_spec_and_falls_back_to_an_older_jobs_config(tmp_path):
     assert job_spec.read(str(tmp_path)) is None
     cfg = _config()
