@@ -119,12 +119,7 @@ class JobSpec:
         Raises:
             JobSpecError: not a JSON object, a required key missing, or a newer major version.
         """
-        try:
-            d = json.loads(text)
-        except ValueError as e:
-            raise JobSpecError(f"{source}: unreadable ({type(e).__name__}: {e})") from None
-        if not isinstance(d, dict):
-            raise JobSpecError(f"{source}: not a job spec (a JSON {type(d).__name__}, not an object)")
+        d = _json_object(text, source, "a job spec")
         version = str(d.get("spec_version", SPEC_VERSION))
         try:
             major = int(version.split(".")[0])
@@ -202,13 +197,18 @@ def read(folder: str) -> JobSpec | None:
         raise JobSpecError(f"{path}: unreadable ({e})") from None
     if path == spec_path:
         return JobSpec.from_json(text, path)
+    return from_train_config(_json_object(text, path, "a trainer.task config"), path)
+
+
+def _json_object(text: str, source: str, what: str) -> dict:
+    """``text`` parsed as a JSON object, else a JobSpecError naming ``source``."""
     try:
-        config = json.loads(text)
+        d = json.loads(text)
     except ValueError as e:
-        raise JobSpecError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
-    if not isinstance(config, dict):
-        raise JobSpecError(f"{path}: not a trainer.task config (a JSON {type(config).__name__})")
-    return from_train_config(config, path)
+        raise JobSpecError(f"{source}: unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise JobSpecError(f"{source}: not {what} (a JSON {type(d).__name__}, not an object)")
+    return d
 
 
 def _build(cls, d: dict, source: str) -> JobSpec:

@@ -19,7 +19,7 @@ is read through ``core.commit.read_records_manifest``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 # 1: the first typed manifest (schema of 2026-11: snapshot folders, ``teacher``, ``files``).
 # Manifests written before it carry no manifest_version and read as version 1.
@@ -65,8 +65,24 @@ def _plain_json(obj, omit_none: tuple[str, ...] = ()) -> dict:
     return out
 
 
+class _FlatRecord:
+    """``from_json``/``to_json`` for the flat records below: unknown keys are kept in
+    ``extra`` and written back; the fields in ``OMIT_NONE`` are left out when None, as the
+    manifests that lack them."""
+
+    OMIT_NONE: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_json(cls, d: dict):
+        known, extra = _split_known(cls, d)
+        return cls(**known, extra=extra)
+
+    def to_json(self) -> dict:
+        return _plain_json(self, omit_none=self.OMIT_NONE)
+
+
 @dataclasses.dataclass
-class ShardStats:
+class ShardStats(_FlatRecord):
     """One shard's counts.
 
     Attributes:
@@ -95,17 +111,11 @@ class ShardStats:
     num_shards: int | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    @classmethod
-    def from_json(cls, d: dict) -> ShardStats:
-        known, extra = _split_known(cls, d)
-        return cls(**known, extra=extra)
-
-    def to_json(self) -> dict:
-        return _plain_json(self, omit_none=("index", "num_shards"))
+    OMIT_NONE: ClassVar[tuple[str, ...]] = ("index", "num_shards")
 
 
 @dataclasses.dataclass
-class SplitInfo:
+class SplitInfo(_FlatRecord):
     """One split's totals over its shards and dead letters.
 
     Attributes:
@@ -125,13 +135,7 @@ class SplitInfo:
     target_counts: Counts = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    @classmethod
-    def from_json(cls, d: dict) -> SplitInfo:
-        known, extra = _split_known(cls, d)
-        return cls(**known, extra=extra)
-
-    def to_json(self) -> dict:
-        return _plain_json(self, omit_none=("views",))
+    OMIT_NONE: ClassVar[tuple[str, ...]] = ("views",)
 
     def add_shard(self, stats: ShardStats) -> None:
         """Counts one shard's records into the split."""
@@ -152,7 +156,7 @@ class SplitInfo:
 
 
 @dataclasses.dataclass
-class SourceInfo:
+class SourceInfo(_FlatRecord):
     """One input CSV's reconciliation: ``rows == written + rejected`` when committed.
 
     Attributes:
@@ -168,13 +172,7 @@ class SourceInfo:
     rejected_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    @classmethod
-    def from_json(cls, d: dict) -> SourceInfo:
-        known, extra = _split_known(cls, d)
-        return cls(**known, extra=extra)
-
-    def to_json(self) -> dict:
-        return _plain_json(self, omit_none=("path", "sha256"))
+    OMIT_NONE: ClassVar[tuple[str, ...]] = ("path", "sha256")
 
     def add_reject(self, reason: str) -> None:
         self.rejected += 1
@@ -182,7 +180,7 @@ class SourceInfo:
 
 
 @dataclasses.dataclass
-class LabellerInfo:
+class LabellerInfo(_FlatRecord):
     """The U-SelfTrained labeller (``build_records --labeller JOB_DIR``): a trainer.task job
     whose P(positive) became the target of uncertain labels.
 
@@ -200,14 +198,6 @@ class LabellerInfo:
     observations: list[str] = dataclasses.field(default_factory=list)
     relabelled: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, d: dict) -> LabellerInfo:
-        known, extra = _split_known(cls, d)
-        return cls(**known, extra=extra)
-
-    def to_json(self) -> dict:
-        return _plain_json(self)
 
 
 @dataclasses.dataclass
