@@ -47,6 +47,9 @@ VIEW_CHOICES = ("frontal", "all")  # what a model was trained on (trainer.task -
 MAX_IMAGE_SIZE = 4096  # build_records' --image_size bound
 
 
+_WARNED: set[tuple[str, tuple[str, ...]]] = set()  # (file, unknown keys) already warned about
+
+
 class JobSpecError(ValueError):
     """A job spec that cannot be read: not JSON, a required key missing or wrong, or a newer
     major version; the message names the file."""
@@ -130,7 +133,10 @@ class JobSpec:
                                "update the project to score with this model")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
-        if unknown:
+        if unknown and (source, tuple(unknown)) not in _WARNED:
+            # Once per file and process: a scoring job reads the spec in its driver and again
+            # in every worker's set-up, and one warning says it all.
+            _WARNED.add((source, tuple(unknown)))
             log.warning("%s: ignoring keys this version (%s) does not know: %s", source, SPEC_VERSION,
                         ", ".join(unknown))
         return _build(cls, {k: v for k, v in d.items() if k in known}, source)
