@@ -450,8 +450,9 @@ def generate(
     return os.path.join(output_dir, dataset_dir)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.make_sample", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--output_dir", default="data/synthetic", help="Parent folder of CheXpert-v1.0-small.")
     parser.add_argument("--num_patients", type=int, default=1000, help="Train patients (~3.4 images each).")
     parser.add_argument("--num_valid_patients", type=int, default=200, help="Valid patients (1 study each).")
@@ -466,17 +467,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         if getattr(args, flag) < 0:
             parser.error(f"--{flag} must be >= 0")
     start = time.perf_counter()
-    path = generate(
-        args.output_dir,
-        num_patients=args.num_patients,
-        num_valid_patients=args.num_valid_patients,
-        seed=args.seed,
-        full_size=args.full_size,
-        workers=args.workers,
-        signal_noise=args.signal_noise,
-    )
+    try:
+        path = generate(
+            args.output_dir,
+            num_patients=args.num_patients,
+            num_valid_patients=args.num_valid_patients,
+            seed=args.seed,
+            full_size=args.full_size,
+            workers=args.workers,
+            signal_noise=args.signal_noise,
+        )
+    except OSError as e:  # an unwritable or full --output_dir, a file in the way: one line
+        print(f"{parser.prog}: error: --output_dir={args.output_dir}: {e.strerror or e}"
+              f"{f' ({e.filename})' if e.filename else ''}", file=sys.stderr)
+        return 1
     print(f"wrote synthetic CheXpert to {path} in {time.perf_counter() - start:.1f}s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

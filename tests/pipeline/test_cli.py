@@ -12,7 +12,7 @@ import pytest
 import tests
 from core import cli
 from core import errors as cli_errors
-from pipeline import build_records, score
+from pipeline import build_records, make_sample, score
 from schemas import chexpert
 
 ROOT = tests.ROOT
@@ -161,3 +161,12 @@ def test_jobs_whose_local_workers_load_a_model_say_the_serving_extra_is_missing(
     with pytest.raises(cli_errors.ConfigError, match=r"--labeller: not_installed_module not installed"):
         build_records.run([f"--input_dir={tmp_path}", f"--output_dir={tmp_path}/r", f"--labeller={trained_job}",
                            "--policy=atelectasis=self_trained,consolidation=ignore", "--runner=DirectRunner"])
+
+
+def test_make_sample_into_an_unusable_folder_is_one_line_naming_it(tmp_path, capsys):
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    assert make_sample.main(["--output_dir", str(in_the_way), "--num_patients=2", "--num_valid_patients=1",
+                             "--workers=1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"python -m pipeline.make_sample: error: --output_dir={in_the_way}: ")
