@@ -30,7 +30,7 @@ import enum
 import hashlib
 import math
 import re
-from typing import Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -181,11 +181,34 @@ def check_header(fieldnames: Sequence[str] | None, source: str) -> None:
     Raises:
         CsvHeaderError: naming every missing and every unknown column.
     """
+    check_columns(fieldnames, source, CSV_COLUMNS)
+
+
+def check_columns(fieldnames: Sequence[str] | None, source: str, required: Sequence[str],
+                  known: Collection[str] = (), *, allow_unknown: bool = False, allow_trailing_empty: bool = False,
+                  clean: Callable[[str], str] = str.strip) -> None:
+    """Fails fast on a CSV header that is not its format's (CheXpert's, or an external
+    dataset's: ``schemas.external``).
+
+    Args:
+        fieldnames: the header's cells.
+        source: the file name, for the message.
+        required: columns that must be there.
+        known: further columns that may be there.
+        allow_unknown: accept columns in neither list.
+        allow_trailing_empty: accept empty cells at the end (a trailing comma).
+        clean: how a header cell is trimmed before it is compared.
+
+    Raises:
+        CsvHeaderError: naming every missing, unknown and duplicate column.
+    """
     if not fieldnames:
-        raise CsvHeaderError(f"{source}: empty file, expected a header with {', '.join(CSV_COLUMNS)}")
-    present = [f.strip() for f in fieldnames]
-    missing = [c for c in CSV_COLUMNS if c not in present]
-    unknown = [c for c in present if c not in CSV_COLUMNS]
+        raise CsvHeaderError(f"{source}: empty file, expected a header with {', '.join(required)}")
+    present = [clean(f) for f in fieldnames]
+    while allow_trailing_empty and present and not present[-1]:
+        present.pop()
+    missing = [c for c in required if c not in present]
+    unknown = [] if allow_unknown else [c for c in present if c not in required and c not in known]
     dupes = sorted({c for c in present if present.count(c) > 1})
     problems = []
     if missing:

@@ -93,23 +93,8 @@ def check_columns(fieldnames: Sequence[str] | None, source: str, required: Seque
     Raises:
         chexpert.CsvHeaderError: naming every missing, unknown and duplicate column.
     """
-    if not fieldnames:
-        raise chexpert.CsvHeaderError(f"{source}: empty file, expected a header with {', '.join(required)}")
-    present = [trim(f).lstrip("\ufeff") for f in fieldnames]
-    while present and not present[-1]:
-        present.pop()
-    missing = [c for c in required if c not in present]
-    unknown = [] if allow_unknown else [c for c in present if c not in required and c not in known]
-    dupes = sorted({c for c in present if present.count(c) > 1})
-    problems = []
-    if missing:
-        problems.append("missing column(s) " + ", ".join(repr(c) for c in missing))
-    if unknown:
-        problems.append("unknown column(s) " + ", ".join(repr(c) for c in unknown))
-    if dupes:
-        problems.append("duplicate column(s) " + ", ".join(repr(c) for c in dupes))
-    if problems:
-        raise chexpert.CsvHeaderError(f"{source}: " + "; ".join(problems))
+    chexpert.check_columns(fieldnames, source, required, known, allow_unknown=allow_unknown,
+                           allow_trailing_empty=True, clean=lambda f: trim(f).lstrip("\ufeff"))
 
 
 def cells_of(columns: Sequence[str], values: Sequence[str], source: str = "row") -> dict[str, str]:
