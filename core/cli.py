@@ -8,6 +8,7 @@
     add_guard_flags  ``--max_reject_fraction`` / ``--max_shrink_fraction`` (``core.commit``)
     add_renamed_flag a renamed flag's old name, still accepted, with a warning
     one_line         an unexpected exception as the one line an entry point prints
+    unexpected       an entry point's last except clause: that line, exit 1 (re-raised with --verbose)
     require_extra    a command that needs a pip extra says which, in one line, when it is missing
 """
 
@@ -145,6 +146,19 @@ def add_renamed_flag(parser: argparse.ArgumentParser, old: str, new: str, *, war
     parser.add_argument(old, action=_Renamed, dest=target.dest, type=target.type, default=argparse.SUPPRESS,
                         help=f"Deprecated: the old name of {new}.")
 
+
+def unexpected(prog: str, e: BaseException, verbose: bool, consequence: str = "") -> int:
+    """An entry point's last ``except Exception``: the error as one line on stderr
+    (``prog: error: <one_line(e)><consequence>``) and exit status 1; with ``verbose`` the
+    exception itself is raised again, traceback and all.
+
+    Args:
+        consequence: appended to the line, e.g. ``"; nothing committed"``.
+    """
+    print(f"{prog}: error: {one_line(e)}{consequence}", file=sys.stderr)
+    if verbose:
+        raise e
+    return 1
 
 # What each extra of setup.cfg brings, by the import names the commands need.
 EXTRAS = {

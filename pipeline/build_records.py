@@ -197,10 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"build_records: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # a full disk, a worker failure...: said in one line, nothing committed
-        print(f"build_records: error: {cli.one_line(e)}; nothing committed", file=sys.stderr)
-        if "--verbose" in argv:
-            raise
-        return 1
+        return cli.unexpected("build_records", e, "--verbose" in argv, "; nothing committed")
     manifest = manifest_lib.Manifest.from_json(result)
     out = manifest.options["output_dir"]
     if result.get("nothing_new"):

@@ -355,10 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"score: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # a full disk, a model that fails to load...: one line, nothing committed
-        print(f"score: error: {cli.one_line(e)}; nothing committed", file=sys.stderr)
-        if "--verbose" in argv:
-            raise
-        return 1
+        return cli.unexpected("score", e, "--verbose" in argv, "; nothing committed")
     if m.get("model_data") == "synthetic":
         print("WARNING: the model was trained on SYNTHETIC data (pipeline.make_sample): these scores say nothing "
               "about real radiographs", file=sys.stderr)

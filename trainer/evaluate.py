@@ -501,10 +501,7 @@ def main(argv) -> int:
         print(f"trainer.evaluate: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # one line, not a traceback (--verbose shows it)
-        print(f"trainer.evaluate: error: {cli.one_line(e)}", file=sys.stderr)
-        if FLAGS.verbose:
-            raise
-        return 1
+        return cli.unexpected("trainer.evaluate", e, FLAGS.verbose)
     # The terminal gets the header and the results (markdown reads well as plain text); the
     # confusion counts, bins and plots are in the files.
     print(report.render_markdown(report.header_blocks(out) + report.results_blocks(out, out)))

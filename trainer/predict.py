@@ -338,10 +338,7 @@ def main(argv) -> int:
         print(f"trainer.predict: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # one line, not a traceback (--verbose shows it)
-        print(f"trainer.predict: error: {cli.one_line(e)}", file=sys.stderr)
-        if FLAGS.verbose:
-            raise
-        return 1
+        return cli.unexpected("trainer.predict", e, FLAGS.verbose)
     report(doc, job.tasks, FLAGS.out_dir, time.perf_counter() - start)
     return 1 if doc["failures"] and not doc["results"] else 0
 

@@ -129,10 +129,7 @@ def main(argv) -> int:
         print(f"trainer.task: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # one line, not a traceback (--verbose shows it)
-        print(f"trainer.task: error: {cli.one_line(e)}", file=sys.stderr)
-        if FLAGS.verbose:
-            raise
-        return 1
+        return cli.unexpected("trainer.task", e, FLAGS.verbose)
     print_report(report, cfg.job_dir)
     return 0
 

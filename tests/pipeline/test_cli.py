@@ -130,6 +130,15 @@ def test_a_renamed_flag_and_its_new_name_together_are_an_error_not_a_silent_choi
     assert "is the deprecated name of --labeller" in capsys.readouterr().err
 
 
+def test_an_unexpected_error_is_one_line_and_exit_1_or_the_exception_itself_with_verbose(capsys):
+    error = OSError(28, "No space left on device")
+    assert cli.unexpected("score", error, False, "; nothing committed") == 1
+    assert capsys.readouterr().err == "score: error: OSError: [Errno 28] No space left on device; nothing committed\n"
+    with pytest.raises(OSError) as raised:
+        cli.unexpected("score", error, True)
+    assert raised.value is error
+
+
 def test_one_line_is_the_first_line_of_an_error():
     assert cli.one_line(RuntimeError("OSError: [Errno 28] No space\n  [while running 'WriteShards']")) == (
         "RuntimeError: OSError: [Errno 28] No space")
