@@ -29,6 +29,18 @@ Keys (dtype, shape):
                                         job ran one (``build_records --labeller``), else -1; absent
                                         from version 1 records, parsed as all -1
     schema/version      int64   ()
+    source/dataset      bytes   ()      b"nih" | b"mimic": the dataset the row came from;
+                                        written only for external rows, parsed as
+                                        b"chexpert" where absent (so CheXpert records
+                                        are byte-identical to before)
+    source/labels       bytes   ()      the source's own labels as it wrote them, ``|``
+                                        between (NIH ``Cardiomegaly|Effusion``, MIMIC the
+                                        observation names it labelled 1.0); external rows
+                                        only, parsed as b"" where absent
+
+An external dataset's observation that it does not label is ``labels/raw`` = -2 (blank) in
+every one of its records: readers must mask it there (``schemas.sources.labelled``), never
+read it as negative.
 
 The raw codes are always stored, so a different policy never needs a rebuild: the reader
 maps ``labels/raw``, ``labels/draw`` and ``labels/teacher`` with
@@ -64,6 +76,8 @@ LABELS_MASK = "labels/mask"
 # it is written into every record, and renaming it would make existing records unreadable.
 LABELS_LABELLER = "labels/teacher"
 VERSION = "schema/version"
+SOURCE_DATASET = "source/dataset"
+SOURCE_LABELS = "source/labels"
 
 IMAGE_FORMATS = ("png", "jpeg", "raw")
 
@@ -87,9 +101,14 @@ FEATURES: dict[str, tuple[str, tuple[int, ...]]] = {
     LABELS_MASK: ("float", (_N,)),
     LABELS_LABELLER: ("float", (_N,)),
     VERSION: ("int64", ()),
+    SOURCE_DATASET: ("bytes", ()),
+    SOURCE_LABELS: ("bytes", ()),
 }
+# Keys written only for some records (external datasets'): left out of CheXpert records, so
+# those stay byte-identical to records written before the keys existed.
+OPTIONAL = (SOURCE_DATASET, SOURCE_LABELS)
 # Parse defaults for keys older records lack (FixedLenFeature default_value).
-DEFAULTS = {LABELS_LABELLER: [chexpert.NO_LABELLER_VALUE] * _N}
+DEFAULTS = {LABELS_LABELLER: [chexpert.NO_LABELLER_VALUE] * _N, SOURCE_DATASET: b"chexpert", SOURCE_LABELS: b""}
 
 
 # How records are ordered inside a shard (the manifest's ``record_order``): frontal views
@@ -180,6 +199,8 @@ def to_example(
     targets: np.ndarray,
     mask: np.ndarray,
     labeller: np.ndarray | None = None,
+    dataset: str = "chexpert",
+    source_labels: str = "",
 ) -> bytes:
     """Builds the serialized record for one radiograph (the writer's side).
 
@@ -191,13 +212,16 @@ def to_example(
         draws: float32 (14,) from ``chexpert.draws_for``.
         targets, mask: float32 (14,) from ``chexpert.apply_policy``.
         labeller: float32 (14,) ``labels/teacher`` (None: all ``chexpert.NO_LABELLER_VALUE``).
+        dataset: ``chexpert``, ``nih`` or ``mimic``; source_labels: the source's own labels
+            (``source/labels``). Both written only when ``dataset`` is not ``chexpert``.
 
     Returns:
-        A serialized ``tf.train.Example`` with every key in ``FEATURES``.
+        A serialized ``tf.train.Example`` with every key in ``FEATURES`` (the ``OPTIONAL``
+        ones only for external rows).
     """
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format={image_format!r}; expected one of {IMAGE_FORMATS}")
-    return encode({
+    features = {
         IMAGE_ENCODED: encoded,
         IMAGE_FORMAT: image_format,
         IMAGE_HEIGHT: [height],
@@ -215,4 +239,8 @@ def to_example(
         LABELS_MASK: mask,
         LABELS_LABELLER: chexpert.no_labeller_values() if labeller is None else labeller,
         VERSION: [chexpert.SCHEMA_VERSION],
-    })
+    }
+    if dataset != "chexpert":
+        features[SOURCE_DATASET] = dataset
+        features[SOURCE_LABELS] = source_labels
+    return encode(features)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import posixpath
 from typing import Iterable
 
-from schemas import mimic, nih
+from schemas import chexpert, mimic, nih
 
 CHEXPERT, NIH, MIMIC = "chexpert", "nih", "mimic"
 FORMATS = (CHEXPERT, NIH, MIMIC)
@@ -57,3 +57,24 @@ def detect_format(names: Iterable[str], folder: str) -> str:
     which = "; ".join(f"{f} ({', '.join(found[f])})" for f in matched)
     raise FormatError(f"{folder}: holds the label files of {len(matched)} datasets: {which}; "
                       f"say which with --format {'|'.join(FORMATS)}")
+
+
+# Format -> the CheXpert observations its labels say something about. Elsewhere every row
+# of that format is blank (``Code.BLANK``), which is "not labelled", never "negative":
+# training masks those entries and evaluation leaves them unscored.
+LABELLED: dict[str, tuple[str, ...]] = {
+    CHEXPERT: chexpert.OBSERVATIONS,
+    NIH: nih.LABELLED_OBSERVATIONS,
+    MIMIC: mimic.LABELLED_OBSERVATIONS,
+}
+
+
+def labelled(fmt: str) -> tuple[str, ...]:
+    """The observations a format labels, in ``chexpert.OBSERVATIONS`` order.
+
+    Raises:
+        FormatError: an unknown format.
+    """
+    if fmt not in LABELLED:
+        raise FormatError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    return LABELLED[fmt]

@@ -101,3 +101,25 @@ def test_tfrecord_framing_reads_back_in_tensorflow(tmp_path):
         sizes = [tfrecord.write_record(f, r) for r in records]
     assert sum(sizes) == (tmp_path / "x.tfrecord").stat().st_size
     assert [r.numpy() for r in tf.data.TFRecordDataset(path)] == records
+
+
+def test_external_keys_round_trip_and_chexpert_records_unchanged():
+    """External rows carry their dataset and own labels; a CheXpert record leaves both keys
+    out (its bytes are what they were before the keys existed) and parses with the defaults."""
+    row = chexpert.parse_row(_row())
+    pixels = np.zeros((4, 4), np.uint8)
+    draws = chexpert.draws_for(row.path)
+    targets, mask = chexpert.apply_policy(np.array(row.codes), draws,
+                                          chexpert.policy_matrix(chexpert.resolve_policies()))
+    common = dict(encoded=pixels.tobytes(), image_format="raw", height=4, width=4, draws=draws, targets=targets,
+                  mask=mask)
+    plain = example_lib.to_example(row, **common)
+    assert b"source/dataset" not in plain and b"source/labels" not in plain
+    f = example_tf.parse(tf.constant(plain))
+    assert f[example_lib.SOURCE_DATASET].numpy() == b"chexpert" and f[example_lib.SOURCE_LABELS].numpy() == b""
+    ext = example_lib.to_example(row, **common, dataset="nih", source_labels="Cardiomegaly|Effusion")
+    f = example_tf.parse(tf.constant(ext))
+    assert f[example_lib.SOURCE_DATASET].numpy() == b"nih"
+    assert f[example_lib.SOURCE_LABELS].numpy() == b"Cardiomegaly|Effusion"
+    # The hand encoder still equals TensorFlow's own serialization with the new keys in.
+    assert tf.train.Example.FromString(ext).SerializeToString(deterministic=True) == ext

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas import sources
+from schemas import chexpert, sources
 
 
 @pytest.mark.parametrize("names,fmt", [
@@ -30,3 +30,13 @@ def test_several_formats_name_the_folder_the_files_and_the_flag():
     with pytest.raises(sources.FormatError, match=r"^data/x: .*2 datasets: chexpert \(train\.csv\); nih "
                                                   r"\(sample_labels\.csv\).*--format chexpert\|nih\|mimic"):
         sources.detect_format(["train.csv", "sample_labels.csv"], "data/x")
+
+
+def test_labelled_observations_per_format():
+    assert sources.labelled("chexpert") == chexpert.OBSERVATIONS
+    assert sources.labelled("mimic") == chexpert.OBSERVATIONS
+    nih_obs = sources.labelled("nih")
+    assert "pleural_effusion" in nih_obs and "cardiomegaly" in nih_obs
+    assert "support_devices" not in nih_obs and "lung_opacity" not in nih_obs
+    with pytest.raises(sources.FormatError, match="format 'x'"):
+        sources.labelled("x")
