@@ -61,7 +61,7 @@ import multiprocessing
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -457,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--image_size={args.image_size}: expected >= {imaging.MIN_SIDE}")
     if args.label_file and args.format != "nih":
         parser.error(f"--label_file is NIH's; --format={args.format} names its files itself")
-    common = dict(seed=args.seed, image_size=args.image_size, workers=args.workers, progress=True)
+    common = {"seed": args.seed, "image_size": args.image_size, "workers": args.workers, "progress": True}
     start = time.perf_counter()
     try:
         if args.format == "nih":
