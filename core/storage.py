@@ -121,7 +121,7 @@ def children(folder: str) -> list[str]:
     if not is_remote(folder):
         try:
             return sorted(os.listdir(folder))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no such folder, or a file
             return []
     prefix = folder.rstrip("/") + "/"
     names = {m.path[len(prefix):].split("/", 1)[0]
