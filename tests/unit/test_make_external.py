@@ -303,3 +303,23 @@ def test_an_image_is_make_samples_drawing_of_its_severities(nih_root):
     path, = glob.glob(os.path.join(nih_root, make_external.NIH_DIR, "images_*", "images", image.name))
     with open(path, "rb") as f:
         assert (imaging.decode(f.read(), path) == want).all()
+
+
+# --- Read by the project's own reader -----------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture,fmt", [("nih_root", "nih"), ("mimic_root", "mimic")])
+def test_core_datasets_reads_every_row_with_no_reject(fixture, fmt, request):
+    """The parent folder is found (one dataset below it), every row is a DatasetRow whose image
+    exists, and each has its official split, as the hidden truth says."""
+    from core import datasets
+
+    root = request.getfixturevalue(fixture)
+    ds = datasets.find_dataset(root)
+    assert ds is not None and ds.format == fmt and ds.official_split
+    rows = list(ds.rows())
+    rejects = [r for r in rows if not isinstance(r, datasets.DatasetRow)]
+    assert not rejects, rejects[:3]
+    truth = _truth(root)
+    assert {r.image: r.split for r in rows} == {p: t["split"] for p, t in truth.items()}
+    assert all(os.path.exists(os.path.join(ds.folder, r.image)) for r in rows)
