@@ -241,7 +241,11 @@ def configure(opts: argparse.Namespace) -> tuple[BuildConfig, datasets.Dataset |
     if dataset is not None and opts.labeller:
         raise ConfigError(f"--labeller: U-SelfTrained relabels CheXpert's uncertain labels; not supported with "
                           f"--format={fmt} (build the {fmt} records without it)")
-    synthetic = synthetic or FileSystems.exists(posixpath.join(root, make_sample.TRUTH_FILE))
+    # The synthetic sets' hidden truth: beside CheXpert's folder; above an NIH/MIMIC one
+    # (pipeline.make_external writes it next to the dataset folder).
+    synthetic = synthetic or any(FileSystems.exists(posixpath.join(folder, make_sample.TRUTH_FILE))
+                                 for folder in ((root, posixpath.dirname(root.rstrip("/")) or ".")
+                                                if dataset is not None else (root,)))
     return BuildConfig(
         input_dir=root, output_dir=opts.output_dir, image_size=opts.image_size, resize=opts.resize,
         policy=policy, blank=opts.blank, holdout_fraction=opts.holdout_fraction, num_shards=opts.num_shards,
