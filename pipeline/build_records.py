@@ -163,9 +163,11 @@ def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.
             kept = incremental.carry_over(cfg, rows, previous, snapshot, tag, valid_patients, held_out)
             log.info("--incremental: %d rows kept from the committed records, %d to process", len(kept.index),
                      len(rows) - len(kept.index) - len(kept.duplicate_rejects))
-    kind = cfg.format if cfg.external else "CheXpert"
-    log.info("input %s (%s), %d CSV rows, output %s, policy %s", cfg.input_dir,
-             ("synthetic " + cfg.format if cfg.external else "synthetic") if cfg.synthetic else kind,
+    if cfg.external:
+        kind = f"synthetic {cfg.format}" if cfg.synthetic else cfg.format
+    else:
+        kind = "synthetic" if cfg.synthetic else "CheXpert"
+    log.info("input %s (%s), %d CSV rows, output %s, policy %s", cfg.input_dir, kind,
              sum(s.rows for s in sources), cfg.output_dir,
              ",".join(f"{k}={v}" for k, v in cfg.policy.items()))
     if cfg.labeller:
@@ -209,11 +211,11 @@ def _dataset_summary(manifest: manifest_lib.Manifest) -> str:
     """Two or three lines on an external dataset's records: its format, what it labels, the
     positives per labelled observation, and the source's own labels that map to none."""
     info = manifest.datasets[manifest.format]
-    lines = [f"format {info.format} ({info.folder}): labels {len(info.labelled)} of {len(manifest.observations)} "
-             f"observations; not labelled (blank, masked in training): {', '.join(info.unlabelled) or 'none'}",
-             "  positive/negative/uncertain: " + ", ".join(
-                 f"{slug} {c.get('positive', 0)}/{c.get('negative', 0)}/{c.get('uncertain', 0)}"
-                 for slug, c in info.counts.items())]
+    head = (f"format {info.format} ({info.folder}): labels {len(info.labelled)} of {len(manifest.observations)} "
+            f"observations; not labelled (blank, masked in training): {', '.join(info.unlabelled) or 'none'}")
+    counts = ", ".join(f"{slug} {c.get('positive', 0)}/{c.get('negative', 0)}/{c.get('uncertain', 0)}"
+                       for slug, c in info.counts.items())
+    lines = [head, f"  positive/negative/uncertain: {counts}"]
     if info.unmapped_findings:
         lines.append("  unmapped source labels (kept in source/labels): "
                      + ", ".join(f"{k}={v}" for k, v in info.unmapped_findings.items()))

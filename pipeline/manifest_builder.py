@@ -17,9 +17,10 @@ from pipeline import rows as rows_lib
 from pipeline import self_trained, shards
 from pipeline.build_config import BuildConfig
 from pipeline.inputs import CsvSource, ListedRow
-from schemas import chexpert, sources as sources_lib
+from schemas import chexpert
 from schemas import example as example_lib
 from schemas import manifest as manifest_lib
+from schemas import sources as sources_lib
 
 INDEX = "index.tsv"
 _SPLIT_SOURCE = {"train": "train.csv", "holdout": "train.csv", "valid": "valid.csv"}

@@ -33,6 +33,7 @@ NIH_ROWS = [
     ("00000005_001.png", "Effusion|Hernia", 1, 5, "023Y", "F", "PA", "test", "test"),
     ("00000006_000.png", "No Finding", 0, 6, "414", "M", "PA", "train_val", "bad_age"),
     ("00000007_000.png", "Emphysema", 0, 7, "60", "M", "PA", "train_val", "missing_file"),
+    ("00000008_000.png", "No Finding", 0, "8x", "33", "F", "PA", "train_val", "bad_id"),
     ("00000001_000.png", "Cardiomegaly", 0, 1, "058Y", "M", "PA", "train_val", "duplicate_path"),
 ]
 NIH_RGBA = "00000002_000.png"  # NIH ships a few RGBA PNGs

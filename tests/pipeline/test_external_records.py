@@ -16,9 +16,8 @@ import tensorflow as tf
 from core.errors import ConfigError
 from pipeline import build_config, build_records
 from pipeline import options as job_options
-from schemas import chexpert, nih
+from schemas import chexpert, example_tf, nih
 from schemas import example as example_lib
-from schemas import example_tf
 from schemas import manifest as manifest_lib
 from tests.pipeline import external_folders as ef
 from trainer import config as trainer_config
@@ -72,7 +71,7 @@ def mimic_built(tmp_path_factory):
 
 
 def test_nih_records_read_back_with_their_source_labels_splits_and_masks(nih_built):
-    folder, out, manifest = nih_built
+    _, out, manifest = nih_built
     recs = _records(out, manifest)
     want = {name: (on, expected) for name, *_, on, expected in ef.NIH_ROWS[:-1]}  # the last is a duplicate
     written = {f"images_001/images/{n}" for n, (_, e) in want.items() if e in ("train", "test")}
@@ -114,7 +113,8 @@ def test_nih_counts_reconcile_with_every_dead_letter_and_its_line(nih_built):
     folder, out, manifest = nih_built
     src = manifest["sources"]["Data_Entry_2017.csv"]
     assert src["rows"] == len(ef.NIH_ROWS) == src["written"] + src["rejected"]
-    assert src["rejected_by_reason"] == {"bad_age": 1, "missing_file": 1, "duplicate_path": 1, "patient_in_test": 1}
+    assert src["rejected_by_reason"] == {"bad_age": 1, "missing_file": 1, "duplicate_path": 1, "patient_in_test": 1,
+                                         "bad_id": 1}
     assert manifest["rows"] == manifest["written"] + manifest["rejected"]
     assert manifest["rejected_files"] == [f"{manifest['snapshot']}/rejected-Data_Entry_2017.jsonl"]
     got = {r["row"]: r["reason"] for r in _rejects(out, manifest)}
@@ -125,7 +125,7 @@ def test_nih_counts_reconcile_with_every_dead_letter_and_its_line(nih_built):
 
 
 def test_nih_manifest_says_what_it_labels_and_counts_mapped_and_unmapped_labels(nih_built):
-    folder, out, manifest = nih_built
+    folder, _, manifest = nih_built
     m = manifest_lib.Manifest.from_json(manifest)
     assert m.format == "nih"
     info = m.datasets["nih"]
@@ -144,7 +144,7 @@ def test_nih_manifest_says_what_it_labels_and_counts_mapped_and_unmapped_labels(
 
 
 def test_the_trainer_input_masks_what_nih_does_not_label_whatever_blank_says(nih_built):
-    folder, out, manifest = nih_built
+    _, out, _ = nih_built
     # --blank=negative would make a blank fracture a negative target: the record's dataset masks it.
     cfg = trainer_config.make_config(pathology="fracture,cardiomegaly,support_devices", records_dir=out,
                                      job_dir="/tmp/unused", image_size=32, blank="negative", views="all",
@@ -169,25 +169,27 @@ def test_an_unchanged_nih_folder_is_nothing_new_and_a_fixed_row_is_incremental(n
     out2 = str(tmp_path / "records")
     first = _run(copy, out2, "--format=nih")
     csv_path = os.path.join(copy, "Data_Entry_2017.csv")
-    text = open(csv_path).read().replace(",414,", ",44,")
-    open(csv_path, "w").write(text)
+    with open(csv_path) as f:
+        text = f.read().replace(",414,", ",44,")
+    with open(csv_path, "w") as f:
+        f.write(text)
     shutil.copy(os.path.join(copy, "images_001/images/00000005_000.png"),
                 os.path.join(copy, "images_001/images/00000006_000.png"))
     second = _run(copy, out2, "--format=nih", "--incremental")
     assert not second["nothing_new"]
     assert second["incremental"]["kept"] == first["written"] == 8
-    # Read again: the fixed row, the missing image, the held-out patient's image (the duplicate
-    # of a kept image is settled without reading it).
-    assert second["incremental"]["processed"] == 3
+    # Read again: the fixed row, the missing image, the held-out patient's image, the bad id
+    # (the duplicate of a kept image is settled without reading it).
+    assert second["incremental"]["processed"] == 4
     assert second["written"] == 9 and second["sources"]["Data_Entry_2017.csv"]["rejected_by_reason"] == {
-        "missing_file": 1, "duplicate_path": 1, "patient_in_test": 1}
+        "missing_file": 1, "duplicate_path": 1, "patient_in_test": 1, "bad_id": 1}
     recs = _records(out2, second)
     assert set(recs) == set(_records(out2, first)) | {"images_001/images/00000006_000.png"}
     assert second["datasets"]["nih"]["counts"]["no_finding"]["positive"] == 3
 
 
 def test_mimic_records_keep_study_labels_official_splits_and_unknown_views(mimic_built):
-    folder, out, manifest = mimic_built
+    _, out, manifest = mimic_built
     recs = _records(out, manifest)
     expected = {ef.mimic_image(d, s, st): e for d, s, st, _, _, e in ef.MIMIC_ROWS}
     assert {p: split for p, (split, _) in recs.items()} == {p: e for p, e in expected.items() if e != "no_labels"}

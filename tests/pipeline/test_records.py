@@ -155,7 +155,7 @@ def test_an_external_row_becomes_a_record_with_its_source_labels_and_masked_unla
     settings = example_builder.ExampleSettings(16, "squash", "raw", chexpert.policy_matrix(
         chexpert.resolve_policies(), "negative"), 0)
     data = images.png_bytes(images.gradient(40, 40))
-    _, targets, mask = example_builder.build_example(row, data, settings)
+    _, _, mask = example_builder.build_example(row, data, settings)
     labelled = example_builder.labelled_mask("nih")
     assert mask[chexpert.OBSERVATION_INDEX["fracture"]] == 0 and labelled[chexpert.OBSERVATION_INDEX["fracture"]] == 0
     assert (mask == labelled).all()  # blank=negative: every labelled entry counts, no other
