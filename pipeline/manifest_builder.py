@@ -10,6 +10,8 @@ import datetime
 import json
 import posixpath
 
+import numpy as np
+
 from core import commit as commit_lib
 from core import datasets, storage
 from pipeline import index as index_lib
@@ -96,16 +98,17 @@ def describe_dataset(cfg: BuildConfig, dataset: datasets.Dataset | None, sources
         by_path: the listed row of each path (its source's own labels, ``findings``).
     """
     labelled = list(sources_lib.labelled(cfg.format))
-    counts = {slug: {} for slug in labelled}
+    codes = np.array([e["codes"] for e in index.values()], np.int64).reshape(-1, chexpert.NUM_OBSERVATIONS)
+    counts = {}
+    for slug in labelled:
+        values, n = np.unique(codes[:, chexpert.OBSERVATION_INDEX[slug]], return_counts=True)
+        counts[slug] = {_CODE_NAMES[int(v)]: int(c) for v, c in zip(values, n)}
     unmapped: dict[str, int] = {}
-    positions = [chexpert.OBSERVATION_INDEX[s] for s in labelled]
-    for path, entry in index.items():
-        for slug, i in zip(labelled, positions):
-            key = _CODE_NAMES[entry["codes"][i]]
-            counts[slug][key] = counts[slug].get(key, 0) + 1
-        listed = by_path.get(path)
-        for finding in rows_lib.unmapped_findings(cfg.format, listed.findings if listed else ()):
-            unmapped[finding] = unmapped.get(finding, 0) + 1
+    if cfg.external:  # CheXpert's labels are the observations themselves
+        for path in index:
+            listed = by_path.get(path)
+            for finding in rows_lib.unmapped_findings(cfg.format, listed.findings if listed else ()):
+                unmapped[finding] = unmapped.get(finding, 0) + 1
     if dataset is None:
         files = {s.name: {"sha256": s.sha256, "rows": s.rows} for s in sources}
         official, folder, notes = "valid.csv" in files, cfg.input_dir, []
