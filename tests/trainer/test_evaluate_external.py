@@ -157,3 +157,81 @@ def test_aggregate_leaves_out_what_a_dataset_does_not_label_and_keeps_datasets_a
     assert "fracture" not in evaluate.aggregate(nih_only, ["fracture", "edema"], "study")
     absent, _ = evaluate.not_labelled(nih_only, ["fracture", "edema"], "study")
     assert list(absent) == ["fracture"]
+
+
+def _as_nih(records: bytes) -> bytes:
+    """A CheXpert record rewritten as build_records writes an NIH one: ``source/dataset`` nih,
+    and the observations NIH does not label blank."""
+    import tensorflow as tf
+
+    from schemas import example as ex
+    from schemas import sources
+
+    e = tf.train.Example.FromString(records)
+    f = e.features.feature
+    raw = list(f[ex.LABELS_RAW].int64_list.value)
+    for slug in chexpert.OBSERVATIONS:
+        if slug not in sources.labelled("nih"):
+            raw[chexpert.OBSERVATION_INDEX[slug]] = int(chexpert.Code.BLANK)
+    del f[ex.LABELS_RAW].int64_list.value[:]
+    f[ex.LABELS_RAW].int64_list.value.extend(raw)
+    f[ex.SOURCE_DATASET].bytes_list.value.append(b"nih")
+    f[ex.SOURCE_LABELS].bytes_list.value.append(b"No Finding")
+    return e.SerializeToString()
+
+
+def test_records_dir_of_another_dataset_is_scored_by_what_each_record_says_it_is(job4, records_dir, tmp_path):
+    """--records_dir: the valid split's first shard rewritten as NIH records, the second left
+    CheXpert: support devices is scored on the CheXpert studies only, and the report says
+    how many NIH studies it left out."""
+    import shutil
+
+    from core import tfrecord
+    from trainer.config import read_manifest
+
+    other = str(tmp_path / "records")
+    shutil.copytree(records_dir, other)
+    manifest = read_manifest(other)
+    first = os.path.join(other, manifest.splits["valid"].shards[0])
+    with open(first, "rb") as f:
+        rewritten = [_as_nih(r) for r in tfrecord.read_records(f)]
+    with open(first, "wb") as f:
+        for r in rewritten:
+            tfrecord.write_record(f, r)
+    rd = str(tmp_path / "r")
+    out = evaluate.run([job4], records_dir=other, split="valid", n_boot=50, report_dir=rd)
+    assert out["source"]["kind"] == "records" and not out["source"]["own"]
+    assert out["tune_split"] == "holdout"  # thresholds still tuned on the job's own records
+    assert out["external"]["datasets"] == ["chexpert", "nih"]
+    preds = _predictions(rd)
+    nih = _nih_paths(first)
+    studies = collections.defaultdict(list)
+    for r in preds.values():
+        studies[r["study"]].append(r)
+    for task in TASKS:
+        y, p = [], []
+        for rows in studies.values():
+            code = int(rows[0][f"label_{task}"])
+            if code == int(chexpert.Code.UNCERTAIN) or (code == int(chexpert.Code.BLANK) and task == "support_devices"
+                                                         and rows[0]["path"] in nih):
+                continue
+            y.append(code == int(chexpert.Code.POSITIVE))
+            p.append(max(float(r[f"p_{task}"]) for r in rows))
+        t = out["tasks"][task]
+        assert (t["positives"], t["negatives"]) == (sum(y), len(y) - sum(y))
+        if 0 < sum(y) < len(y):
+            assert t["auroc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-9)
+    nih_studies = len({r["study"] for r in preds.values() if r["path"] in nih})
+    assert f"support_devices: {nih_studies} studies of NIH ChestX-ray14 left out" in " ".join(out["notes"])
+    assert not any("chose its best epoch" in n for n in out["notes"])  # not the records it was selected on
+
+
+def _nih_paths(shard: str) -> set[str]:
+    import tensorflow as tf
+
+    from core import tfrecord
+    from schemas import example as ex
+
+    with open(shard, "rb") as f:
+        return {tf.train.Example.FromString(r).features.feature[ex.SOURCE_PATH].bytes_list.value[0].decode()
+                for r in tfrecord.read_records(f)}
