@@ -371,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"studies: {s['studies']} (max over frontal images)"
           + (f", {s['without_frontal']} without a frontal image (max over their other views)" if s["without_frontal"]
              else "")
-          + (f"; {s['outside']} input(s) not in a .../patientNNNNN/studyM/ folder left out of studies.csv"
+          + (f"; {s['outside']} input(s) not in a .../patientNNNNN/studyM/ folder (nor MIMIC's .../pSUBJECT/sSTUDY/) "
+             "left out of studies.csv"
              if s["outside"] else ""))
     print(f"scores in {storage.join(m_dir, out['scores_csv'])} and {storage.join(m_dir, out['scores_jsonl'])}, "
           f"studies in {storage.join(m_dir, out['studies_csv'])}, rejects in {storage.join(m_dir, out['rejected'])} (committed by {storage.join(m_dir, 'manifest.json')})")

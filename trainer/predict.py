@@ -13,8 +13,9 @@ own (``serving.preprocess.model_input``). Writes to ``--out_dir``:
 * ``predictions.json``: the same, the model's provenance, unreadable files with the reason,
   and the study table's details.
 * ``predictions_studies.csv``: the CheXpert competition's format, ``Study,<observations>``,
-  one row per study (the max over its frontal images; ``core.studies``); images in no
-  ``patientNNNNN/studyM`` folder are left out and counted.
+  one row per study (the max over its frontal images; ``core.studies``): CheXpert's
+  ``patientNNNNN/studyM`` and MIMIC-CXR-JPG's ``pSUBJECT/sSTUDY`` folders; images in no
+  such folder (NIH's, which has one image per follow-up) are left out and counted.
 * with ``--heatmap TASK``: one ``<path>.gradcam_TASK.png`` per image, named by the image's
   path below the inputs' common folder (``patient00001_study1_view1_frontal.gradcam_...``),
   never one file for two images. Each shows the film at its own resolution, the Grad-CAM
