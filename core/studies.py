@@ -122,13 +122,16 @@ class StudyTable:
         return sum(s.basis != FRONTAL for s in self.studies)
 
 
-def aggregate(images: Iterable[tuple[str, str, Mapping[str, float]]], tasks: Sequence[str]) -> StudyTable:
+def aggregate(images: Iterable[tuple[str, str, Mapping[str, float]]], tasks: Sequence[str],
+              study_ids: Mapping[str, str] | None = None) -> StudyTable:
     """Groups per-image probabilities into studies (max over frontal images).
 
     Args:
         images: ``(path, view, {task: P(positive)})`` per scored image; ``view`` is one of
             ``frontal``, ``lateral``, ``unknown``.
         tasks: the observation slugs to aggregate (each image has all of them).
+        study_ids: {path: study} where a dataset's own files name the study (NIH's
+            ``PATIENT/FOLLOWUP``, which no folder states); other paths by ``study_of``.
 
     Returns:
         A ``StudyTable``.
@@ -136,7 +139,7 @@ def aggregate(images: Iterable[tuple[str, str, Mapping[str, float]]], tasks: Seq
     groups: dict[str, list[tuple[str, str, Mapping[str, float]]]] = {}
     outside = []
     for path, view, probs in images:
-        study = study_of(path)
+        study = (study_ids or {}).get(path) or study_of(path)
         if study is None:
             outside.append(path)
         else:
