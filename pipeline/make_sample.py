@@ -95,7 +95,10 @@ _P = chexpert.Code.POSITIVE
 _N = chexpert.Code.NEGATIVE
 _U = chexpert.Code.UNCERTAIN
 _B = chexpert.Code.BLANK
-_CODE_TEXT = {_P: "1.0", _N: "0.0", _U: "-1.0", _B: ""}
+CODE_TEXT = {_P: "1.0", _N: "0.0", _U: "-1.0", _B: ""}
+# hidden_truth.csv: the image, its split, then each observation's truth and severity.
+TRUTH_HEADER = (["Path", "split"] + [f"truth_{s}" for s in chexpert.OBSERVATIONS]
+                + [f"severity_{s}" for s in chexpert.OBSERVATIONS])
 
 
 @dataclasses.dataclass
@@ -113,7 +116,7 @@ class Study:
     views: list[tuple[str, str]]  # (file name, AP/PA) per image
 
 
-def _draw_labels(rng: np.random.Generator, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_labels(rng: np.random.Generator, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draws (codes, severity, truth) for one study; arrays of shape (14,)."""
     n = chexpert.NUM_OBSERVATIONS
     codes = np.full(n, _B, np.int64)
@@ -171,7 +174,7 @@ def make_patient(patient: int, split: str, seed: int) -> list[Study]:
     lateral_rate = (1 - FRONTAL_FRACTION) / FRONTAL_FRACTION  # laterals per frontal
     studies = []
     for k in range(1, n_studies + 1):
-        codes, sev, truth = _draw_labels(rng, split)
+        codes, sev, truth = draw_labels(rng, split)
         views = []
         if rng.random() < 0.985:
             r = rng.random()
@@ -364,13 +367,14 @@ def _write_patient(args) -> list[tuple[list[str], list[str]]]:
                 f.write(encode_jpeg(pixels))
             rel = f"{dataset_dir}/{split}/patient{patient:05d}/study{study.number}/{name}"
             csv_row = [rel, study.sex, str(study.age), view.capitalize(), proj]
-            csv_row += [_CODE_TEXT[int(c)] for c in study.codes]
+            csv_row += [CODE_TEXT[int(c)] for c in study.codes]
             truth_row = [rel, split] + [str(int(t)) for t in study.truth] + [f"{v:.4f}" for v in study.severity]
             rows.append((csv_row, truth_row))
     return rows
 
 
-def _progress(done: int, total: int, start: float) -> None:
+def print_progress(done: int, total: int, start: float) -> None:
+    """A progress bar on stderr: live on a terminal, ten lines in a log file."""
     tty = sys.stderr.isatty()
     if not tty and done != total and done % max(total // 10, 1):
         return  # a log file gets ten lines, a terminal a live bar
@@ -424,15 +428,13 @@ def generate(
             for i, rows in enumerate(pool.imap(_write_patient, jobs, chunksize=16), start=1):
                 results.append(rows)
                 if progress:
-                    _progress(i, len(jobs), start)
+                    print_progress(i, len(jobs), start)
     else:
         for i, job in enumerate(jobs, start=1):
             results.append(_write_patient(job))
             if progress:
-                _progress(i, len(jobs), start)
+                print_progress(i, len(jobs), start)
     header = list(chexpert.CSV_COLUMNS)
-    truth_header = ["Path", "split"] + [f"truth_{s}" for s in chexpert.OBSERVATIONS]
-    truth_header += [f"severity_{s}" for s in chexpert.OBSERVATIONS]
     files = {
         "train": open(os.path.join(output_dir, dataset_dir, "train.csv"), "w", newline=""),
         "valid": open(os.path.join(output_dir, dataset_dir, "valid.csv"), "w", newline=""),
@@ -442,7 +444,7 @@ def generate(
         for wr in writers.values():
             wr.writerow(header)
         truth = csv.writer(tf_, lineterminator="\n")
-        truth.writerow(truth_header)
+        truth.writerow(TRUTH_HEADER)
         for job, rows in zip(jobs, results):
             for csv_row, truth_row in rows:
                 writers[job[3]].writerow(csv_row)
