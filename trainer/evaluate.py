@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import sys
 
 from core import cli
@@ -453,7 +454,8 @@ def describe_source(jobs: list, split: str, csv_path: str | None, image_root: st
         jobs (each member of an ensemble reads its own), or ``records_dir``'s. For a CSV:
         ``{"kind": "csv", "csv", "image_root", "synthetic"}``; ``synthetic`` is True when
         ``pipeline.make_sample``'s answer key lies beside the images, as build_records
-        decides it. For a dataset folder: ``{"kind": "dataset", "format", "name", "folder",
+        decides it (for a dataset folder: in it or beside it, where
+        ``pipeline.make_external`` writes it). For a dataset folder: ``{"kind": "dataset", "format", "name", "folder",
         "files": [{"name", "sha256", "rows"}], "split", "rule", "counts", "synthetic"}``.
     """
     if dataset is not None:
@@ -461,7 +463,8 @@ def describe_source(jobs: list, split: str, csv_path: str | None, image_root: st
                 "folder": os.path.abspath(dataset.folder) if not storage.is_remote(dataset.folder) else dataset.folder,
                 "files": [{"name": f.name, "sha256": f.sha256, "rows": f.rows} for f in dataset.files],
                 "split": selection.split, "rule": selection.rule, "counts": dict(selection.counts),
-                "synthetic": storage.exists(storage.join(dataset.folder, make_sample.TRUTH_FILE))}
+                "synthetic": any(storage.exists(storage.join(d, make_sample.TRUTH_FILE))
+                                 for d in (dataset.folder, posixpath.dirname(dataset.folder.rstrip("/"))))}
     if records_dir:
         manifest = read_manifest(records_dir)
         own = all(os.path.abspath(records_dir) == os.path.abspath(j.cfg.records_dir) for j in jobs)
@@ -527,7 +530,8 @@ def warnings_for(source: dict, provenance: list[dict]) -> list[str]:
                            else any(r["synthetic"] for r in source["records"]))
     if evaluated_synthetic:
         out.append("Evaluated on SYNTHETIC data: the images and labels scored here were made by "
-                   "pipeline.make_sample, not taken from patients.")
+                   + ("pipeline.make_external" if source["kind"] == "dataset" else "pipeline.make_sample")
+                   + ", not taken from patients.")
     return out
 
 

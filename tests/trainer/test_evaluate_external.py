@@ -235,3 +235,27 @@ def _nih_paths(shard: str) -> set[str]:
     with open(shard, "rb") as f:
         return {tf.train.Example.FromString(r).features.feature[ex.SOURCE_PATH].bytes_list.value[0].decode()
                 for r in tfrecord.read_records(f)}
+
+
+@pytest.mark.parametrize("fmt", ["nih", "mimic"])
+def test_a_generated_external_set_is_evaluated_and_said_to_be_synthetic(trained_job, fmt, tmp_path):
+    """pipeline.make_external's layouts (NIH's split lists and RGBA PNGs, MIMIC's .csv.gz
+    files): every row is a scored image or a dead letter, and the report warns the data is
+    synthetic."""
+    from pipeline import make_external
+
+    if fmt == "nih":
+        folder = make_external.generate_nih(str(tmp_path), num_patients=12, seed=0, image_size=64, workers=1)
+    else:
+        folder = make_external.generate_mimic(str(tmp_path), num_subjects=6, seed=0, image_size=64, workers=1)
+    out = evaluate.run([trained_job], input_dir=str(tmp_path), split="all", tune_split="", n_boot=20, views="all",
+                       report_dir=str(tmp_path / "r"))
+    src = out["source"]
+    assert src["folder"] == folder and src["format"] == fmt and src["synthetic"]
+    assert any(w.startswith("Evaluated on SYNTHETIC data") and "make_external" in w for w in out["warnings"])
+    c = src["counts"]
+    assert c["rows"] == c["readable"] + len([d for d in out["unreadable"] if d["reason"] not in (
+        "missing_file", "unreadable_file", "not_an_image")])
+    assert out["images"] == c["selected"] - (len(out["unreadable"]) - (c["rows"] - c["readable"]))
+    assert src["split"] is None and c["selected"] == c["readable"]
+    assert out["external"]["labelled_tasks"] == ["cardiomegaly", "atelectasis"]
