@@ -328,7 +328,9 @@ class Selection:
 
 
 def _split_files(ds) -> str:
-    return ", ".join(f.name for f in ds.files[1:]) or "none"
+    """The official split files a dataset folder holds, by name."""
+    split_files = (nih.TRAIN_VAL_LIST, nih.TEST_LIST) + mimic.SPLIT_FILES
+    return ", ".join(f.name for f in ds.files if f.name in split_files) or "none"
 
 
 def select_rows(ds, split: str | None, views: str) -> Selection:

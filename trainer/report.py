@@ -257,14 +257,17 @@ def _rows_parts(src: dict) -> tuple:
     c = src["counts"]
     text = f"{c['selected']} of the label file's {c['rows']} rows selected: {src['rule']}"
     left = []
+    def are(n: int) -> str:
+        return f"{n} {'is' if n == 1 else 'are'}"
+
     if c["rows"] - c["readable"]:
         left.append(f"{c['rows'] - c['readable']} could not be read (dead letters, below)")
     if c["other_split"]:
-        left.append(f"{c['other_split']} belong to another official split")
+        left.append(f"{c['other_split']} belong{'s' if c['other_split'] == 1 else ''} to another official split")
     if c["on_no_list"]:
-        left.append(f"{c['on_no_list']} are on no official list")
+        left.append(f"{are(c['on_no_list'])} on no official list")
     if c["view"]:
-        left.append(f"{c['view']} are lateral or of unknown view (--views all scores them)")
+        left.append(f"{are(c['view'])} lateral or of unknown view (--views all scores them)")
     return (text + ("; of the rest, " + ", ".join(left) if left else "") + ".",)
 
 
