@@ -29,19 +29,25 @@ def test_nih_pngs_rgba_included_score_per_image_and_as_their_gray_copies(trained
     assert doc["studies"]["count"] == 0 and len(doc["studies"]["outside"]) == 11
 
 
-def test_mimic_study_folders_are_studies(trained_job, tmp_path):
+def test_mimic_study_folders_are_studies_and_views_come_from_its_metadata(trained_job, tmp_path):
     folder = ef.write_mimic(str(tmp_path))
     job = job_lib.load_job(trained_job)
     out = str(tmp_path / "out")
-    doc = predict.run(job, [os.path.join(folder, "files")], out)
+    doc = predict.run(job, [folder], out)
     assert len(doc["results"]) == 11 and doc["studies"]["count"] == 7 and not doc["studies"]["outside"]
     with open(os.path.join(out, predict.STUDIES_CSV)) as f:
         rows = list(csv.DictReader(f))
     assert [r["Study"] for r in rows] == [os.path.join(folder, os.path.dirname(ef.mimic_image(s, t, "x")))
                                           for s, t, *_ in ef.MIMIC_STUDIES]
-    # A JPEG says nothing of its view (MIMIC keeps it in the metadata CSV): each study is the
-    # max over all its images, and says so.
+    # A JPEG states no view; the folder's metadata CSV does (ViewPosition): each study is the
+    # max over its frontal images, the lateral ones flagged for a frontal-only model.
+    views = {os.path.basename(r["path"])[:-4]: r["view"] for r in doc["results"]}
+    assert views["d1c"] == views["d3b"] == views["d4a"] == "lateral" and views["d1a"] == views["d1b"] == "frontal"
     first = doc["studies"]["rows"][0]
-    assert first["basis"] == "unknown" and len(first["paths"]) == 3
+    assert first["basis"] == "frontal" and len(first["paths"]) == 2 and len(first["left_out"]) == 1
     probs = [r["probs"]["atelectasis"] for r in doc["results"] if r["path"] in first["paths"]]
     assert float(rows[0]["Atelectasis"]) == round(max(probs), 6)
+    assert [r["warnings"] != [] for r in doc["results"]] == [v == "lateral" for v in views.values()]
+    # Given its files/ folder alone (no metadata there), the views are unknown: the max over all.
+    bare = predict.run(job, [os.path.join(folder, "files")], str(tmp_path / "bare"))
+    assert bare["studies"]["rows"][0]["basis"] == "unknown" and len(bare["studies"]["rows"][0]["paths"]) == 3
