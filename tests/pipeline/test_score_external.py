@@ -71,3 +71,16 @@ def test_input_dir_is_one_of_three_sources(trained_job, tmp_path):
     ef.write_nih(str(tmp_path))
     with pytest.raises(ConfigError, match="--format=mimic"):
         _score(trained_job, tmp_path / "o", f"--input_dir={tmp_path}", "--format=mimic")
+
+
+def test_a_chexpert_input_dir_lists_what_its_csvs_list(sample_dir):
+    from pipeline import make_sample
+
+    inputs, rejected, study_ids = score.dataset_inputs(sample_dir, None)
+    assert not rejected and not study_ids
+    both = []
+    for name in ("train.csv", "valid.csv"):
+        more, _ = score.csv_inputs(os.path.join(sample_dir, make_sample.DATASET_DIR, name), sample_dir, set(), name)
+        both += more
+    assert inputs == both and all(i.stat != "missing" for i in inputs)
+    assert {i.key.split("/")[1] for i in inputs} == {"train", "valid"}

@@ -259,3 +259,14 @@ def test_a_generated_external_set_is_evaluated_and_said_to_be_synthetic(trained_
     assert out["images"] == c["selected"] - (len(out["unreadable"]) - (c["rows"] - c["readable"]))
     assert src["split"] is None and c["selected"] == c["readable"]
     assert out["external"]["labelled_tasks"] == ["cardiomegaly", "atelectasis"]
+
+
+def test_a_chexpert_input_dir_is_its_valid_csv(sample_dir):
+    from pipeline import make_sample
+
+    dataset = os.path.join(sample_dir, make_sample.DATASET_DIR)
+    for folder in (sample_dir, dataset):
+        assert evaluate.chexpert_csv(folder, None) == (os.path.join(dataset, "valid.csv"), sample_dir)
+    assert evaluate.chexpert_csv(sample_dir, "train")[0] == os.path.join(dataset, "train.csv")
+    with pytest.raises(ConfigError, match="no test.csv"):
+        evaluate.chexpert_csv(sample_dir, "test")
