@@ -4,6 +4,19 @@ r"""Evaluates one model or an ensemble the way the CheXpert paper did, with a re
     python -m trainer.evaluate --job_dir jobs/a --job_dir jobs/b --tta     # ensemble + TTA
     python -m trainer.evaluate --job_dir jobs/a --csv /data/CheXpert-v1.0-small/valid.csv \
         --image_root /data
+    python -m trainer.evaluate --job_dir jobs/a --input_dir /data/ChestX-ray14     # NIH: its test list
+    python -m trainer.evaluate --job_dir jobs/a --input_dir /data/mimic-cxr-jpg --split validate
+    python -m trainer.evaluate --job_dir jobs/a --records_dir data/records-nih --split test
+
+External validation: ``--input_dir`` reads a CheXpert, NIH ChestX-ray14 or MIMIC-CXR-JPG
+folder's images directly (``core.datasets``; ``--format`` when detection cannot tell), its
+official test split by default (every row where it ships none; ``--split all`` for every
+row), and ``--records_dir`` reads records build_records made of any of them. A task the
+dataset does not label (``schemas.sources.labelled``: NIH has no support devices, fracture,
+...) is left out of the results, never scored as negative, and the report's "External
+validation" part says which tasks the dataset labels, their AUROC with its 95% CI, why each
+other task has none, the rows that could not be read, and that thresholds tuned on the
+job's own records may not transfer. Thresholds are still tuned on the job's own holdout.
 
 Study level (default, as the paper): a study's probability is the max over its frontal
 images (``--views all`` adds laterals); ``--level image`` scores images. Per task: AUROC
