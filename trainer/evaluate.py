@@ -464,7 +464,7 @@ def describe_source(jobs: list, split: str, csv_path: str | None, image_root: st
         dataset: the ``core.datasets.Dataset`` evaluated instead, with its ``selection``.
 
     Returns:
-        For records: ``{"kind": "records", "split", "own": bool, "records": [{"records_dir",
+        For records: ``{"kind": "records", "split", "own": bool, "records": [{"records_dir", "format",
         "snapshot", "created", "synthetic"}]}``, one entry per distinct records folder of the
         jobs (each member of an ensemble reads its own), or ``records_dir``'s. For a CSV:
         ``{"kind": "csv", "csv", "image_root", "synthetic"}``; ``synthetic`` is True when
@@ -485,7 +485,8 @@ def describe_source(jobs: list, split: str, csv_path: str | None, image_root: st
         own = all(os.path.abspath(records_dir) == os.path.abspath(j.cfg.records_dir) for j in jobs)
         return {"kind": "records", "split": split, "own": own,
                 "records": [{"records_dir": os.path.abspath(records_dir), "snapshot": manifest.snapshot or None,
-                             "created": manifest.created or None, "synthetic": manifest.synthetic}]}
+                             "created": manifest.created or None, "synthetic": manifest.synthetic,
+                             "format": manifest.options.get("format", sources.CHEXPERT)}]}
     if csv_path:
         root = os.path.abspath(image_root or os.path.dirname(csv_path))
         return {"kind": "csv", "csv": os.path.abspath(csv_path), "image_root": root,
@@ -494,7 +495,8 @@ def describe_source(jobs: list, split: str, csv_path: str | None, image_root: st
     for records_dir in dict.fromkeys(j.cfg.records_dir for j in jobs):
         manifest = read_manifest(records_dir)
         folders.append({"records_dir": os.path.abspath(records_dir), "snapshot": manifest.snapshot or None,
-                        "created": manifest.created or None, "synthetic": manifest.synthetic})
+                        "created": manifest.created or None, "synthetic": manifest.synthetic,
+                        "format": manifest.options.get("format", sources.CHEXPERT)})
     return {"kind": "records", "split": split, "own": True, "records": folders}
 
 
@@ -545,7 +547,9 @@ def warnings_for(source: dict, provenance: list[dict]) -> list[str]:
                            else any(r["synthetic"] for r in source["records"]))
     if evaluated_synthetic:
         out.append("Evaluated on SYNTHETIC data: the images and labels scored here were made by "
-                   + ("pipeline.make_external" if source["kind"] == "dataset" else "pipeline.make_sample")
+                   + ("pipeline.make_external" if source["kind"] == "dataset" or any(
+                       r.get("format", sources.CHEXPERT) != sources.CHEXPERT for r in source.get("records", ()))
+                      else "pipeline.make_sample")
                    + ", not taken from patients.")
     return out
 
@@ -799,7 +803,8 @@ def run(job_dirs: list[str], *, split: str | None = None, csv_path: str | None =
             "policy": dict(jobs[0].cfg.policy), "images": len(preds),
             "studies": len({(_dataset_of(r), r["study"]) for r in preds.values()}), "unreadable": failed,
             "skipped_shards": skipped, "tuned_thresholds": tuned, "bootstrap": n_boot, "seed": seed,
-            "provenance": provenance, "synthetic": any_synthetic(provenance), "warnings": warnings_for(source, provenance),
+            "provenance": provenance, "synthetic": any_synthetic(provenance),
+            "warnings": warnings_for(source, provenance),
             "notes": context_notes(jobs, source, tasks, per_job, preds) + partly}
     if dataset is not None or evaluated != [sources.CHEXPERT]:
         meta["external"] = external_summary(tasks, results, absent, source, evaluated, failed, meta["tune_split"])
@@ -846,9 +851,9 @@ def main(argv) -> int:
         # --split's default (valid) is the records'; a dataset folder's default is its test split.
         out = run(FLAGS.job_dir, split=FLAGS.split if FLAGS["split"].present else None, csv_path=FLAGS.csv,
                   image_root=FLAGS.image_root, input_dir=FLAGS.input_dir, dataset_format=FLAGS.format,
-                  records_dir=FLAGS.records_dir, tune_split=FLAGS.tune_split, tta=FLAGS.tta, views=FLAGS.views, level=FLAGS.level,
-                  n_boot=FLAGS.bootstrap, seed=FLAGS.seed, threshold=FLAGS.threshold, report_dir=FLAGS.report_dir,
-                  skip_corrupt=FLAGS.skip_corrupt)
+                  records_dir=FLAGS.records_dir, tune_split=FLAGS.tune_split, tta=FLAGS.tta, views=FLAGS.views,
+                  level=FLAGS.level, n_boot=FLAGS.bootstrap, seed=FLAGS.seed, threshold=FLAGS.threshold,
+                  report_dir=FLAGS.report_dir, skip_corrupt=FLAGS.skip_corrupt)
     except (job_lib.JobError, input_lib.CorruptShardError, ValueError) as e:
         print(f"trainer.evaluate: error: {e}", file=sys.stderr)
         return 2

@@ -20,8 +20,14 @@ def _score(job, out, *extra):
 
 
 def _read(out, key):
-    m = json.load(open(os.path.join(out, "manifest.json")))
+    with open(os.path.join(out, "manifest.json")) as f:
+        m = json.load(f)
     return os.path.join(out, m["outputs"][key])
+
+
+def _jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
 
 
 def test_nih_folder_rows_are_inputs_bad_rows_dead_letters_and_studies_its_follow_ups(trained_job, tmp_path):
@@ -31,10 +37,10 @@ def test_nih_folder_rows_are_inputs_bad_rows_dead_letters_and_studies_its_follow
     # 11 rows: the bad age is rejected by the listing, the missing image by the reader.
     assert (m["inputs"], m["scored"], m["rejected"]) == (11, 9, 2)
     assert m["rejected_by_reason"] == {"bad_age": 1, "missing_file": 1}
-    rejects = [json.loads(line) for line in open(_read(out, "rejected"))]
+    rejects = _jsonl(_read(out, "rejected"))
     assert {(r["key"], r["reason"]) for r in rejects} == {(ef.NIH_BAD, "bad_age"),
                                                           ("images/" + ef.NIH_MISSING, "missing_file")}
-    rows = [json.loads(line) for line in open(_read(out, "scores_jsonl"))]
+    rows = _jsonl(_read(out, "scores_jsonl"))
     assert all(r["path"].startswith("images_001/images/") and r["view"] == "frontal" for r in rows)
     with open(_read(out, "studies_csv")) as f:
         studies = [r["Study"] for r in csv.DictReader(f)]
@@ -51,7 +57,7 @@ def test_mimic_views_from_view_position_and_studies_the_max_over_frontals(traine
     out = str(tmp_path / "out")
     m = _score(trained_job, out, f"--input_dir={folder}")
     assert (m["inputs"], m["scored"], m["rejected"]) == (11, 11, 0)
-    rows = {r["path"]: r for r in map(json.loads, open(_read(out, "scores_jsonl")))}
+    rows = {r["path"]: r for r in _jsonl(_read(out, "scores_jsonl"))}
     views = {os.path.basename(p)[:-4]: r["view"] for p, r in rows.items()}
     assert views == {"d1a": "frontal", "d1b": "frontal", "d1c": "lateral", "d2a": "frontal", "d3a": "frontal",
                      "d3b": "lateral", "d4a": "lateral", "d5a": "frontal", "d5b": "frontal", "d6a": "frontal",

@@ -44,6 +44,11 @@ def job4(trained_job, tmp_path_factory) -> str:
     return dst
 
 
+def _text(folder, name, parse=str):
+    with open(os.path.join(folder, name)) as f:
+        return parse(f.read())
+
+
 def _predictions(report_dir) -> dict[str, dict]:
     with open(os.path.join(report_dir, "predictions.csv")) as f:
         return {r["path"]: r for r in csv.DictReader(f)}
@@ -60,7 +65,7 @@ def test_nih_test_split_scored_unlabelled_task_left_out_with_reason_and_dead_let
                              "selected": 8}
     # NIH does not label support devices: absent from the scored tasks, its reason in metrics.json.
     assert set(out["tasks"]) == {"atelectasis", "cardiomegaly", "pleural_effusion"}
-    ext = json.loads(open(os.path.join(rd, "metrics.json")).read())["external"]
+    ext = _text(rd, "metrics.json", json.loads)["external"]
     assert ext["datasets"] == ["nih"] and ext["labelled_tasks"] == ["cardiomegaly", "atelectasis", "pleural_effusion"]
     assert "does not label it" in ext["unscored"]["support_devices"]
     assert not ext["tasks"]["support_devices"]["labelled"]
@@ -84,13 +89,13 @@ def test_nih_test_split_scored_unlabelled_task_left_out_with_reason_and_dead_let
         assert out["tasks"][task]["positives"] == y.sum() and out["tasks"][task]["negatives"] == len(y) - y.sum()
     # Blank is "not labelled", never negative: every NIH row is blank for support devices.
     assert {r["label_support_devices"] for r in preds.values()} == {str(int(chexpert.Code.BLANK))}
-    md = open(os.path.join(rd, "report.md")).read()
+    md = _text(rd, "report.md")
     assert "## External validation" in md and "NIH ChestX-ray14" in md
     assert "support_devices" in md and "does not label it" in md and "never counted as negative" in md
     assert "Thresholds were not chosen on NIH ChestX-ray14" in md
     assert "Data_Entry_2017.csv:10" in md and "missing_file" in md and "bad_age" in md
     assert "8 of the label file's 11 rows selected: the official test split" in md
-    assert "<h2>External validation</h2>" in open(os.path.join(rd, "report.html")).read()
+    assert "<h2>External validation</h2>" in _text(rd, "report.html")
 
 
 def test_csv_naming_the_nih_label_file_reads_its_folder_and_split_all_scores_every_row(job4, tmp_path):
@@ -120,7 +125,7 @@ def test_mimic_studies_are_the_max_over_their_frontal_images(job4, tmp_path):
     preds = _predictions(rd)
     assert not any(p.endswith(("d1c.jpg", "d3b.jpg", "d4a.jpg")) for p in preds)
     studies = collections.defaultdict(list)
-    for path, r in preds.items():
+    for r in preds.values():
         studies[r["study"]].append(r)
     assert len(studies) == out["studies"] == 5
     labels = {f"{s[0]}/{s[1]}": s[3] for s in ef.MIMIC_STUDIES}
@@ -151,8 +156,8 @@ def test_aggregate_leaves_out_what_a_dataset_does_not_label_and_keeps_datasets_a
     # datasets are two studies.
     assert scored["fracture"][0].tolist() == [0] and scored["edema"][0].tolist() == [1, 0, 1]
     absent, partly = evaluate.not_labelled(preds, ["fracture", "edema"], "study")
-    assert absent == {} and partly == ["fracture: 2 studies of NIH ChestX-ray14 left out (that dataset does not "
-                                       "label it)."]
+    assert absent == {} and partly == [("fracture: 2 studies of NIH ChestX-ray14 left out (that dataset does not "
+                                        "label it).")]
     nih_only = {k: v for k, v in preds.items() if v["dataset"] == "nih"}
     assert "fracture" not in evaluate.aggregate(nih_only, ["fracture", "edema"], "study")
     absent, _ = evaluate.not_labelled(nih_only, ["fracture", "edema"], "study")
