@@ -280,7 +280,7 @@ def aggregate(preds: dict, tasks: list[str], level: str) -> dict:
     return out
 
 
-DATASET_NAMES = {sources.CHEXPERT: "CheXpert", sources.NIH: "NIH ChestX-ray14", sources.MIMIC: "MIMIC-CXR-JPG"}
+DATASET_NAMES = report.DATASET_NAMES
 
 
 def not_labelled(preds: dict, tasks: list[str], level: str) -> tuple[dict[str, str], list[str]]:
@@ -677,8 +677,21 @@ def threshold_warning(datasets: list[str], tune_split: str | None) -> str:
             "tuned results; AUROC does not depend on a threshold.")
 
 
+def trained_formats(jobs: list) -> list[str] | None:
+    """The datasets the jobs' records were built from (``chexpert``, ``nih``, ``mimic``:
+    their manifest's ``format`` option; CheXpert where absent), sorted; None when some job's
+    records are not on this machine."""
+    out = set()
+    for j in jobs:
+        try:
+            out.add(read_manifest(j.cfg.records_dir).options.get("format", sources.CHEXPERT))
+        except ConfigError:
+            return None
+    return sorted(out)
+
+
 def external_summary(tasks: list[str], results: dict, absent: dict[str, str], source: dict, datasets: list[str],
-                     dead: list[dict], tune_split: str | None) -> dict:
+                     dead: list[dict], tune_split: str | None, trained: list[str] | None = None) -> dict:
     """metrics.json's ``external`` part: which of the model's tasks the dataset labels, the
     AUROC with its CI for those, why each other one has none, the dead letters, and the
     warning on thresholds.
@@ -692,6 +705,15 @@ def external_summary(tasks: list[str], results: dict, absent: dict[str, str], so
         dead: rows and images that could not be read (``{"source", "row", "path", "reason",
             "detail"}``).
         tune_split: the split thresholds were tuned on, or None.
+        trained: ``trained_formats`` of the jobs (None: unknown).
+
+    Returns:
+        ``datasets`` and their ``dataset_names``, ``trained_on`` (the training datasets, or
+        None), ``external`` (False only when every evaluated dataset is one the model was
+        trained on), ``labelled_tasks``, ``scored_tasks``, ``unscored`` ({task: reason}),
+        ``tasks`` (per task: ``labelled``, ``scored``, AUROC with CI and counts, ``reason``),
+        ``rows`` (a dataset folder's selection), ``dead_letters`` (``count``,
+        ``by_reason``, ``rows``) and ``threshold_warning``.
     """
     per_task = {}
     for task in tasks:
@@ -706,6 +728,7 @@ def external_summary(tasks: list[str], results: dict, absent: dict[str, str], so
             per_task[task]["reason"] = reason
     by_reason = collections.Counter(d["reason"] for d in dead)
     return {"datasets": datasets, "dataset_names": [DATASET_NAMES.get(d, d) for d in datasets],
+            "trained_on": trained, "external": trained is None or not set(datasets) <= set(trained),
             "labelled_tasks": [t for t in tasks if t not in absent],
             "scored_tasks": [t for t in tasks if per_task[t]["scored"]],
             "unscored": {t: v["reason"] for t, v in per_task.items() if not v["scored"]},
@@ -807,7 +830,8 @@ def run(job_dirs: list[str], *, split: str | None = None, csv_path: str | None =
             "warnings": warnings_for(source, provenance),
             "notes": context_notes(jobs, source, tasks, per_job, preds) + partly}
     if dataset is not None or evaluated != [sources.CHEXPERT]:
-        meta["external"] = external_summary(tasks, results, absent, source, evaluated, failed, meta["tune_split"])
+        meta["external"] = external_summary(tasks, results, absent, source, evaluated, failed, meta["tune_split"],
+                                            trained_formats(jobs))
     meta["missing"] = report.missing_notes(results, meta)
     for w in meta["warnings"]:
         log.warning("%s", w)

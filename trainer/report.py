@@ -29,6 +29,8 @@ PAPER_POLICY = {"atelectasis": "ones", "cardiomegaly": "multiclass", "consolidat
 
 
 PLURAL = {"study": "studies", "image": "images"}
+# What the report calls each dataset format (``schemas.sources.FORMATS``).
+DATASET_NAMES = {"chexpert": "CheXpert", "nih": "NIH ChestX-ray14", "mimic": "MIMIC-CXR-JPG"}
 
 
 def threshold_text(t: float) -> str:
@@ -349,14 +351,23 @@ DEAD_LETTERS_SHOWN = 50
 def external_blocks(results: dict, meta: dict) -> list:
     """The "External validation" part: the dataset, which of the model's tasks it labels,
     AUROC with its 95% CI for those, why every other task has none, the rows that could not
-    be read, and the warning that thresholds may not transfer. Empty for CheXpert data."""
+    be read, and the warning that thresholds may not transfer. Empty when only CheXpert data
+    was evaluated; titled "Labels of the evaluated dataset" when the model was trained on
+    the evaluated dataset itself."""
     ext = meta.get("external")
     if not ext:
         return []
     names = " and ".join(ext["dataset_names"])
     labelled, tasks = ext["labelled_tasks"], ext["tasks"]
     unlabelled = [t for t, v in tasks.items() if not v["labelled"]]
-    text = (f"Evaluated on {names}, not on the data the model was trained on. Of the model's {len(tasks)} "
+    trained = " and ".join(DATASET_NAMES.get(d, d) for d in ext.get("trained_on") or ())
+    if not ext.get("external", True):
+        where = f"Evaluated on {names}, the dataset the model was trained on: not an external validation."
+    elif trained:
+        where = f"Evaluated on {names}; the model was trained on {trained}."
+    else:
+        where = f"Evaluated on {names}; what the model was trained on is unknown (its records are not here)."
+    text = (f"{where} Of the model's {len(tasks)} "
             f"task{'s' if len(tasks) != 1 else ''}, it labels {len(labelled)}"
             + (f" ({', '.join(labelled)})" if labelled else "") + ".")
     if unlabelled:
@@ -371,13 +382,17 @@ def external_blocks(results: dict, meta: dict) -> list:
             auroc = Missing(v["reason"])
         counts = f"{v['positives']} / {v['negatives']}" if v["labelled"] else Missing(v["reason"])
         rows.append((task, "yes" if v["labelled"] else "no", auroc, counts, "" if v["scored"] else v["reason"]))
-    unit = PLURAL[meta["level"]]
-    blocks = [Heading(2, "External validation"), Para((text,)),
+    unit, external = PLURAL[meta["level"]], ext.get("external", True)
+    blocks = [Heading(2, "External validation" if external else "Labels of the evaluated dataset"), Para((text,)),
               Table(("task", "labelled", "AUROC [95% CI]", f"pos / neg {unit}", "why not scored"), tuple(rows),
-                    numeric_from=99),
-              Para((Strong("Thresholds: "), ext["threshold_warning"]))]
+                    numeric_from=99)]
+    if external:
+        blocks.append(Para((Strong("Thresholds: "), ext["threshold_warning"])))
     dead = ext["dead_letters"]
-    if dead["count"]:
+    if meta["source"]["kind"] == "records":
+        blocks.append(Para(("Rows the records job could not read never became records: they are its dead letters "
+                            "(rejected-*.jsonl in the records' snapshot folder).",)))
+    elif dead["count"]:
         by = ", ".join(f"{reason} {n}" for reason, n in dead["by_reason"].items())
         shown = dead["rows"][:DEAD_LETTERS_SHOWN]
         more = (f" The first {len(shown)} are listed; all {dead['count']} are in metrics.json (external.dead_letters)."

@@ -66,6 +66,7 @@ def test_nih_test_split_scored_unlabelled_task_left_out_with_reason_and_dead_let
     # NIH does not label support devices: absent from the scored tasks, its reason in metrics.json.
     assert set(out["tasks"]) == {"atelectasis", "cardiomegaly", "pleural_effusion"}
     ext = _text(rd, "metrics.json", json.loads)["external"]
+    assert ext["external"] and ext["trained_on"] == ["chexpert"]
     assert ext["datasets"] == ["nih"] and ext["labelled_tasks"] == ["cardiomegaly", "atelectasis", "pleural_effusion"]
     assert "does not label it" in ext["unscored"]["support_devices"]
     assert not ext["tasks"]["support_devices"]["labelled"]
@@ -90,7 +91,7 @@ def test_nih_test_split_scored_unlabelled_task_left_out_with_reason_and_dead_let
     # Blank is "not labelled", never negative: every NIH row is blank for support devices.
     assert {r["label_support_devices"] for r in preds.values()} == {str(int(chexpert.Code.BLANK))}
     md = _text(rd, "report.md")
-    assert "## External validation" in md and "NIH ChestX-ray14" in md
+    assert "## External validation" in md and "Evaluated on NIH ChestX-ray14; the model was trained on CheXpert." in md
     assert "support_devices" in md and "does not label it" in md and "never counted as negative" in md
     assert "Thresholds were not chosen on NIH ChestX-ray14" in md
     assert "Data_Entry_2017.csv:10" in md and "missing_file" in md and "bad_age" in md
@@ -275,3 +276,23 @@ def test_a_chexpert_input_dir_is_its_valid_csv(sample_dir):
     assert evaluate.chexpert_csv(sample_dir, "train")[0] == os.path.join(dataset, "train.csv")
     with pytest.raises(ConfigError, match="no test.csv"):
         evaluate.chexpert_csv(sample_dir, "test")
+
+
+def test_a_model_trained_on_the_evaluated_dataset_is_not_called_an_external_validation():
+    from trainer import report
+
+    y, p = np.array([1, 0, 1, 0]), np.array([0.9, 0.2, 0.6, 0.4])
+    results = report.compute({"atelectasis": (y, p)}, {}, 0.35, 20, 0)
+    source = {"kind": "records", "split": "test", "own": True, "records": []}
+    absent = {"fracture": "NIH ChestX-ray14 does not label it"}
+    meta = {"level": "study", "source": source}
+    for trained, heading, warned in ((["nih"], "Labels of the evaluated dataset", False),
+                                     (["chexpert"], "External validation", True),
+                                     (None, "External validation", True)):
+        meta["external"] = evaluate.external_summary(["atelectasis", "fracture"], results, absent, source, ["nih"], [],
+                                                     "holdout", trained)
+        blocks = report.external_blocks(results, meta)
+        text = report.render_markdown(blocks)
+        assert text.startswith(f"## {heading}") and ("Thresholds were not chosen" in text) == warned
+        assert meta["external"]["unscored"] == {"fracture": "NIH ChestX-ray14 does not label it"}
+    assert "what the model was trained on is unknown" in text
