@@ -2,6 +2,7 @@
 folder found (a CheXpert copy, or the synthetic sample generated when there is none).
 
     make_config        flags -> BuildConfig, or ConfigError naming the flag
+    configure          the same, and the NIH/MIMIC dataset found (``core.datasets``; None for CheXpert)
     find_dataset_root  the folder the CSVs' Path cells are relative to
     default_input      ./data if it holds CheXpert, else data/synthetic (generated once)
 """
@@ -18,13 +19,13 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from core import commit as commit_lib
-from core import imaging
+from core import datasets, imaging
 from core.errors import ConfigError
 from pipeline import example_builder
 from pipeline import make_sample
 from pipeline import options as job_options
 from pipeline import self_trained
-from schemas import chexpert
+from schemas import chexpert, sources
 
 log = logging.getLogger("build_records")
 DEFAULT_DATA = "data"
@@ -66,6 +67,7 @@ class BuildConfig:
     max_shrink_fraction: float = 0.05
     patient_overlap: str = "reject"
     verbose: bool = False
+    format: str = sources.CHEXPERT  # the dataset input_dir holds (schemas.sources.FORMATS)
 
     @property
     def table(self) -> np.ndarray:
@@ -82,10 +84,19 @@ class BuildConfig:
     def example_settings(self) -> example_builder.ExampleSettings:
         return example_builder.ExampleSettings(self.image_size, self.resize, self.encoding, self.table, self.seed)
 
+    @property
+    def external(self) -> bool:
+        """True for an NIH or MIMIC input (``core.datasets``), False for CheXpert's CSVs."""
+        return self.format != sources.CHEXPERT
+
     def manifest_options(self) -> dict:
-        """The manifest's ``options``: every setting but the policy (recorded on its own)."""
+        """The manifest's ``options``: every setting but the policy (recorded on its own).
+        ``format`` only for an external dataset: a CheXpert build's options (and so its
+        fingerprint, and an incremental run's comparison) are what they were before the flag."""
         options = dataclasses.asdict(self)
         options.pop("policy")
+        if not self.external:
+            options.pop("format")
         return {_MANIFEST_NAMES.get(k, k): v for k, v in options.items()}
 
 
@@ -140,8 +151,54 @@ def default_input(sample_patients: int) -> tuple[str, bool]:
     return SYNTHETIC_DIR, True
 
 
+def find_input(input_dir: str, fmt: str | None) -> tuple[str, str, datasets.Dataset | None]:
+    """``(folder, format, dataset)`` for ``--input_dir`` and ``--format`` (None: told from
+    the folder). CheXpert: the folder its CSVs' paths are relative to (``find_dataset_root``,
+    exactly as before the flag), no dataset; NIH/MIMIC: the dataset folder and its
+    ``core.datasets.Dataset``.
+
+    Raises:
+        ConfigError: naming the folder, and ``--format`` when it was given: the folder holds
+            no dataset, several, or not the format given.
+    """
+    if fmt is not None and fmt not in sources.FORMATS:
+        raise ConfigError(f"--format={fmt}: expected one of {', '.join(sources.FORMATS)}")
+    if fmt == sources.CHEXPERT:
+        try:
+            return find_dataset_root(input_dir), fmt, None
+        except ConfigError as e:
+            raise ConfigError(f"--format=chexpert: {e}") from None
+    if fmt is None:
+        try:
+            return find_dataset_root(input_dir), sources.CHEXPERT, None
+        except ConfigError as chexpert_error:
+            try:
+                found = datasets.find_dataset(input_dir, None)  # its error names every format's files
+            except ConfigError as e:
+                said = str(e)  # "FOLDER: ...": said as the flag's value
+                raise ConfigError(f"--input_dir={said}" if said.startswith(input_dir)
+                                  else f"--input_dir={input_dir}: {said}") from None
+            if found is None:
+                raise chexpert_error from None
+            return found.folder, found.format, found
+    found = datasets.find_dataset(input_dir, fmt)
+    if found is None:  # find_dataset answers only "chexpert" with None
+        raise ConfigError(f"--format={fmt}: {input_dir} holds CheXpert's train.csv/valid.csv")
+    return found.folder, found.format, found
+
+
 def make_config(opts: argparse.Namespace) -> BuildConfig:
     """Turns flags (``pipeline.options.build_records_parser``) into a validated config.
+
+    Raises:
+        ConfigError: naming the flag.
+    """
+    return configure(opts)[0]
+
+
+def configure(opts: argparse.Namespace) -> tuple[BuildConfig, datasets.Dataset | None]:
+    """``make_config``, and the NIH/MIMIC dataset it found (None for CheXpert): the driver
+    lists its rows without finding it (listing its images) a second time.
 
     Raises:
         ConfigError: naming the flag.
@@ -172,12 +229,23 @@ def make_config(opts: argparse.Namespace) -> BuildConfig:
         commit_lib.check_output_dir(opts.output_dir)
     except commit_lib.OutputError as e:
         raise ConfigError(str(e)) from None
+    fmt = getattr(opts, "format", None)
     synthetic = False
     input_dir = opts.input_dir
     if input_dir is None:
+        if fmt not in (None, sources.CHEXPERT):
+            raise ConfigError(f"--format={fmt} needs --input_dir (the folder holding the dataset); without it the "
+                              "job builds CheXpert's ./data or a synthetic CheXpert sample")
         input_dir, synthetic = default_input(opts.sample_patients)
-    root = find_dataset_root(input_dir)
-    synthetic = synthetic or FileSystems.exists(posixpath.join(root, make_sample.TRUTH_FILE))
+    root, fmt, dataset = find_input(input_dir, fmt)
+    if dataset is not None and opts.labeller:
+        raise ConfigError(f"--labeller: U-SelfTrained relabels CheXpert's uncertain labels; not supported with "
+                          f"--format={fmt} (build the {fmt} records without it)")
+    # The synthetic sets' hidden truth: beside CheXpert's folder; above an NIH/MIMIC one
+    # (pipeline.make_external writes it next to the dataset folder).
+    synthetic = synthetic or any(FileSystems.exists(posixpath.join(folder, make_sample.TRUTH_FILE))
+                                 for folder in ((root, posixpath.dirname(root.rstrip("/")) or ".")
+                                                if dataset is not None else (root,)))
     return BuildConfig(
         input_dir=root, output_dir=opts.output_dir, image_size=opts.image_size, resize=opts.resize,
         policy=policy, blank=opts.blank, holdout_fraction=opts.holdout_fraction, num_shards=opts.num_shards,
@@ -185,5 +253,5 @@ def make_config(opts: argparse.Namespace) -> BuildConfig:
         overwrite=opts.overwrite, synthetic=synthetic, incremental=opts.incremental,
         labeller=opts.labeller, labeller_sha256=labeller_sha256, labeller_batch_size=opts.labeller_batch_size,
         max_reject_fraction=opts.max_reject_fraction, max_shrink_fraction=opts.max_shrink_fraction,
-        patient_overlap=opts.patient_overlap, verbose=opts.verbose,
-    )
+        patient_overlap=opts.patient_overlap, verbose=opts.verbose, format=fmt,
+    ), dataset

@@ -1,4 +1,5 @@
-r"""Beam job: CheXpert CSV + radiographs -> validated, sharded TFRecords.
+r"""Beam job: CheXpert CSV (or an NIH ChestX-ray14 or MIMIC-CXR-JPG folder) + radiographs ->
+validated, sharded TFRecords.
 
 Run on this machine (both cores)::
 
@@ -14,6 +15,15 @@ With no ``--input_dir`` and no CheXpert under ``./data``, a synthetic sample is 
 On Dataflow, add ``--runner=DataflowRunner --project=P --region=R
 --temp_location=gs://B/tmp --setup_file=./setup.py`` and use ``gs://`` for both folders.
 
+NIH ChestX-ray14 or MIMIC-CXR-JPG (``--format nih|mimic``, or told from the folder's files)
+become the same records, with ``source/dataset`` and the source's own labels
+(``source/labels``); observations the dataset does not label are masked. The official
+splits are kept: NIH's test list and MIMIC's ``test`` -> ``test``, MIMIC's ``validate`` ->
+``valid``, the rest train/holdout by patient::
+
+    python -m pipeline.build_records --runner=DirectRunner \
+        --input_dir=/datasets/nih-chestxray14 --output_dir=/datasets/nih-records
+
 U-SelfTrained (the CheXpert paper's policy for Consolidation): with ``--labeller JOB_DIR``,
 a trainer.task job trained with that observation ``ignore``d, the job runs the labeller over
 every row with an uncertain ``self_trained`` label and stores its P(positive) as the soft
@@ -25,11 +35,13 @@ target of exactly those entries (known labels are untouched)::
 Graph (``pipeline.transforms``; row-sized elements are grouped, never pixels)::
 
     ListCsvs -> ReadCsv -> ParseRows -> RejectDuplicates -> PlanShards (side input) -> WriteShards
+    NIH/MIMIC: ListDatasets -> ReadDataset (core.datasets, in a worker) -> RejectDuplicates -> ...
     with --labeller: RejectDuplicates -> LabellerTargets (RunInference; side input) -> WriteShards
     every stage's rejects -> WriteRejects;  WriteShards' reports -> WriteStats
 
 Every file a run writes is new, in its own snapshot folder ``OUTPUT/snapshot-<time>-<id>/``.
-The driver then checks that rows in = written + rejected for every CSV and the guards
+The driver then checks that rows in = written + rejected for every CSV (an external
+dataset's label file) and the guards
 (``--max_reject_fraction``, ``--max_shrink_fraction``), and commits by writing
 ``OUTPUT/manifest.json`` in one atomic step (``core.commit``): the new records appear
 only when the whole job succeeded, and any fault before that leaves the committed ones as
@@ -56,7 +68,7 @@ from core import cli  # noqa: E402
 from core import commit as commit_lib  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from pipeline import incremental, inputs, manifest_builder, runs, shards, transforms  # noqa: E402
-from pipeline.build_config import BuildConfig, make_config  # noqa: E402
+from pipeline.build_config import BuildConfig, configure  # noqa: E402
 from schemas import chexpert  # noqa: E402
 from schemas import manifest as manifest_lib  # noqa: E402
 
@@ -106,13 +118,15 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     options.view_as(SetupOptions).save_main_session = save_main_session
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"  # Prism would download a binary
-    cfg = make_config(opts)
+    cfg, dataset = configure(opts)
     _check_workers_can_load_models(options, bool(cfg.labeller))
-    sources = inputs.list_sources(cfg)
-    rows = inputs.scan_rows(cfg, sources)
+    for note in dataset.notes if dataset is not None else ():
+        log.warning("%s", note)
+    sources, rows = inputs.list_inputs(cfg, dataset)
     inputs.check_image_folders(cfg, rows)
     valid_patients = inputs.check_patient_overlap(cfg, rows)
-    fp = inputs.input_fingerprint(cfg, sources, rows)
+    held_out = inputs.check_held_out(cfg, rows)
+    fp = inputs.input_fingerprint(cfg, sources, rows, dataset)
     with commit_lib.exclusive(cfg.output_dir):
         raw = commit_lib.committed(cfg.output_dir, cfg.overwrite)
         previous = manifest_lib.Manifest.from_json(raw) if raw is not None else None
@@ -127,15 +141,17 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
             # On any failure in here the committed output is as it was (the unfinished
             # snapshot is removed, or collected by the next run).
             manifest = _build(cfg, sources, rows, options, test_pipeline, fp, previous, valid_patients, snapshot,
-                              snapshot_dir)
+                              snapshot_dir, dataset, held_out)
     return {**manifest.to_json(), "nothing_new": False}
 
 
 def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.ListedRow], options: PipelineOptions,
            test_pipeline: beam.Pipeline | None, fp: str, previous: manifest_lib.Manifest | None,
-           valid_patients: frozenset, snapshot: str, snapshot_dir: str) -> manifest_lib.Manifest:
+           valid_patients: frozenset, snapshot: str, snapshot_dir: str, dataset=None,
+           held_out: dict | None = None) -> manifest_lib.Manifest:
     """Runs the pipeline into ``snapshot_dir``, reconciles, applies the guards and commits;
-    returns the committed manifest."""
+    returns the committed manifest. ``dataset``: the NIH/MIMIC ``core.datasets.Dataset``
+    (None for CheXpert); ``held_out``: ``inputs.check_held_out``'s patients."""
     kept = incremental.CarryOver(skip={}, duplicate_rejects=[], kept_stats=[], index={})
     tag = ""
     if previous and cfg.incremental and not cfg.overwrite:  # --overwrite rebuilds everything
@@ -144,18 +160,22 @@ def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.
             log.warning("--incremental: %s since the committed run; rebuilding everything", why)
         else:
             tag = "u" + snapshot.removeprefix(commit_lib.SNAPSHOT_PREFIX).split("-")[0]
-            kept = incremental.carry_over(cfg, rows, previous, snapshot, tag, valid_patients)
+            kept = incremental.carry_over(cfg, rows, previous, snapshot, tag, valid_patients, held_out)
             log.info("--incremental: %d rows kept from the committed records, %d to process", len(kept.index),
                      len(rows) - len(kept.index) - len(kept.duplicate_rejects))
-    log.info("input %s (%s), %d CSV rows, output %s, policy %s", cfg.input_dir,
-             "synthetic" if cfg.synthetic else "CheXpert", sum(s.rows for s in sources), cfg.output_dir,
+    if cfg.external:
+        kind = f"synthetic {cfg.format}" if cfg.synthetic else cfg.format
+    else:
+        kind = "synthetic" if cfg.synthetic else "CheXpert"
+    log.info("input %s (%s), %d CSV rows, output %s, policy %s", cfg.input_dir, kind,
+             sum(s.rows for s in sources), cfg.output_dir,
              ",".join(f"{k}={v}" for k, v in cfg.policy.items()))
     if cfg.labeller:
         log.info("labeller %s (model sha256 %s...) relabels uncertain %s", cfg.labeller, cfg.labeller_sha256[:12],
                  ", ".join(chexpert.labelled_observations(cfg.policy)))
     with runs.quiet_workers(cfg.verbose), (test_pipeline or beam.Pipeline(options=options)) as p:
         transforms.build_pipeline(p, cfg, [(s.path, s.split) for s in sources], snapshot_dir, kept.skip or None, tag,
-                                  valid_patients)
+                                  valid_patients, held_out)
     written = [shards.WrittenShard.from_json(d) for d in runs.take_jsonl(posixpath.join(snapshot_dir, "stats*.jsonl"))]
     rejects = runs.take_jsonl(posixpath.join(snapshot_dir, "rejects*.jsonl")) + kept.duplicate_rejects
     written = manifest_builder.fill_missing_shards(snapshot_dir, written, tag)
@@ -172,7 +192,11 @@ def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.
                              "processed": manifest.rows - len(kept.index) - len(kept.duplicate_rejects)}
                             if tag else None)
     manifest.patient_overlap = {"mode": cfg.patient_overlap, "valid_patients": len(valid_patients),
-                                "rows_rejected": sum(r["reason"] == "patient_in_valid" for r in rejects)}
+                                "rows_rejected": sum(r["reason"] in ("patient_in_valid", "patient_in_test")
+                                                     for r in rejects)}
+    if cfg.external:
+        manifest.patient_overlap["patients_in_two_splits"] = len(held_out or {})
+    manifest.datasets = manifest_builder.describe_dataset(cfg, dataset, sources, index, by_path)
     commit_lib.check_rejected(manifest.rejected, manifest.rows, cfg.max_reject_fraction, "CSV rows",
                               "--max_reject_fraction")
     if previous:
@@ -181,6 +205,21 @@ def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.
     manifest_builder.write_snapshot(cfg, snapshot, manifest, rejects, index)
     commit_lib.commit(cfg.output_dir, manifest.to_json())
     return manifest
+
+
+def _dataset_summary(manifest: manifest_lib.Manifest) -> str:
+    """Two or three lines on an external dataset's records: its format, what it labels, the
+    positives per labelled observation, and the source's own labels that map to none."""
+    info = manifest.datasets[manifest.format]
+    head = (f"format {info.format} ({info.folder}): labels {len(info.labelled)} of {len(manifest.observations)} "
+            f"observations; not labelled (blank, masked in training): {', '.join(info.unlabelled) or 'none'}")
+    counts = ", ".join(f"{slug} {c.get('positive', 0)}/{c.get('negative', 0)}/{c.get('uncertain', 0)}"
+                       for slug, c in info.counts.items())
+    lines = [head, f"  positive/negative/uncertain: {counts}"]
+    if info.unmapped_findings:
+        lines.append("  unmapped source labels (kept in source/labels): "
+                     + ", ".join(f"{k}={v}" for k, v in info.unmapped_findings.items()))
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.get("nothing_new"):
         print(f"nothing new: inputs and options unchanged; records in {out} left as they are")
         return 0
+    if manifest.format != "chexpert":
+        print(_dataset_summary(manifest))
     for split, sp in sorted(manifest.splits.items()):
         print(f"{split:8s} {sp.written:7d} written, {sp.rejected:5d} rejected, {len(sp.shards)} shards, "
               f"{sp.bytes / 2**20:.1f} MiB")

@@ -11,7 +11,8 @@ import dataclasses
 import numpy as np
 
 from core import imaging, storage
-from schemas import chexpert
+from pipeline.rows import ExternalRecordRow
+from schemas import chexpert, sources
 from schemas import example as example_lib
 
 
@@ -47,10 +48,22 @@ class ExampleSettings:
     seed: int
 
 
+def labelled_mask(dataset: str) -> np.ndarray:
+    """float32 (14,): 1 for the observations ``dataset`` labels (``schemas.sources.labelled``),
+    0 for those it does not (BLANK in every one of its rows: never a target, whatever
+    ``--blank`` says). All ones for CheXpert. ``schemas.example_tf.labelled_mask`` is the
+    reader's twin."""
+    labelled = set(sources.labelled(dataset))
+    return np.array([s in labelled for s in chexpert.OBSERVATIONS], np.float32)
+
+
 def build_example(
     row: chexpert.Row, data: bytes, settings: ExampleSettings, labeller: np.ndarray | None = None
 ) -> tuple[bytes, np.ndarray, np.ndarray]:
     """Decodes, resizes and encodes one radiograph and builds its record.
+
+    An external image (``pipeline.rows.ExternalRecordRow``) also gets ``source/dataset`` and ``source/labels``, and mask 0 where its dataset labels
+    nothing (``labelled_mask``); a CheXpert row's record is what it always was.
 
     Args:
         row: the validated row.
@@ -68,6 +81,10 @@ def build_example(
     pixels = imaging.preprocess(data, row.path, settings.image_size, settings.resize)
     draws = chexpert.draws_for(row.path, settings.seed)
     targets, mask = chexpert.apply_policy(np.asarray(row.codes), draws, settings.table, labeller)
+    source = {}
+    if isinstance(row, ExternalRecordRow):
+        mask = mask * labelled_mask(row.dataset)
+        source = {"dataset": row.dataset, "source_labels": "|".join(row.findings)}
     serialized = example_lib.to_example(
         row,
         encoded=imaging.encode(pixels, settings.encoding),
@@ -78,6 +95,7 @@ def build_example(
         targets=targets,
         mask=mask,
         labeller=labeller,
+        **source,
     )
     return serialized, targets, mask
 

@@ -17,7 +17,7 @@ import numpy as np
 from core import commit as commit_lib
 from core import storage, tfrecord
 from core.csv_reader import Reject
-from pipeline import example_builder, index as index_lib, self_trained
+from pipeline import example_builder, index as index_lib, rows as rows_lib, self_trained
 from pipeline.build_config import BuildConfig, output_options
 from pipeline.inputs import ListedRow
 from schemas import chexpert
@@ -58,9 +58,13 @@ def incompatible(cfg: BuildConfig, previous: manifest_lib.Manifest) -> str | Non
 
 
 def carry_over(cfg: BuildConfig, rows: list[ListedRow], previous: manifest_lib.Manifest, snapshot: str, tag: str,
-               valid_patients: frozenset) -> CarryOver:
+               valid_patients: frozenset, held_out: dict | None = None) -> CarryOver:
     """Decides what an incremental run keeps, compacting the shards it drops records from
     into this run's ``snapshot`` (their names carry ``tag``).
+
+    ``held_out``: an external dataset's patients with images in two splits
+    (``inputs.check_held_out``); a kept image of one of them that must now be a dead letter
+    is processed again, as a train.csv row of a patient since seen in valid.csv is.
 
     Raises:
         commit_lib.DamagedOutputError: the committed index cannot be read.
@@ -77,7 +81,8 @@ def carry_over(cfg: BuildConfig, rows: list[ListedRow], previous: manifest_lib.M
     keep = {p: e for p, e in old_index.items()
             if p in first and first[p].stat == e["stat"] and first[p].digest == e["row"]
             # a patient who has since appeared in valid.csv: the row must become a dead letter
-            and not (first[p].source == "train.csv" and first[p].patient in valid_patients)}
+            and not (first[p].source == "train.csv" and first[p].patient in valid_patients)
+            and not rows_lib.leak_reason(first[p].split, (held_out or {}).get(first[p].patient))}
     skip: dict[str, list[int]] = {}
     duplicate_rejects = []
     for r in rows:
@@ -124,6 +129,8 @@ def stats_for(cfg: BuildConfig, paths: list[str], entries: dict, split: str, sha
     soft = np.stack([chexpert.no_labeller_values() if entries[p].get("teacher") is None
                      else np.asarray(entries[p]["teacher"], np.float32) for p in paths])
     targets, mask = chexpert.apply_policy(codes, draws, cfg.table, soft)
+    if cfg.external:  # as example_builder.build_example masks an external record
+        mask = mask * example_builder.labelled_mask(cfg.format)
     raw_counts, target_counts = example_builder.label_counts(codes, targets, mask)
     views: dict[str, int] = {}
     for p in paths:

@@ -1,6 +1,7 @@
 """The records job's inputs as its driver sees them before any work: the CSVs, every row's
 path and image stat, the checks that fail fast (an unmounted image folder, valid-set
-leakage), and the fingerprint of it all.
+leakage), and the fingerprint of it all. For an NIH or MIMIC folder the rows are those of
+``core.datasets.Dataset.rows()`` (its label file's), the same in every other respect.
 
 A stat, not a read: 224k of them take seconds, so a rerun knows in seconds whether anything
 changed (``core.fingerprint``).
@@ -17,22 +18,25 @@ import posixpath
 
 from apache_beam.io.filesystems import FileSystems
 
-from core import csv_reader, fingerprint, storage
+from core import csv_reader, datasets, fingerprint, storage
 from core.errors import ConfigError
 from pipeline import rows as rows_lib
 from pipeline.build_config import SOURCES, BuildConfig, dataset_dir, output_options
-from schemas import chexpert
+from schemas import chexpert, nih
 from schemas import example as example_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class CsvSource:
-    """One input CSV, read once by the driver.
+    """One input CSV whose rows are the records, read once by the driver.
 
     Attributes:
-        name: ``train.csv`` or ``valid.csv``; path: its full path; split: where its rows go.
+        name: ``train.csv`` or ``valid.csv``, or an external dataset's label file
+            (``Data_Entry_2017.csv``, ``mimic-cxr-2.0.0-metadata.csv.gz``); path: its full
+            path; split: where its rows go ("" for an external one: each row's own).
         sha256: of its bytes; rows: its data rows (``csv_reader.count_data_rows``);
-        data: its bytes (for ``scan_rows``).
+        data: its bytes (for ``scan_rows``; empty for an external one, which
+            ``core.datasets`` reads).
     """
 
     name: str
@@ -51,6 +55,8 @@ class ListedRow:
         source: the CSV's name; line: the row's first line; path: its normalized Path;
         patient: its patient folder (None if the path names none); stat: its image's
         ``core.fingerprint.file_stat``; digest: ``rows.row_digest`` of its cells.
+        split: an external image's official split (``rows.official_split``: ``test``,
+            ``valid`` or None), None for CheXpert; findings: its source's own labels.
     """
 
     source: str
@@ -59,6 +65,42 @@ class ListedRow:
     patient: str | None
     stat: str
     digest: str
+    split: str | None = None
+    findings: tuple[str, ...] = ()
+
+
+def list_inputs(cfg: BuildConfig, dataset: datasets.Dataset | None) -> tuple[list[CsvSource], list[ListedRow]]:
+    """The sources whose rows are the records, and those rows: CheXpert's CSVs
+    (``list_sources``, ``scan_rows``), or an NIH/MIMIC dataset's label file
+    (``list_dataset``)."""
+    if dataset is None:
+        sources = list_sources(cfg)
+        return sources, scan_rows(cfg, sources)
+    return list_dataset(cfg, dataset)
+
+
+def list_dataset(cfg: BuildConfig, dataset: datasets.Dataset) -> tuple[list[CsvSource], list[ListedRow]]:
+    """An external dataset's label file as the one reconciled source, and each of its rows
+    that validated (``Dataset.rows()``; the rest are the pipeline's dead letters), with its
+    image's stat.
+
+    Raises:
+        ConfigError: a split name the dataset's files should not hold.
+    """
+    label = dataset.label_file
+    listed = []
+    for item in dataset.rows():
+        if isinstance(item, csv_reader.Reject):
+            continue
+        try:
+            official = rows_lib.official_split(dataset.format, item.split)
+        except ValueError as e:
+            raise ConfigError(f"{dataset.folder}: {e}") from None
+        listed.append(ListedRow(item.source, item.line, item.image, item.row.patient_id,
+                                fingerprint.file_stat(posixpath.join(cfg.input_dir, item.image)),
+                                rows_lib.dataset_digest(item.image, item.row, item.split), official,
+                                tuple(item.row.findings)))
+    return [CsvSource(label.name, label.path, "", label.sha256, label.rows, b"")], listed
 
 
 def list_sources(cfg: BuildConfig) -> list[CsvSource]:
@@ -115,16 +157,24 @@ def check_image_folders(cfg: BuildConfig, rows: list[ListedRow]) -> None:
     """
     if storage.is_remote(cfg.input_dir):
         return  # no cheap stat there; the --max_reject_fraction guard still applies
+    # CheXpert: CheXpert-v1.0-small/train; NIH: images_001 (images/ for names found
+    # nowhere, core.datasets); MIMIC: files.
+    depth = 1 if cfg.external else 2
     listed: dict[str, list[int]] = {}
     for r in rows:
-        n = listed.setdefault("/".join(r.path.split("/")[:2]), [0, 0])
+        n = listed.setdefault("/".join(r.path.split("/")[:depth]), [0, 0])
         n[0] += 1
         n[1] += r.stat != "missing"
     for folder, (n, present) in sorted(listed.items()):
         if not present and n > cfg.max_reject_fraction * len(rows):
             full = posixpath.join(cfg.input_dir, folder)
+            if cfg.format == nih.DATASET and folder == "images" and not os.path.isdir(full):
+                raise ConfigError(f"{cfg.input_dir}: {n} rows of {rows[0].source} name images found nowhere below "
+                                  "it (NIH ships them in images_001/images/ ... images_012/images/); are the image "
+                                  f"archives unpacked there? (--input_dir={cfg.input_dir})")
             state = "does not exist" if not os.path.isdir(full) else "holds none of them"
-            raise ConfigError(f"{full}: {n} CSV rows list images in this folder, but it {state}; is the image "
+            what = "CSV rows" if not cfg.external else f"rows of {rows[0].source}"
+            raise ConfigError(f"{full}: {n} {what} list images in this folder, but it {state}; is the image "
                               f"folder there (mounted, unpacked)? (--input_dir={cfg.input_dir})")
 
 
@@ -145,11 +195,44 @@ def check_patient_overlap(cfg: BuildConfig, rows: list[ListedRow]) -> frozenset:
     return valid
 
 
-def input_fingerprint(cfg: BuildConfig, sources: list[CsvSource], rows: list[ListedRow]) -> str:
-    """Everything the output depends on: options, CSV digests, each listed file's size and
-    mtime. Equal fingerprints mean a rebuild would be identical."""
+def check_held_out(cfg: BuildConfig, rows: list[ListedRow]) -> dict[str, str]:
+    """An external dataset's patients whose images are in two splits (an image on NIH's
+    test list and another on train_val or on no list; MIMIC's validate and train...): {patient:
+    its latest split}. Their earlier-split images become ``patient_in_test`` /
+    ``patient_in_valid`` dead letters (``rows.leak_reason``), or, with
+    ``--patient_overlap=fail``, the job stops here. Empty for CheXpert (its rows carry no
+    official split; ``check_patient_overlap`` is its check).
+
+    Raises:
+        ConfigError: ``--patient_overlap=fail`` and such a patient.
+    """
+    latest: dict[str, str | None] = {}
+    ranks: dict[str, set[int]] = {}
+    for r in rows:
+        if not cfg.external or r.patient is None:
+            continue
+        if rows_lib.split_rank(r.split) > rows_lib.split_rank(latest.get(r.patient)):
+            latest[r.patient] = r.split
+        ranks.setdefault(r.patient, set()).add(rows_lib.split_rank(r.split))
+    held = {p: latest[p] for p, seen in ranks.items() if len(seen) > 1}
+    leaked = [r for r in rows if r.patient in held and rows_lib.leak_reason(r.split, held[r.patient])]
+    if leaked and cfg.patient_overlap == "fail":
+        first = leaked[0]
+        raise ConfigError(f"{len(leaked)} rows of {first.source} are images of patients who also have images in "
+                          f"{held[first.patient]} (first: line {first.line}, patient {first.patient}); evaluation-set "
+                          "leakage. --patient_overlap=reject keeps them out as dead letters instead")
+    return held
+
+
+def input_fingerprint(cfg: BuildConfig, sources: list[CsvSource], rows: list[ListedRow],
+                      dataset: datasets.Dataset | None = None) -> str:
+    """Everything the output depends on: options, CSV digests (every file of an external
+    dataset: its lists and labels too), each listed file's size and mtime. Equal
+    fingerprints mean a rebuild would be identical."""
     parts = [json.dumps(output_options(cfg.manifest_options()), sort_keys=True), json.dumps(cfg.policy, sort_keys=True),
              str(chexpert.SCHEMA_VERSION), example_lib.RECORD_ORDER]
-    parts += [f"{src.name}\t{src.sha256}" for src in sources]
+    files = [(f.name, f.sha256) for f in dataset.files] if dataset is not None else [(s.name, s.sha256)
+                                                                                    for s in sources]
+    parts += [f"{name}\t{sha256}" for name, sha256 in files]
     parts += [f"{r.path}\t{r.stat}" for r in rows]
     return fingerprint.fingerprint(parts)

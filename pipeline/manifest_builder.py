@@ -1,6 +1,7 @@
 """The records job's manifest, from what its pipeline reports: per-CSV reconciliation
-(rows in = written + rejected), per-split totals, every shard's stats; and the snapshot's
-own files (dead letters, index) that the manifest names.
+(rows in = written + rejected), per-split totals, every shard's stats, the dataset the
+records came from (``describe_dataset``); and the snapshot's own files (dead letters,
+index) that the manifest names.
 """
 
 from __future__ import annotations
@@ -9,15 +10,19 @@ import datetime
 import json
 import posixpath
 
+import numpy as np
+
 from core import commit as commit_lib
-from core import storage
+from core import datasets, storage
 from pipeline import index as index_lib
+from pipeline import rows as rows_lib
 from pipeline import self_trained, shards
-from pipeline.build_config import SOURCES, BuildConfig
-from pipeline.inputs import CsvSource
+from pipeline.build_config import BuildConfig
+from pipeline.inputs import CsvSource, ListedRow
 from schemas import chexpert
 from schemas import example as example_lib
 from schemas import manifest as manifest_lib
+from schemas import sources as sources_lib
 
 INDEX = "index.tsv"
 _SPLIT_SOURCE = {"train": "train.csv", "holdout": "train.csv", "valid": "valid.csv"}
@@ -44,7 +49,8 @@ def summarize(cfg: BuildConfig, sources: list[CsvSource], stats: list[manifest_l
     by_source = {src.name: manifest_lib.SourceInfo(path=src.path, sha256=src.sha256, rows=src.rows)
                  for src in sources}
     for split, sp in splits.items():
-        by_source[_SPLIT_SOURCE[split]].written += sp.written
+        # An external dataset's records all come from its one label file.
+        by_source[sources[0].name if cfg.external else _SPLIT_SOURCE[split]].written += sp.written
     for r in rejects:
         by_source.setdefault(r["source"], manifest_lib.SourceInfo()).add_reject(r["reason"])
         if r["split"] in splits:
@@ -77,6 +83,44 @@ def summarize(cfg: BuildConfig, sources: list[CsvSource], stats: list[manifest_l
     )
 
 
+_CODE_NAMES = {int(chexpert.Code.POSITIVE): "positive", int(chexpert.Code.NEGATIVE): "negative",
+               int(chexpert.Code.UNCERTAIN): "uncertain", int(chexpert.Code.BLANK): "blank"}
+
+
+def describe_dataset(cfg: BuildConfig, dataset: datasets.Dataset | None, sources: list[CsvSource],
+                     index: dict[str, dict], by_path: dict[str, ListedRow]) -> dict[str, manifest_lib.DatasetInfo]:
+    """The manifest's ``datasets``: the one dataset the records came from, with the
+    observations it labels and counts over the committed records.
+
+    Args:
+        dataset: the NIH/MIMIC dataset, or None for CheXpert (whose files are ``sources``).
+        index: {path: index entry} of every committed record (its ``codes``).
+        by_path: the listed row of each path (its source's own labels, ``findings``).
+    """
+    labelled = list(sources_lib.labelled(cfg.format))
+    codes = np.array([e["codes"] for e in index.values()], np.int64).reshape(-1, chexpert.NUM_OBSERVATIONS)
+    counts = {}
+    for slug in labelled:
+        values, n = np.unique(codes[:, chexpert.OBSERVATION_INDEX[slug]], return_counts=True)
+        counts[slug] = {_CODE_NAMES[int(v)]: int(c) for v, c in zip(values, n)}
+    unmapped: dict[str, int] = {}
+    if cfg.external:  # CheXpert's labels are the observations themselves
+        for path in index:
+            listed = by_path.get(path)
+            for finding in rows_lib.unmapped_findings(cfg.format, listed.findings if listed else ()):
+                unmapped[finding] = unmapped.get(finding, 0) + 1
+    if dataset is None:
+        files = {s.name: {"sha256": s.sha256, "rows": s.rows} for s in sources}
+        official, folder, notes = "valid.csv" in files, cfg.input_dir, []
+    else:
+        files = {f.name: {"sha256": f.sha256, "rows": f.rows} for f in dataset.files}
+        official, folder, notes = dataset.official_split, dataset.folder, list(dataset.notes)
+    return {cfg.format: manifest_lib.DatasetInfo(
+        format=cfg.format, folder=folder, files=files, official_split=official, labelled=labelled,
+        unlabelled=[s for s in chexpert.OBSERVATIONS if s not in labelled], counts=counts,
+        unmapped_findings=dict(sorted(unmapped.items())), notes=notes)}
+
+
 def fill_missing_shards(snapshot_dir: str, written: list[shards.WrittenShard], tag: str) -> list[shards.WrittenShard]:
     """A full build: writes an empty shard for any index no row hashed to, so ``-of-N``
     always holds N. An incremental run keeps only the delta shards that hold records (and
@@ -103,11 +147,9 @@ def write_snapshot(cfg: BuildConfig, snapshot: str, manifest: manifest_lib.Manif
     run's and the kept ones of earlier snapshots) with its size."""
     out = cfg.output_dir
     reject_files = []
-    for name, _ in SOURCES:
-        if name not in manifest.sources:
-            continue
+    for name in manifest.sources:  # train.csv, valid.csv; or an external dataset's label file
         rows = sorted((r for r in rejects if r["source"] == name), key=lambda r: r["row"])
-        rel = f"{snapshot}/rejected-{name.removesuffix('.csv')}.jsonl"
+        rel = f"{snapshot}/rejected-{name.removesuffix('.gz').removesuffix('.csv')}.jsonl"
         storage.write_bytes(posixpath.join(out, rel), "".join(json.dumps(r, sort_keys=True) + "\n"
                                                              for r in rows).encode())
         reject_files.append(rel)

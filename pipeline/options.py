@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from core import cli
-from schemas import chexpert
+from schemas import chexpert, sources
 
 DEFAULT_RECORDS = "data/records"
 PATIENT_OVERLAP = ("reject", "fail")
@@ -20,8 +20,14 @@ def build_records_parser(doc: str, warn: bool = True) -> argparse.ArgumentParser
     ``warn``: say so on stderr when a renamed flag's old name is used (``cli.add_renamed_flag``)."""
     parser = cli.job_parser("python -m pipeline.build_records", doc)
     parser.add_argument("--input_dir", default=None,
-                        help="Folder holding CheXpert-v1.0-small/ or CheXpert-v1.0/ (or that folder itself). "
-                             "Default: ./data, else a synthetic sample generated in data/synthetic.")
+                        help="Folder holding CheXpert-v1.0-small/ or CheXpert-v1.0/ (or that folder itself), or an "
+                             "NIH ChestX-ray14 or MIMIC-CXR-JPG folder (see --format). Default: ./data, else a "
+                             "synthetic CheXpert sample generated in data/synthetic.")
+    parser.add_argument("--format", default=None,
+                        help="The dataset --input_dir holds: chexpert (train.csv/valid.csv), nih (NIH ChestX-ray14: "
+                             "Data_Entry_2017.csv, images_*/images/) or mimic (MIMIC-CXR-JPG 2.x: "
+                             "mimic-cxr-2.0.0-metadata.csv(.gz), files/). Default: told from the folder's files "
+                             f"({'|'.join(sources.FORMATS)}).")
     parser.add_argument("--output_dir", default=DEFAULT_RECORDS, help="Where shards and manifest.json go.")
     parser.add_argument("--image_size", type=int, default=320, help="Side of the stored square image, pixels.")
     parser.add_argument("--resize", default="squash", help="squash (as the seed's target_size), crop or pad.")
@@ -57,8 +63,10 @@ def build_records_parser(doc: str, warn: bool = True) -> argparse.ArgumentParser
     cli.add_guard_flags(parser, inputs="CSV rows", outputs="records",
                     why=" (an unmounted image folder rejects them all)")
     parser.add_argument("--patient_overlap", default="reject",
-                        help="A train.csv row whose patient also appears in valid.csv (valid-set leakage): "
-                             "reject (dead letter patient_in_valid, the default) or fail (stop before any work).")
+                        help="A train.csv row whose patient also appears in valid.csv (valid-set leakage), or an "
+                             "NIH/MIMIC image whose patient also has images on the dataset's test (or validate) "
+                             "list: reject (dead letter patient_in_valid / patient_in_test, the default) or fail "
+                             "(stop before any work).")
     parser.add_argument("--verbose", action="store_true",
                         help="Show the local worker processes' own start-up and log lines (hidden by default).")
     return parser

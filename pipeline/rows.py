@@ -7,14 +7,25 @@ Plain functions, no Beam: ``pipeline.transforms`` applies them to every row.
     guess_split     the split of a row that failed validation, where it can be told
     patient_of      a CheXpert path -> its patient folder
     row_digest      a row's cells -> a digest (a relabelled row is a changed row)
+
+An NIH or MIMIC row (``core.datasets.DatasetRow``) takes the same place:
+
+    official_split  the dataset's own split -> test / valid, or None (train/holdout by patient)
+    external_split  its records split (the patient hash namespaced by the dataset)
+    leak_reason     patient_in_test / patient_in_valid for an image whose patient has images
+                    in a later split, else None
+    record_row      DatasetRow -> ExternalRecordRow (what the writer takes)
+    dataset_digest  its digest (a relabelled or re-split image is a changed row)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 
 from core.csv_reader import CsvRow
-from schemas import chexpert
+from schemas import chexpert, mimic, nih
 
 
 def split_of(source_split: str, patient_id: str, holdout_fraction: float) -> str:
@@ -60,3 +71,94 @@ def guess_split(row: CsvRow, source_split: str, holdout_fraction: float) -> str 
 def row_digest(cells: dict) -> str:
     """A 128-bit digest of a CSV row's cells in header order: a relabelled row is a changed row."""
     return hashlib.blake2b("\x1f".join(cells.values()).encode(), digest_size=16).hexdigest()
+
+
+# --- NIH ChestX-ray14 and MIMIC-CXR-JPG rows --------------------------------------------------
+
+# The dataset's own split -> the records split it goes to; None = train/holdout by patient,
+# as a CheXpert train.csv row. A split name not here (none exists: core.datasets checks
+# them) would be an error.
+OFFICIAL_SPLITS = {
+    nih.DATASET: {nih.TRAIN_VAL: None, nih.TEST: "test"},
+    mimic.DATASET: {"train": None, "validate": "valid", "test": "test"},
+}
+# Later splits win a patient: an image of a patient who also has images in a later split is
+# a dead letter (``patient_in_<split>``), as train.csv rows of valid.csv's patients are.
+_SPLIT_RANK = {None: 0, "valid": 1, "test": 2}
+AGE_UNKNOWN = -1  # patient/age of a record whose source gives none (MIMIC-CXR-JPG)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalRecordRow(chexpert.Row):
+    """An NIH or MIMIC image as the writer takes it: a ``chexpert.Row`` (``path`` is the
+    image's path relative to the dataset folder, the record key; ``age`` ``AGE_UNKNOWN``
+    where the source has none; ``view`` may be ``unknown``), plus the source's name and
+    its own labels (``source/dataset``, ``source/labels``).
+    """
+
+    dataset: str = "chexpert"
+    findings: tuple[str, ...] = ()
+
+
+def official_split(dataset: str, split: str | None) -> str | None:
+    """The records split the dataset's own split sends an image to: ``test``, ``valid``,
+    or None (no split file, on no list, NIH ``train_val``, MIMIC ``train``: train/holdout
+    by patient).
+
+    Raises:
+        ValueError: a split name the dataset does not have.
+    """
+    if split is None:
+        return None
+    try:
+        return OFFICIAL_SPLITS[dataset][split]
+    except KeyError:
+        raise ValueError(f"{dataset}: unknown official split {split!r}") from None
+
+
+def external_split(dataset: str, official: str | None, patient_id: str, holdout_fraction: float) -> str:
+    """An external image's records split: its official one, else train/holdout by a stable
+    hash of ``DATASET/PATIENT`` (an NIH patient 00001234 and a MIMIC subject of the same
+    number are different people, so they draw separately; CheXpert's hash input, the bare
+    ``patientNNNNN``, is unchanged)."""
+    if official is not None:
+        return official
+    return split_of("train", f"{dataset}/{patient_id}", holdout_fraction)
+
+
+def split_rank(split: str | None) -> int:
+    """How late ``official_split``'s answer is: train/holdout 0, valid 1, test 2."""
+    return _SPLIT_RANK[split]
+
+
+def leak_reason(official: str | None, patient_split: str | None) -> str | None:
+    """``patient_in_test``/``patient_in_valid`` when the patient's latest split
+    (``patient_split``: the latest official split of any of its images) is later than this
+    image's, else None: a patient's images never straddle training and evaluation."""
+    if patient_split is not None and split_rank(official) < split_rank(patient_split):
+        return f"patient_in_{patient_split}"
+    return None
+
+
+def record_row(image: str, row) -> ExternalRecordRow:
+    """A ``core.datasets.DatasetRow``'s image and ``schemas.external.ExternalRow`` as the
+    record's row (``age`` None -> ``AGE_UNKNOWN``)."""
+    return ExternalRecordRow(
+        path=image, patient_id=row.patient_id, study_id=row.study_id, sex=row.sex,
+        age=AGE_UNKNOWN if row.age is None else row.age, view=row.view, projection=row.projection,
+        codes=tuple(row.codes), dataset=row.dataset, findings=tuple(row.findings))
+
+
+def dataset_digest(image: str, row, split: str | None) -> str:
+    """A 128-bit digest of everything an external image's record is built from but its
+    pixels: a relabelled study, a corrected age or a move to the test list is a changed row."""
+    text = json.dumps([image, split, dataclasses.asdict(row)], sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def unmapped_findings(dataset: str, findings) -> list[str]:
+    """The source's own labels that map to no CheXpert observation (NIH's Infiltration,
+    Mass, Nodule, ...); MIMIC's are CheXpert's names, all mapped."""
+    if dataset == nih.DATASET:
+        return [f for f in findings if nih.LABEL_TO_OBSERVATION.get(f) is None]
+    return [f for f in findings if f not in chexpert.NAME_TO_SLUG]

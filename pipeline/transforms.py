@@ -4,6 +4,7 @@ stage that only chains the plain functions of ``pipeline.rows``, ``pipeline.shar
 
     ListCsvs -> ReadCsv -> ParseRows -> RejectDuplicates -> PlanShards (side input)
         -> WriteShards
+    NIH/MIMIC: ListDatasets -> ReadDataset -> RejectDuplicates -> ... (the same from there)
     with --labeller: RejectDuplicates -> LabellerTargets (RunInference; side input) -> WriteShards
     every stage's rejects -> WriteRejects;  WriteShards' reports -> WriteStats
 
@@ -21,8 +22,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from core import storage, tfrecord
-from core.csv_reader import Reject, read_csv_rows
+from core import datasets, storage, tfrecord
+from core.csv_reader import CsvRow, Reject, read_csv_rows
 from pipeline import example_builder, rows, self_trained, shards
 from pipeline.build_config import BuildConfig
 from schemas import chexpert
@@ -94,6 +95,59 @@ class ParseRowFn(beam.DoFn):
                 REJECTED, Reject(row.source, row.line, row.cells.get(chexpert.COL_PATH, ""), split, e.reason, e.detail))
             return
         yield parsed.path, (split, parsed, row)
+
+
+class ReadDatasetFn(beam.DoFn):
+    """(dataset folder, format) -> (image path, (split, ExternalRecordRow, CsvRow)) |
+    Reject (tagged REJECTED), one per data row of the dataset's label file: what ReadCsv and
+    ParseRows together give for CheXpert, so the rest of the graph is shared.
+
+    The dataset is read here, in a worker (``core.datasets.find_dataset``,
+    ``Dataset.rows()``), not sent from the driver. The ``CsvRow`` carries only the row's
+    file and line (for duplicates and dead letters).
+
+    Args:
+        holdout_fraction: train/holdout by patient for images without an official
+            evaluation split (``rows.external_split``).
+        skip: {label file name: int array of lines} an incremental run has settled.
+        held_out: {patient: its latest split} for patients with images in two splits
+            (``inputs.check_held_out``): their earlier images are ``patient_in_<split>``.
+    """
+
+    def __init__(self, holdout_fraction: float, skip: dict | None = None, held_out: dict | None = None):
+        self.holdout_fraction = holdout_fraction
+        self.skip = skip or {}
+        self.held_out = held_out or {}
+        self.rows_read = Metrics.counter(NAMESPACE, "rows_read")
+
+    def setup(self):
+        self._skip = {name: set(lines.tolist()) for name, lines in self.skip.items()}
+
+    def process(self, element):
+        folder, fmt = element
+        dataset = datasets.find_dataset(folder, fmt)
+        skip = self._skip.get(dataset.label_file.name, set())
+        for item in dataset.rows():
+            if (item.row if isinstance(item, Reject) else item.line) in skip:
+                continue
+            self.rows_read.inc()
+            if isinstance(item, Reject):
+                _reject_counter(item.reason).inc()
+                yield beam.pvalue.TaggedOutput(REJECTED, item)
+                continue
+            official = rows.official_split(fmt, item.split)
+            record = rows.record_row(item.image, item.row)
+            split = rows.external_split(fmt, official, record.patient_id, self.holdout_fraction)
+            patient_split = self.held_out.get(record.patient_id)
+            reason = rows.leak_reason(official, patient_split)
+            if reason:
+                _reject_counter(reason).inc()
+                yield beam.pvalue.TaggedOutput(REJECTED, Reject(
+                    item.source, item.line, item.image, split, reason,
+                    f"patient {record.patient_id} also has images in {patient_split}: kept out of {split} (pass "
+                    "--patient_overlap=fail to stop instead)"))
+                continue
+            yield item.image, (split, record, CsvRow(item.source, item.line, {}))
 
 
 class RejectDuplicatesFn(beam.DoFn):
@@ -194,6 +248,19 @@ class ParseRows(beam.PTransform):
             REJECTED, main="rows")
 
 
+class ReadDataset(beam.PTransform):
+    """(dataset folder, format) -> rows: (path, (split, ExternalRecordRow, CsvRow));
+    REJECTED: rows that do not fit the format, and images of held-out patients."""
+
+    def __init__(self, holdout_fraction: float, skip: dict | None = None, held_out: dict | None = None):
+        super().__init__()
+        self.holdout_fraction, self.skip, self.held_out = holdout_fraction, skip, held_out
+
+    def expand(self, folders):
+        return folders | "ReadRows" >> beam.ParDo(ReadDatasetFn(self.holdout_fraction, self.skip, self.held_out)
+                                                  ).with_outputs(REJECTED, main="rows")
+
+
 class RejectDuplicates(beam.PTransform):
     """(path, (split, Row, CsvRow)) -> rows: (split, (Row, source, line)), one per path;
     REJECTED: every later row of a path."""
@@ -267,25 +334,33 @@ class WriteJsonLines(beam.PTransform):
 
 
 def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, str]], snapshot_dir: str,
-                   skip: dict | None = None, tag: str = "", valid_patients: frozenset = frozenset()) -> None:
+                   skip: dict | None = None, tag: str = "", valid_patients: frozenset = frozenset(),
+                   held_out: dict | None = None) -> None:
     """Adds the records job to ``p``; its outputs land in ``snapshot_dir``: the shards,
     ``stats-*.jsonl`` (WrittenShard per shard) and ``rejects-*.jsonl`` (Reject per row).
 
     Args:
-        sources: (CSV path, the split its rows go to).
+        sources: (CSV path, the split its rows go to); unused for an NIH/MIMIC input
+            (``cfg.external``), whose dataset folder is read by ReadDataset.
         skip: lines an incremental run has settled (see ReadCsvFn); tag: its shard tag.
-        valid_patients: see ParseRowFn.
+        valid_patients: see ParseRowFn; held_out: see ReadDatasetFn.
     """
-    read = p | "ListCsvs" >> beam.Create(sources) | "ReadCsv" >> ReadCsv(skip)
-    parsed = read.rows | "ParseRows" >> ParseRows(cfg.holdout_fraction, valid_patients)
-    unique = parsed.rows | "RejectDuplicates" >> RejectDuplicates()
+    if cfg.external:
+        read = (p | "ListDatasets" >> beam.Create([(cfg.input_dir, cfg.format)])
+                | "ReadDataset" >> ReadDataset(cfg.holdout_fraction, skip, held_out))
+        parsed_rows, early_rejects = read.rows, (read[REJECTED],)
+    else:
+        read = p | "ListCsvs" >> beam.Create(sources) | "ReadCsv" >> ReadCsv(skip)
+        parsed = read.rows | "ParseRows" >> ParseRows(cfg.holdout_fraction, valid_patients)
+        parsed_rows, early_rejects = parsed.rows, (read[REJECTED], parsed[REJECTED])
+    unique = parsed_rows | "RejectDuplicates" >> RejectDuplicates()
     plan = unique.rows | "PlanShards" >> PlanShards(cfg)
     labeller = None
     if cfg.labeller:
         labeller = unique.rows | "LabellerTargets" >> self_trained.LabellerTargets(
             cfg.input_dir, cfg.labeller, cfg.policy, cfg.labeller_batch_size)
     written = unique.rows | "WriteShards" >> WriteShards(cfg, snapshot_dir, tag, plan, labeller)
-    ((read[REJECTED], parsed[REJECTED], unique[REJECTED], written[REJECTED])
+    ((*early_rejects, unique[REJECTED], written[REJECTED])
      | "MergeRejects" >> beam.Flatten()
      | "WriteRejects" >> WriteJsonLines(posixpath.join(snapshot_dir, "rejects")))
     written.stats | "WriteStats" >> WriteJsonLines(posixpath.join(snapshot_dir, "stats"))

@@ -14,13 +14,16 @@ Keys (dtype, shape):
     image/format        bytes   ()      b"png" | b"jpeg" | b"raw"
     image/height        int64   ()
     image/width         int64   ()
-    image/view          bytes   ()      b"frontal" | b"lateral"
+    image/view          bytes   ()      b"frontal" | b"lateral"; external rows also
+                                        b"unknown" (MIMIC's AP AXIAL, blank, ...)
     image/projection    bytes   ()      b"AP" | b"PA" | b"LL" | b"RL" | b""
-    image/source_path   bytes   ()      the CSV's Path: the record's unique key
-    patient/id          bytes   ()      b"patient00001"
+    image/source_path   bytes   ()      the CSV's Path: the record's unique key (external
+                                        rows: the image's path in the dataset folder)
+    patient/id          bytes   ()      b"patient00001" (NIH b"00000001", MIMIC its subject_id)
     patient/sex         bytes   ()      b"Male" | b"Female" | b"Unknown"
-    patient/age         int64   ()
-    study/id            bytes   ()      b"patient00001/study1"
+    patient/age         int64   ()      years; -1 where the source has none (MIMIC-CXR-JPG)
+    study/id            bytes   ()      b"patient00001/study1" (NIH b"PATIENT/FOLLOWUP",
+                                        MIMIC b"SUBJECT/STUDY")
     labels/raw          int64   (14,)   Code values: 1, 0, -1, -2 (blank)
     labels/draw         float32 (14,)   uniform [0, 1) draws for label smoothing
     labels/target       float32 (14,)   targets under the job's policy mapping

@@ -1,4 +1,5 @@
-"""The reader's side of the record spec: ``FEATURE_SPEC``, ``parse`` and policy targets.
+"""The reader's side of the record spec: ``FEATURE_SPEC``, ``parse``, policy targets and
+the mask of the observations a record's dataset labels.
 
 Built from ``schemas.example.FEATURES``, the one table the writer also encodes with.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from schemas import chexpert
+from schemas import chexpert, sources
 from schemas.example import DEFAULTS, FEATURES, IMAGE_ENCODED, IMAGE_FORMAT, IMAGE_HEIGHT, IMAGE_WIDTH
 
 _N = chexpert.NUM_OBSERVATIONS
@@ -87,3 +88,33 @@ def policy_targets(
     source = tf.where(use_labeller, tf.where(have, labeller, 0.0), draws)
     mask = tf.where(use_labeller & ~have, 0.0, mask)
     return low + source * (high - low), mask
+
+
+# (formats, 14): 1 where the format labels the observation (``schemas.sources.LABELLED``).
+_LABELLED = np.array([[slug in sources.labelled(fmt) for slug in chexpert.OBSERVATIONS] for fmt in sources.FORMATS],
+                     np.float32)
+_TABLE = np.concatenate([_LABELLED, np.ones((1, _N), np.float32)])
+
+
+def labelled_mask(dataset: tf.Tensor) -> tf.Tensor:
+    """1 where a record's dataset labels the observation, 0 where it labels nothing (graph-safe).
+
+    A policy maps a blank code by ``--blank`` (``negative`` by default); an observation an
+    external dataset does not label is blank in every one of its records and must never be
+    a target: multiply ``policy_targets``' mask by this. ``pipeline.example_builder.labelled_mask``
+    is the writer's twin.
+
+    Args:
+        dataset: string (...,) ``source/dataset`` (``b"chexpert"`` where absent); a name
+            that is none of ``schemas.sources.FORMATS`` counts as labelling everything.
+
+    Returns:
+        float32 (..., 14).
+    """
+    dataset = tf.convert_to_tensor(dataset, tf.string)
+    # Row k of _TABLE for FORMATS[k], its last row (all ones) for any other name. A gather, not
+    # a tensordot of the cast comparison: in tf.data that one makes oneDNN log "supports DT_BOOL
+    # only on platforms with AVX-512" at start-up (tests/pipeline/test_cli keeps start-up quiet).
+    match = tf.cast(tf.equal(tf.expand_dims(dataset, -1), tf.constant(sources.FORMATS)), tf.float32)
+    match = tf.concat([match, 1.0 - tf.reduce_max(match, axis=-1, keepdims=True)], axis=-1)  # (..., formats + 1)
+    return tf.gather(_TABLE, tf.argmax(match, axis=-1, output_type=tf.int32))

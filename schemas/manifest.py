@@ -8,6 +8,8 @@ the teaching experiment, an incremental build). As TFDS's ``DatasetInfo``/``Spli
     SourceInfo    one CSV's reconciliation: rows = written + rejected (``sources``)
     ShardStats    one shard's counts (``shard_stats``), as the records job writes it
     LabellerInfo  the U-SelfTrained labeller's model and what it relabelled (``teacher``)
+    DatasetInfo   the dataset the records came from: format, files, the observations it
+                  labels, per-observation and unmapped-finding counts (``datasets``)
 
 Read tolerantly: a key this version does not know is kept (``extra``) and written back, a
 key it expects but an older manifest lacks takes its default, so ``Manifest.from_json`` of
@@ -23,6 +25,9 @@ from typing import Any, ClassVar
 
 # 1: the first typed manifest (schema of 2026-11: snapshot folders, ``teacher``, ``files``).
 # Manifests written before it carry no manifest_version and read as version 1.
+# ``datasets`` (issue 13: the source dataset, CheXpert, NIH or MIMIC) and a ``test`` split (an
+# external dataset's official one) were added, not changed: a manifest without ``datasets`` is
+# CheXpert's, so the version stays 1.
 MANIFEST_VERSION = 1
 
 Counts = dict[str, dict[str, int]]  # {observation slug: {label key: count}}
@@ -201,6 +206,41 @@ class LabellerInfo(_FlatRecord):
 
 
 @dataclasses.dataclass
+class DatasetInfo(_FlatRecord):
+    """The dataset a records folder was built from (``build_records --format``).
+
+    Attributes:
+        format: ``chexpert``, ``nih`` or ``mimic`` (``schemas.sources.FORMATS``).
+        folder: the dataset folder (external) or the folder CheXpert's CSV paths are
+            relative to.
+        files: {file name: {``sha256``, ``rows``}} of every file the rows depend on: the
+            label file (also reconciled in ``sources``), NIH's split lists, MIMIC's labels and
+            split CSVs.
+        official_split: the dataset's own split files were there and decided the ``test`` /
+            ``valid`` splits (NIH test list, MIMIC split CSV).
+        labelled: the observations the dataset labels (``schemas.sources.labelled``);
+            unlabelled: the rest, blank in every record and masked in training whatever
+            ``blank`` says (never read as negative).
+        counts: {labelled slug: {``positive``/``negative``/``uncertain``/``blank``: records}}
+            over the written records.
+        unmapped_findings: {source label: records} of the source's own labels that map to no
+            observation (NIH's Infiltration, Mass, Nodule, ...), over the written records.
+        notes: what the reader of the folder chose (a second label file not read, ...).
+    """
+
+    format: str = "chexpert"
+    folder: str = ""
+    files: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    official_split: bool = False
+    labelled: list[str] = dataclasses.field(default_factory=list)
+    unlabelled: list[str] = dataclasses.field(default_factory=list)
+    counts: Counts = dataclasses.field(default_factory=dict)
+    unmapped_findings: dict[str, int] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class Manifest:
     """A committed records folder, as ``manifest.json`` describes it.
 
@@ -222,6 +262,8 @@ class Manifest:
         patient_overlap: ``{mode, valid_patients, rows_rejected}``.
         snapshot: the snapshot folder; rejected_files, index_file: its dead letters and index.
         files: {path: size} of every file the commit consists of (``core.commit``).
+        datasets: {format: DatasetInfo} of the dataset(s) the records came from; None in a
+            manifest from before the key (CheXpert's; see ``format``), and then left out.
         manifest_version: ``MANIFEST_VERSION`` of the writer.
         extra: keys this version does not know, kept as read.
     """
@@ -249,6 +291,7 @@ class Manifest:
     rejected_files: list[str] = dataclasses.field(default_factory=list)
     index_file: str = ""
     files: dict[str, int] = dataclasses.field(default_factory=dict)
+    datasets: dict[str, DatasetInfo] | None = None
     manifest_version: int = MANIFEST_VERSION
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -270,6 +313,8 @@ class Manifest:
         known["shard_stats"] = {k: ShardStats.from_json(v) for k, v in (known.get("shard_stats") or {}).items()}
         if known.get("labeller") is not None:
             known["labeller"] = LabellerInfo.from_json(known["labeller"])
+        if known.get("datasets") is not None:
+            known["datasets"] = {k: DatasetInfo.from_json(v) for k, v in known["datasets"].items()}
         return cls(**known, extra=extra)
 
     def to_json(self) -> dict:
@@ -282,7 +327,19 @@ class Manifest:
         out["splits"] = {k: v.to_json() for k, v in self.splits.items()}
         out["shard_stats"] = {k: v.to_json() for k, v in self.shard_stats.items()}
         out["teacher"] = out.pop("labeller").to_json() if self.labeller is not None else out.pop("labeller")
+        if self.datasets is None:
+            out.pop("datasets")  # as the manifests from before it
+        else:
+            out["datasets"] = {k: v.to_json() for k, v in self.datasets.items()}
         return out
+
+    @property
+    def format(self) -> str:
+        """The source dataset's format: ``chexpert`` for a manifest without ``datasets``
+        (from before the key), else its one dataset's (``mixed`` if ever several)."""
+        if not self.datasets:
+            return "chexpert"
+        return next(iter(self.datasets)) if len(self.datasets) == 1 else "mixed"
 
     @property
     def synthetic(self) -> bool:

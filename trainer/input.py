@@ -273,6 +273,9 @@ def make_dataset(
         else:
             image = preprocess.resize_pixels(image, size)
         targets, masks = example_tf.policy_targets(f[ex.LABELS_RAW], f[ex.LABELS_DRAW], table, f[ex.LABELS_LABELLER])
+        # An observation the record's dataset does not label (NIH's fracture...) is blank
+        # there: never a target, whatever --blank says.
+        masks = masks * example_tf.labelled_mask(f[ex.SOURCE_DATASET])
         out = {"image": image, "targets": tf.gather(targets, idx, axis=-1), "masks": tf.gather(masks, idx, axis=-1)}
         if teacher is not None:
             out["teacher"] = teacher(f[ex.SOURCE_PATH])

@@ -3,6 +3,7 @@ reader) and the Beam transforms that wire them (TestPipeline)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import apache_beam as beam
@@ -16,6 +17,7 @@ from pipeline import example_builder, shards, transforms
 from pipeline import index as index_lib
 from pipeline import rows as rows_lib
 from schemas import chexpert
+from tests import images
 
 HEADER = ",".join(chexpert.CSV_COLUMNS)
 
@@ -116,3 +118,76 @@ def test_index_round_trips_and_row_digest_sees_relabels():
     relabelled = {**cells, "Edema": "0.0"}
     assert rows_lib.row_digest(cells) != rows_lib.row_digest(relabelled)
     assert rows_lib.row_digest(cells) == rows_lib.row_digest(dict(cells))
+
+
+# --- NIH / MIMIC rows (core.datasets.DatasetRow) ------------------------------------------------
+
+
+def test_external_splits_follow_the_official_lists_and_hash_patients_per_dataset():
+    assert rows_lib.official_split("nih", "test") == "test" and rows_lib.official_split("nih", "train_val") is None
+    assert rows_lib.official_split("mimic", "validate") == "valid" and rows_lib.official_split("mimic", None) is None
+    with pytest.raises(ValueError, match="nih: unknown official split 'validate'"):
+        rows_lib.official_split("nih", "validate")
+    assert rows_lib.external_split("mimic", "valid", "10000032", 0.99) == "valid"
+    # Namespaced: the same number draws differently per dataset, and CheXpert's bare id is unchanged.
+    draws = {d: chexpert.stable_fraction(f"holdout:{d}/10000032") for d in ("nih", "mimic")}
+    cut = (draws["nih"] + draws["mimic"]) / 2
+    assert {rows_lib.external_split(d, None, "10000032", cut) for d in draws} == {"train", "holdout"}
+    assert rows_lib.split_of("train", "patient00001", 0.5) == rows_lib.split_of("train", "patient00001", 0.5)
+    assert rows_lib.leak_reason(None, "test") == "patient_in_test"
+    assert rows_lib.leak_reason("valid", "test") == "patient_in_test"
+    assert rows_lib.leak_reason(None, "valid") == "patient_in_valid"
+    assert rows_lib.leak_reason("test", "test") is None and rows_lib.leak_reason(None, None) is None
+
+
+def test_an_external_row_becomes_a_record_with_its_source_labels_and_masked_unlabelled():
+    from schemas import external, nih
+
+    src = external.ExternalRow(dataset="nih", path="00000001_000.png", patient_id="00000001", study_id="00000001/000",
+                               sex="Male", age=58, view="frontal", projection="PA",
+                               codes=nih.codes_for(("Effusion", "Mass")), findings=("Effusion", "Mass"))
+    row = rows_lib.record_row("images_001/images/00000001_000.png", src)
+    assert isinstance(row, chexpert.Row) and row.path == "images_001/images/00000001_000.png" and row.age == 58
+    assert rows_lib.record_row("x.jpg", dataclasses.replace(src, age=None)).age == rows_lib.AGE_UNKNOWN == -1
+    assert rows_lib.unmapped_findings("nih", src.findings) == ["Mass"]
+    assert rows_lib.unmapped_findings("mimic", ("Edema", "Pleural Effusion")) == []
+    assert rows_lib.dataset_digest("a", src, "test") != rows_lib.dataset_digest("a", src, "train_val")
+    settings = example_builder.ExampleSettings(16, "squash", "raw", chexpert.policy_matrix(
+        chexpert.resolve_policies(), "negative"), 0)
+    data = images.png_bytes(images.gradient(40, 40))
+    _, _, mask = example_builder.build_example(row, data, settings)
+    labelled = example_builder.labelled_mask("nih")
+    assert mask[chexpert.OBSERVATION_INDEX["fracture"]] == 0 and labelled[chexpert.OBSERVATION_INDEX["fracture"]] == 0
+    assert (mask == labelled).all()  # blank=negative: every labelled entry counts, no other
+    np.testing.assert_array_equal(example_builder.labelled_mask("chexpert"), np.ones(14, np.float32))
+
+
+def test_labelled_mask_is_the_same_on_both_sides_eagerly_and_in_tf_data():
+    import tensorflow as tf
+
+    from schemas import example_tf, sources
+
+    names = list(sources.FORMATS) + ["somewhere-else"]
+    want = np.stack([example_builder.labelled_mask(n) if n in sources.FORMATS else np.ones(14, np.float32)
+                     for n in names])
+    np.testing.assert_array_equal(example_tf.labelled_mask(tf.constant(names)).numpy(), want)
+    np.testing.assert_array_equal(example_tf.labelled_mask(tf.constant("nih")).numpy(), want[1])
+    batched = tf.data.Dataset.from_tensor_slices(names).batch(2).map(example_tf.labelled_mask)
+    np.testing.assert_array_equal(np.concatenate(list(batched.as_numpy_iterator())), want)
+
+
+def test_read_dataset_yields_parsed_rows_and_dead_letters_with_lines(tmp_path):
+    from tests.pipeline import external_folders as ef
+
+    folder = ef.make_mimic(str(tmp_path / "mimic"))
+    with BeamTestPipeline() as p:
+        out = (p | beam.Create([(folder, "mimic")])
+                 | transforms.ReadDataset(0.0, skip={"mimic-cxr-2.0.0-metadata.csv.gz": np.array([8])},
+                                          held_out={"10000001": "test"}))
+        assert_that(out.rows | beam.Map(lambda kv: (kv[0], kv[1][0], kv[1][1].dataset, kv[1][2].line)),
+                    equal_to([(ef.mimic_image("d2a", "10000002", "50000002"), "valid", "mimic", 4),
+                              (ef.mimic_image("d3a", "10000003", "50000003"), "test", "mimic", 5),
+                              (ef.mimic_image("d3b", "10000003", "50000004"), "test", "mimic", 6)]), label="Rows")
+        assert_that(out[transforms.REJECTED] | beam.Map(lambda r: (r.row, r.reason, r.split)),
+                    equal_to([(2, "patient_in_test", "train"), (3, "patient_in_test", "train"),
+                              (7, "no_labels", None)]), label="Rejects")

@@ -102,6 +102,25 @@ def test_the_labeller_is_read_under_its_new_key_too():
     assert m.to_json()["teacher"] == OLD["teacher"] and "labeller" not in m.to_json()
 
 
+def test_an_external_build_says_its_dataset_and_an_old_manifest_reads_as_chexpert():
+    old = manifest_lib.Manifest.from_json(copy.deepcopy(OLD))
+    assert old.datasets is None and old.format == "chexpert" and "datasets" not in old.to_json()
+    d = copy.deepcopy(OLD)
+    d["datasets"] = {"nih": {
+        "format": "nih", "folder": "/data/ChestX-ray14", "official_split": True,
+        "files": {"Data_Entry_2017.csv": {"sha256": "ab" * 32, "rows": 96}, "test_list.txt": {"sha256": "cd" * 32,
+                                                                                               "rows": 20}},
+        "labelled": ["no_finding", "cardiomegaly"], "unlabelled": ["fracture"],
+        "counts": {"cardiomegaly": {"positive": 3, "negative": 92}}, "unmapped_findings": {"Mass": 4},
+        "notes": [], "future_key": 1}}
+    m = manifest_lib.Manifest.from_json(d)
+    info = m.datasets["nih"]
+    assert m.format == "nih" and info.unmapped_findings == {"Mass": 4} and info.extra == {"future_key": 1}
+    assert info.files["test_list.txt"]["rows"] == 20 and info.counts["cardiomegaly"]["positive"] == 3
+    assert m.to_json() == {**d, "manifest_version": 1}
+    assert json.loads(json.dumps(m.to_json())) == m.to_json()
+
+
 def test_split_totals_add_up_their_shards():
     sp = manifest_lib.SplitInfo(views={}, raw_counts=manifest_lib.empty_counts(["atelectasis", "edema"]))
     for st in OLD["shard_stats"].values():
