@@ -296,3 +296,22 @@ def test_a_model_trained_on_the_evaluated_dataset_is_not_called_an_external_vali
         assert text.startswith(f"## {heading}") and ("Thresholds were not chosen" in text) == warned
         assert meta["external"]["unscored"] == {"fracture": "NIH ChestX-ray14 does not label it"}
     assert "what the model was trained on is unknown" in text
+
+
+def test_records_build_records_made_of_an_nih_folder_score_as_the_folder_itself(job4, tmp_path):
+    """The two roads to an external validation agree: build_records' NIH records
+    (--records_dir, split test) and the folder's images read directly (--input_dir)."""
+    from pipeline import build_records
+
+    folder = ef.write_nih(str(tmp_path / "in"))
+    records = str(tmp_path / "records")
+    build_records.run([f"--input_dir={folder}", f"--output_dir={records}", "--image_size=32", "--num_shards=1",
+                       "--max_reject_fraction=0.5", "--runner=DirectRunner"])
+    via_records = evaluate.run([job4], records_dir=records, split="test", tune_split="", n_boot=50,
+                               report_dir=str(tmp_path / "a"))
+    direct = evaluate.run([job4], input_dir=folder, tune_split="", n_boot=50, report_dir=str(tmp_path / "b"))
+    assert via_records["external"]["datasets"] == ["nih"] and via_records["images"] == direct["images"] == 7
+    assert set(via_records["tasks"]) == set(direct["tasks"]) == {"atelectasis", "cardiomegaly", "pleural_effusion"}
+    for task in ("atelectasis", "pleural_effusion"):
+        assert via_records["tasks"][task]["auroc"] == pytest.approx(direct["tasks"][task]["auroc"], abs=1e-6)
+    assert _predictions(str(tmp_path / "a")).keys() == _predictions(str(tmp_path / "b")).keys()
