@@ -8,9 +8,12 @@ and ``pipeline.score`` (``studies.csv`` in its snapshot) both write it with ``to
 
 Rules, the same in both writers:
 
-* **Study id**: the image's path, as the caller named it, cut after ``patientNNNNN/studyM``
-  (``study_of``). A path with no such folders (``scan.jpg``, ``incoming/img01.jpg``) names
-  no study: it is left out of the study CSV and counted (``StudyTable.outside``).
+* **Study id**: the image's path, as the caller named it, cut after CheXpert's
+  ``patientNNNNN/studyM`` or MIMIC-CXR-JPG's ``pSUBJECT/sSTUDY`` (eight digits each:
+  ``files/p10/p10000032/s50414267/DICOM.jpg``) (``study_of``). A path with no such folders
+  (``scan.jpg``, ``incoming/img01.jpg``, NIH's ``images_001/images/00000001_000.png``: NIH
+  has one image per follow-up, and no study folder) names no study: it is left out of the
+  study CSV and counted (``StudyTable.outside``).
 * **Probability**: the maximum over the study's *frontal* images, the CheXpert paper's rule
   (Irvin et al. 2019, section 4; ``trainer.evaluate`` does the same). Laterals and images of
   unknown view enter only when a study has no frontal image at all; such a study is still
@@ -36,10 +39,12 @@ from schemas import chexpert
 
 FRONTAL, LATERAL, UNKNOWN = views.FRONTAL, views.LATERAL, views.UNKNOWN
 STUDY_COLUMN = "Study"
-# ``.../patient00001/study1/FILE``: the folder pair CheXpert names every study by. The
-# prefix before ``patient`` (``CheXpert-v1.0-small/valid/``, an absolute folder) is kept, so
-# studies of two splits or two copies of the dataset never merge.
-_STUDY_RE = re.compile(r"^(?P<study>(?:.*/)?patient\d+/study\d+)/[^/]+$")
+# ``.../patient00001/study1/FILE``: the folder pair CheXpert names every study by; MIMIC-CXR-JPG's
+# ``.../p10000032/s50414267/FILE`` (subject and study ids of eight digits, as MIMIC writes
+# them, so that a free ``p1/s2`` folder is no study). The prefix before them
+# (``CheXpert-v1.0-small/valid/``, ``files/p10/``, an absolute folder) is kept, so studies of
+# two splits or two copies of a dataset never merge.
+_STUDY_RE = re.compile(r"^(?P<study>(?:.*/)?(?:patient\d+/study\d+|p\d{8}/s\d{8}))/[^/]+$")
 
 
 def csv_view(cell: str | None) -> str:
@@ -71,14 +76,15 @@ def input_view(name: str, data: bytes | None = None, from_csv: str | None = None
 
 
 def study_of(path: str) -> str | None:
-    """The CheXpert study an image path names, e.g. ``.../valid/patient64541/study1``.
+    """The study an image path names: CheXpert's ``.../valid/patient64541/study1``, MIMIC's
+    ``.../files/p10/p10000032/s50414267``.
 
     Args:
         path: an image path as the caller gave it; backslashes count as separators.
 
     Returns:
-        The path up to and including ``studyM``, or None when the file does not sit in a
-        ``patientNNNNN/studyM`` folder.
+        The path up to and including ``studyM`` (``sSTUDY``), or None when the file does not
+        sit in a ``patientNNNNN/studyM`` (``pSUBJECT/sSTUDY``) folder.
     """
     m = _STUDY_RE.match(path.replace("\\", "/"))
     return m["study"] if m else None
@@ -116,13 +122,16 @@ class StudyTable:
         return sum(s.basis != FRONTAL for s in self.studies)
 
 
-def aggregate(images: Iterable[tuple[str, str, Mapping[str, float]]], tasks: Sequence[str]) -> StudyTable:
+def aggregate(images: Iterable[tuple[str, str, Mapping[str, float]]], tasks: Sequence[str],
+              study_ids: Mapping[str, str] | None = None) -> StudyTable:
     """Groups per-image probabilities into studies (max over frontal images).
 
     Args:
         images: ``(path, view, {task: P(positive)})`` per scored image; ``view`` is one of
             ``frontal``, ``lateral``, ``unknown``.
         tasks: the observation slugs to aggregate (each image has all of them).
+        study_ids: {path: study} where a dataset's own files name the study (NIH's
+            ``PATIENT/FOLLOWUP``, which no folder states); other paths by ``study_of``.
 
     Returns:
         A ``StudyTable``.
@@ -130,7 +139,7 @@ def aggregate(images: Iterable[tuple[str, str, Mapping[str, float]]], tasks: Seq
     groups: dict[str, list[tuple[str, str, Mapping[str, float]]]] = {}
     outside = []
     for path, view, probs in images:
-        study = study_of(path)
+        study = (study_ids or {}).get(path) or study_of(path)
         if study is None:
             outside.append(path)
         else:
@@ -168,8 +177,8 @@ def summary(table: StudyTable) -> str:
     if table.without_frontal:
         text += f", {table.without_frontal} without a frontal image (max over their other views)"
     if table.outside:
-        text += (f"; {len(table.outside)} image(s) not in a .../patientNNNNN/studyM/ folder left out of the "
-                 "study CSV")
+        text += (f"; {len(table.outside)} image(s) not in a .../patientNNNNN/studyM/ folder (nor MIMIC's "
+                 ".../pSUBJECT/sSTUDY/) left out of the study CSV")
     return text
 
 

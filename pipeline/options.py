@@ -81,6 +81,12 @@ def score_parser(doc: str) -> argparse.ArgumentParser:
                         help="Image files to score: glob(s), comma-separated ('**' recurses), or a folder (every "
                              "JPEG, PNG and DICOM file below it).")
     parser.add_argument("--csv", default=None, help="A CheXpert-format CSV listing the inputs instead.")
+    parser.add_argument("--input_dir", default=None,
+                        help="A dataset folder whose label file lists the inputs instead: NIH ChestX-ray14 or "
+                             "MIMIC-CXR-JPG (every row; views from its ViewPosition, studies.csv by its studies), "
+                             "or CheXpert (the images its train.csv and valid.csv list).")
+    parser.add_argument("--format", default=None, choices=("chexpert", "nih", "mimic"),
+                        help="The --input_dir's dataset (default: detected from its files).")
     parser.add_argument("--image_root", default=None,
                         help="Folder the CSV's Path column is relative to (default: the CSV's dataset root).")
     parser.add_argument("--output_dir", default="data/scores", help="Where scores and manifest.json go.")

@@ -4,15 +4,18 @@ r"""Beam job: batch-scores radiographs with a trained model through RunInference
         --input_pattern='data/incoming/**/*.jpg' --output_dir=data/scores
     python -m pipeline.score --runner=DirectRunner --job_dir=jobs/atelectasis \
         --csv=data/synthetic/CheXpert-v1.0-small/valid.csv --output_dir=data/scores --incremental
+    python -m pipeline.score --runner=DirectRunner --job_dir=jobs/atelectasis \
+        --input_dir=/data/ChestX-ray14 --output_dir=data/scores-nih      # or MIMIC-CXR-JPG; --format to say which
 
 Each input is read and preprocessed with the records job's own code (JPEG, PNG, DICOM),
 scored in batches by ``RunInference`` with the job's ``model.keras`` (or its SavedModel,
 ``--model_format=saved_model``), and written as ``scores.csv`` and ``scores.jsonl`` (one row
 per input, sorted by path: P(positive) per observation and the positive calls at the
 model's threshold; the JSON rows also carry each image's view), ``studies.csv`` (the CheXpert
-competition's format, ``Study,<observations>``, one row per ``.../patientN/studyM`` study:
-the max over its frontal images, ``core.studies``; inputs in no study folder are left
-out and counted in the manifest) and ``rejected.jsonl`` (unreadable inputs with the reason), in a new
+competition's format, ``Study,<observations>``, one row per ``.../patientN/studyM`` study
+(MIMIC's ``.../pSUBJECT/sSTUDY``; with ``--input_dir`` of an NIH folder, its
+``PATIENT/FOLLOWUP`` ids): the max over its frontal images, ``core.studies``; inputs in no
+study are left out and counted in the manifest) and ``rejected.jsonl`` (unreadable inputs with the reason), in a new
 snapshot folder ``OUTPUT/snapshot-.../`` that ``OUTPUT/manifest.json`` (counts, model,
 threshold, input fingerprint, ``outputs``: where the files are) commits. Inputs = scored +
 rejected, or nothing is committed.
@@ -52,9 +55,10 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from core import commit as commit_lib  # noqa: E402
 from core import cli, fingerprint, storage, studies  # noqa: E402
 from core import csv_reader  # noqa: E402
+from core import datasets  # noqa: E402
 from core import inputs as core_inputs  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
-from pipeline import runs  # noqa: E402
+from pipeline import build_config, runs  # noqa: E402
 from core.studies import model_data  # noqa: E402
 from pipeline.model_handler import REJECTED, ChexpertModelHandler, Input, LoadImageFn  # noqa: E402
 from schemas import chexpert, job_spec  # noqa: E402
@@ -70,49 +74,111 @@ def make_parser() -> argparse.ArgumentParser:
     return job_options.score_parser(__doc__)
 
 
-def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict]]:
-    """The inputs named by --input_pattern or --csv, plus CSV rows rejected before any image
-    is read. Fails fast when neither or both are given, or nothing matches."""
-    if bool(opts.input_pattern) == bool(opts.csv):
-        raise ConfigError("give exactly one of --input_pattern and --csv")
+def list_inputs(opts: argparse.Namespace) -> tuple[list[Input], list[dict], dict[str, str]]:
+    """The inputs named by --input_pattern, --csv or --input_dir, the rows of the CSV or
+    label file rejected before any image is read, and {key: study} where the dataset's own
+    files name an image's study (NIH). Fails fast when not exactly one is given, or nothing
+    matches."""
+    if sum(bool(x) for x in (opts.input_pattern, opts.csv, opts.input_dir)) != 1:
+        raise ConfigError("give exactly one of --input_pattern, --csv and --input_dir")
     if opts.input_pattern:
         paths = core_inputs.list_inputs(opts.input_pattern.split(","), patterns=True)
         if not paths:
             raise ConfigError(f"--input_pattern={opts.input_pattern}: no files match (give a folder, a glob such as "
                               f"'DIR/**/*.jpg' in quotes, or --csv)")
-        return [Input(p, p, fingerprint.file_stat(p)) for p in paths], []
+        return [Input(p, p, fingerprint.file_stat(p)) for p in paths], [], {}
+    if opts.input_dir:
+        return dataset_inputs(opts.input_dir, opts.format)
     if not os.path.exists(opts.csv):
         raise ConfigError(f"--csv={opts.csv}: no such file")
     root = opts.image_root or os.path.dirname(os.path.dirname(os.path.abspath(opts.csv)))
-    inputs, rejected, seen = [], [], set()
-    with open(opts.csv, "rb") as f:
+    inputs, rejected = csv_inputs(opts.csv, root, set(), f"--csv={opts.csv}")
+    return inputs, rejected, {}
+
+
+def csv_inputs(csv_path: str, root: str, seen: set[str], flag: str, source: bool = False
+               ) -> tuple[list[Input], list[dict]]:
+    """The images a CheXpert-format CSV lists (keys: its Path cells, relative to ``root``)
+    and its rejected rows; a path already in ``seen`` is a ``duplicate_path`` dead letter.
+    ``source`` names the CSV in each dead letter (when several CSVs are read)."""
+    inputs, rejected = [], []
+    name = os.path.basename(csv_path)
+    extra = {"source": name} if source else {}
+    with open(csv_path, "rb") as f:
         try:
-            items = list(csv_reader.read_csv_rows(f, os.path.basename(opts.csv)))
+            items = list(csv_reader.read_csv_rows(f, name))
         except chexpert.CsvHeaderError as e:
             raise ConfigError(str(e)) from None
     for item in items:
         if isinstance(item, csv_reader.Reject):
-            rejected.append({"key": item.path, "row": item.row, "reason": item.reason, "detail": item.detail})
+            rejected.append({"key": item.path, "row": item.row, "reason": item.reason, "detail": item.detail, **extra})
             continue
         try:
             path = chexpert.normalize_path(item.cells.get(chexpert.COL_PATH) or "")
         except chexpert.RowError as e:
             rejected.append({"key": item.cells.get(chexpert.COL_PATH), "row": item.line, "reason": e.reason,
-                             "detail": e.detail})
+                             "detail": e.detail, **extra})
             continue
         if path in seen:
             rejected.append({"key": path, "row": item.line, "reason": "duplicate_path",
-                             "detail": f"Path {path!r} is listed twice"})
+                             "detail": f"Path {path!r} is listed twice", **extra})
             continue
         seen.add(path)
         full = os.path.join(root, path)
         inputs.append(Input(path, full, fingerprint.file_stat(full),
                             studies.csv_view(item.cells.get(chexpert.COL_VIEW))))
+    _check_mounted(inputs, root, flag)
+    return inputs, rejected
+
+
+def _check_mounted(inputs: list[Input], root: str, flag: str) -> None:
     if inputs and all(i.stat == "missing" for i in inputs):
         state = "does not exist" if not os.path.isdir(root) else "holds none of them"
-        raise ConfigError(f"{root}: the {len(inputs)} images --csv={opts.csv} lists are relative to this folder, but "
+        raise ConfigError(f"{root}: the {len(inputs)} images {flag} lists are relative to this folder, but "
                           f"it {state}; is the image folder mounted? (set it with --image_root)")
-    return inputs, rejected
+
+
+def dataset_inputs(folder: str, fmt: str | None) -> tuple[list[Input], list[dict], dict[str, str]]:
+    """The images a dataset folder's label file lists (``core.datasets``), every row.
+
+    NIH and MIMIC: keys are the image paths relative to the folder (the records' keys), each
+    input's view is its row's ViewPosition (``frontal``, ``lateral``, ``unknown``), rows that
+    do not fit the format are dead letters (``source``, ``row``, ``reason``, ``detail``),
+    and NIH's study ids (``PATIENT/FOLLOWUP``) are returned by key (MIMIC's study folders
+    name theirs). CheXpert: the images its train.csv and valid.csv list, as ``--csv`` reads
+    one (keys are the CSVs' Path cells).
+
+    Raises:
+        ConfigError: no dataset there, several, or one whose files cannot be read.
+    """
+    ds = datasets.find_dataset(folder, fmt)
+    if ds is None:
+        root = build_config.find_dataset_root(folder)
+        inputs, rejected, seen = [], [], set()
+        for name in ("train.csv", "valid.csv"):
+            path = posixpath.join(build_config.dataset_dir(root), name)
+            if os.path.exists(path):
+                more, bad = csv_inputs(path, root, seen, f"--input_dir={folder} ({name})", source=True)
+                inputs += more
+                rejected += bad
+        return inputs, rejected, {}
+    inputs, rejected, study_ids, seen = [], [], {}, set()
+    for item in ds.rows():
+        if isinstance(item, csv_reader.Reject):
+            rejected.append({"key": item.path, "source": item.source, "row": item.row, "reason": item.reason,
+                             "detail": item.detail})
+            continue
+        if item.image in seen:
+            rejected.append({"key": item.image, "source": item.source, "row": item.line, "reason": "duplicate_path",
+                             "detail": f"{item.image} is listed twice"})
+            continue
+        seen.add(item.image)
+        full = storage.join(ds.folder, item.image)
+        inputs.append(Input(item.image, full, fingerprint.file_stat(full), item.row.view))
+        if studies.study_of(item.image) is None:
+            study_ids[item.image] = item.row.study_id
+    _check_mounted(inputs, ds.folder, f"--input_dir={folder} ({ds.label_file.name})")
+    return inputs, rejected, study_ids
 
 
 def score_row(key: str, probs: dict, threshold: float, view: str = studies.UNKNOWN) -> dict:
@@ -157,16 +223,18 @@ def _model_digest(job_dir: str, model_format: str) -> str:
     return h.hexdigest()
 
 
-def study_table(rows: list[dict], tasks: Sequence[str]) -> studies.StudyTable:
-    """The score rows as studies (``core.studies.aggregate``). A row committed before rows
-    carried their view (none is carried over any more, see ``_score_into``) would be judged by
-    its file name."""
+def study_table(rows: list[dict], tasks: Sequence[str], study_ids: dict[str, str] | None = None
+                ) -> studies.StudyTable:
+    """The score rows as studies (``core.studies.aggregate``; ``study_ids``: the studies a
+    dataset's files name, by key). A row committed before rows carried their view (none is
+    carried over any more, see ``_score_into``) would be judged by its file name."""
     return studies.aggregate(((r["path"], r.get("view") or studies.input_view(r["path"]), r["probabilities"])
-                              for r in rows), tasks)
+                              for r in rows), tasks, study_ids)
 
 
 def write_outputs(output_dir: str, snapshot: str, rows: list[dict], rejected: list[dict],
-                  tasks: Sequence[str], provenance: dict | None = None) -> dict[str, str]:
+                  tasks: Sequence[str], provenance: dict | None = None,
+                  study_ids: dict[str, str] | None = None) -> dict[str, str]:
     """Writes scores, the study CSV and dead letters into the run's snapshot folder. Every
     score row says what data the model was trained on (``model_data``), so a CSV passed on
     alone still does.
@@ -187,7 +255,7 @@ def write_outputs(output_dir: str, snapshot: str, rows: list[dict], rejected: li
         writer.writerow([r["path"]] + [f"{r['probabilities'][t]:.6f}" for t in tasks] + [";".join(r["positive"]), data])
     storage.write_bytes(storage.join(output_dir, rel["scores_csv"]), buf.getvalue().encode())
     storage.write_bytes(storage.join(output_dir, rel["studies_csv"]),
-                        studies.to_csv(study_table(rows, tasks), tasks).encode())
+                        studies.to_csv(study_table(rows, tasks, study_ids), tasks).encode())
     storage.write_bytes(storage.join(output_dir, rel["rejected"]),
                         "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected).encode())
     return rel
@@ -245,13 +313,15 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         raise ConfigError(f"--threshold={opts.threshold}: expected a probability strictly between 0 and 1")
     spec = read_job_spec(opts.job_dir, opts.model_format)
     tasks, threshold = list(spec.tasks), opts.threshold if opts.threshold is not None else spec.threshold
-    inputs, csv_rejects = list_inputs(opts)
+    inputs, csv_rejects, study_ids = list_inputs(opts)
     model = _model_digest(opts.job_dir, opts.model_format)
     # OUTPUTS_VERSION: a run committed before studies.csv existed is never "nothing new". A
-    # CSV's view column is part of an input: editing it changes studies.csv.
+    # CSV's view column, and a dataset's view and study of an image, are part of an input:
+    # editing them changes studies.csv.
     fp = fingerprint.fingerprint([model, str(threshold), opts.model_format, json.dumps(csv_rejects, sort_keys=True),
                            OUTPUTS_VERSION]
-                          + [f"{i.key}\t{i.stat}" + (f"\t{i.view}" if i.view else "") for i in inputs])
+                          + [f"{i.key}\t{i.stat}" + (f"\t{i.view}" if i.view else "")
+                             + (f"\t{study_ids[i.key]}" if i.key in study_ids else "") for i in inputs])
     out = opts.output_dir
     with commit_lib.exclusive(out):
         previous = commit_lib.committed(out, opts.overwrite)
@@ -268,7 +338,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
             return previous
         with commit_lib.new_snapshot(out) as (snapshot, snapshot_dir):
             manifest = _score_into(opts, options, previous or {}, inputs, csv_rejects, model, tasks, threshold, fp,
-                                   snapshot, snapshot_dir, dict(spec.provenance) or None)
+                                   snapshot, snapshot_dir, dict(spec.provenance) or None, study_ids)
     manifest["nothing_new"] = False
     return manifest
 
@@ -285,7 +355,7 @@ def _carries(row: dict | None, item: Input) -> bool:
 
 def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects: list[dict], model: str,
                 tasks: Sequence[str], threshold: float, fp: str, snapshot: str, snapshot_dir: str,
-                provenance: dict | None) -> dict:
+                provenance: dict | None, study_ids: dict[str, str] | None = None) -> dict:
     out = opts.output_dir
     carried: dict[str, dict] = {}
     todo = inputs
@@ -323,8 +393,8 @@ def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects:
     by_reason: dict[str, int] = {}
     for r in rejects:
         by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
-    outputs = write_outputs(out, snapshot, rows, rejects, tasks, provenance)
-    table = study_table(rows, tasks)
+    outputs = write_outputs(out, snapshot, rows, rejects, tasks, provenance, study_ids)
+    table = study_table(rows, tasks, study_ids)
     manifest = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "output_dir": out, "job_dir": opts.job_dir, "model_format": opts.model_format, "model": model, "tasks": tasks,
@@ -371,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"studies: {s['studies']} (max over frontal images)"
           + (f", {s['without_frontal']} without a frontal image (max over their other views)" if s["without_frontal"]
              else "")
-          + (f"; {s['outside']} input(s) not in a .../patientNNNNN/studyM/ folder left out of studies.csv"
+          + (f"; {s['outside']} input(s) not in a .../patientNNNNN/studyM/ folder (nor MIMIC's .../pSUBJECT/sSTUDY/) "
+             "left out of studies.csv"
              if s["outside"] else ""))
     print(f"scores in {storage.join(m_dir, out['scores_csv'])} and {storage.join(m_dir, out['scores_jsonl'])}, "
           f"studies in {storage.join(m_dir, out['studies_csv'])}, rejects in {storage.join(m_dir, out['rejected'])} (committed by {storage.join(m_dir, 'manifest.json')})")

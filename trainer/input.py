@@ -29,7 +29,8 @@ Elements are dicts:
     targets  float32 (batch, T)   per task: 0/1 or a soft value; class index for multiclass
     masks    float32 (batch, T)   1 where the target counts in the loss
     raw      int64   (batch, T)   the stored label codes (evaluation's ground truth)
-    path     string  (batch,)     and study  string (batch,)  (evaluation only)
+    path     string  (batch,)     study string (batch,), dataset string (batch,): b"chexpert",
+                                  b"nih" or b"mimic" (``source/dataset``) (evaluation only)
 """
 
 from __future__ import annotations
@@ -279,7 +280,8 @@ def make_dataset(
         if teacher is not None:
             out["teacher"] = teacher(f[ex.SOURCE_PATH])
         if not training:
-            out.update(raw=tf.gather(f[ex.LABELS_RAW], idx, axis=-1), path=f[ex.SOURCE_PATH], study=f[ex.STUDY_ID])
+            out.update(raw=tf.gather(f[ex.LABELS_RAW], idx, axis=-1), path=f[ex.SOURCE_PATH], study=f[ex.STUDY_ID],
+                       dataset=f[ex.SOURCE_DATASET])
         return out
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=not training)

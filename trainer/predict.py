@@ -7,14 +7,16 @@ Accepts JPEG, PNG (8/16-bit), DICOM or a folder of them; preprocessing is the re
 own (``serving.preprocess.model_input``). Writes to ``--out_dir``:
 
 * ``predictions.csv``: one row per image: its path, its view (``frontal``, ``lateral`` or
-  ``unknown``: ``core.studies.input_view``), P(positive) per observation, the positive
+  ``unknown``: ``core.studies.input_view``; for a folder holding an NIH or MIMIC label file,
+  its ViewPosition column), P(positive) per observation, the positive
   calls at the threshold, warnings, the overlay's file name (``--heatmap``) and
   ``model_data`` (``synthetic``, ``real`` or ``unknown``: what the model was trained on).
 * ``predictions.json``: the same, the model's provenance, unreadable files with the reason,
   and the study table's details.
 * ``predictions_studies.csv``: the CheXpert competition's format, ``Study,<observations>``,
-  one row per study (the max over its frontal images; ``core.studies``); images in no
-  ``patientNNNNN/studyM`` folder are left out and counted.
+  one row per study (the max over its frontal images; ``core.studies``): CheXpert's
+  ``patientNNNNN/studyM`` and MIMIC-CXR-JPG's ``pSUBJECT/sSTUDY`` folders; images in no
+  such folder (NIH's, which has one image per follow-up) are left out and counted.
 * with ``--heatmap TASK``: one ``<path>.gradcam_TASK.png`` per image, named by the image's
   path below the inputs' common folder (``patient00001_study1_view1_frontal.gradcam_...``),
   never one file for two images. Each shows the film at its own resolution, the Grad-CAM
@@ -69,9 +71,10 @@ if __name__ == "__main__":  # flags first, then TensorFlow, quietly (serving/sta
     define_flags()
     startup.begin(sys.argv)
 
-from core import studies  # noqa: E402
+from core import datasets, studies  # noqa: E402
+from core.errors import ConfigError  # noqa: E402
 from core.inputs import list_inputs  # noqa: E402
-from schemas import chexpert  # noqa: E402
+from schemas import chexpert, sources  # noqa: E402
 from schemas.job_spec import format_probability, provenance_line  # noqa: E402
 from serving import heatmap as heatmap_lib  # noqa: E402
 from serving import job as job_lib  # noqa: E402
@@ -144,9 +147,36 @@ def overlay_names(paths: Sequence[str], task: str, root: str | None = None) -> d
 # --- Scoring --------------------------------------------------------------------------------
 
 
-def predict_files(job: job_lib.Job, files: list[str], *, threshold: float, batch_size: int = 32
-                  ) -> tuple[list, list]:
+def dataset_views(inputs: Sequence[str]) -> dict[str, str]:
+    """{absolute image path: view} for the images of each NIH ChestX-ray14 or MIMIC-CXR-JPG
+    folder among ``inputs`` (the folder holding its label file), from its ViewPosition
+    column: a JPEG or PNG states no view, and MIMIC's study rule needs them. A dataset
+    folder that cannot be read is logged and its images are judged as any others."""
+    views: dict[str, str] = {}
+    for item in inputs:
+        if not os.path.isdir(item):
+            continue
+        try:
+            if sources.detect_format(os.listdir(item), item) == sources.CHEXPERT:
+                continue  # CheXpert's file names state their views
+            ds = datasets.find_dataset(item)
+        except sources.FormatError:
+            continue  # not a dataset folder
+        except ConfigError as e:
+            log.warning("%s: views not read from its label file: %s", item, e)
+            continue
+        for row in ds.rows():
+            if isinstance(row, datasets.DatasetRow):
+                views[os.path.abspath(os.path.join(ds.folder, row.image))] = row.row.view
+    return views
+
+
+def predict_files(job: job_lib.Job, files: list[str], *, threshold: float, batch_size: int = 32,
+                  views: dict[str, str] | None = None) -> tuple[list, list]:
     """Scores files in batches (``serving.predict.score_in_batches``).
+
+    ``views``: {absolute path: view} a dataset's label file states (``dataset_views``),
+    used after a DICOM's own tag and before the file name.
 
     Returns:
         ``(results, failures)``: per file ``{"path", "view", "probs": {task: p}, "positive":
@@ -168,7 +198,7 @@ def predict_files(job: job_lib.Job, files: list[str], *, threshold: float, batch
                 failures.append({"path": path, "reason": chexpert.unreadable_reason(os.path.exists(path)),
                                  "detail": f"{path}: {e}"})
                 continue
-            view = studies.input_view(path, data)
+            view = studies.input_view(path, data, (views or {}).get(os.path.abspath(path)))
             # Only a view the file states: a free name or a silent header is "unknown", and a
             # warning there would be a guess.
             warnings = [LATERAL_WARNING] if job.spec.views == "frontal" and view == studies.LATERAL else []
@@ -237,7 +267,8 @@ def run(job: job_lib.Job, inputs: Sequence[str], out_dir: str, *, threshold: flo
     clear_earlier_run(out_dir, overwrite)
     threshold = job.spec.threshold if threshold is None else threshold
     files = list_inputs(inputs)  # sorted, each once: a file named twice is scored (and drawn) once
-    results, failures = predict_files(job, files, threshold=threshold, batch_size=batch_size)
+    results, failures = predict_files(job, files, threshold=threshold, batch_size=batch_size,
+                                      views=dataset_views(inputs))
     root = common_root([r["path"] for r in results] + [f["path"] for f in failures])
     os.makedirs(out_dir, exist_ok=True)
     names = overlay_names([r["path"] for r in results], heatmap_task, root) if heatmap_task else {}

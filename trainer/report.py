@@ -29,6 +29,8 @@ PAPER_POLICY = {"atelectasis": "ones", "cardiomegaly": "multiclass", "consolidat
 
 
 PLURAL = {"study": "studies", "image": "images"}
+# What the report calls each dataset format (``schemas.sources.FORMATS``).
+DATASET_NAMES = {"chexpert": "CheXpert", "nih": "NIH ChestX-ray14", "mimic": "MIMIC-CXR-JPG"}
 
 
 def threshold_text(t: float) -> str:
@@ -127,6 +129,12 @@ def missing_notes(results: dict, meta: dict) -> list[str]:
                      f"five competition tasks only ({', '.join(chexpert.COMPETITION_TASKS)}).")
     if results["tasks"] and results["mean_auroc_competition"] is None:
         notes.append("No mean AUROC over the competition tasks: none of them was evaluated.")
+    external = meta.get("external")
+    if external:
+        notes += [f"{task}: not in the results table: {reason}." for task, reason in external["unscored"].items()
+                  if task not in results["tasks"]]
+        if not results["tasks"]:
+            notes.append("No task could be scored: the evaluated data labels none of the model's tasks.")
     return notes
 
 
@@ -230,11 +238,39 @@ def _source_parts(meta: dict) -> tuple:
     src = meta["source"]
     if src["kind"] == "csv":
         return ("the CSV ", Code(src["csv"]), ", image paths relative to ", Code(src["image_root"]))
-    parts: list = ["split ", Code(src["split"]), " of the records in "]
+    if src["kind"] == "dataset":
+        label = src["files"][0]
+        parts: list = [f"{src['name']} images read directly from the folder ", Code(src["folder"]), " (label file ",
+                       Code(label["name"]), f", {label['rows']} rows, sha256 {label['sha256'][:12]}…"]
+        if len(src["files"]) > 1:
+            parts.append("; also " + ", ".join(f["name"] for f in src["files"][1:]))
+        return tuple(parts) + (")",)
+    parts = ["split ", Code(src["split"]), " of the records in "]
     for i, r in enumerate(src["records"]):
         parts += [" and in " if i else "", Code(r["records_dir"]),
                   f" (snapshot {r['snapshot']}, built {str(r['created'])[:10]})"]
+    if not src.get("own", True):
+        parts.append(", not the records the job was trained on")
     return tuple(p for p in parts if p)
+
+
+def _rows_parts(src: dict) -> tuple:
+    """Which rows of a dataset folder were scored, and what was left out before scoring."""
+    c = src["counts"]
+    text = f"{c['selected']} of the label file's {c['rows']} rows selected: {src['rule']}"
+    left = []
+    def are(n: int) -> str:
+        return f"{n} {'is' if n == 1 else 'are'}"
+
+    if c["rows"] - c["readable"]:
+        left.append(f"{c['rows'] - c['readable']} could not be read (dead letters, below)")
+    if c["other_split"]:
+        left.append(f"{c['other_split']} belong{'s' if c['other_split'] == 1 else ''} to another official split")
+    if c["on_no_list"]:
+        left.append(f"{are(c['on_no_list'])} on no official list")
+    if c["view"]:
+        left.append(f"{are(c['view'])} lateral or of unknown view (--views all scores them)")
+    return (text + ("; of the rest, " + ", ".join(left) if left else "") + ".",)
 
 
 def _title(meta: dict) -> str:
@@ -244,6 +280,11 @@ def _title(meta: dict) -> str:
     data = f"the CSV {src['csv']}" if src["kind"] == "csv" else f"split {src['split']} of its records"
     if src["kind"] == "records" and len(jobs) > 1:
         data = f"split {src['split']} of their records"
+    if src["kind"] == "records" and not src.get("own", True):
+        data = f"split {src['split']} of the records in {src['records'][0]['records_dir']}"
+    if src["kind"] == "dataset":
+        rows = f"official {src['split']} split" if src["split"] else "all rows"
+        data = f"{src['name']} ({rows})"
     return f"Evaluation of {model} on {data}"
 
 
@@ -266,11 +307,16 @@ def header_blocks(meta: dict) -> list:
     if meta["tune_split"]:
         where = "the job's records" if len(jobs) == 1 else "the members' records"
         tuned = ("; per task, the threshold maximising F1 on split ", Code(meta["tune_split"]), f" of {where}"
-                 + (" (not the evaluated CSV)" if meta["source"]["kind"] == "csv" else " (not the evaluated split)"))
+                 + {"csv": " (not the evaluated CSV)", "dataset": " (not the evaluated dataset)"}.get(
+                     meta["source"]["kind"], " (not the evaluated split)"))
     else:
         tuned = (f"; no F1-tuned thresholds: {meta['tune_note']}",)
     items = [
         (Strong("Data: "),) + _source_parts(meta),
+    ]
+    if meta["source"]["kind"] == "dataset":
+        items.append((Strong("Rows: "),) + _rows_parts(meta["source"]))
+    items += [
         (Strong("Scored: "), scored),
         (Strong("Views: "), "frontal only" if meta["views"] == "frontal" else "frontal and lateral"),
         (Strong("Test-time augmentation: "), tta),
@@ -279,7 +325,9 @@ def header_blocks(meta: dict) -> list:
     ]
     left_out = []
     if meta["unreadable"]:
-        left_out.append(f"{len(meta['unreadable'])} CSV rows that could not be read (listed in metrics.json)")
+        left_out.append(f"{len(meta['unreadable'])} rows or images that could not be read (listed under External "
+                        "validation and in metrics.json)" if meta.get("external") and meta["source"]["kind"] != "csv"
+                        else f"{len(meta['unreadable'])} CSV rows that could not be read (listed in metrics.json)")
     if meta["skipped_shards"]:
         left_out.append(f"{len(meta['skipped_shards'])} corrupt shards skipped with --skip_corrupt (listed in "
                         "metrics.json)")
@@ -294,6 +342,67 @@ def header_blocks(meta: dict) -> list:
         rows.append((Code(p["job_dir"]), ", ".join(p["tasks"]), training, snapshot))
     blocks += [Heading(2, "Model" if len(jobs) == 1 else "Ensemble members"),
                Table(("job", "tasks", "training data", "records snapshot"), tuple(rows), numeric_from=99)]
+    return blocks
+
+
+DEAD_LETTERS_SHOWN = 50
+
+
+def external_blocks(results: dict, meta: dict) -> list:
+    """The "External validation" part: the dataset, which of the model's tasks it labels,
+    AUROC with its 95% CI for those, why every other task has none, the rows that could not
+    be read, and the warning that thresholds may not transfer. Empty when only CheXpert data
+    was evaluated; titled "Labels of the evaluated dataset" when the model was trained on
+    the evaluated dataset itself."""
+    ext = meta.get("external")
+    if not ext:
+        return []
+    names = " and ".join(ext["dataset_names"])
+    labelled, tasks = ext["labelled_tasks"], ext["tasks"]
+    unlabelled = [t for t, v in tasks.items() if not v["labelled"]]
+    trained = " and ".join(DATASET_NAMES.get(d, d) for d in ext.get("trained_on") or ())
+    if not ext.get("external", True):
+        where = f"Evaluated on {names}, the dataset the model was trained on: not an external validation."
+    elif trained:
+        where = f"Evaluated on {names}; the model was trained on {trained}."
+    else:
+        where = f"Evaluated on {names}; what the model was trained on is unknown (its records are not here)."
+    text = (f"{where} Of the model's {len(tasks)} "
+            f"task{'s' if len(tasks) != 1 else ''}, it labels {len(labelled)}"
+            + (f" ({', '.join(labelled)})" if labelled else "") + ".")
+    if unlabelled:
+        text += (f" It does not label {', '.join(unlabelled)}: those are left out, never counted as negative "
+                 "(a blank there means 'not labelled').")
+    rows = []
+    for task, v in tasks.items():
+        if v["scored"]:
+            lo, hi = v["auroc_ci95"]
+            auroc = (f"{v['auroc']:.3f} [{lo:.3f}–{hi:.3f}]" if not np.isnan(lo) else _num(v["auroc"]))
+        else:
+            auroc = Missing(v["reason"])
+        counts = f"{v['positives']} / {v['negatives']}" if v["labelled"] else Missing(v["reason"])
+        rows.append((task, "yes" if v["labelled"] else "no", auroc, counts, "" if v["scored"] else v["reason"]))
+    unit, external = PLURAL[meta["level"]], ext.get("external", True)
+    blocks = [Heading(2, "External validation" if external else "Labels of the evaluated dataset"), Para((text,)),
+              Table(("task", "labelled", "AUROC [95% CI]", f"pos / neg {unit}", "why not scored"), tuple(rows),
+                    numeric_from=99)]
+    if external:
+        blocks.append(Para((Strong("Thresholds: "), ext["threshold_warning"])))
+    dead = ext["dead_letters"]
+    if meta["source"]["kind"] == "records":
+        blocks.append(Para(("Rows the records job could not read never became records: they are its dead letters "
+                            "(rejected-*.jsonl in the records' snapshot folder).",)))
+    elif dead["count"]:
+        by = ", ".join(f"{reason} {n}" for reason, n in dead["by_reason"].items())
+        shown = dead["rows"][:DEAD_LETTERS_SHOWN]
+        more = (f" The first {len(shown)} are listed; all {dead['count']} are in metrics.json (external.dead_letters)."
+                if dead["count"] > len(shown) else "")
+        blocks += [Heading(3, "Rows that could not be read"),
+                   Para((f"{dead['count']} label-file rows or images were not scored ({by}).{more}",)),
+                   Items(tuple((Code(f"{d['source']}:{d['row']}"), " ", Code(d["path"] or "(no path)"),
+                                f": {d['reason']}: {d['detail']}") for d in shown))]
+    else:
+        blocks.append(Para(("Every selected row was read and scored (no dead letters).",)))
     return blocks
 
 
@@ -334,7 +443,10 @@ def results_blocks(results: dict, meta: dict) -> list:
     blocks = [Heading(2, "Results"), Table(header, tuple(rows), numeric_from=2, groups=groups, long_header=long_header),
               Para((means,)),
               Para((f"Counted per {meta['level']}; {units} with an uncertain label for a task are left out of "
-                    f"that task. AUROC 95% CI: percentile bootstrap over {units} ({meta['bootstrap']} resamples, "
+                    f"that task" + (f", and so are the {units} of a dataset that does not label it; a blank label "
+                                    "counts as negative only where the dataset labels the task (CheXpert and MIMIC: "
+                                    "'not mentioned' by the CheXpert labeler)" if meta.get("external") else "")
+                    + f". AUROC 95% CI: percentile bootstrap over {units} ({meta['bootstrap']} resamples, "
                     f"seed {meta['seed']}). Paper AUROC: CheXpert validation, Irvin et al. 2019, with the paper's "
                     "best policy in brackets where it differs from this model's. ECE: expected calibration error "
                     "over 10 equal-width bins.",))]
@@ -383,7 +495,8 @@ def detail_blocks(results: dict, meta: dict, images: list[str]) -> list:
 
 def report_blocks(results: dict, meta: dict, images: list[str]) -> list:
     """The whole report, as blocks both renderers share."""
-    return header_blocks(meta) + results_blocks(results, meta) + detail_blocks(results, meta, images)
+    return (header_blocks(meta) + external_blocks(results, meta) + results_blocks(results, meta)
+            + detail_blocks(results, meta, images))
 
 
 def _fmt(v) -> str:

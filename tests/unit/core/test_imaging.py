@@ -259,3 +259,18 @@ def test_a_dataset_folder_that_is_itself_a_link_is_followed(tmp_path):
     imaging.refuse_link_outside(os.path.join(str(tmp_path / "in"), name), name)
     imaging.refuse_link_outside("gs://bucket/data/" + name, name)  # object stores have no links
     imaging.refuse_link_outside(name, name)  # no dataset root (score --input_pattern): nothing to leave
+
+
+def test_an_rgba_png_decodes_to_the_same_gray_as_its_gray_png():
+    """A few NIH ChestX-ray14 PNGs are RGBA (the gray level in R, G and B, alpha 255): they
+    decode, and preprocess, to exactly the pixels of the same film saved as gray."""
+    y, x = np.mgrid[0:48, 0:40]
+    gray = ((x * 5 + y * 3) % 256).astype(np.uint8)
+    encoded = {}
+    for mode in ("L", "RGBA"):
+        buf = io.BytesIO()
+        Image.fromarray(gray, "L").convert(mode).save(buf, format="PNG")
+        encoded[mode] = buf.getvalue()
+    assert Image.open(io.BytesIO(encoded["RGBA"])).mode == "RGBA"
+    assert np.array_equal(imaging.decode(encoded["RGBA"], "a.png"), gray)
+    assert np.array_equal(imaging.preprocess(encoded["RGBA"], "a.png", 32), imaging.preprocess(encoded["L"], "b.png", 32))

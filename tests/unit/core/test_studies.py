@@ -52,6 +52,14 @@ def test_input_view_dicom_tag_then_csv_column_then_name():
     ("patient00001/study1/sub/view1_frontal.jpg", None),
     ("xpatient00001/study1/view1_frontal.jpg", None),
     ("scan.jpg", None),
+    # MIMIC-CXR-JPG: files/pXX/pSUBJECT/sSTUDY/DICOM_ID.jpg, eight-digit ids.
+    ("mimic/files/p10/p10000032/s50414267/02aa804e-bde0afdd.jpg", "mimic/files/p10/p10000032/s50414267"),
+    ("/data/files/p19/p19999987/s58971208/a.jpg", "/data/files/p19/p19999987/s58971208"),
+    ("files/p10/p10000032/s50414267/sub/a.jpg", None),
+    ("files/p10/p1000003/s50414267/a.jpg", None),  # seven digits: not MIMIC's
+    ("files/p10/xp10000032/s50414267/a.jpg", None),
+    # NIH: one image per follow-up, no study folder.
+    ("ChestX-ray14/images_001/images/00000001_000.png", None),
 ])
 def test_study_of(path, study):
     assert studies.study_of(path) == study
@@ -79,6 +87,16 @@ def test_a_study_is_the_max_over_its_frontals_and_laterals_count_only_without_on
         ["in/patient00005/study1", "0.400000", "0.700000"], ["in/patient00006/study1", "0.500000", "0.600000"]]
     assert "1 image(s) not in a .../patientNNNNN/studyM/ folder" in studies.summary(table)
     assert studies.to_csv(studies.aggregate([], ["edema"]), ["edema"]) == "Study,Edema\n"
+
+
+def test_a_mimic_study_is_the_max_over_its_frontal_images():
+    base = "files/p10/p10000032/s50414267"
+    table = studies.aggregate([(f"{base}/a.jpg", "frontal", {"edema": 0.2}), (f"{base}/b.jpg", "frontal", {"edema": 0.6}),
+                               (f"{base}/c.jpg", "lateral", {"edema": 0.9}),
+                               ("images_001/images/00000001_000.png", "frontal", {"edema": 0.5})], ["edema"])
+    (study,) = table.studies
+    assert study.study == base and study.probs == {"edema": 0.6} and study.left_out == (f"{base}/c.jpg",)
+    assert table.outside == ("images_001/images/00000001_000.png",)
 
 
 def test_model_data_says_what_the_model_was_trained_on():
