@@ -53,7 +53,8 @@ flags.DEFINE_enum("strategy", "auto", list(config_lib.STRATEGIES),
 flags.DEFINE_boolean("jit_compile", True, "XLA-compile the per-replica forward+backward step (--nojit_compile).")
 flags.DEFINE_enum("precision", "float32", list(config_lib.PRECISIONS), "Keras dtype policy.")
 flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling, augmentation).")
-flags.DEFINE_boolean("augment", True, "Small random rotation/shift/scale when training; never flips.")
+flags.DEFINE_boolean("augment", True, "Small random rotation/shift/scale per image in the train step (on the "
+                                      "replica's device, from --seed); never flips.")
 flags.DEFINE_enum("views", "frontal", list(config_lib.VIEW_CHOICES), "Train and evaluate on frontal views, or all.")
 flags.DEFINE_boolean("skip_corrupt", False, "Skip (and report) corrupt shards instead of stopping.")
 flags.DEFINE_integer("patience", 3, "Early stopping: epochs without a better validation mean AUROC.")

@@ -8,21 +8,15 @@ BUILD_NOTES.md):
   XLA off under any strategy;
 * ``fit`` under MultiWorkerMirroredStrategy fails (keras#20585).
 
-So each replica runs ``forward_backward``, a ``tf.function(jit_compile=True)`` that returns
-the loss and gradients, and the optimizer applies them outside XLA, where Keras' optimizer
-all-reduces (sums) them across replicas. Each replica's loss is divided by *global*
+So each replica runs ``forward_backward``, a ``tf.function(jit_compile=True)`` that augments
+the batch (``trainer.augment``: a random affine per image, drawn statelessly from
+``--seed``, the step and the replica) and returns the loss and gradients, and the optimizer
+applies them outside XLA, where Keras' optimizer all-reduces (sums) them across replicas.
+Without a distribution strategy (one device) the update is compiled with the step, as
+Keras' own ``fit(jit_compile=True)`` does there. Each replica's loss is divided by *global*
 per-task counts of unmasked labels (an all-reduce before the XLA call), so the sum over
 replicas is exactly the global-batch mean: one step on N replicas equals one step on one
 replica with the same global batch (tested).
-
-Per-epoch outputs, best-model saving and early stopping are Keras callbacks driven from the
-loop through ``keras.callbacks.CallbackList`` (``HistoryCsv``, ``EpochSummaries``,
-``BestModel``, ``ResumableEarlyStopping``). Fault tolerance: a ``tf.train.CheckpointManager``
-in ``JOB_DIR/backup`` holds model, optimizer, epoch, best score and early-stopping patience
-after every epoch; a restarted job resumes at the next epoch with the callbacks' state.
-Best model: ``JOB_DIR/model.keras`` (P(positive) per task), ``JOB_DIR/saved_model/``
-(serving signature on encoded image bytes), ``metrics.json``, ``history.csv`` and
-TensorBoard logs in ``JOB_DIR/logs``.
 """
 
 from __future__ import annotations
@@ -45,6 +39,7 @@ import tensorflow as tf
 from core import storage
 from schemas import chexpert, job_spec
 from serving import export, heads
+from trainer import augment
 from trainer import distill
 from trainer import input as input_lib
 from trainer import metrics as metrics_lib
@@ -106,11 +101,19 @@ class Trainer:
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer
             self.optimizer.build(self.model.trainable_variables)
+            # Keras compiles the optimizer update with the step only without a distribution
+            # strategy: under one, apply_gradients all-reduces through a merge_call, which an
+            # XLA function cannot hold (and fit disables XLA there).
+            self.update_in_xla = cfg.jit_compile and not tf.distribute.has_strategy()
         self.forward_backward = tf.function(self._forward_backward, jit_compile=cfg.jit_compile)
+        self.forward_backward_update = tf.function(self._forward_backward_update, jit_compile=True)
         self._step = tf.function(self._distributed_step)
         self._predict = tf.function(self._predict_fn, jit_compile=cfg.jit_compile, reduce_retracing=True)
 
-    def _forward_backward(self, image, targets, masks, denominators, teacher=None):
+    def _forward_backward(self, image, targets, masks, denominators, teacher=None, augment_key=None):
+        if augment_key is not None:
+            image = augment.random_affine(image, augment_key, xla=self.cfg.jit_compile,
+                                          replicas=self.strategy.num_replicas_in_sync)
         with tf.GradientTape() as tape:
             logits = self.model(image, training=True)
             loss = model_lib.masked_loss(logits, targets, masks, denominators, self.cfg)
@@ -124,17 +127,35 @@ class Trainer:
         grads = tape.gradient(scaled, self.model.trainable_variables)
         return loss, grads
 
+    def _forward_backward_update(self, *args):
+        loss, grads = self._forward_backward(*args)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        return loss
+
+    def augment_key(self) -> tf.Tensor:
+        """This replica's ``augment.step_key`` for this step (in a replica context).
+
+        The step is the optimizer's iteration count: checkpointed, so a resumed job draws
+        what an uninterrupted one would have drawn (with LossScaleOptimizer a skipped,
+        non-finite step leaves it, and the next batch reuses its draws).
+        """
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return augment.step_key(self.cfg.seed, self.optimizer.iterations, replica)
+
     def _replica_step(self, batch):
         ctx = tf.distribute.get_replica_context()
         denominators = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(batch["masks"], axis=0))
-        loss, grads = self.forward_backward(batch["image"], batch["targets"], batch["masks"], denominators,
-                                            batch.get("teacher"))
+        key = self.augment_key() if self.cfg.augment else None
+        args = (batch["image"], batch["targets"], batch["masks"], denominators, batch.get("teacher"), key)
+        if self.update_in_xla:
+            return self.forward_backward_update(*args)
+        loss, grads = self.forward_backward(*args)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return loss
 
     def _distributed_step(self, iterator):
         per_replica = self.strategy.run(self._replica_step, args=(next(iterator),))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return tf.cast(self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None), tf.float32)
 
     def train_step(self, iterator) -> tf.Tensor:
         """One optimizer step on the next global batch; returns the global mean loss."""
