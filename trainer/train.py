@@ -17,6 +17,20 @@ Keras' own ``fit(jit_compile=True)`` does there. Each replica's loss is divided 
 per-task counts of unmasked labels (an all-reduce before the XLA call), so the sum over
 replicas is exactly the global-batch mean: one step on N replicas equals one step on one
 replica with the same global batch (tested).
+
+``--steps_per_execution N`` runs N steps in one ``tf.function`` call (a ``tf.range`` loop
+over the distributed iterator) to save the host's per-call overhead; an epoch's steps are
+still exactly ``steps_per_epoch`` (the last call of an epoch runs the remainder), and each
+step's loss is returned, so history.csv and the progress bar see the same losses.
+
+Per-epoch outputs, best-model saving and early stopping are Keras callbacks driven from the
+loop through ``keras.callbacks.CallbackList`` (``HistoryCsv``, ``EpochSummaries``,
+``BestModel``, ``ResumableEarlyStopping``). Fault tolerance: a ``tf.train.CheckpointManager``
+in ``JOB_DIR/backup`` holds model, optimizer, epoch, best score and early-stopping patience
+after every epoch; a restarted job resumes at the next epoch with the callbacks' state.
+Best model: ``JOB_DIR/model.keras`` (P(positive) per task), ``JOB_DIR/saved_model/``
+(serving signature on encoded image bytes), ``metrics.json``, ``history.csv`` and
+TensorBoard logs in ``JOB_DIR/logs``.
 """
 
 from __future__ import annotations
@@ -108,6 +122,7 @@ class Trainer:
         self.forward_backward = tf.function(self._forward_backward, jit_compile=cfg.jit_compile)
         self.forward_backward_update = tf.function(self._forward_backward_update, jit_compile=True)
         self._step = tf.function(self._distributed_step)
+        self._steps = tf.function(self._distributed_steps)
         self._predict = tf.function(self._predict_fn, jit_compile=cfg.jit_compile, reduce_retracing=True)
 
     def _forward_backward(self, image, targets, masks, denominators, teacher=None, augment_key=None):
@@ -157,9 +172,22 @@ class Trainer:
         per_replica = self.strategy.run(self._replica_step, args=(next(iterator),))
         return tf.cast(self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None), tf.float32)
 
+    def _distributed_steps(self, iterator, n):
+        losses = tf.TensorArray(tf.float32, size=n)
+        for i in tf.range(n):
+            losses = losses.write(i, self._distributed_step(iterator))
+        return losses.stack()
+
     def train_step(self, iterator) -> tf.Tensor:
         """One optimizer step on the next global batch; returns the global mean loss."""
         return self._step(iterator)
+
+    def train_steps(self, iterator, n: int) -> np.ndarray:
+        """``n`` optimizer steps in one ``tf.function`` call (one trace for every ``n`` > 1);
+        returns each step's global mean loss, float32 (n,)."""
+        if n == 1:
+            return np.array([self._step(iterator).numpy()], np.float32)
+        return self._steps(iterator, tf.constant(n, tf.int32)).numpy()
 
     def _predict_fn(self, image):
         logits = self.model(image, training=False)
@@ -357,9 +385,9 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
     if cfg.synthetic:
         log.warning("training on SYNTHETIC records (%s, from pipeline.make_sample); the model will say so in "
                     "config.json, metrics.json and every report, score and page it produces", cfg.records_dir)
-    log.info("%d replicas, global batch %d (%d per replica), %d steps/epoch over %d %s images, XLA %s, %s",
-             replicas, global_batch, cfg.batch_size, steps, n_train, cfg.views, "on" if cfg.jit_compile else "off",
-             cfg.precision)
+    log.info("%d replicas, global batch %d (%d per replica), %d steps/epoch over %d %s images (%d per call), "
+             "XLA %s, %s", replicas, global_batch, cfg.batch_size, steps, n_train, cfg.views, cfg.steps_per_execution,
+             "on" if cfg.jit_compile else "off", cfg.precision)
 
     teacher = None
     if cfg.distill_from:
@@ -410,14 +438,15 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
             # A live bar on a terminal; one line per epoch in log files (cron, CI).
             bar = keras.utils.Progbar(steps, stateful_metrics=["loss"],
                                       verbose=(1 if sys.stdout.isatty() else 2) if chief else 0)
-            losses = []
-            for step in range(steps):
+            losses: list[float] = []
+            while len(losses) < steps:
+                # The last call of an epoch runs what is left: epochs stay steps_per_epoch long.
+                n = min(cfg.steps_per_execution, steps - len(losses))
                 try:
-                    loss = float(trainer.train_step(iterator))
+                    losses.extend(float(x) for x in trainer.train_steps(iterator, n))
                 except input_lib.READ_ERRORS as e:
                     raise input_lib.corrupt_error(train_files, e) from None
-                losses.append(loss)
-                bar.update(step + 1, [("loss", float(np.mean(losses[-20:])))])
+                bar.update(len(losses), [("loss", float(np.mean(losses[-20:])))])
             seconds = time.perf_counter() - start
             result = evaluate_predictions(trainer.predict(eval_ds, eval_files), cfg)
             logs = {"loss": float(np.mean(losses)), "val_mean_auroc": result["mean_auroc"],

@@ -1,8 +1,9 @@
 """trainer/augment.py and the train step: augmentation on the replica's device, from a
-stateless seed, identical to the tf.data version it replaced."""
+stateless seed, identical to the tf.data version it replaced; --steps_per_execution."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import keras
@@ -141,3 +142,52 @@ def test_replicas_and_steps_draw_different_transforms_and_a_seed_repeats_them(re
     for step in range(3):
         one = augment.random_parameters(8, augment.step_key(0, step, 0))[0].numpy()
         np.testing.assert_array_equal(one, a[step].reshape(8))
+
+
+def _batches(n, global_batch, seed=0):
+    rng = np.random.default_rng(seed)
+    data = {"image": rng.integers(0, 255, (n * global_batch, 32, 32, 1)).astype(np.uint8),
+            "targets": np.stack([rng.integers(0, 3, n * global_batch), rng.random(n * global_batch)],
+                                axis=1).astype(np.float32),
+            "masks": (rng.random((n * global_batch, 2)) < 0.8).astype(np.float32)}
+    return tf.data.Dataset.from_tensor_slices(data).batch(global_batch, drop_remainder=True)
+
+
+@pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
+def test_steps_per_execution_leaves_the_weights_of_single_steps(records_dir, strategy_name):
+    """5 steps as 1+1+1+1+1 calls and as 3+2: the same augmented steps, the same weights,
+    bit for bit (TF 2.21 on CPU; the calls are different graphs, a while loop around the
+    step, so another TensorFlow could round differently: then compare with a tolerance)."""
+    strategy = _mirrored() if strategy_name == "mirrored" else tf.distribute.get_strategy()
+    cfg = _cfg(records_dir, learning_rate=0.05, jit_compile=True, seed=4)
+    results = []
+    for calls in ([1, 1, 1, 1, 1], [3, 2]):
+        keras.utils.set_random_seed(1)
+        trainer = train.Trainer(cfg, strategy, model_fn=_small_model)
+        it = iter(strategy.experimental_distribute_dataset(_batches(5, 8)))
+        losses = np.concatenate([trainer.train_steps(it, n) for n in calls])
+        assert losses.shape == (5,) and int(trainer.optimizer.iterations.numpy()) == 5
+        results.append((losses, [w.numpy() for w in trainer.model.trainable_weights]))
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_array_equal(a, b)
+    # The augmentation really runs in the step: without it the same steps train otherwise.
+    keras.utils.set_random_seed(1)
+    plain = train.Trainer(dataclasses.replace(cfg, augment=False), strategy, model_fn=_small_model)
+    it = iter(strategy.experimental_distribute_dataset(_batches(5, 8)))
+    assert not np.allclose(plain.train_steps(it, 5), results[0][0])
+
+
+def test_run_with_steps_per_execution_keeps_its_epochs(records_dir, tmp_path):
+    """4 steps per epoch in calls of 3: 3 and the remainder 1, and the checkpoint (what a
+    resumed job and its augmentation seeds continue from) counts 8 steps after 2 epochs."""
+    job = tmp_path / "job"
+    train.run(_cfg(records_dir, job, epochs=2, steps_per_epoch=4, batch_size=4, steps_per_execution=3,
+                   jit_compile=False, patience=5))
+    rows = (job / "history.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    reader = tf.train.load_checkpoint(str(job / "backup"))
+    iterations = [k for k in reader.get_variable_to_shape_map() if k.startswith("optimizer/") and "iterations" in k]
+    assert [int(reader.get_tensor(k)) for k in iterations] == [8]  # 2 epochs x 4 steps
+    with pytest.raises(config_lib.ConfigError, match="--steps_per_execution must be >= 1"):
+        _cfg(records_dir, steps_per_execution=0)
