@@ -6,6 +6,12 @@ Both read the same images (the records job's input and output of one dataset) at
 batch size on the same machine, in one run. The seed project's generator is copied
 faithfully: per batch, ``load_img(path, color_mode="grayscale", target_size=(320, 320))``
 for each file, ``img_to_array / 255``, one process (Keras' default ``workers=1``).
+
+Rows: "as training reads it" is ``make_dataset`` with the trainer's default flags
+(augmentation on, which now happens in the train step, frontal heads); the per-record view
+filter and augmentation in tf.data are the earlier versions, rebuilt here for comparison
+(the latter: the old per-image random affine, ``ImageProjectiveTransformV3``, mapped on the
+batches).
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from serving import preprocess
+from trainer import augment
 from trainer import config as config_lib
 from trainer import input as input_lib
 
@@ -39,6 +48,32 @@ class SeedSequence(keras.utils.PyDataset):
             x[i] = keras.utils.img_to_array(img) / 255.0
         y = np.asarray(self.labels[index * self.batch_size:(index + 1) * self.batch_size], np.float32)
         return x, y
+
+
+def _augment_in_tf_data(ds: tf.data.Dataset, size: int) -> tf.data.Dataset:
+    """The augmentation tf.data did before it moved into the step: per batch, random
+    parameters (stateful ops) and the projective transform kernel on the host."""
+    def affine(batch):
+        n = tf.shape(batch["image"])[0]
+        params = (tf.random.uniform([n], -augment.ROTATION_DEGREES, augment.ROTATION_DEGREES),
+                  tf.random.uniform([n], *augment.SCALE_RANGE),
+                  tf.random.uniform([n], -augment.SHIFT_FRACTION, augment.SHIFT_FRACTION),
+                  tf.random.uniform([n], -augment.SHIFT_FRACTION, augment.SHIFT_FRACTION))
+        image = preprocess.to_pixels(preprocess.transform(tf.cast(batch["image"], tf.float32),
+                                                          augment.affine_matrices(*params, size=size)))
+        return {**batch, "image": image}
+
+    return ds.map(affine, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).prefetch(tf.data.AUTOTUNE)
+
+
+def _rate(ds: tf.data.Dataset, batches: int, batch_size: int) -> float:
+    it = iter(ds)
+    for _ in range(5):  # warm-up: fill the shuffle buffer and prefetch
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch_size / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -71,27 +106,21 @@ def main() -> None:
 
     if input_lib.frontal_counts(args.records_dir, files) is None:
         print(f"note: {args.records_dir} predates frontal-first shards; both tf.data rows filter per record")
-    results = {}
-    for augment, how in ((False, "auto"), (False, "filter"), (True, "auto")):
-        cfg_a = config_lib.make_config(pathology="atelectasis", records_dir=args.records_dir, job_dir="/tmp/unused",
-                                       image_size=size, augment=augment)
-        ds = input_lib.make_dataset(files, cfg_a, training=True, batch_size=args.batch_size, frontal_only_by=how)
-        it = iter(ds)
-        for _ in range(5):  # warm-up: fill the shuffle buffer and prefetch
-            next(it)
-        start = time.perf_counter()
-        for _ in range(args.batches):
-            next(it)
-        results[augment, how] = n / (time.perf_counter() - start)
+    # The trainer's defaults (augment on, frontal heads) at the records' size.
+    defaults = config_lib.make_config(pathology="atelectasis", records_dir=args.records_dir, job_dir="/tmp/unused",
+                                      image_size=size)
+    assert defaults.augment and defaults.views == "frontal"
+    make = lambda how="auto": input_lib.make_dataset(files, defaults, training=True,  # noqa: E731
+                                                     batch_size=args.batch_size, frontal_only_by=how)
+    rows = (("as training reads it (defaults; augment in step)", make(), " (goal >= 10x)"),
+            ("before: per-record view filter, no augmentation", make("filter"), ""),
+            ("before: augmentation in tf.data (host CPU)", _augment_in_tf_data(make(), size), ""))
+    results = [(label, _rate(ds, args.batches, args.batch_size), goal) for label, ds, goal in rows]
     print(f"cores: {os.cpu_count()}  images: {n} per tf.data row, {len(seq) * args.batch_size} for the seed's, "
           f"at {size}x{size}, batch {args.batch_size}")
     print(f"  seed keras.utils.Sequence (load_img, 1 process)  {seed_rate:8.0f} img/s")
-    rows = (("tf.data, frontal heads of each shard, no augment.", (False, "auto")),
-            ("tf.data, per-record view filter, no augmentation", (False, "filter")),
-            ("tf.data, frontal heads, with augmentation", (True, "auto")))
-    for label, key in rows:
-        goal = " (goal >= 10x)" if key == (False, "auto") else ""
-        print(f"  {label:48s} {results[key]:8.0f} img/s   {results[key] / seed_rate:5.1f}x{goal}")
+    for label, rate, goal in results:
+        print(f"  {label:48s} {rate:8.0f} img/s   {rate / seed_rate:5.1f}x{goal}")
 
 
 if __name__ == "__main__":

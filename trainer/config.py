@@ -36,6 +36,7 @@ class TrainConfig:
         policy: slug -> uncertainty policy for all 14 observations (only ``tasks`` matter).
         batch_size: per replica; the global batch is ``batch_size * replicas``.
         steps_per_epoch: 0 means one full pass over the training split.
+        steps_per_execution: optimizer steps per ``tf.function`` call (fewer host round trips).
         distill_from: job folders whose averaged predictions the model is distilled from
             (``trainer.distill``); empty for none.
     """
@@ -51,6 +52,7 @@ class TrainConfig:
     batch_size: int = 16
     epochs: int = 3
     steps_per_epoch: int = 0
+    steps_per_execution: int = 1
     learning_rate: float = 1e-4
     beta_1: float = 0.9
     beta_2: float = 0.999
@@ -115,7 +117,7 @@ class TrainConfig:
 # What a job folder's next run may change and still resume it: how long, how patiently and
 # on what hardware it trains. Anything else would make config.json describe a model that
 # was (partly) trained otherwise.
-RESUMABLE = ("epochs", "patience", "skip_corrupt", "strategy", "jit_compile", "job_dir")
+RESUMABLE = ("epochs", "patience", "skip_corrupt", "strategy", "jit_compile", "steps_per_execution", "job_dir")
 
 
 def check_resumable(cfg: TrainConfig, previous: TrainConfig) -> None:
@@ -237,6 +239,7 @@ def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str =
         (cfg.batch_size >= 1, "--batch_size must be >= 1"),
         (cfg.epochs >= 1, "--epochs must be >= 1"),
         (cfg.steps_per_epoch >= 0, "--steps_per_epoch must be >= 0"),
+        (cfg.steps_per_execution >= 1, "--steps_per_execution must be >= 1"),
         (cfg.learning_rate > 0, "--learning_rate must be > 0"),
         (0 < cfg.threshold < 1, "--threshold must be in (0, 1)"),
         (cfg.weights in ("none", "imagenet") or os.path.exists(cfg.weights),

@@ -16,16 +16,18 @@ The order of operations, and why:
                                      shapes, so XLA compiles once)
     -> parse + decode + targets     (vectorised over the batch: tf.io.parse_example, one
                                      decode_raw for the whole batch, policy table gather)
-    -> resize, augment (training)   (one batched resize and one batched projective
-                                     transform with per-image random parameters)
+    -> resize                       (one batched resize, when training smaller than the
+                                     records; augmented training keeps the float result)
     -> prefetch(AUTOTUNE)           (last)
 
-Parsing, decoding and augmenting per batch instead of per record is what makes this
-pipeline fast on few cores: per-record tf.data map calls cost tens of microseconds each,
-which at 100 KB images is more than the work itself (BUILD_NOTES.md, input benchmark).
+Parsing and decoding per batch instead of per record is what makes this pipeline fast on
+few cores: per-record tf.data map calls cost tens of microseconds each, which at 100 KB
+images is more than the work itself (BUILD_NOTES.md, input benchmark). Augmentation is not
+done here: the train step applies it on the replica's device (``trainer.augment``).
 
 Elements are dicts:
-    image    uint8   (batch, S, S, 1)
+    image    uint8   (batch, S, S, 1); float32 (batch, S, S, 1) when training with
+             augmentation at a size S below the records' (the resize, not yet rounded)
     targets  float32 (batch, T)   per task: 0/1 or a soft value; class index for multiclass
     masks    float32 (batch, T)   1 where the target counts in the loss
     raw      int64   (batch, T)   the stored label codes (evaluation's ground truth)
@@ -36,7 +38,6 @@ Elements are dicts:
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import tensorflow as tf
@@ -157,32 +158,6 @@ def task_indices(tasks) -> list[int]:
     return [chexpert.OBSERVATION_INDEX[t] for t in tasks]
 
 
-def _affine(images: tf.Tensor, size: int) -> tf.Tensor:
-    """Small random rotation (±7°), shift (±5%) and scale (0.95-1.05) per image; no flips: the
-    heart is on the patient's left, and a mirrored film is a different anatomy.
-
-    Args:
-        images: float32 (B, size, size, 1).
-
-    Returns:
-        float32 (B, size, size, 1).
-    """
-    n = tf.shape(images)[0]
-    angle = tf.random.uniform([n], -7.0, 7.0) * math.pi / 180.0
-    scale = tf.random.uniform([n], 0.95, 1.05)
-    tx = tf.random.uniform([n], -0.05, 0.05) * size
-    ty = tf.random.uniform([n], -0.05, 0.05) * size
-    c = (size - 1) / 2.0
-    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2): rotation and
-    # scale about the centre, then the shift.
-    a0, a1, b0, b1 = cos, -sin, sin, cos
-    a2 = c - a0 * c - a1 * c - tx
-    b2 = c - b0 * c - b1 * c - ty
-    zeros = tf.zeros([n])
-    return preprocess.transform(images, tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1))
-
-
 def _decode_batch(f: dict, encoding: str, stored: int) -> tf.Tensor:
     """uint8 (B, stored, stored, 1) from a parsed batch."""
     if encoding == "raw":
@@ -213,7 +188,7 @@ def make_dataset(
     Args:
         files: shard paths (``shard_files``).
         cfg: image sizes and encoding, tasks, policy, views, augmentation, seed, buffer.
-        training: shuffle, augment, repeat and drop the last partial batch.
+        training: shuffle, repeat and drop the last partial batch (the step augments).
         batch_size: the batch this pipeline yields (per replica under a strategy).
         input_context: from ``strategy.distribute_datasets_from_function``; shards files.
         skip_errors: drop records that fail to read instead of raising (``--skip_corrupt``
@@ -267,9 +242,10 @@ def make_dataset(
         # Keep the static batch size of drop_remainder batches: XLA needs static shapes.
         image = tf.ensure_shape(image, [serialized.shape[0], stored, stored, 1])
         # Smaller training sizes (CPU demos) resize here, not in a rebuild, with the resize
-        # every scorer repeats (serving.preprocess); augmenting works on the float result.
-        if training and cfg.augment:
-            image = preprocess.to_pixels(_affine(preprocess.resize(tf.cast(image, tf.float32), size), size))
+        # every scorer repeats (serving.preprocess). The train step augments (trainer.augment)
+        # the float result of a resize, rounding once, as when augmentation was done here.
+        if training and cfg.augment and size != stored:
+            image = preprocess.resize(tf.cast(image, tf.float32), size)
         else:
             image = preprocess.resize_pixels(image, size)
         targets, masks = example_tf.policy_targets(f[ex.LABELS_RAW], f[ex.LABELS_DRAW], table, f[ex.LABELS_LABELLER])

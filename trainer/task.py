@@ -43,6 +43,8 @@ flags.DEFINE_string("weights", "none", "none, imagenet (needs network: RGB stem 
 flags.DEFINE_integer("batch_size", 16, "Batch size PER REPLICA; the global batch is this times the replicas.")
 flags.DEFINE_integer("epochs", 3, "Maximum epochs (early stopping may end sooner).")
 flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch; 0 = one pass over the training split.")
+flags.DEFINE_integer("steps_per_execution", 1, "Optimizer steps per call into the compiled step (fewer host round "
+                                               "trips; epochs keep their steps). >= 1.")
 flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.")
 flags.DEFINE_float("beta_1", 0.9, "Adam beta_1.")
 flags.DEFINE_float("beta_2", 0.999, "Adam beta_2.")
@@ -53,7 +55,8 @@ flags.DEFINE_enum("strategy", "auto", list(config_lib.STRATEGIES),
 flags.DEFINE_boolean("jit_compile", True, "XLA-compile the per-replica forward+backward step (--nojit_compile).")
 flags.DEFINE_enum("precision", "float32", list(config_lib.PRECISIONS), "Keras dtype policy.")
 flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling, augmentation).")
-flags.DEFINE_boolean("augment", True, "Small random rotation/shift/scale when training; never flips.")
+flags.DEFINE_boolean("augment", True, "Small random rotation/shift/scale per image in the train step (on the "
+                                      "replica's device, from --seed); never flips.")
 flags.DEFINE_enum("views", "frontal", list(config_lib.VIEW_CHOICES), "Train and evaluate on frontal views, or all.")
 flags.DEFINE_boolean("skip_corrupt", False, "Skip (and report) corrupt shards instead of stopping.")
 flags.DEFINE_integer("patience", 3, "Early stopping: epochs without a better validation mean AUROC.")
@@ -84,6 +87,7 @@ def config_from_flags() -> config_lib.TrainConfig:
         pathology=FLAGS.pathology, records_dir=FLAGS.records_dir, job_dir=job_dir, policy=FLAGS.policy,
         blank=FLAGS.blank, image_size=FLAGS.image_size, backbone=FLAGS.backbone, weights=FLAGS.weights,
         batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
+        steps_per_execution=FLAGS.steps_per_execution,
         learning_rate=FLAGS.learning_rate, beta_1=FLAGS.beta_1, beta_2=FLAGS.beta_2, epsilon=FLAGS.epsilon,
         threshold=FLAGS.threshold, strategy=FLAGS.strategy, jit_compile=FLAGS.jit_compile,
         precision=FLAGS.precision, seed=FLAGS.seed, augment=FLAGS.augment, views=FLAGS.views,

@@ -8,12 +8,20 @@ BUILD_NOTES.md):
   XLA off under any strategy;
 * ``fit`` under MultiWorkerMirroredStrategy fails (keras#20585).
 
-So each replica runs ``forward_backward``, a ``tf.function(jit_compile=True)`` that returns
-the loss and gradients, and the optimizer applies them outside XLA, where Keras' optimizer
-all-reduces (sums) them across replicas. Each replica's loss is divided by *global*
+So each replica runs ``forward_backward``, a ``tf.function(jit_compile=True)`` that augments
+the batch (``trainer.augment``: a random affine per image, drawn statelessly from
+``--seed``, the step and the replica) and returns the loss and gradients, and the optimizer
+applies them outside XLA, where Keras' optimizer all-reduces (sums) them across replicas.
+Without a distribution strategy (one device) the update is compiled with the step, as
+Keras' own ``fit(jit_compile=True)`` does there. Each replica's loss is divided by *global*
 per-task counts of unmasked labels (an all-reduce before the XLA call), so the sum over
 replicas is exactly the global-batch mean: one step on N replicas equals one step on one
 replica with the same global batch (tested).
+
+``--steps_per_execution N`` runs N steps in one ``tf.function`` call (a ``tf.range`` loop
+over the distributed iterator) to save the host's per-call overhead; an epoch's steps are
+still exactly ``steps_per_epoch`` (the last call of an epoch runs the remainder), and each
+step's loss is returned, so history.csv and the progress bar see the same losses.
 
 Per-epoch outputs, best-model saving and early stopping are Keras callbacks driven from the
 loop through ``keras.callbacks.CallbackList`` (``HistoryCsv``, ``EpochSummaries``,
@@ -45,6 +53,7 @@ import tensorflow as tf
 from core import storage
 from schemas import chexpert, job_spec
 from serving import export, heads
+from trainer import augment
 from trainer import distill
 from trainer import input as input_lib
 from trainer import metrics as metrics_lib
@@ -106,11 +115,20 @@ class Trainer:
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer
             self.optimizer.build(self.model.trainable_variables)
+            # Keras compiles the optimizer update with the step only without a distribution
+            # strategy: under one, apply_gradients all-reduces through a merge_call, which an
+            # XLA function cannot hold (and fit disables XLA there).
+            self.update_in_xla = cfg.jit_compile and not tf.distribute.has_strategy()
         self.forward_backward = tf.function(self._forward_backward, jit_compile=cfg.jit_compile)
+        self.forward_backward_update = tf.function(self._forward_backward_update, jit_compile=True)
         self._step = tf.function(self._distributed_step)
+        self._steps = tf.function(self._distributed_steps)
         self._predict = tf.function(self._predict_fn, jit_compile=cfg.jit_compile, reduce_retracing=True)
 
-    def _forward_backward(self, image, targets, masks, denominators, teacher=None):
+    def _forward_backward(self, image, targets, masks, denominators, teacher=None, augment_key=None):
+        if augment_key is not None:
+            image = augment.random_affine(image, augment_key, xla=self.cfg.jit_compile,
+                                          replicas=self.strategy.num_replicas_in_sync)
         with tf.GradientTape() as tape:
             logits = self.model(image, training=True)
             loss = model_lib.masked_loss(logits, targets, masks, denominators, self.cfg)
@@ -124,21 +142,52 @@ class Trainer:
         grads = tape.gradient(scaled, self.model.trainable_variables)
         return loss, grads
 
+    def _forward_backward_update(self, *args):
+        loss, grads = self._forward_backward(*args)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        return loss
+
+    def augment_key(self) -> tf.Tensor:
+        """This replica's ``augment.step_key`` for this step (in a replica context).
+
+        The step is the optimizer's iteration count: checkpointed, so a resumed job draws
+        what an uninterrupted one would have drawn (with LossScaleOptimizer a skipped,
+        non-finite step leaves it, and the next batch reuses its draws).
+        """
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return augment.step_key(self.cfg.seed, self.optimizer.iterations, replica)
+
     def _replica_step(self, batch):
         ctx = tf.distribute.get_replica_context()
         denominators = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(batch["masks"], axis=0))
-        loss, grads = self.forward_backward(batch["image"], batch["targets"], batch["masks"], denominators,
-                                            batch.get("teacher"))
+        key = self.augment_key() if self.cfg.augment else None
+        args = (batch["image"], batch["targets"], batch["masks"], denominators, batch.get("teacher"), key)
+        if self.update_in_xla:
+            return self.forward_backward_update(*args)
+        loss, grads = self.forward_backward(*args)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return loss
 
     def _distributed_step(self, iterator):
         per_replica = self.strategy.run(self._replica_step, args=(next(iterator),))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return tf.cast(self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None), tf.float32)
+
+    def _distributed_steps(self, iterator, n):
+        losses = tf.TensorArray(tf.float32, size=n)
+        for i in tf.range(n):
+            losses = losses.write(i, self._distributed_step(iterator))
+        return losses.stack()
 
     def train_step(self, iterator) -> tf.Tensor:
         """One optimizer step on the next global batch; returns the global mean loss."""
         return self._step(iterator)
+
+    def train_steps(self, iterator, n: int) -> np.ndarray:
+        """``n`` optimizer steps in one ``tf.function`` call (one trace for every ``n`` > 1);
+        returns each step's global mean loss, float32 (n,)."""
+        if n == 1:
+            return np.array([self._step(iterator).numpy()], np.float32)
+        return self._steps(iterator, tf.constant(n, tf.int32)).numpy()
 
     def _predict_fn(self, image):
         logits = self.model(image, training=False)
@@ -336,9 +385,9 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
     if cfg.synthetic:
         log.warning("training on SYNTHETIC records (%s, from pipeline.make_sample); the model will say so in "
                     "config.json, metrics.json and every report, score and page it produces", cfg.records_dir)
-    log.info("%d replicas, global batch %d (%d per replica), %d steps/epoch over %d %s images, XLA %s, %s",
-             replicas, global_batch, cfg.batch_size, steps, n_train, cfg.views, "on" if cfg.jit_compile else "off",
-             cfg.precision)
+    log.info("%d replicas, global batch %d (%d per replica), %d steps/epoch over %d %s images (%d per call), "
+             "XLA %s, %s", replicas, global_batch, cfg.batch_size, steps, n_train, cfg.views, cfg.steps_per_execution,
+             "on" if cfg.jit_compile else "off", cfg.precision)
 
     teacher = None
     if cfg.distill_from:
@@ -389,14 +438,15 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
             # A live bar on a terminal; one line per epoch in log files (cron, CI).
             bar = keras.utils.Progbar(steps, stateful_metrics=["loss"],
                                       verbose=(1 if sys.stdout.isatty() else 2) if chief else 0)
-            losses = []
-            for step in range(steps):
+            losses: list[float] = []
+            while len(losses) < steps:
+                # The last call of an epoch runs what is left: epochs stay steps_per_epoch long.
+                n = min(cfg.steps_per_execution, steps - len(losses))
                 try:
-                    loss = float(trainer.train_step(iterator))
+                    losses.extend(float(x) for x in trainer.train_steps(iterator, n))
                 except input_lib.READ_ERRORS as e:
                     raise input_lib.corrupt_error(train_files, e) from None
-                losses.append(loss)
-                bar.update(step + 1, [("loss", float(np.mean(losses[-20:])))])
+                bar.update(len(losses), [("loss", float(np.mean(losses[-20:])))])
             seconds = time.perf_counter() - start
             result = evaluate_predictions(trainer.predict(eval_ds, eval_files), cfg)
             logs = {"loss": float(np.mean(losses)), "val_mean_auroc": result["mean_auroc"],
