@@ -3,8 +3,9 @@
 One resize, one round/clip/cast and one projective transform, used by every path an image
 takes to a model, so that they cannot drift apart (the style guide's big_vision warning):
 
-* tf.data training and evaluation input (``trainer.input``: ``resize`` and ``to_pixels``
-  around the random affine augmentation, ``transform``);
+* tf.data training and evaluation input (``trainer.input``: ``resize``, ``to_pixels``) and
+  the random affine augmentation in the training step (``trainer.augment``: ``transform``
+  without XLA; under XLA its gather form of the same kernel, tested equal after rounding);
 * test-time augmentation (``trainer.evaluate``: ``transform``, ``to_pixels``);
 * the SavedModel's encoded-bytes signature (``serving.export``: ``resize_pixels``);
 * scoring files (``model_input``: the records job's own decode and resize,
