@@ -19,7 +19,8 @@ NIH ChestX-ray14 or MIMIC-CXR-JPG (``--format nih|mimic``, or told from the fold
 become the same records, with ``source/dataset`` and the source's own labels
 (``source/labels``); observations the dataset does not label are masked. The official
 splits are kept: NIH's test list and MIMIC's ``test`` -> ``test``, MIMIC's ``validate`` ->
-``valid``, the rest train/holdout by patient::
+``valid``, the rest train/holdout by patient (an image a dataset's split files leave out is a
+``no_split`` dead letter; a dataset without split files is all train/holdout)::
 
     python -m pipeline.build_records --runner=DirectRunner \
         --input_dir=/datasets/nih-chestxray14 --output_dir=/datasets/nih-records

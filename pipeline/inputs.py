@@ -81,8 +81,8 @@ def list_inputs(cfg: BuildConfig, dataset: datasets.Dataset | None) -> tuple[lis
 
 def list_dataset(cfg: BuildConfig, dataset: datasets.Dataset) -> tuple[list[CsvSource], list[ListedRow]]:
     """An external dataset's label file as the one reconciled source, and each of its rows
-    that validated (``Dataset.rows()``; the rest are the pipeline's dead letters), with its
-    image's stat.
+    that validated and has a split (``Dataset.rows()``; the rest are the pipeline's dead
+    letters), with its image's stat.
 
     Raises:
         ConfigError: a split name the dataset's files should not hold.
@@ -90,7 +90,10 @@ def list_dataset(cfg: BuildConfig, dataset: datasets.Dataset) -> tuple[list[CsvS
     label = dataset.label_file
     listed = []
     for item in dataset.rows():
-        if isinstance(item, csv_reader.Reject):
+        # Dead letters in the pipeline: a row that does not fit, and an image on none of the
+        # split files the dataset has (``no_split``), which must not count as a patient's
+        # train image in ``check_held_out``.
+        if isinstance(item, csv_reader.Reject) or rows_lib.no_split_detail(dataset, item.split, item.image):
             continue
         try:
             official = rows_lib.official_split(dataset.format, item.split)
@@ -197,7 +200,8 @@ def check_patient_overlap(cfg: BuildConfig, rows: list[ListedRow]) -> frozenset:
 
 def check_held_out(cfg: BuildConfig, rows: list[ListedRow]) -> dict[str, str]:
     """An external dataset's patients whose images are in two splits (an image on NIH's
-    test list and another on train_val or on no list; MIMIC's validate and train...): {patient:
+    test list and another on train_val; MIMIC's validate and train...; an image on no list of
+    a dataset that has lists is a ``no_split`` dead letter, not listed here): {patient:
     its latest split}. Their earlier-split images become ``patient_in_test`` /
     ``patient_in_valid`` dead letters (``rows.leak_reason``), or, with
     ``--patient_overlap=fail``, the job stops here. Empty for CheXpert (its rows carry no

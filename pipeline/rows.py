@@ -11,6 +11,8 @@ Plain functions, no Beam: ``pipeline.transforms`` applies them to every row.
 An NIH or MIMIC row (``core.datasets.DatasetRow``) takes the same place:
 
     official_split  the dataset's own split -> test / valid, or None (train/holdout by patient)
+    no_split_detail why an image of a dataset that ships split files but lists it on none
+                    is a ``no_split`` dead letter (None when it is on one, or there are none)
     external_split  its records split (the patient hash namespaced by the dataset)
     leak_reason     patient_in_test / patient_in_valid for an image whose patient has images
                     in a later split, else None
@@ -85,6 +87,10 @@ OFFICIAL_SPLITS = {
 # Later splits win a patient: an image of a patient who also has images in a later split is
 # a dead letter (``patient_in_<split>``), as train.csv rows of valid.csv's patients are.
 _SPLIT_RANK = {None: 0, "valid": 1, "test": 2}
+# An image of a dataset that ships split files but lists it on none of them (NIH: on neither
+# list; MIMIC: no row in the split CSV): a dead letter, never guessed into train, since it
+# may be a test patient's image whose line was lost.
+NO_SPLIT = "no_split"
 AGE_UNKNOWN = -1  # patient/age of a record whose source gives none (MIMIC-CXR-JPG)
 
 
@@ -102,8 +108,9 @@ class ExternalRecordRow(chexpert.Row):
 
 def official_split(dataset: str, split: str | None) -> str | None:
     """The records split the dataset's own split sends an image to: ``test``, ``valid``,
-    or None (no split file, on no list, NIH ``train_val``, MIMIC ``train``: train/holdout
-    by patient).
+    or None (NIH ``train_val``, MIMIC ``train``, or a dataset without split files:
+    train/holdout by patient; an image on no list of a dataset with split files is a
+    ``no_split`` dead letter first, ``no_split_detail``).
 
     Raises:
         ValueError: a split name the dataset does not have.
@@ -114,6 +121,28 @@ def official_split(dataset: str, split: str | None) -> str | None:
         return OFFICIAL_SPLITS[dataset][split]
     except KeyError:
         raise ValueError(f"{dataset}: unknown official split {split!r}") from None
+
+
+def split_file_names(dataset) -> list[str]:
+    """The names of a ``core.datasets.Dataset``'s split files that are there (NIH's two
+    lists, MIMIC's split CSV)."""
+    names = (nih.TRAIN_VAL_LIST, nih.TEST_LIST) + tuple(mimic.SPLIT_FILES)
+    return [f.name for f in dataset.files if f.name in names]
+
+
+def no_split_detail(dataset, split: str | None, image: str) -> str | None:
+    """The dead letter's detail for an image that a dataset with split files lists on none
+    of them (``split`` None where ``dataset.official_split``), else None.
+
+    ``dataset``: a ``core.datasets.Dataset``; ``split``: the image's ``DatasetRow.split``.
+    """
+    if split is not None or not dataset.official_split:
+        return None
+    files = split_file_names(dataset)
+    where = (f"on neither {' nor '.join(files)}" if dataset.format == nih.DATASET
+             else f"no row in {', '.join(files)}")
+    return (f"image {image}: {where}, so its official split is not known; kept out of the records rather than "
+            "put in training (it may be an evaluation patient's image)")
 
 
 def external_split(dataset: str, official: str | None, patient_id: str, holdout_fraction: float) -> str:

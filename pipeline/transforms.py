@@ -108,7 +108,8 @@ class ReadDatasetFn(beam.DoFn):
 
     Args:
         holdout_fraction: train/holdout by patient for images without an official
-            evaluation split (``rows.external_split``).
+            evaluation split (``rows.external_split``). An image of a dataset with split
+            files that lists it on none is a ``no_split`` dead letter (``rows.no_split_detail``).
         skip: {label file name: int array of lines} an incremental run has settled.
         held_out: {patient: its latest split} for patients with images in two splits
             (``inputs.check_held_out``): their earlier images are ``patient_in_<split>``.
@@ -134,6 +135,12 @@ class ReadDatasetFn(beam.DoFn):
             if isinstance(item, Reject):
                 _reject_counter(item.reason).inc()
                 yield beam.pvalue.TaggedOutput(REJECTED, item)
+                continue
+            unlisted = rows.no_split_detail(dataset, item.split, item.image)
+            if unlisted:
+                _reject_counter(rows.NO_SPLIT).inc()
+                yield beam.pvalue.TaggedOutput(REJECTED, Reject(item.source, item.line, item.image, None,
+                                                                rows.NO_SPLIT, unlisted))
                 continue
             official = rows.official_split(fmt, item.split)
             record = rows.record_row(item.image, item.row)
@@ -250,7 +257,8 @@ class ParseRows(beam.PTransform):
 
 class ReadDataset(beam.PTransform):
     """(dataset folder, format) -> rows: (path, (split, ExternalRecordRow, CsvRow));
-    REJECTED: rows that do not fit the format, and images of held-out patients."""
+    REJECTED: rows that do not fit the format, images on no split list of a dataset that
+    has them, and images of held-out patients."""
 
     def __init__(self, holdout_fraction: float, skip: dict | None = None, held_out: dict | None = None):
         super().__init__()

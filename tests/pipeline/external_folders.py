@@ -19,14 +19,14 @@ NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Pat
               "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
 
 # (image, findings, follow-up, patient, age, sex, view, list, expected): list is the official
-# split list the image is on ("train_val", "test", or None: on neither); expected is
-# "train" (train or holdout by patient hash), "test", or a dead letter's reason.
+# split list the image is on ("train_val", "test", or None: on neither, a no_split dead
+# letter); expected is "train" (train or holdout by patient hash), "test", or a dead letter's reason.
 NIH_ROWS = [
     ("00000001_000.png", "Cardiomegaly|Effusion", 0, 1, "058Y", "M", "PA", "train_val", "train"),
     ("00000001_001.png", "No Finding", 1, 1, "059Y", "M", "AP", "train_val", "train"),
     ("00000002_000.png", "Infiltration|Mass", 0, 2, "41", "F", "PA", "train_val", "train"),
     ("00000002_001.png", "Atelectasis", 1, 2, "41", "F", "LL", "train_val", "train"),
-    ("00000003_000.png", "Pneumothorax|Nodule", 0, 3, "030Y", "F", "PA", None, "train"),
+    ("00000003_000.png", "Pneumothorax|Nodule", 0, 3, "030Y", "F", "PA", None, "no_split"),
     ("00000004_000.png", "Edema", 0, 4, "070Y", "M", "AP", "train_val", "patient_in_test"),
     ("00000004_001.png", "Consolidation|Pneumonia", 1, 4, "070Y", "M", "AP", "test", "test"),
     ("00000005_000.png", "No Finding", 0, 5, "022Y", "F", "PA", "test", "test"),
@@ -79,6 +79,9 @@ MIMIC_ROWS = [
     ("d3b", "10000003", "50000004", "PA", "test", "test"),
     ("d4a", "10000004", "50000005", "PA", "train", "no_labels"),
     ("d5a", "10000005", "50000006", "PA", "train", "train"),
+    # A test patient's image whose split row is missing: its own dead letter, not a train
+    # image (nor a patient_in_test one).
+    ("d3c", "10000003", "50000004", "LATERAL", None, "no_split"),
 ]
 # study -> {CheXpert column: cell}; 50000005 has no labels row (its image is a no_labels dead letter).
 MIMIC_LABELS = {
@@ -105,7 +108,8 @@ def make_mimic(folder: str, size: int = 40) -> str:
     split = ["dicom_id,study_id,subject_id,split"]
     for i, (dicom, subject, study, view, sp, _) in enumerate(MIMIC_ROWS):
         meta.append(f"{dicom},{subject},{study},CHEST (PA AND LAT),{view},{size},{size}")
-        split.append(f"{dicom},{study},{subject},{sp}")
+        if sp:
+            split.append(f"{dicom},{study},{subject},{sp}")
         path = os.path.join(folder, mimic_image(dicom, subject, study))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:

@@ -104,7 +104,8 @@ def test_nih_records_read_back_with_their_source_labels_splits_and_masks(nih_bui
     assert all(len(s) == 1 for s in splits_of_patient.values()), "a patient is in two splits"
     # The patient hash is namespaced by the dataset: "nih/00000001" draws 0.45 (holdout at 0.5),
     # the bare "00000001" would draw 0.86 (train).
-    assert splits_of_patient[1] == {"holdout"} and splits_of_patient[2] == splits_of_patient[3] == {"train"}
+    assert splits_of_patient[1] == {"holdout"} and splits_of_patient[2] == {"train"}
+    assert 3 not in splits_of_patient  # its one image is on neither list: no_split
     assert chexpert.stable_fraction("holdout:00000001") > 0.5
     assert set(manifest["splits"]) == {"train", "holdout", "test"}
 
@@ -114,11 +115,14 @@ def test_nih_counts_reconcile_with_every_dead_letter_and_its_line(nih_built):
     src = manifest["sources"]["Data_Entry_2017.csv"]
     assert src["rows"] == len(ef.NIH_ROWS) == src["written"] + src["rejected"]
     assert src["rejected_by_reason"] == {"bad_age": 1, "missing_file": 1, "duplicate_path": 1, "patient_in_test": 1,
-                                         "bad_id": 1}
+                                         "bad_id": 1, "no_split": 1}
     assert manifest["rows"] == manifest["written"] + manifest["rejected"]
     assert manifest["rejected_files"] == [f"{manifest['snapshot']}/rejected-Data_Entry_2017.jsonl"]
-    got = {r["row"]: r["reason"] for r in _rejects(out, manifest)}
+    rejects = _rejects(out, manifest)
+    got = {r["row"]: r["reason"] for r in rejects}
     assert got == {line: e for line, (_, e) in ef.nih_expected().items() if e not in ("train", "test")}
+    unlisted = next(r for r in rejects if r["reason"] == "no_split")
+    assert unlisted["split"] is None and "neither train_val_list.txt nor test_list.txt" in unlisted["detail"]
     assert manifest["patient_overlap"]["rows_rejected"] == 1
     assert manifest["patient_overlap"]["patients_in_two_splits"] == 1
     assert manifest["options"]["format"] == "nih" and manifest["options"]["input_dir"] == folder
@@ -132,15 +136,15 @@ def test_nih_manifest_says_what_it_labels_and_counts_mapped_and_unmapped_labels(
     assert info.folder == folder and info.official_split
     assert set(info.files) == {"Data_Entry_2017.csv", "train_val_list.txt", "test_list.txt"}
     assert info.labelled == list(nih.LABELLED_OBSERVATIONS) and tuple(info.unlabelled) == NIH_UNLABELLED
-    # Written images: lines 2-6 and 8-10 of NIH_ROWS.
-    assert info.counts["cardiomegaly"] == {"positive": 1, "negative": 7}
-    assert info.counts["pleural_effusion"] == {"positive": 2, "negative": 6}
-    assert info.counts["no_finding"] == {"positive": 2, "negative": 6}
+    # Written images: lines 2-5 and 8-10 of NIH_ROWS.
+    assert info.counts["cardiomegaly"] == {"positive": 1, "negative": 6}
+    assert info.counts["pleural_effusion"] == {"positive": 2, "negative": 5}
+    assert info.counts["no_finding"] == {"positive": 2, "negative": 5}
     assert set(info.counts) == set(nih.LABELLED_OBSERVATIONS)
-    assert info.unmapped_findings == {"Hernia": 1, "Infiltration": 1, "Mass": 1, "Nodule": 1}
+    assert info.unmapped_findings == {"Hernia": 1, "Infiltration": 1, "Mass": 1}
     summary = build_records._dataset_summary(m)
     assert summary.startswith("format nih") and "fracture" in summary and "Infiltration=1" in summary
-    assert "cardiomegaly 1/7/0" in summary
+    assert "cardiomegaly 1/6/0" in summary
 
 
 def test_the_trainer_input_masks_what_nih_does_not_label_whatever_blank_says(nih_built):
@@ -177,12 +181,12 @@ def test_an_unchanged_nih_folder_is_nothing_new_and_a_fixed_row_is_incremental(n
                 os.path.join(copy, "images_001/images/00000006_000.png"))
     second = _run(copy, out2, "--format=nih", "--incremental")
     assert not second["nothing_new"]
-    assert second["incremental"]["kept"] == first["written"] == 8
-    # Read again: the fixed row, the missing image, the held-out patient's image, the bad id
-    # (the duplicate of a kept image is settled without reading it).
-    assert second["incremental"]["processed"] == 4
-    assert second["written"] == 9 and second["sources"]["Data_Entry_2017.csv"]["rejected_by_reason"] == {
-        "missing_file": 1, "duplicate_path": 1, "patient_in_test": 1, "bad_id": 1}
+    assert second["incremental"]["kept"] == first["written"] == 7
+    # Read again: the fixed row, the missing image, the held-out patient's image, the bad id,
+    # the unlisted image (the duplicate of a kept image is settled without reading it).
+    assert second["incremental"]["processed"] == 5
+    assert second["written"] == 8 and second["sources"]["Data_Entry_2017.csv"]["rejected_by_reason"] == {
+        "missing_file": 1, "duplicate_path": 1, "patient_in_test": 1, "bad_id": 1, "no_split": 1}
     recs = _records(out2, second)
     assert set(recs) == set(_records(out2, first)) | {"images_001/images/00000006_000.png"}
     assert second["datasets"]["nih"]["counts"]["no_finding"]["positive"] == 3
@@ -192,7 +196,8 @@ def test_mimic_records_keep_study_labels_official_splits_and_unknown_views(mimic
     _, out, manifest = mimic_built
     recs = _records(out, manifest)
     expected = {ef.mimic_image(d, s, st): e for d, s, st, _, _, e in ef.MIMIC_ROWS}
-    assert {p: split for p, (split, _) in recs.items()} == {p: e for p, e in expected.items() if e != "no_labels"}
+    assert {p: split for p, (split, _) in recs.items()} == {p: e for p, e in expected.items()
+                                                            if e not in ("no_labels", "no_split")}
     table = chexpert.policy_matrix(manifest["policy"], manifest["blank"])
     for path, (split, rec) in recs.items():
         study = path.split("/")[3][1:]
@@ -209,8 +214,13 @@ def test_mimic_records_keep_study_labels_official_splits_and_unknown_views(mimic
     assert recs[ef.mimic_image("d3a", "10000003", "50000003")][1][example_lib.IMAGE_VIEW] == b"unknown"
     assert recs[ef.mimic_image("d1b", "10000001", "50000001")][1][example_lib.IMAGE_PROJECTION] == b"LATERAL"
     src = manifest["sources"]["mimic-cxr-2.0.0-metadata.csv.gz"]
-    assert (src["rows"], src["written"], src["rejected_by_reason"]) == (7, 6, {"no_labels": 1})
-    assert [(r["row"], r["reason"], r["path"]) for r in _rejects(out, manifest)] == [(7, "no_labels", "d4a")]
+    assert (src["rows"], src["written"], src["rejected_by_reason"]) == (8, 6, {"no_labels": 1, "no_split": 1})
+    d3c = ef.mimic_image("d3c", "10000003", "50000004")
+    assert [(r["row"], r["reason"], r["path"]) for r in _rejects(out, manifest)] == [(7, "no_labels", "d4a"),
+                                                                                      (9, "no_split", d3c)]
+    # The test patient's image with no split row is no_split, not a train image of a patient
+    # "also in test": the driver's overlap check does not count it.
+    assert manifest["patient_overlap"]["patients_in_two_splits"] == manifest["patient_overlap"]["rows_rejected"] == 0
     info = manifest["datasets"]["mimic"]
     assert info["unlabelled"] == [] and info["unmapped_findings"] == {}
     assert info["counts"]["cardiomegaly"] == {"positive": 2, "blank": 4}

@@ -190,4 +190,4 @@ def test_read_dataset_yields_parsed_rows_and_dead_letters_with_lines(tmp_path):
                               (ef.mimic_image("d3b", "10000003", "50000004"), "test", "mimic", 6)]), label="Rows")
         assert_that(out[transforms.REJECTED] | beam.Map(lambda r: (r.row, r.reason, r.split)),
                     equal_to([(2, "patient_in_test", "train"), (3, "patient_in_test", "train"),
-                              (7, "no_labels", None)]), label="Rejects")
+                              (7, "no_labels", None), (9, "no_split", None)]), label="Rejects")
