@@ -324,8 +324,9 @@ class Selection:
 
     Attributes:
         rows: the ``core.datasets.DatasetRow`` s scored (their images are read next).
-        rejects: the label file's rows that could not be read, as dead letters
-            (``{"source", "row", "path", "reason", "detail"}``).
+        rejects: the label file's rows that could not be read, and later rows of an image
+            already listed (``duplicate_path``), as dead letters (``{"source", "row", "path",
+            "reason", "detail"}``).
         split: the official split scored, or None for every row.
         rule: a sentence saying which rows were scored and why.
         counts: ``rows`` (data rows of the label file), ``readable``, ``other_split`` (rows
@@ -370,12 +371,19 @@ def select_rows(ds, split: str | None, views: str) -> Selection:
         if not ds.official_split:
             raise ConfigError(f"--split={split}: {ds.folder} has no official split file, so there is no '{split}' "
                               f"split; leave --split out (or --split {ALL_ROWS}) to score every row")
-    rows, rejects = [], []
+    rows, rejects, first = [], [], {}
     for item in ds.rows():
         if isinstance(item, csv_reader.Reject):
             rejects.append({"source": item.source, "row": item.row, "path": item.path, "reason": item.reason,
                             "detail": item.detail})
+        elif item.image in first:
+            # The first row of an image is scored, as build_records and score keep it; a later
+            # one is a dead letter, not a silent second prediction of the same key.
+            seen = first[item.image]
+            rejects.append({"source": item.source, "row": item.line, "path": item.image, "reason": "duplicate_path",
+                            "detail": f"Path {item.image!r} already appears at {seen.source} line {seen.line}"})
         else:
+            first[item.image] = item
             rows.append(item)
     if split is None:
         has_test = ds.official_split and any(r.split == "test" for r in rows)

@@ -263,7 +263,8 @@ def _rows_parts(src: dict) -> tuple:
         return f"{n} {'is' if n == 1 else 'are'}"
 
     if c["rows"] - c["readable"]:
-        left.append(f"{c['rows'] - c['readable']} could not be read (dead letters, below)")
+        left.append(f"{c['rows'] - c['readable']} could not be read or repeat an image already listed (dead "
+                    "letters, below)")
     if c["other_split"]:
         left.append(f"{c['other_split']} belong{'s' if c['other_split'] == 1 else ''} to another official split")
     if c["on_no_list"]:

@@ -56,12 +56,16 @@ def _predictions(report_dir) -> dict[str, dict]:
 
 def test_nih_test_split_scored_unlabelled_task_left_out_with_reason_and_dead_letters_listed(job4, tmp_path):
     folder = ef.write_nih(str(tmp_path))
+    # A second row of a test image (line 13), labelled otherwise: a duplicate_path dead letter,
+    # the first row scored (the AUROCs below are of NIH_ROWS' labels).
+    with open(os.path.join(folder, "Data_Entry_2017.csv"), "a") as f:
+        f.write("00000003_000.png,Atelectasis,0,3,40,F,PA,1024,1024,0.143,0.143\n")
     rd = str(tmp_path / "r")
     out = evaluate.run([job4], input_dir=str(tmp_path), n_boot=100, report_dir=rd)  # the parent: detected
     src = out["source"]
     assert src["kind"] == "dataset" and src["format"] == "nih" and src["folder"] == folder
     assert src["split"] == "test" and "official test split" in src["rule"]
-    assert src["counts"] == {"rows": 11, "readable": 10, "other_split": 2, "on_no_list": 0, "view": 0,
+    assert src["counts"] == {"rows": 12, "readable": 10, "other_split": 2, "on_no_list": 0, "view": 0,
                              "selected": 8}
     # NIH does not label support devices: absent from the scored tasks, its reason in metrics.json.
     assert set(out["tasks"]) == {"atelectasis", "cardiomegaly", "pleural_effusion"}
@@ -75,8 +79,9 @@ def test_nih_test_split_scored_unlabelled_task_left_out_with_reason_and_dead_let
     assert ext["scored_tasks"] == ["atelectasis", "pleural_effusion"]  # chexpert.OBSERVATIONS order
     # Dead letters: the bad row (label file) and the missing image, with their reasons.
     dead = ext["dead_letters"]
-    assert dead["by_reason"] == {"bad_age": 1, "missing_file": 1}
-    assert sorted((d["row"], d["reason"]) for d in dead["rows"]) == [(9, "bad_age"), (10, "missing_file")]
+    assert dead["by_reason"] == {"bad_age": 1, "missing_file": 1, "duplicate_path": 1}
+    assert sorted((d["row"], d["reason"]) for d in dead["rows"]) == [(9, "bad_age"), (10, "missing_file"),
+                                                                      (13, "duplicate_path")]
     # AUROC as sklearn's over the 7 readable test images (one NIH image = one study).
     preds = _predictions(rd)
     expected = {f"images_001/images/{r[0]}": r[1] for r in ef.NIH_ROWS if r[7] == "test"
@@ -95,7 +100,8 @@ def test_nih_test_split_scored_unlabelled_task_left_out_with_reason_and_dead_let
     assert "support_devices" in md and "does not label it" in md and "never counted as negative" in md
     assert "Thresholds were not chosen on NIH ChestX-ray14" in md
     assert "Data_Entry_2017.csv:10" in md and "missing_file" in md and "bad_age" in md
-    assert "8 of the label file's 11 rows selected: the official test split" in md
+    assert "8 of the label file's 12 rows selected: the official test split" in md
+    assert "Data_Entry_2017.csv:13" in md and "already appears at Data_Entry_2017.csv line 5" in md
     assert "<h2>External validation</h2>" in _text(rd, "report.html")
 
 
