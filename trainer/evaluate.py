@@ -551,15 +551,26 @@ def warnings_for(source: dict, provenance: list[dict]) -> list[str]:
     if unknown:
         out.append(f"Training data unknown for {', '.join(unknown)} (a job from before provenance was recorded): "
                    "it may have been trained on synthetic data; check before trusting these numbers.")
-    evaluated_synthetic = (source["synthetic"] if source["kind"] in ("csv", "dataset")
-                           else any(r["synthetic"] for r in source["records"]))
-    if evaluated_synthetic:
-        out.append("Evaluated on SYNTHETIC data: the images and labels scored here were made by "
-                   + ("pipeline.make_external" if source["kind"] == "dataset" or any(
-                       r.get("format", sources.CHEXPERT) != sources.CHEXPERT for r in source.get("records", ()))
-                      else "pipeline.make_sample")
-                   + ", not taken from patients.")
+    generators = synthetic_generators(source)
+    if generators:
+        out.append(f"Evaluated on SYNTHETIC data: the images and labels scored here were made by "
+                   f"{' and '.join(generators)}, not taken from patients.")
     return out
+
+
+def synthetic_generators(source: dict) -> list[str]:
+    """The generators of the evaluated data that is synthetic, by its format:
+    ``pipeline.make_sample`` for CheXpert (a CSV, a CheXpert folder or its records),
+    ``pipeline.make_external`` for NIH/MIMIC (a dataset folder or its records); empty when
+    none of it is synthetic. ``source``: ``describe_source``'s description."""
+    if source["kind"] == "csv":
+        formats = [sources.CHEXPERT] if source["synthetic"] else []
+    elif source["kind"] == "dataset":
+        formats = [source["format"]] if source["synthetic"] else []
+    else:  # only the records folders that are synthetic name their generator
+        formats = [r.get("format", sources.CHEXPERT) for r in source["records"] if r["synthetic"]]
+    names = ["pipeline.make_sample" if f == sources.CHEXPERT else "pipeline.make_external" for f in formats]
+    return sorted(set(names), key=names.index)
 
 
 def context_notes(jobs: list, source: dict, tasks: list[str], per_job: list[dict], merged: dict) -> list[str]:

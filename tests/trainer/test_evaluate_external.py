@@ -273,6 +273,23 @@ def test_a_generated_external_set_is_evaluated_and_said_to_be_synthetic(trained_
     assert out["external"]["labelled_tasks"] == ["cardiomegaly", "atelectasis"]
 
 
+def test_the_synthetic_warning_names_the_generator_of_each_synthetic_format():
+    def said(source):
+        return [w for w in evaluate.warnings_for(source, []) if w.startswith("Evaluated on SYNTHETIC")]
+
+    def records(*entries):
+        return {"kind": "records", "records": [{"format": f, "synthetic": s} for f, s in entries]}
+
+    assert "made by pipeline.make_sample," in said({"kind": "csv", "synthetic": True})[0]  # a CheXpert folder
+    assert "made by pipeline.make_external," in said({"kind": "dataset", "format": "nih", "synthetic": True})[0]
+    assert "made by pipeline.make_sample," in said(records(("chexpert", True)))[0]
+    assert "made by pipeline.make_external," in said(records(("mimic", True)))[0]
+    # An ensemble on synthetic CheXpert records and real NIH ones: the synthetic data is make_sample's.
+    assert "made by pipeline.make_sample," in said(records(("chexpert", True), ("nih", False)))[0]
+    assert "pipeline.make_sample and pipeline.make_external" in said(records(("chexpert", True), ("nih", True)))[0]
+    assert said({"kind": "csv", "synthetic": False}) == said(records(("nih", False))) == []
+
+
 def test_a_chexpert_input_dir_is_its_valid_csv(sample_dir):
     from pipeline import make_sample
 
