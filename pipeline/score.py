@@ -411,6 +411,20 @@ def _score_into(opts, options, previous: dict, inputs: list[Input], csv_rejects:
     return manifest
 
 
+def counts_line(m: dict) -> str:
+    """The run's counts in one sentence whose numbers add up: inputs = scored + rejected,
+    and inputs = read this run (``scored_this_run``: the inputs sent to the model, some of
+    them rejected there) + carried over (rows and dead letters of the committed run) + rows
+    of a label file rejected before any image was read."""
+    unread = m["inputs"] - m["scored_this_run"] - m["carried_over"]
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(m["rejected_by_reason"].items()))
+    how = [f"{m['scored_this_run']} read this run", f"{m['carried_over']} carried over from the committed run"]
+    if unread:
+        how.append(f"{unread} label-file row{'s' if unread != 1 else ''} rejected before any image was read")
+    return (f"{m['inputs']} inputs: {m['scored']} scored, {m['rejected']} rejected" + (f" ({reasons})" if reasons else "")
+            + "; of the inputs, " + ", ".join(how))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: one line per error (exit 2 for flags, inputs and a held lock, 1
     for everything else), never a traceback unless ``--verbose``."""
@@ -432,9 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if m.get("nothing_new"):
         print(f"nothing new: inputs, model and threshold unchanged; {m['scored']} scores left as they are")
         return 0
-    print(f"{m['scored']} scored ({m['scored_this_run']} this run, {m['carried_over']} carried over), "
-          f"{m['rejected']} rejected" + (": " + ", ".join(f"{k}={v}" for k, v in sorted(m['rejected_by_reason'].items()))
-                                         if m["rejected"] else ""))
+    print(counts_line(m))
     print("positive calls: " + ", ".join(f"{t} {n}" for t, n in m["positives"].items()))
     out, m_dir = m["outputs"], m["output_dir"]
     s = m["studies"]

@@ -30,12 +30,18 @@ def _jsonl(path):
         return [json.loads(line) for line in f]
 
 
-def test_nih_folder_rows_are_inputs_bad_rows_dead_letters_and_studies_its_follow_ups(trained_job, tmp_path):
+def test_nih_folder_rows_are_inputs_bad_rows_dead_letters_and_studies_its_follow_ups(trained_job, tmp_path, capsys):
     folder = ef.write_nih(str(tmp_path / "in"))
     out = str(tmp_path / "out")
-    m = _score(trained_job, out, f"--input_dir={tmp_path / 'in'}", "--max_reject_fraction=0.5")
-    # 11 rows: the bad age is rejected by the listing, the missing image by the reader.
+    assert score.main([f"--job_dir={trained_job}", f"--output_dir={out}", "--runner=DirectRunner",
+                       f"--input_dir={tmp_path / 'in'}", "--max_reject_fraction=0.5"]) == 0
+    with open(os.path.join(out, "manifest.json")) as f:
+        m = json.load(f)
+    # 11 rows: the bad age is rejected by the listing, the missing image by the reader; the
+    # printed numbers add up both ways (11 = 9 + 2 = 10 read + 0 carried + 1 unread).
     assert (m["inputs"], m["scored"], m["rejected"]) == (11, 9, 2)
+    assert ("11 inputs: 9 scored, 2 rejected (bad_age=1, missing_file=1); of the inputs, 10 read this run, 0 carried "
+            "over from the committed run, 1 label-file row rejected before any image was read") in capsys.readouterr().out
     assert m["rejected_by_reason"] == {"bad_age": 1, "missing_file": 1}
     rejects = _jsonl(_read(out, "rejected"))
     assert {(r["key"], r["reason"]) for r in rejects} == {(ef.NIH_BAD, "bad_age"),
