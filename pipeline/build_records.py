@@ -208,15 +208,25 @@ def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.
     return manifest
 
 
+# What a blank label of an observation the dataset labels becomes in training, per --blank
+# (CheXpert's "not mentioned"; an observation the dataset does not label is masked whatever).
+_BLANK_BECOMES = {"negative": "negative targets", "ignore": "masked (not trained on)"}
+
+
 def _dataset_summary(manifest: manifest_lib.Manifest) -> str:
-    """Two or three lines on an external dataset's records: its format, what it labels, the
-    positives per labelled observation, and the source's own labels that map to none."""
+    """Two to four lines on an external dataset's records: its format, what it labels, the
+    positive/negative/uncertain/blank codes per labelled observation and what the blanks
+    become under the run's --blank, and the source's own labels that map to none."""
     info = manifest.datasets[manifest.format]
     head = (f"format {info.format} ({info.folder}): labels {len(info.labelled)} of {len(manifest.observations)} "
             f"observations; not labelled (blank, masked in training): {', '.join(info.unlabelled) or 'none'}")
-    counts = ", ".join(f"{slug} {c.get('positive', 0)}/{c.get('negative', 0)}/{c.get('uncertain', 0)}"
-                       for slug, c in info.counts.items())
-    lines = [head, f"  positive/negative/uncertain: {counts}"]
+    counts = ", ".join(f"{slug} {c.get('positive', 0)}/{c.get('negative', 0)}/{c.get('uncertain', 0)}/"
+                       f"{c.get('blank', 0)}" for slug, c in info.counts.items())
+    lines = [head, f"  positive/negative/uncertain/blank: {counts}"]
+    blanks = sum(c.get("blank", 0) for c in info.counts.values())
+    if blanks:
+        lines.append(f"  the {blanks} blank labels of labelled observations (not mentioned) are "
+                     f"{_BLANK_BECOMES.get(manifest.blank, manifest.blank)} under --blank={manifest.blank}")
     if info.unmapped_findings:
         lines.append("  unmapped source labels (kept in source/labels): "
                      + ", ".join(f"{k}={v}" for k, v in info.unmapped_findings.items()))

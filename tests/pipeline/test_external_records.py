@@ -144,7 +144,7 @@ def test_nih_manifest_says_what_it_labels_and_counts_mapped_and_unmapped_labels(
     assert info.unmapped_findings == {"Hernia": 1, "Infiltration": 1, "Mass": 1}
     summary = build_records._dataset_summary(m)
     assert summary.startswith("format nih") and "fracture" in summary and "Infiltration=1" in summary
-    assert "cardiomegaly 1/6/0" in summary
+    assert "cardiomegaly 1/6/0/0" in summary and "blank labels" not in summary  # NIH's labels are certain
 
 
 def test_the_trainer_input_masks_what_nih_does_not_label_whatever_blank_says(nih_built):
@@ -225,6 +225,10 @@ def test_mimic_records_keep_study_labels_official_splits_and_unknown_views(mimic
     assert info["unlabelled"] == [] and info["unmapped_findings"] == {}
     assert info["counts"]["cardiomegaly"] == {"positive": 2, "blank": 4}
     assert info["counts"]["edema"] == {"uncertain": 2, "blank": 4}
+    summary = build_records._dataset_summary(manifest_lib.Manifest.from_json(manifest))
+    assert "positive/negative/uncertain/blank: no_finding 1/0/0/5" in summary and "cardiomegaly 2/0/0/4" in summary
+    assert "blank labels of labelled observations (not mentioned) are masked (not trained on) under --blank=ignore" \
+        in summary
     assert set(info["files"]) == {"mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-chexpert.csv",
                                   "mimic-cxr-2.0.0-split.csv"}
     assert manifest["splits"]["valid"]["written"] == 1 and manifest["splits"]["test"]["written"] == 2
