@@ -114,18 +114,26 @@ def _header_cells(data: bytes, source: str) -> tuple[list[str], Iterator[csv_rea
     raise chexpert.CsvHeaderError(f"{source}: the file is empty (no header)")
 
 
-def _data_rows(data: bytes, source: str, columns) -> Iterator[tuple[int, dict | chexpert.RowError, str]]:
-    """``(line, cells or the RowError that stopped them, first cell)`` per data row, cells
-    keyed by ``columns`` (``external.cells_of``)."""
+def _loose_cells(row: csv_reader.CsvLine, columns) -> dict[str, str]:
+    """A row's cells as far as they can be told when its bytes do not decode (a NUL byte,
+    bad UTF-8, a stray quote): cut at commas, decoded with replacement; for finding which
+    study or image a dead letter belongs to, never for its values."""
+    cells = row.raw.split(b",") if row.cells is None else row.cells
+    return {c: v[:200].decode("utf-8", "replace").strip().strip('"') for c, v in zip(columns, cells) if c}
+
+
+def _data_rows(data: bytes, source: str, columns) -> Iterator[tuple[int, dict | chexpert.RowError, dict]]:
+    """``(line, cells or the RowError that stopped them, loose cells)`` per data row: cells
+    keyed by ``columns`` (``external.cells_of``), and the loose cells (``_loose_cells``) that
+    name a bad row's image or study in its dead letter."""
     _, lines = _header_cells(data, source)
     for row in lines:
-        first = (row.raw.split(b",", 1)[0] if row.cells is None else (row.cells or [b""])[0])[:200]
-        first = first.decode("utf-8", "replace").strip('"')
+        loose = _loose_cells(row, columns)
         try:
             values = csv_reader.decode_cells(row, source)
-            yield row.line, external.cells_of(columns, values, f"{source} line {row.line}"), first
+            yield row.line, external.cells_of(columns, values, f"{source} line {row.line}"), loose
         except chexpert.RowError as e:
-            yield row.line, e, first
+            yield row.line, e, loose
 
 
 class Dataset:
@@ -154,6 +162,12 @@ class Dataset:
         return self.files[0]
 
     def rows(self) -> Iterator[DatasetRow | csv_reader.Reject]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def image_views(self) -> dict[str, str]:  # pragma: no cover - overridden
+        """Image path (as ``DatasetRow.image``) -> ``frontal``, ``lateral`` or ``unknown``,
+        from the label file's view column alone, for every row that names an image: a
+        scorer needs no labels, so a row whose labels are bad still has its view."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -190,7 +204,7 @@ class NihDataset(Dataset):
         if len(lists) == 1:
             missing = ({nih.TRAIN_VAL_LIST, nih.TEST_LIST} - set(lists)).pop()
             raise ConfigError(f"{folder}: has {lists[0]} but not {missing}; NIH's official split needs both "
-                              "(or neither: then every image is split by patient)")
+                              "(or neither: then every image is split train/holdout by patient)")
         self.split_of: dict[str, str] = {}
         if lists:
             parsed = []
@@ -206,7 +220,18 @@ class NihDataset(Dataset):
             except ValueError as e:
                 raise ConfigError(f"{folder}: {e}") from None
             self.official_split = True
+            self._note_unlisted_names(data, chosen)
         self.images = self._find_images()
+
+    def _note_unlisted_names(self, data: bytes, source: str) -> None:
+        """A note for list entries with no row in the label file (nothing to read for them)."""
+        _, lines = _header_cells(data, source)
+        in_file = {_loose_cells(row, self.columns).get(nih.COL_IMAGE, "") for row in lines}
+        orphans = sorted(set(self.split_of) - in_file)
+        if orphans:
+            self.notes.append(f"{len(orphans)} image(s) on {nih.TRAIN_VAL_LIST} or {nih.TEST_LIST} have no row in "
+                              f"{source} and are not read: {', '.join(orphans[:5])}"
+                              + (" ..." if len(orphans) > 5 else ""))
 
     def _find_images(self) -> dict[str, str]:
         """Image name -> its path below the folder; the first in sorted order where a name is
@@ -229,16 +254,26 @@ class NihDataset(Dataset):
     def rows(self) -> Iterator[DatasetRow | csv_reader.Reject]:
         label = self.label_file
         _, data = _read_source(self.folder, label.name, "NIH label file")
-        for line, cells, first in _data_rows(data, label.name, self.columns):
+        for line, cells, loose in _data_rows(data, label.name, self.columns):
             try:
                 if isinstance(cells, chexpert.RowError):
                     raise cells
                 row = nih.parse_row(cells)
             except chexpert.RowError as e:
-                yield csv_reader.Reject(label.name, line, first, None, e.reason, e.detail)
+                yield csv_reader.Reject(label.name, line, loose.get(nih.COL_IMAGE, ""), None, e.reason, e.detail)
                 continue
             image = self.images.get(row.path, posixpath.join("images", row.path))
             yield DatasetRow(label.name, line, row, image, self.split_of.get(row.path))
+
+    def image_views(self) -> dict[str, str]:
+        _, data = _read_source(self.folder, self.label_file.name, "NIH label file")
+        out = {}
+        for _, _, loose in _data_rows(data, self.label_file.name, self.columns):
+            name = loose.get(nih.COL_IMAGE, "")
+            if name:
+                out[self.images.get(name, posixpath.join("images", name))] = external.position_view(
+                    loose.get(nih.COL_VIEW, ""))
+        return out
 
 
 class MimicDataset(Dataset):
@@ -267,7 +302,7 @@ class MimicDataset(Dataset):
             self.files.append(src)
         self.official_split = len(self.files) == 3
 
-    def _table(self, src: SourceFile) -> Iterator[tuple[int, dict | chexpert.RowError, str]]:
+    def _table(self, src: SourceFile) -> Iterator[tuple[int, dict | chexpert.RowError, dict]]:
         _, data = _read_source(self.folder, src.name, "MIMIC file")
         header = [external.trim(c).lstrip("\ufeff") for c in _header_cells(data, src.name)[0]]
         return _data_rows(data, src.name, header)
@@ -277,13 +312,13 @@ class MimicDataset(Dataset):
         second labels row), so that its images are dead letters saying so."""
         src = self.files[1]
         good, bad = [], {}
-        for line, cells, first in self._table(src):
+        for line, cells, loose in self._table(src):
             try:
                 if isinstance(cells, chexpert.RowError):
                     raise cells
                 good.append((line, mimic.parse_labels_row(cells)))
             except chexpert.RowError as e:
-                study = external.trim(cells.get(mimic.COL_STUDY)) if isinstance(cells, dict) else ""
+                study = external.trim(loose.get(mimic.COL_STUDY))
                 if study:
                     bad[study] = chexpert.RowError(e.reason, f"its study's labels row ({src.name} line {line}): "
                                                              f"{e.detail}")
@@ -301,8 +336,8 @@ class MimicDataset(Dataset):
         src = self.files[2]
         split_of: dict[str, str] = {}
         bad: dict[str, chexpert.RowError] = {}
-        for line, cells, _ in self._table(src):
-            dicom = external.trim(cells.get(mimic.COL_DICOM)) if isinstance(cells, dict) else ""
+        for line, cells, loose in self._table(src):
+            dicom = external.trim(loose.get(mimic.COL_DICOM))
             try:
                 if isinstance(cells, chexpert.RowError):
                     raise cells
@@ -320,7 +355,7 @@ class MimicDataset(Dataset):
         labels, bad_labels = self._labels()
         split_of, bad_splits = self._splits()
         meta = self.label_file
-        for line, cells, first in self._table(meta):
+        for line, cells, loose in self._table(meta):
             try:
                 if isinstance(cells, chexpert.RowError):
                     raise cells
@@ -332,9 +367,17 @@ class MimicDataset(Dataset):
                     raise bad_splits[dicom]
                 row = mimic.join_row(cells, labels)
             except chexpert.RowError as e:
-                yield csv_reader.Reject(meta.name, line, first, None, e.reason, e.detail)
+                yield csv_reader.Reject(meta.name, line, loose.get(mimic.COL_DICOM, ""), None, e.reason, e.detail)
                 continue
             yield DatasetRow(meta.name, line, row, row.path, split_of.get(dicom) if self.official_split else None)
+
+    def image_views(self) -> dict[str, str]:
+        out = {}
+        for _, _, loose in self._table(self.label_file):
+            ids = [external.trim(loose.get(c)) for c in (mimic.COL_SUBJECT, mimic.COL_STUDY, mimic.COL_DICOM)]
+            if all(ids):
+                out[mimic.image_path(*ids)] = external.position_view(loose.get(mimic.COL_VIEW, ""))
+        return out
 
 
 _CLASSES = {nih.DATASET: NihDataset, mimic.DATASET: MimicDataset}

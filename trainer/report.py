@@ -427,8 +427,10 @@ def results_blocks(results: dict, meta: dict) -> list:
                      _num(a["specificity"], at), _num(a["ppv"], at), _num(a["npv"], at),
                      _num(tt.get("threshold"), no_tuned), _num(tt.get("f1"), no_tuned),
                      _num(r["calibration"]["ece"]), f"{r['positives']} / {r['negatives']}"))
-    header = ("task", "policy", "AUROC [95% CI]", "paper AUROC", "AUPRC", "F1", "accuracy", "sensitivity",
-              "specificity", "PPV", "NPV", "threshold", "F1", "ECE", "pos / neg")
+    # On another site's data the paper's numbers are still CheXpert's: the header says so.
+    elsewhere = bool(meta.get("external")) and meta["external"].get("external", True)
+    header = ("task", "policy", "AUROC [95% CI]", "paper AUROC on CheXpert" if elsewhere else "paper AUROC", "AUPRC",
+              "F1", "accuracy", "sensitivity", "specificity", "PPV", "NPV", "threshold", "F1", "ECE", "pos / neg")
     groups = ("",) * 5 + (f"at threshold {t}",) * 6 + ("at the F1-tuned threshold",) * 2 + ("",) * 2
     long_header = header[:5] + tuple(f"{h} at {t}" for h in header[5:11]) + (
         "F1-tuned threshold", "F1 at tuned threshold") + header[13:]

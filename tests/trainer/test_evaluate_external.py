@@ -103,6 +103,8 @@ def test_nih_test_split_scored_unlabelled_task_left_out_with_reason_and_dead_let
     assert "8 of the label file's 12 rows selected: the official test split" in md
     assert "Data_Entry_2017.csv:13" in md and "already appears at Data_Entry_2017.csv line 5" in md
     assert "<h2>External validation</h2>" in _text(rd, "report.html")
+    # The paper's AUROCs are CheXpert's: beside another site's numbers the column says so.
+    assert "| paper AUROC on CheXpert |" in md and "| paper AUROC |" not in md
 
 
 def test_csv_naming_the_nih_label_file_reads_its_folder_and_split_all_scores_every_row(job4, tmp_path):

@@ -184,3 +184,35 @@ def test_detection_errors_and_chexpert(tmp_path):
     with pytest.raises(ConfigError, match="holds 2 datasets"):
         datasets.find_dataset(str(both))
     assert isinstance(datasets.find_dataset(str(both), "mimic"), datasets.MimicDataset)
+
+
+def test_bad_bytes_in_a_mimic_labels_row_name_that_row_and_views_need_no_labels(tmp_path):
+    folder = make_mimic(tmp_path, gz=False)
+    path = os.path.join(folder, "mimic-cxr-2.0.0-chexpert.csv")
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    lines[1] = lines[1].replace(b"1.0", b"1\x00.0", 1)  # study 50414267's row, line 2
+    _write(path, b"\n".join(lines))
+    ds = datasets.find_dataset(folder)
+    bad = {r.path: r for r in ds.rows() if isinstance(r, csv_reader.Reject)}
+    assert bad["aa-01"].reason == csv_reader.NUL_BYTE and bad["aa-02"].reason == csv_reader.NUL_BYTE
+    assert "mimic-cxr-2.0.0-chexpert.csv line 2" in bad["aa-01"].detail
+    # A scorer's views come from the metadata alone, whatever the labels say.
+    views = ds.image_views()
+    assert views["files/p10/p10000032/s50414267/aa-01.jpg"] == "frontal"
+    assert views["files/p10/p10000032/s50414267/aa-02.jpg"] == "lateral"
+    assert views["files/p10/p10000032/s50414268/aa-03.jpg"] == "unknown"
+    assert views["files/p10/p10000033/s50414269/aa-04.jpg"] == "frontal"  # no labels row: still a view
+    assert len(views) == 6
+
+
+def test_nih_views_of_bad_rows_and_list_names_without_rows(tmp_path):
+    folder = make_nih(tmp_path)
+    with open(os.path.join(folder, "test_list.txt"), "a") as f:
+        f.write("99999999_000.png\n")
+    ds = datasets.find_dataset(folder)
+    assert any("1 image(s) on train_val_list.txt or test_list.txt have no row" in n and "99999999_000.png" in n
+               for n in ds.notes)
+    views = ds.image_views()
+    assert views["images_002/images/00000002_000.png"] == "frontal"  # a bad-age row still has its view
+    assert views["images_002/images/00000001_001.png"] == "frontal" and len(views) == 4
