@@ -150,8 +150,10 @@ def overlay_names(paths: Sequence[str], task: str, root: str | None = None) -> d
 def dataset_views(inputs: Sequence[str]) -> dict[str, str]:
     """{absolute image path: view} for the images of each NIH ChestX-ray14 or MIMIC-CXR-JPG
     folder among ``inputs`` (the folder holding its label file), from its ViewPosition
-    column: a JPEG or PNG states no view, and MIMIC's study rule needs them. A dataset
-    folder that cannot be read is logged and its images are judged as any others."""
+    column: a JPEG or PNG states no view, and MIMIC's study rule needs them. Read from the
+    view column alone (``Dataset.image_views``): an image whose labels row is bad keeps its
+    view, since scoring needs no labels. A dataset folder that cannot be read is logged and
+    its images are judged as any others."""
     views: dict[str, str] = {}
     for item in inputs:
         if not os.path.isdir(item):
@@ -165,9 +167,8 @@ def dataset_views(inputs: Sequence[str]) -> dict[str, str]:
         except ConfigError as e:
             log.warning("%s: views not read from its label file: %s", item, e)
             continue
-        for row in ds.rows():
-            if isinstance(row, datasets.DatasetRow):
-                views[os.path.abspath(os.path.join(ds.folder, row.image))] = row.row.view
+        for image, view in ds.image_views().items():
+            views[os.path.abspath(os.path.join(ds.folder, image))] = view
     return views
 
 

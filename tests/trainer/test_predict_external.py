@@ -51,3 +51,17 @@ def test_mimic_study_folders_are_studies_and_views_come_from_its_metadata(traine
     # Given its files/ folder alone (no metadata there), the views are unknown: the max over all.
     bare = predict.run(job, [os.path.join(folder, "files")], str(tmp_path / "bare"))
     assert bare["studies"]["rows"][0]["basis"] == "unknown" and len(bare["studies"]["rows"][0]["paths"]) == 3
+
+
+def test_views_come_from_the_view_column_even_where_a_study_s_labels_row_is_bad(tmp_path):
+    folder = ef.write_mimic(str(tmp_path))
+    labels = os.path.join(folder, "mimic-cxr-2.0.0-chexpert.csv")
+    with open(labels) as f:
+        lines = f.read().splitlines()
+    lines[1] = lines[1].replace("1.0", "maybe", 1)  # study 50000001's row: a bad_label
+    with open(labels, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    views = predict.dataset_views([folder])
+    assert len(views) == 11  # every image, its study's labels or not
+    for dicom, view in (("d1a", "frontal"), ("d1b", "frontal"), ("d1c", "lateral")):
+        assert views[os.path.join(folder, ef.mimic_image(10000001, 50000001, dicom))] == view
