@@ -65,8 +65,8 @@ def define_flags() -> None:
     """Declares the command-line flags; called only when run as a program, so importing this
     module as a library (tests, other entry points) declares nothing."""
     flags.DEFINE_multi_string("job_dir", None, "A trainer.task job folder; repeat for an ensemble (probabilities averaged).")
-    flags.DEFINE_string("split", "valid", "Split of the records to evaluate; with --input_dir, the dataset's official "
-                                          "split (default there: its test split, else every row).")
+    flags.DEFINE_string("split", "valid", "Split of the records to evaluate (validate = valid); with --input_dir, the "
+                                          "dataset's official split (default there: its test split, else every row).")
     flags.DEFINE_string("csv", None, "Evaluate a CheXpert-format CSV instead of records (with --image_root); an NIH "
                                      "or MIMIC label file is read as its dataset folder (--input_dir).")
     flags.DEFINE_string("input_dir", None, "Evaluate a dataset folder's images directly: CheXpert, NIH ChestX-ray14 or "
@@ -315,6 +315,7 @@ def not_labelled(preds: dict, tasks: list[str], level: str) -> tuple[dict[str, s
 # The official splits each external dataset ships, by the names its split files use.
 DATASET_SPLITS = {sources.NIH: ("train_val", "test"), sources.MIMIC: ("train", "validate", "test")}
 SPLIT_ALIASES = {"valid": "validate"}  # the records' name for MIMIC's validate
+RECORDS_SPLIT_ALIASES = {"validate": "valid"}  # and MIMIC's name for the records' (and CheXpert's) valid
 ALL_ROWS = "all"
 
 
@@ -441,7 +442,7 @@ def chexpert_csv(folder: str, split: str | None) -> tuple[str, str]:
     Raises:
         ConfigError: no such CSV there.
     """
-    name = f"{split or 'valid'}.csv"
+    name = f"{RECORDS_SPLIT_ALIASES.get(split, split) or 'valid'}.csv"
     for root in [folder] + [os.path.join(folder, d) for d in (make_sample.DATASET_DIR, make_sample.DATASET_DIR_FULL)]:
         if os.path.isfile(os.path.join(root, name)):
             # The CSV's Path column starts with the dataset folder's own name.
@@ -801,6 +802,8 @@ def run(job_dirs: list[str], *, split: str | None = None, csv_path: str | None =
                 raise ConfigError(f"--input_dir={input_dir}: a CheXpert folder, not --format {dataset_format}")
             csv_path, image_root = chexpert_csv(input_dir, split)
     asked_split, split = split, split or "valid"
+    if dataset is None:  # records or a CheXpert CSV: --split validate is their valid, as a MIMIC folder's is
+        split = RECORDS_SPLIT_ALIASES.get(split, split)
     jobs = [load_member(d) for d in job_dirs]
     threshold_from = "--threshold" if threshold is not None else (
         "the job's --threshold" if len(jobs) == 1 else "the first member's --threshold")

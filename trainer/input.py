@@ -61,7 +61,8 @@ class CorruptShardError(RuntimeError):
 def shard_files(records_dir: str, split: str, manifest: Manifest) -> list[str]:
     """The shards a committed manifest lists for ``split`` (never a glob: no partial files)."""
     if split not in manifest.splits:
-        raise ValueError(f"{records_dir}: the manifest has no split {split!r}")
+        raise ValueError(f"{records_dir}: the manifest has no split {split!r}; its splits are "
+                         f"{', '.join(sorted(manifest.splits)) or 'none'}")
     return [os.path.join(records_dir, n) for n in manifest.splits[split].shards]
 
 

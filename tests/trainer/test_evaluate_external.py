@@ -212,9 +212,14 @@ def test_records_dir_of_another_dataset_is_scored_by_what_each_record_says_it_is
     with open(first, "wb") as f:
         for r in rewritten:
             tfrecord.write_record(f, r)
+    from trainer import input as input_lib
+
+    with pytest.raises(ValueError, match="no split 'train_val'; its splits are " + ", ".join(sorted(manifest.splits))):
+        input_lib.shard_files(other, "train_val", manifest)
     rd = str(tmp_path / "r")
-    out = evaluate.run([job4], records_dir=other, split="valid", n_boot=50, report_dir=rd)
-    assert out["source"]["kind"] == "records" and not out["source"]["own"]
+    # MIMIC's name for the records' valid split is accepted, as --input_dir accepts valid for validate.
+    out = evaluate.run([job4], records_dir=other, split="validate", n_boot=50, report_dir=rd)
+    assert out["source"]["kind"] == "records" and not out["source"]["own"] and out["source"]["split"] == "valid"
     assert out["tune_split"] == "holdout"  # thresholds still tuned on the job's own records
     assert out["external"]["datasets"] == ["chexpert", "nih"]
     preds = _predictions(rd)
