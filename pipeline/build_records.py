@@ -214,9 +214,10 @@ _BLANK_BECOMES = {"negative": "negative targets", "ignore": "masked (not trained
 
 
 def _dataset_summary(manifest: manifest_lib.Manifest) -> str:
-    """Two to four lines on an external dataset's records: its format, what it labels, the
+    """A few lines on an external dataset's records: its format, what it labels, the
     positive/negative/uncertain/blank codes per labelled observation and what the blanks
-    become under the run's --blank, and the source's own labels that map to none."""
+    become under the run's --blank, the source's own labels that map to none, and the
+    manifest's notes on the dataset (no official split files: all train/holdout, ...)."""
     info = manifest.datasets[manifest.format]
     head = (f"format {info.format} ({info.folder}): labels {len(info.labelled)} of {len(manifest.observations)} "
             f"observations; not labelled (blank, masked in training): {', '.join(info.unlabelled) or 'none'}")
@@ -230,6 +231,7 @@ def _dataset_summary(manifest: manifest_lib.Manifest) -> str:
     if info.unmapped_findings:
         lines.append("  unmapped source labels (kept in source/labels): "
                      + ", ".join(f"{k}={v}" for k, v in info.unmapped_findings.items()))
+    lines += [f"  note: {note}" for note in info.notes]  # no split files; a label file passed over, ...
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from pipeline import rows as rows_lib
 from pipeline import self_trained, shards
 from pipeline.build_config import BuildConfig
 from pipeline.inputs import CsvSource, ListedRow
-from schemas import chexpert
+from schemas import chexpert, mimic, nih
 from schemas import example as example_lib
 from schemas import manifest as manifest_lib
 from schemas import sources as sources_lib
@@ -115,10 +115,21 @@ def describe_dataset(cfg: BuildConfig, dataset: datasets.Dataset | None, sources
     else:
         files = {f.name: {"sha256": f.sha256, "rows": f.rows} for f in dataset.files}
         official, folder, notes = dataset.official_split, dataset.folder, list(dataset.notes)
+        if not official:
+            notes.append(no_split_files_note(cfg.format, cfg.holdout_fraction))
     return {cfg.format: manifest_lib.DatasetInfo(
         format=cfg.format, folder=folder, files=files, official_split=official, labelled=labelled,
         unlabelled=[s for s in chexpert.OBSERVATIONS if s not in labelled], counts=counts,
         unmapped_findings=dict(sorted(unmapped.items())), notes=notes)}
+
+
+def no_split_files_note(fmt: str, holdout_fraction: float) -> str:
+    """What a dataset folder without its official split files became: all train/holdout."""
+    expected = ("train_val_list.txt and test_list.txt" if fmt == nih.DATASET
+                else " or ".join(mimic.SPLIT_FILES))
+    where = (f"split train/holdout by patient with --holdout_fraction={holdout_fraction:g}" if holdout_fraction
+             else "in train (--holdout_fraction=0: no holdout)")
+    return f"no official split files ({expected} not in the folder): every image {where}; no test or valid split"
 
 
 def fill_missing_shards(snapshot_dir: str, written: list[shards.WrittenShard], tag: str) -> list[shards.WrittenShard]:

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from core.errors import ConfigError
-from pipeline import build_config, build_records
+from pipeline import build_config, build_records, manifest_builder
 from pipeline import options as job_options
 from schemas import chexpert, example_tf, nih
 from schemas import example as example_lib
@@ -255,6 +255,20 @@ def test_format_is_detected_and_a_format_the_folder_does_not_hold_is_one_line_na
         _configure(f"--input_dir={nih_dir}", "--labeller=/nowhere", out)
     with pytest.raises(ConfigError, match="--format=nih needs --input_dir"):
         _configure("--format=nih", out)
+
+
+def test_a_folder_without_split_files_says_it_is_all_train_holdout(tmp_path):
+    nih_dir = ef.make_nih(str(tmp_path / "nih"))
+    for name in ("train_val_list.txt", "test_list.txt"):
+        os.remove(os.path.join(nih_dir, name))
+    cfg, dataset = _configure(f"--input_dir={nih_dir}", f"--output_dir={tmp_path / 'out'}", "--holdout_fraction=0.2")
+    info = manifest_builder.describe_dataset(cfg, dataset, [], {}, {})
+    note = ("no official split files (train_val_list.txt and test_list.txt not in the folder): every image split "
+            "train/holdout by patient with --holdout_fraction=0.2; no test or valid split")
+    assert not info["nih"].official_split and note in info["nih"].notes
+    summary = build_records._dataset_summary(manifest_lib.Manifest(observations=list(chexpert.OBSERVATIONS),
+                                                                   datasets=info))
+    assert f"  note: {note}" in summary.splitlines()
 
 
 def test_cli_errors_before_any_work_missing_images_and_leaks_with_fail(tmp_path, capsys):
