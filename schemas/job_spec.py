@@ -142,13 +142,20 @@ class JobSpec:
         return _build(cls, {k: v for k, v in d.items() if k in known}, source)
 
 
+def generator_of(provenance: Mapping[str, Any] | None) -> str:
+    """The command that makes the synthetic data a model was trained on, by its records'
+    source format (``dataset``; absent in jobs from before it was recorded: CheXpert's)."""
+    dataset = (provenance or {}).get("dataset") or "chexpert"
+    return "pipeline.make_sample" if dataset == "chexpert" else "pipeline.make_external"
+
+
 def provenance_line(provenance: Mapping[str, Any]) -> str:
     """One sentence for reports, logs, pages: what the model was trained on, and when."""
     if not provenance:
         return "training data unknown (a job from before provenance was recorded)"
     when = str(provenance.get("trained", ""))[:10]
     if provenance.get("synthetic"):
-        return (f"trained {when} on SYNTHETIC data ({provenance.get('input_dir')}, made by pipeline.make_sample): "
+        return (f"trained {when} on SYNTHETIC data ({provenance.get('input_dir')}, made by {generator_of(provenance)}): "
                 "its outputs say nothing about real radiographs")
     return f"trained {when} on records of {provenance.get('input_dir')} ({provenance.get('records')} images)"
 

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from core import imaging, studies
 from schemas import chexpert
-from schemas.job_spec import format_probability, provenance_line
+from schemas.job_spec import format_probability, generator_of, provenance_line
 from serving import gradcam, preprocess
 from serving.job import Job
 
@@ -198,8 +198,8 @@ def heatmap(job: Job, path: str, task: str, probability: float, threshold: float
         f"{label or path} ({source.shape[1]}x{source.shape[0]} px, view {view}). Model: "
         + provenance_line(spec.provenance) + ".",
     ]
-    marked = ([f"{SYNTHETIC_MARK}: trained on synthetic images (pipeline.make_sample); this map and probability say "
-               "nothing about real radiographs."] if spec.synthetic else []) + [f"WARNING: {w}." for w in warnings]
+    marked = ([f"{SYNTHETIC_MARK}: trained on synthetic images ({generator_of(spec.provenance)}); this map and "
+               "probability say nothing about real radiographs."] if spec.synthetic else []) + [f"WARNING: {w}." for w in warnings]
     picture, box = render_overlay(source, gradcam.SourceMap(cam, (top, left, fh, fw), decoded, source.shape), caption,
                                   marked=marked, frame_box=frame_box)
     info = {"caption": "\n".join(marked + caption), "film_box": ",".join(map(str, box)),

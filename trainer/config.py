@@ -140,7 +140,7 @@ def provenance_of(records_dir: str, manifest: manifest_lib.Manifest) -> dict:
     """What a model trained on ``records_dir`` must say about its data."""
     return {"synthetic": manifest.synthetic, "records_dir": os.path.abspath(records_dir),
             "records_snapshot": manifest.snapshot or None, "records_created": manifest.created or None,
-            "input_dir": manifest.options.get("input_dir"), "records": manifest.written,
+            "input_dir": manifest.options.get("input_dir"), "records": manifest.written, "dataset": manifest.format,
             "trained": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 

@@ -103,7 +103,7 @@ from core.errors import ConfigError  # noqa: E402
 from pipeline import make_sample  # noqa: E402
 from core import datasets, storage  # noqa: E402
 from schemas import chexpert, mimic, nih, sources  # noqa: E402
-from schemas.job_spec import provenance_line  # noqa: E402
+from schemas.job_spec import generator_of, provenance_line  # noqa: E402
 from serving import job as job_lib  # noqa: E402
 from serving import preprocess  # noqa: E402
 from serving.predict import predict_batch, score_in_batches  # noqa: E402
@@ -546,7 +546,8 @@ def warnings_for(source: dict, provenance: list[dict]) -> list[str]:
         else:
             verb = "was" if len(synthetic) == 1 else "were"
             who = f"{len(synthetic)} of the {len(provenance)} ensemble members ({', '.join(synthetic)}) {verb}"
-        out.append(f"Trained on SYNTHETIC data: {who} trained on synthetic records made by pipeline.make_sample. "
+        made = " and ".join(sorted({generator_of(p) for p in provenance if p["synthetic"]}))
+        out.append(f"Trained on SYNTHETIC data: {who} trained on synthetic records made by {made}. "
                    "These numbers say nothing about how a model reads real radiographs.")
     unknown = [p["job_dir"] for p in provenance if p["synthetic"] is None]
     if unknown:

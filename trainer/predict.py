@@ -75,7 +75,7 @@ from core import datasets, studies  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from core.inputs import list_inputs  # noqa: E402
 from schemas import chexpert, sources  # noqa: E402
-from schemas.job_spec import format_probability, provenance_line  # noqa: E402
+from schemas.job_spec import format_probability, generator_of, provenance_line  # noqa: E402
 from serving import heatmap as heatmap_lib  # noqa: E402
 from serving import job as job_lib  # noqa: E402
 from serving import preprocess  # noqa: E402
@@ -316,8 +316,8 @@ def report(doc: dict, tasks: Sequence[str], out_dir: str, seconds: float, out=sy
     """Prints the table (paths below the inputs' common folder), the study summary and the
     provenance warning."""
     if doc["model_data"] == "synthetic":
-        print("WARNING: the model was trained on SYNTHETIC data (pipeline.make_sample): these predictions say nothing "
-              "about real radiographs", file=err)
+        print(f"WARNING: the model was trained on SYNTHETIC data ({generator_of(doc['model_provenance'])}): these "
+              "predictions say nothing about real radiographs", file=err)
     results, root = doc["results"], doc["input_root"]
     rel = {r["path"]: os.path.relpath(os.path.abspath(r["path"]), root) for r in results}
     width = max([len(p) for p in rel.values()] + [4])

@@ -383,8 +383,9 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
     n_train = input_lib.count_examples(manifest, cfg.train_split, cfg.views)
     steps = cfg.steps_per_epoch or max(n_train // global_batch, 1)
     if cfg.synthetic:
-        log.warning("training on SYNTHETIC records (%s, from pipeline.make_sample); the model will say so in "
-                    "config.json, metrics.json and every report, score and page it produces", cfg.records_dir)
+        log.warning("training on SYNTHETIC records (%s, from %s); the model will say so in config.json, "
+                    "metrics.json and every report, score and page it produces", cfg.records_dir,
+                    job_spec.generator_of(cfg.provenance))
     log.info("%d replicas, global batch %d (%d per replica), %d steps/epoch over %d %s images (%d per call), "
              "XLA %s, %s", replicas, global_batch, cfg.batch_size, steps, n_train, cfg.views, cfg.steps_per_execution,
              "on" if cfg.jit_compile else "off", cfg.precision)

@@ -98,3 +98,12 @@ def test_a_train_config_with_a_newer_trainers_key_loads_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="trainer.config"):
         cfg = config_lib.TrainConfig.from_json(json.dumps(d))
     assert cfg == _config() and "a_future_setting" in caplog.text
+
+
+def test_the_synthetic_sentence_names_the_generator_of_the_records_format():
+    base = {"synthetic": True, "input_dir": "data/x", "trained": "2026-11-26T10:00:00+00:00"}
+    assert "made by pipeline.make_sample)" in job_spec.provenance_line(base)  # a job from before "dataset"
+    assert "made by pipeline.make_sample)" in job_spec.provenance_line({**base, "dataset": "chexpert"})
+    for fmt in ("nih", "mimic"):
+        assert "made by pipeline.make_external)" in job_spec.provenance_line({**base, "dataset": fmt})
+    assert job_spec.generator_of(None) == "pipeline.make_sample"
