@@ -57,11 +57,8 @@ class ReadCsvFn(beam.DoFn):
     def process(self, element):
         path, source_split = element
         source = posixpath.basename(path)
-        skip = self._skip.get(source, set())
         with FileSystems.open(path) as f:
-            for item in read_csv_rows(f, source):
-                if (item.row if isinstance(item, Reject) else item.line) in skip:
-                    continue
+            for item in read_csv_rows(f, source, self._skip.get(source, ())):
                 self.rows_read.inc()
                 if isinstance(item, Reject):
                     _reject_counter(item.reason).inc()
@@ -284,12 +281,16 @@ class PlanShards(beam.PTransform):
         return (unique
                 | "SplitOf" >> beam.Map(lambda kv: kv[0])
                 | "CountPerSplit" >> beam.combiners.Count.PerElement()
-                | "ShardsPerSplit" >> beam.Map(lambda kv: (kv[0], shards.num_shards_for(
-                    kv[1], image_size=cfg.image_size, encoding=cfg.encoding, shard_size_mb=cfg.shard_size_mb,
-                    min_shards=cfg.min_shards, fixed=cfg.num_shards))))
+                | "ShardsPerSplit" >> beam.Map(lambda kv: (kv[0], shards_per_split(cfg, kv[1]))))
 
 
-def _assign_shard(element, plan: dict):
+def shards_per_split(cfg: BuildConfig, rows: int) -> int:
+    """PlanShards' count for a split of ``rows`` unique rows (``shards.num_shards_for``)."""
+    return shards.num_shards_for(rows, image_size=cfg.image_size, encoding=cfg.encoding,
+                                 shard_size_mb=cfg.shard_size_mb, min_shards=cfg.min_shards, fixed=cfg.num_shards)
+
+
+def assign_shard(element, plan: dict):
     split, item = element
     n = plan[split]
     return (split, shards.shard_of(item[0].path, n), n), item
@@ -312,7 +313,7 @@ class WriteShards(beam.PTransform):
         cfg = self.cfg
         side = {"labeller": beam.pvalue.AsDict(self.labeller)} if self.labeller is not None else {}
         return (unique
-                | "AssignShards" >> beam.Map(_assign_shard, plan=beam.pvalue.AsDict(self.plan))
+                | "AssignShards" >> beam.Map(assign_shard, plan=beam.pvalue.AsDict(self.plan))
                 | "GroupByShard" >> beam.GroupByKey()
                 | "WriteShard" >> beam.ParDo(WriteShardFn(cfg.input_dir, self.snapshot_dir, cfg.example_settings(),
                                                           self.tag, cfg.labeller_indices), **side)
