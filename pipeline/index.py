@@ -36,6 +36,6 @@ def read_index(data: bytes) -> dict[str, dict]:
     for line in lines[1:]:
         path, stat, row, split, shard, codes, view, labeller = line.split("\t")
         out[path] = {"stat": stat, "row": row, "split": split, "shard": shard,
-                     "codes": [int(c) for c in codes.split(",")], "view": view,
-                     "teacher": [float(v) for v in labeller.split(",")] if labeller else None}
+                     "codes": list(map(int, codes.split(","))), "view": view,
+                     "teacher": list(map(float, labeller.split(","))) if labeller else None}
     return out

@@ -96,10 +96,11 @@ def list_dataset(cfg: BuildConfig, dataset: datasets.Dataset) -> tuple[list[CsvS
             official = rows_lib.official_split(dataset.format, item.split)
         except ValueError as e:
             raise ConfigError(f"{dataset.folder}: {e}") from None
-        listed.append(ListedRow(item.source, item.line, item.image, item.row.patient_id,
-                                fingerprint.file_stat(posixpath.join(cfg.input_dir, item.image)),
+        listed.append(ListedRow(item.source, item.line, item.image, item.row.patient_id, "",
                                 rows_lib.dataset_digest(item.image, item.row, item.split), official,
                                 tuple(item.row.findings)))
+    stats = fingerprint.file_stats(cfg.input_dir, [r.path for r in listed])
+    listed = [dataclasses.replace(r, stat=stat) for r, stat in zip(listed, stats)]
     return [CsvSource(label.name, label.path, "", label.sha256, label.rows, b"")], listed
 
 
@@ -130,7 +131,7 @@ def list_sources(cfg: BuildConfig) -> list[CsvSource]:
 
 def scan_rows(cfg: BuildConfig, sources: list[CsvSource]) -> list[ListedRow]:
     """Each CSV row with a usable path, in file, then line order."""
-    out = []
+    found = []
     for src in sources:
         for item in csv_reader.read_csv_rows(io.BytesIO(src.data), src.name):
             if not isinstance(item, csv_reader.CsvRow):
@@ -139,10 +140,11 @@ def scan_rows(cfg: BuildConfig, sources: list[CsvSource]) -> list[ListedRow]:
                 path = chexpert.normalize_path(item.cells.get(chexpert.COL_PATH) or "")
             except chexpert.RowError:
                 continue
-            out.append(ListedRow(src.name, item.line, path, rows_lib.patient_of(path),
-                                 fingerprint.file_stat(posixpath.join(cfg.input_dir, path)),
-                                 rows_lib.row_digest(item.cells)))
-    return out
+            found.append((src.name, item.line, path, rows_lib.row_digest(item.cells)))
+    # Every image's stat in one batch, by threads: a third of the scan at 224k rows.
+    stats = fingerprint.file_stats(cfg.input_dir, [path for _, _, path, _ in found])
+    return [ListedRow(name, line, path, rows_lib.patient_of(path), stat, digest)
+            for (name, line, path, digest), stat in zip(found, stats)]
 
 
 def check_image_folders(cfg: BuildConfig, rows: list[ListedRow]) -> None:
