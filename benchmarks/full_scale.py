@@ -33,9 +33,10 @@ TRAIN_ROWS = 223_414
 NEW_FRACTION = 0.01
 
 
-def run_job(args: list[str]) -> tuple[float, int, str]:
+def run_job(args: list[str], cwd: str | None = None) -> tuple[float, int, str]:
+    """One build_records run (from the checkout at ``cwd``, default this one)."""
     return measure.run_measured([sys.executable, "-m", "pipeline.build_records", "--runner=DirectRunner",
-                                 "--direct_num_workers=2", "--direct_running_mode=multi_processing", *args])
+                                 "--direct_num_workers=2", "--direct_running_mode=multi_processing", *args], cwd=cwd)
 
 
 def _write_csv(src: str, dst: str, rows: int) -> None:
@@ -52,8 +53,12 @@ def main() -> None:
     parser.add_argument("--train_rows", type=int, default=TRAIN_ROWS,
                         help="train.csv rows of the full build (default: the real train.csv's count); a smaller "
                              "set in its own --data_dir measures the same steps on a shared machine")
+    parser.add_argument("--baseline", default=None,
+                        help="Another checkout of this project (e.g. `git archive REV | tar -x -C DIR`): its "
+                             "incremental run is measured too, side by side, as 'before'")
     args = parser.parse_args()
     train_rows = args.train_rows
+    args.data_dir, args.records_dir = os.path.abspath(args.data_dir), os.path.abspath(args.records_dir)
     ds = os.path.join(args.data_dir, make_sample.DATASET_DIR)
     all_rows = os.path.join(args.data_dir, "train-all.csv")
     need = int(train_rows * (1 + NEW_FRACTION)) + 10
@@ -76,7 +81,7 @@ def main() -> None:
     with open(os.path.join(args.records_dir, "manifest.json")) as f:
         size = sum(json.load(f)["files"].values())
     images = train_rows + valid_rows
-    print(f"full build      {full:7.1f} s  {images / full:6.0f} img/s  peak RSS {rss / 2**30:.2f} GiB  "
+    print(f"{'full build':30s} {full:7.1f} s  {images / full:6.0f} img/s  peak RSS {rss / 2**30:.2f} GiB  "
           f"records {size / 2**30:.1f} GiB")
     new_rows = int(train_rows * NEW_FRACTION)
     _write_csv(all_rows, os.path.join(ds, "train.csv"), train_rows + new_rows)
@@ -87,17 +92,19 @@ def main() -> None:
     base = args.records_dir + "-full"
     shutil.rmtree(base, ignore_errors=True)
     shutil.copytree(args.records_dir, base, copy_function=os.link)
-    for i, (label, flags) in enumerate((("incremental, Beam runner", ["--in_process_rows=0"]),
-                                        ("incremental, in process", []))):
+    runs = [("incremental, Beam runner", ["--in_process_rows=0"], None), ("incremental, in process", [], None)]
+    if args.baseline:
+        runs.insert(0, (f"incremental, {os.path.basename(args.baseline.rstrip('/'))}", [], args.baseline))
+    for i, (label, flags, cwd) in enumerate(runs):
         if i:
             shutil.rmtree(args.records_dir)
             shutil.copytree(base, args.records_dir, copy_function=os.link)
-        inc, rss_inc, out = run_job(job + ["--incremental", *flags])
-        print(f"{label:26s} {inc:7.1f} s  (+{new_rows} rows)  peak RSS {rss_inc / 2**30:.2f} GiB  "
+        inc, rss_inc, out = run_job(job + ["--incremental", *flags], cwd)
+        print(f"{label:30s} {inc:7.1f} s  (+{new_rows} rows)  peak RSS {rss_inc / 2**30:.2f} GiB  "
               f"= {100 * inc / full:.1f}% of the full build (goal <= 5%)")
     shutil.rmtree(base, ignore_errors=True)
     same, _, out = run_job(job + ["--incremental"])
-    print(f"{'unchanged rerun':26s} {same:7.1f} s  ({'nothing new' if 'nothing new' in out else 'REBUILT'})  "
+    print(f"{'unchanged rerun':30s} {same:7.1f} s  ({'nothing new' if 'nothing new' in out else 'REBUILT'})  "
           f"= {100 * same / full:.1f}%")
 
 

@@ -70,6 +70,9 @@ class ReadCsvFn(beam.DoFn):
 class ParseRowFn(beam.DoFn):
     """(source split, CsvRow) -> (path, (split, Row, CsvRow)) | Reject (tagged REJECTED).
 
+    The CsvRow it yields keeps the row's file and line only: its cells are in the Row, and
+    every row crosses GroupByPath (a pickled dict of 19 cells each, for nothing).
+
     ``valid_patients``: patient ids of valid.csv; a train.csv row of one of them is rejected
     as ``patient_in_valid`` (its images would leak into the validation set's patients).
     """
@@ -91,7 +94,7 @@ class ParseRowFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(
                 REJECTED, Reject(row.source, row.line, row.cells.get(chexpert.COL_PATH, ""), split, e.reason, e.detail))
             return
-        yield parsed.path, (split, parsed, row)
+        yield parsed.path, (split, parsed, CsvRow(row.source, row.line, {}))
 
 
 class ReadDatasetFn(beam.DoFn):
