@@ -195,11 +195,13 @@ class WriteShardFn(beam.DoFn):
                                                              num_shards=num_shards))
         targets_all, masks_all = [], []
         size = 0
+        real_folders: dict[str, str] = {}  # resolved once per shard, not per image
         with storage.create(posixpath.join(self.snapshot_dir, name)) as writer:
             # Sorted: the same bytes every run, frontal views first (example_lib.RECORD_ORDER).
             for row, source, line in sorted(shard_rows, key=lambda r: example_lib.record_order(r[0].path, r[0].view)):
                 try:
-                    data = example_builder.read_image(posixpath.join(self.input_root, row.path), row.path)
+                    data = example_builder.read_image(posixpath.join(self.input_root, row.path), row.path,
+                                                      real_folders)
                     soft = self_trained.labeller_vector(row.codes, (labeller or {}).get(row.path),
                                                         self.labeller_indices)
                     serialized, targets, mask = example_builder.build_example(row, data, self.settings, soft)
