@@ -1,6 +1,6 @@
 r"""Records-job throughput against the decode+resize floor, side by side in one run.
 
-    python -m benchmarks.build_records [--patients 2400] [--full_patients 120]
+    python -m benchmarks.build_records [--patients 2400] [--full_patients 120] [--baseline DIR]
 
 For each image set (small 390x320 JPEGs, and full-size ~2828x2320 originals) it measures,
 on the same files in the same run:
@@ -9,6 +9,7 @@ on the same files in the same run:
     beam x1    build_records on DirectRunner, 1 worker
     beam x2    build_records on DirectRunner, 2 workers (multi_processing)
 
+(with ``--baseline DIR``, an earlier checkout's job too, on the same files, as "before")
 and prints images/s, the ratios the goals are stated in (x2 / x1 >= 1.7; x2 within 1.3x of
 2 x floor) and the job's peak RSS (the process tree, sampled every 0.1 s).
 """

@@ -39,6 +39,10 @@ Graph (``pipeline.transforms``; row-sized elements are grouped, never pixels)::
     with --labeller: RejectDuplicates -> LabellerTargets (RunInference; side input) -> WriteShards
     every stage's rejects -> WriteRejects;  WriteShards' reports -> WriteStats
 
+An ``--incremental`` run on a local runner whose delta is at most ``--in_process_rows``
+rows (5,000) calls the same DoFns in this process (``pipeline.in_process``) instead of
+starting the runner and its workers: the same records, dead letters and stats.
+
 Every file a run writes is new, in its own snapshot folder ``OUTPUT/snapshot-<time>-<id>/``.
 The driver then checks that rows in = written + rejected for every CSV (an external
 dataset's label file) and the guards
@@ -224,8 +228,8 @@ def _in_process(cfg: BuildConfig, options: PipelineOptions, test_pipeline: beam.
     (``pipeline.in_process``) rather than on the Beam runner: only on a local runner (a
     remote one's workers may be meant to read what this machine cannot), without a
     labeller (RunInference), and never into a pipeline the caller handed in."""
-    return bool(tag and test_pipeline is None and not cfg.labeller and 0 < in_process_rows and delta <= in_process_rows
-                and options.view_as(StandardOptions).runner in cli.LOCAL_RUNNERS)
+    return bool(tag and test_pipeline is None and not cfg.labeller and 0 < in_process_rows
+                and delta <= in_process_rows and options.view_as(StandardOptions).runner in cli.LOCAL_RUNNERS)
 
 
 def _dataset_summary(manifest: manifest_lib.Manifest) -> str:

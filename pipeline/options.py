@@ -15,9 +15,11 @@ DEFAULT_RECORDS = "data/records"
 PATIENT_OVERLAP = ("reject", "fail")
 
 
-# Below this many rows an incremental delta costs less in one process than Beam's start-up
-# (~3 s for two local workers); measured in BUILD_NOTES (benchmarks.full_scale).
-IN_PROCESS_ROWS = 20_000
+# An incremental delta of at most this many rows runs in the driver (pipeline.in_process):
+# there it saves Beam's start-up (~3 s for two local workers) but writes at about one
+# core's rate (threads share the GIL outside decoding), so past ~5k images the two local
+# workers win. Covers a nightly +1% of CheXpert (2,234 rows; BUILD_NOTES, full_scale).
+IN_PROCESS_ROWS = 5_000
 
 
 def build_records_parser(doc: str, warn: bool = True) -> argparse.ArgumentParser:
