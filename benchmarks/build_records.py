@@ -1,6 +1,6 @@
 r"""Records-job throughput against the decode+resize floor, side by side in one run.
 
-    python -m benchmarks.build_records [--patients 2400] [--full_patients 120]
+    python -m benchmarks.build_records [--patients 2400] [--full_patients 120] [--baseline DIR]
 
 For each image set (small 390x320 JPEGs, and full-size ~2828x2320 originals) it measures,
 on the same files in the same run:
@@ -9,6 +9,7 @@ on the same files in the same run:
     beam x1    build_records on DirectRunner, 1 worker
     beam x2    build_records on DirectRunner, 2 workers (multi_processing)
 
+(with ``--baseline DIR``, an earlier checkout's job too, on the same files, as "before")
 and prints images/s, the ratios the goals are stated in (x2 / x1 >= 1.7; x2 within 1.3x of
 2 x floor) and the job's peak RSS (the process tree, sampled every 0.1 s).
 """
@@ -36,34 +37,38 @@ def floor(dataset_dir: str, size: int) -> tuple[int, float]:
     return len(files), time.perf_counter() - start
 
 
-def beam_run(input_dir: str, workers: int, extra: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS bytes of one build_records run."""
+def beam_run(input_dir: str, workers: int, extra: list[str], cwd: str | None = None) -> tuple[float, int]:
+    """Wall seconds and peak RSS bytes of one build_records run (from the checkout at
+    ``cwd``, default this one)."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "pipeline.build_records", "--runner=DirectRunner", f"--input_dir={input_dir}",
                f"--output_dir={out}", f"--direct_num_workers={workers}", *extra]
         if workers > 1:
             cmd.append("--direct_running_mode=multi_processing")
-        wall, peak, _ = measure.run_measured(cmd)
+        wall, peak, _ = measure.run_measured(cmd, cwd=cwd)
         return wall, peak
 
 
-def bench(label: str, root: str, dataset_dir: str, size: int, extra: list[str], tiny_root: str) -> None:
+def bench(label: str, root: str, dataset_dir: str, size: int, extra: list[str], tiny_root: str,
+          baseline: str | None = None) -> None:
     n, t_floor = floor(dataset_dir, size)
-    t1, rss1 = beam_run(root, 1, extra)
-    t2, rss2 = beam_run(root, 2, extra)
-    # The fixed cost of a run (interpreter, Beam, worker start-up, 15 stages) on a 1-patient
-    # dataset: subtracted to give the steady-state rate a 224k-image job runs at.
-    z1, _ = beam_run(tiny_root, 1, extra)
-    z2, _ = beam_run(tiny_root, 2, extra)
-    f, b1, b2 = n / t_floor, n / t1, n / t2
-    s1, s2 = n / max(t1 - z1, 1e-9), n / max(t2 - z2, 1e-9)
-    print(f"\n{label}: {n} images -> {size}x{size}")
-    print(f"  {'':34s} {'wall img/s':>11s} {'steady img/s':>13s} {'fixed s':>8s} {'peak RSS':>9s}")
-    print(f"  {'floor (1 process, decode+resize)':34s} {f:11.0f} {f:13.0f} {0:8.1f}")
-    print(f"  {'build_records DirectRunner x1':34s} {b1:11.0f} {s1:13.0f} {z1:8.1f} {rss1 / 2**20:6.0f} MiB")
-    print(f"  {'build_records DirectRunner x2':34s} {b2:11.0f} {s2:13.0f} {z2:8.1f} {rss2 / 2**20:6.0f} MiB")
-    print(f"  wall:   x2 / x1 = {b2 / b1:.2f} (goal >= 1.7);  2 x floor / x2 = {2 * f / b2:.2f} (goal <= 1.3)")
-    print(f"  steady: x2 / x1 = {s2 / s1:.2f} (goal >= 1.7);  2 x floor / x2 = {2 * f / s2:.2f} (goal <= 1.3)")
+    f = n / t_floor
+    print(f"\n{label}: {n} images -> {size}x{size}; floor (1 process, decode+resize) {f:.0f} img/s")
+    print(f"  {'':40s} {'wall img/s':>11s} {'steady img/s':>13s} {'fixed s':>8s} {'peak RSS':>9s}")
+    for name, cwd in ([(os.path.basename(baseline.rstrip("/")), baseline)] if baseline else []) + [("", None)]:
+        t1, rss1 = beam_run(root, 1, extra, cwd)
+        t2, rss2 = beam_run(root, 2, extra, cwd)
+        # The fixed cost of a run (interpreter, Beam, worker start-up, 15 stages) on a 1-patient
+        # dataset: subtracted to give the steady-state rate a 224k-image job runs at.
+        z1, _ = beam_run(tiny_root, 1, extra, cwd)
+        z2, _ = beam_run(tiny_root, 2, extra, cwd)
+        b1, b2 = n / t1, n / t2
+        s1, s2 = n / max(t1 - z1, 1e-9), n / max(t2 - z2, 1e-9)
+        job = f"build_records{' (' + name + ')' if name else ''}"
+        print(f"  {job + ' DirectRunner x1':40s} {b1:11.0f} {s1:13.0f} {z1:8.1f} {rss1 / 2**20:6.0f} MiB")
+        print(f"  {job + ' DirectRunner x2':40s} {b2:11.0f} {s2:13.0f} {z2:8.1f} {rss2 / 2**20:6.0f} MiB")
+        print(f"    wall:   x2 / x1 = {b2 / b1:.2f} (goal >= 1.7);  2 x floor / x2 = {2 * f / b2:.2f} (goal <= 1.3)")
+        print(f"    steady: x2 / x1 = {s2 / s1:.2f} (goal >= 1.7);  2 x floor / x2 = {2 * f / s2:.2f} (goal <= 1.3)")
 
 
 def main() -> None:
@@ -71,18 +76,21 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=2400, help="Train patients of the small set (~3.4 img each).")
     parser.add_argument("--full_patients", type=int, default=100, help="Train patients of the full-size set.")
     parser.add_argument("--encoding", default="raw", help="Passed to build_records.")
+    parser.add_argument("--baseline", default=None,
+                        help="Another checkout of this project (e.g. `git archive REV | tar -x -C DIR`): its job "
+                             "is measured too, on the same files in the same run, as 'before'.")
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}  encoding: {args.encoding}")
     extra = [f"--encoding={args.encoding}", "--min_shards=8"]
     with tempfile.TemporaryDirectory() as tiny, tempfile.TemporaryDirectory() as root:
         make_sample.generate(tiny, num_patients=1, num_valid_patients=0, progress=False)
         ds = make_sample.generate(root, num_patients=args.patients, num_valid_patients=0, progress=False)
-        bench("small (390x320 JPEG)", root, ds, 320, extra, tiny)
+        bench("small (390x320 JPEG)", root, ds, 320, extra, tiny, args.baseline)
         if args.full_patients:
             with tempfile.TemporaryDirectory() as full:
                 ds = make_sample.generate(full, num_patients=args.full_patients, num_valid_patients=0,
                                           full_size=True, progress=False)
-                bench("full size (~2828x2320 JPEG)", full, ds, 320, extra, tiny)
+                bench("full size (~2828x2320 JPEG)", full, ds, 320, extra, tiny, args.baseline)
 
 
 if __name__ == "__main__":

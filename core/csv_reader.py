@@ -19,7 +19,7 @@ import bisect
 import collections
 import dataclasses
 import re
-from typing import IO, Iterator, NamedTuple, Sequence
+from typing import IO, Container, Iterator, NamedTuple, Sequence
 
 from schemas import chexpert
 
@@ -299,10 +299,17 @@ def _path_cell(row: CsvLine, index: int) -> str:
     return cell[:200].decode("utf-8", "replace")
 
 
-def read_csv_rows(f: IO[bytes], source: str) -> Iterator[CsvRow | Reject]:
+def read_csv_rows(f: IO[bytes], source: str, skip: Container[int] = ()) -> Iterator[CsvRow | Reject]:
     """Every data row of a CheXpert CSV, as a ``CsvRow`` or, where its bytes cannot be read
     into the header's cells, a ``Reject`` (``nul_byte``, ``bad_encoding``, ``bad_csv``,
-    ``bad_row``; see ``decode_cells``). Yields exactly ``count_data_rows`` items.
+    ``bad_row``; see ``decode_cells``). Yields exactly ``count_data_rows`` items, less those
+    of ``skip``.
+
+    Args:
+        f: the CSV, opened in binary mode.
+        source: its file name, for rows and messages.
+        skip: first line numbers of rows to pass over without decoding them (an incremental
+            run's settled rows: at 224k rows, decoding is most of the read).
 
     Raises:
         chexpert.CsvHeaderError: before any row, for a header that is not CheXpert's.
@@ -311,6 +318,8 @@ def read_csv_rows(f: IO[bytes], source: str) -> Iterator[CsvRow | Reject]:
     header = read_header(lines, source)
     path_index = header.index(chexpert.COL_PATH)
     for row in lines:
+        if row.line in skip:
+            continue
         try:
             cells = decode_cells(row, source, header)
         except chexpert.RowError as e:

@@ -10,9 +10,10 @@ hashed with ``hashlib.file_digest``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
-from typing import Iterable
+from typing import Iterable, Sequence
 
 
 def fingerprint(parts: Iterable[str]) -> str:
@@ -31,6 +32,39 @@ def file_stat(path: str) -> str:
     except OSError:
         return "missing"
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _stats_under(dir_fd: int | None, root: str, paths: Sequence[str]) -> list[str]:
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path, dir_fd=dir_fd) if dir_fd is not None else os.stat(os.path.join(root, path))
+        except OSError:
+            out.append("missing")
+            continue
+        out.append(f"{st.st_size}:{st.st_mtime_ns}")
+    return out
+
+
+def file_stats(root: str, paths: Sequence[str], workers: int = 4) -> list[str]:
+    """``file_stat(root/path)`` for each of ``paths`` (relative to ``root``), by ``workers``
+    threads: ``os.stat`` releases the GIL, so at 224k files the calls overlap (measured 4x
+    faster than a loop on 2 cores, BUILD_NOTES). Paths are resolved from an open ``root``
+    (``dir_fd``), not re-walked from the working directory each time."""
+    try:
+        dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        dir_fd = None  # not a local folder: each path then says "missing", as file_stat does
+    try:
+        step = max(1024, -(-len(paths) // (workers * 8)))
+        chunks = [paths[i:i + step] for i in range(0, len(paths), step)]
+        if workers <= 1 or len(chunks) <= 1:
+            return [s for chunk in chunks for s in _stats_under(dir_fd, root, chunk)]
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            return [s for part in pool.map(lambda c: _stats_under(dir_fd, root, c), chunks) for s in part]
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
 
 
 def file_sha256(path: str) -> str:

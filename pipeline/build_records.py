@@ -40,6 +40,10 @@ Graph (``pipeline.transforms``; row-sized elements are grouped, never pixels)::
     with --labeller: RejectDuplicates -> LabellerTargets (RunInference; side input) -> WriteShards
     every stage's rejects -> WriteRejects;  WriteShards' reports -> WriteStats
 
+An ``--incremental`` run on a local runner whose delta is at most ``--in_process_rows``
+rows (5,000) calls the same DoFns in this process (``pipeline.in_process``) instead of
+starting the runner and its workers: the same records, dead letters and stats.
+
 Every file a run writes is new, in its own snapshot folder ``OUTPUT/snapshot-<time>-<id>/``.
 The driver then checks that rows in = written + rejected for every CSV (an external
 dataset's label file) and the guards
@@ -53,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import posixpath
 import sys
 from typing import Sequence
@@ -68,7 +73,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from core import cli  # noqa: E402
 from core import commit as commit_lib  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
-from pipeline import incremental, inputs, manifest_builder, runs, shards, transforms  # noqa: E402
+from pipeline import in_process, incremental, inputs, manifest_builder, runs, shards, transforms  # noqa: E402
 from pipeline.build_config import BuildConfig, configure  # noqa: E402
 from schemas import chexpert  # noqa: E402
 from schemas import manifest as manifest_lib  # noqa: E402
@@ -142,17 +147,18 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
             # On any failure in here the committed output is as it was (the unfinished
             # snapshot is removed, or collected by the next run).
             manifest = _build(cfg, sources, rows, options, test_pipeline, fp, previous, valid_patients, snapshot,
-                              snapshot_dir, dataset, held_out)
+                              snapshot_dir, dataset, held_out, opts.in_process_rows)
     return {**manifest.to_json(), "nothing_new": False}
 
 
 def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.ListedRow], options: PipelineOptions,
            test_pipeline: beam.Pipeline | None, fp: str, previous: manifest_lib.Manifest | None,
            valid_patients: frozenset, snapshot: str, snapshot_dir: str, dataset=None,
-           held_out: dict | None = None) -> manifest_lib.Manifest:
+           held_out: dict | None = None, in_process_rows: int = 0) -> manifest_lib.Manifest:
     """Runs the pipeline into ``snapshot_dir``, reconciles, applies the guards and commits;
     returns the committed manifest. ``dataset``: the NIH/MIMIC ``core.datasets.Dataset``
-    (None for CheXpert); ``held_out``: ``inputs.check_held_out``'s patients."""
+    (None for CheXpert); ``held_out``: ``inputs.check_held_out``'s patients;
+    ``in_process_rows``: ``--in_process_rows`` (see ``_in_process``)."""
     kept = incremental.CarryOver(skip={}, duplicate_rejects=[], kept_stats=[], index={})
     tag = ""
     if previous and cfg.incremental and not cfg.overwrite:  # --overwrite rebuilds everything
@@ -174,11 +180,20 @@ def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.
     if cfg.labeller:
         log.info("labeller %s (model sha256 %s...) relabels uncertain %s", cfg.labeller, cfg.labeller_sha256[:12],
                  ", ".join(chexpert.labelled_observations(cfg.policy)))
-    with runs.quiet_workers(cfg.verbose), (test_pipeline or beam.Pipeline(options=options)) as p:
-        transforms.build_pipeline(p, cfg, [(s.path, s.split) for s in sources], snapshot_dir, kept.skip or None, tag,
-                                  valid_patients, held_out)
-    written = [shards.WrittenShard.from_json(d) for d in runs.take_jsonl(posixpath.join(snapshot_dir, "stats*.jsonl"))]
-    rejects = runs.take_jsonl(posixpath.join(snapshot_dir, "rejects*.jsonl")) + kept.duplicate_rejects
+    csvs = [(s.path, s.split) for s in sources]
+    delta = len(rows) - len(kept.index) - len(kept.duplicate_rejects)
+    if _in_process(cfg, options, test_pipeline, tag, delta, in_process_rows):
+        log.info("--incremental: %d rows to process (<= --in_process_rows=%d): in this process, no Beam runner",
+                 delta, in_process_rows)
+        stats, rejects = in_process.run(cfg, csvs, snapshot_dir, kept.skip or None, tag, valid_patients, held_out,
+                                        workers=len(os.sched_getaffinity(0)))
+    else:
+        with runs.quiet_workers(cfg.verbose), (test_pipeline or beam.Pipeline(options=options)) as p:
+            transforms.build_pipeline(p, cfg, csvs, snapshot_dir, kept.skip or None, tag, valid_patients, held_out)
+        stats = runs.take_jsonl(posixpath.join(snapshot_dir, "stats*.jsonl"))
+        rejects = runs.take_jsonl(posixpath.join(snapshot_dir, "rejects*.jsonl"))
+    written = [shards.WrittenShard.from_json(d) for d in stats]
+    rejects += kept.duplicate_rejects
     written = manifest_builder.fill_missing_shards(snapshot_dir, written, tag)
     by_path = {r.path: r for r in reversed(rows)}  # first occurrence wins
     index = dict(kept.index)
@@ -211,6 +226,16 @@ def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.
 # What a blank label of an observation the dataset labels becomes in training, per --blank
 # (CheXpert's "not mentioned"; an observation the dataset does not label is masked whatever).
 _BLANK_BECOMES = {"negative": "negative targets", "ignore": "masked (not trained on)"}
+
+
+def _in_process(cfg: BuildConfig, options: PipelineOptions, test_pipeline: beam.Pipeline | None, tag: str,
+                delta: int, in_process_rows: int) -> bool:
+    """Whether an incremental run's delta of ``delta`` rows runs in this process
+    (``pipeline.in_process``) rather than on the Beam runner: only on a local runner (a
+    remote one's workers may be meant to read what this machine cannot), without a
+    labeller (RunInference), and never into a pipeline the caller handed in."""
+    return bool(tag and test_pipeline is None and not cfg.labeller and 0 < in_process_rows
+                and delta <= in_process_rows and options.view_as(StandardOptions).runner in cli.LOCAL_RUNNERS)
 
 
 def _dataset_summary(manifest: manifest_lib.Manifest) -> str:

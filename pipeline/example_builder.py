@@ -16,18 +16,19 @@ from schemas import chexpert, sources
 from schemas import example as example_lib
 
 
-def read_image(path: str, name: str) -> bytes:
+def read_image(path: str, name: str, real_folders: dict[str, str] | None = None) -> bytes:
     """The bytes of a row's image file (local, or any Beam filesystem).
 
     Args:
         path: the file's full path.
         name: the row's Path, for messages.
+        real_folders: see ``imaging.refuse_link_outside`` (a writer keeps one per shard).
 
     Raises:
         chexpert.RowError: ``missing_file``, ``unreadable_file``, or a link out of the input
             folder or a non-file (see ``core.imaging``).
     """
-    imaging.refuse_link_outside(path, name)
+    imaging.refuse_link_outside(path, name, real_folders)
     imaging.refuse_non_file(path, name)
     try:
         return storage.read_bytes(path)

@@ -57,11 +57,8 @@ class ReadCsvFn(beam.DoFn):
     def process(self, element):
         path, source_split = element
         source = posixpath.basename(path)
-        skip = self._skip.get(source, set())
         with FileSystems.open(path) as f:
-            for item in read_csv_rows(f, source):
-                if (item.row if isinstance(item, Reject) else item.line) in skip:
-                    continue
+            for item in read_csv_rows(f, source, self._skip.get(source, ())):
                 self.rows_read.inc()
                 if isinstance(item, Reject):
                     _reject_counter(item.reason).inc()
@@ -72,6 +69,9 @@ class ReadCsvFn(beam.DoFn):
 
 class ParseRowFn(beam.DoFn):
     """(source split, CsvRow) -> (path, (split, Row, CsvRow)) | Reject (tagged REJECTED).
+
+    The CsvRow it yields keeps the row's file and line only: its cells are in the Row, and
+    every row crosses GroupByPath (a pickled dict of 19 cells each, for nothing).
 
     ``valid_patients``: patient ids of valid.csv; a train.csv row of one of them is rejected
     as ``patient_in_valid`` (its images would leak into the validation set's patients).
@@ -94,7 +94,7 @@ class ParseRowFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(
                 REJECTED, Reject(row.source, row.line, row.cells.get(chexpert.COL_PATH, ""), split, e.reason, e.detail))
             return
-        yield parsed.path, (split, parsed, row)
+        yield parsed.path, (split, parsed, CsvRow(row.source, row.line, {}))
 
 
 class ReadDatasetFn(beam.DoFn):
@@ -202,11 +202,13 @@ class WriteShardFn(beam.DoFn):
                                                              num_shards=num_shards))
         targets_all, masks_all = [], []
         size = 0
+        real_folders: dict[str, str] = {}  # resolved once per shard, not per image
         with storage.create(posixpath.join(self.snapshot_dir, name)) as writer:
             # Sorted: the same bytes every run, frontal views first (example_lib.RECORD_ORDER).
             for row, source, line in sorted(shard_rows, key=lambda r: example_lib.record_order(r[0].path, r[0].view)):
                 try:
-                    data = example_builder.read_image(posixpath.join(self.input_root, row.path), row.path)
+                    data = example_builder.read_image(posixpath.join(self.input_root, row.path), row.path,
+                                                      real_folders)
                     soft = self_trained.labeller_vector(row.codes, (labeller or {}).get(row.path),
                                                         self.labeller_indices)
                     serialized, targets, mask = example_builder.build_example(row, data, self.settings, soft)
@@ -292,12 +294,16 @@ class PlanShards(beam.PTransform):
         return (unique
                 | "SplitOf" >> beam.Map(lambda kv: kv[0])
                 | "CountPerSplit" >> beam.combiners.Count.PerElement()
-                | "ShardsPerSplit" >> beam.Map(lambda kv: (kv[0], shards.num_shards_for(
-                    kv[1], image_size=cfg.image_size, encoding=cfg.encoding, shard_size_mb=cfg.shard_size_mb,
-                    min_shards=cfg.min_shards, fixed=cfg.num_shards))))
+                | "ShardsPerSplit" >> beam.Map(lambda kv: (kv[0], shards_per_split(cfg, kv[1]))))
 
 
-def _assign_shard(element, plan: dict):
+def shards_per_split(cfg: BuildConfig, rows: int) -> int:
+    """PlanShards' count for a split of ``rows`` unique rows (``shards.num_shards_for``)."""
+    return shards.num_shards_for(rows, image_size=cfg.image_size, encoding=cfg.encoding,
+                                 shard_size_mb=cfg.shard_size_mb, min_shards=cfg.min_shards, fixed=cfg.num_shards)
+
+
+def assign_shard(element, plan: dict):
     split, item = element
     n = plan[split]
     return (split, shards.shard_of(item[0].path, n), n), item
@@ -320,7 +326,7 @@ class WriteShards(beam.PTransform):
         cfg = self.cfg
         side = {"labeller": beam.pvalue.AsDict(self.labeller)} if self.labeller is not None else {}
         return (unique
-                | "AssignShards" >> beam.Map(_assign_shard, plan=beam.pvalue.AsDict(self.plan))
+                | "AssignShards" >> beam.Map(assign_shard, plan=beam.pvalue.AsDict(self.plan))
                 | "GroupByShard" >> beam.GroupByKey()
                 | "WriteShard" >> beam.ParDo(WriteShardFn(cfg.input_dir, self.snapshot_dir, cfg.example_settings(),
                                                           self.tag, cfg.labeller_indices), **side)

@@ -138,6 +138,10 @@ _AGE_RE = re.compile(r"[+-]?[0-9]+(?:\.[0-9]*)?")
 # C0, DEL and C1 control characters: never part of a CheXpert path; a NUL would also end a
 # path early in C and raise "embedded null byte" in Python's os calls.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# A path that normalize_path returns unchanged: relative, no empty, "." or ".." segment, no
+# drive, backslash, space or control character. Every CheXpert path is one; the check is a
+# quarter of the cost of the general case, which runs for 224k rows at every scan.
+_PLAIN_PATH_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)*")
 
 
 def _trim(text: str | None) -> str:
@@ -259,6 +263,8 @@ def normalize_path(raw: str) -> str:
         RowError: ``bad_path`` for empty, absolute or ``..``-escaping paths, and for paths
             holding a control character.
     """
+    if _PLAIN_PATH_RE.fullmatch(raw):
+        return raw
     p = _trim(raw).replace("\\", "/")
     if not p:
         raise RowError("bad_path", "column 'Path' is empty")

@@ -7,6 +7,7 @@ import csv
 import glob
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -209,7 +210,7 @@ def _records_by_split(out):
     return outputs.manifest(out), outputs.records_by_split(out)
 
 
-def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_path):
+def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_path, caplog):
     from pipeline import build_records
 
     root = str(tmp_path / "in")
@@ -223,6 +224,8 @@ def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_
             "--runner=DirectRunner"]
     out = str(tmp_path / "out")
     first = build_records.run([f"--output_dir={out}", *args])
+    committed = str(tmp_path / "committed")
+    shutil.copytree(out, committed)
     # New rows (patients 20-30), one relabelled row, one removed row, one replaced image.
     changed = lines[:]
     relabel = changed.index(base[3])
@@ -236,7 +239,9 @@ def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_
     open(os.path.join(root, replaced), "wb").write(img)
     changed.append(base[10])  # a later duplicate of a kept row: rejected, as a full build would
     open(csv_path, "w").write("\n".join(changed) + "\n")
-    inc = build_records.run([f"--output_dir={out}", "--incremental", *args])
+    with caplog.at_level(logging.INFO, logger="build_records"):
+        inc = build_records.run([f"--output_dir={out}", "--incremental", *args])
+    assert "in this process, no Beam runner" in caplog.text  # a small delta (--in_process_rows)
     assert inc["sources"]["train.csv"]["rejected_by_reason"] == {"duplicate_path": 1}
     n_new = len(lines) - len(base)
     assert inc["incremental"]["processed"] == n_new + 2  # new rows, the relabelled row, the replaced image
@@ -272,6 +277,19 @@ def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_
     assert [n for n in mixed if inc["incremental"]["tag"] in n]  # a compacted or delta shard holds both views
     assert build_records.run([f"--output_dir={out}", "--incremental", *args])["nothing_new"] is True
     assert first["written"] < full["written"]
+    # The same delta through the Beam runner (the path of a large one): the same records,
+    # counts and dead letters as in process.
+    rejects_inc = [open(os.path.join(out, name), "rb").read() for name in m_inc["rejected_files"]]
+    shutil.rmtree(out)
+    shutil.copytree(committed, out)
+    via_beam = build_records.run([f"--output_dir={out}", "--incremental", "--in_process_rows=0", *args])
+    m_beam, recs_beam = _records_by_split(out)
+    assert recs_beam == recs_ref
+    assert via_beam["incremental"]["processed"] == inc["incremental"]["processed"]
+    assert m_beam["sources"] == m_inc["sources"]
+    assert {k: {f: v for f, v in sp.items() if f != "shards"} for k, sp in m_beam["splits"].items()} == \
+        {k: {f: v for f, v in sp.items() if f != "shards"} for k, sp in m_inc["splits"].items()}
+    assert [open(os.path.join(out, name), "rb").read() for name in m_beam["rejected_files"]] == rejects_inc
 
 
 def test_the_model_digest_is_the_one_earlier_releases_committed(trained_job, tmp_path):

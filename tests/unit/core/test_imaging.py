@@ -217,7 +217,8 @@ def test_strip_conversion_is_bit_identical_to_the_whole_image_conversion(monkeyp
 # --- Links out of the dataset ----------------------------------------------------------------
 
 
-def test_a_link_out_of_the_dataset_folder_is_refused(tmp_path):
+@pytest.mark.parametrize("memo", [None, {}], ids=["resolved each time", "folder resolved once"])
+def test_a_link_out_of_the_dataset_folder_is_refused(tmp_path, memo):
     root, outside = tmp_path / "in", tmp_path / "secret"
     study = root / "CheXpert-v1.0-small" / "train" / "patient00001" / "study1"
     study.mkdir(parents=True)
@@ -234,7 +235,7 @@ def test_a_link_out_of_the_dataset_folder_is_refused(tmp_path):
     def check(rel: str) -> str | None:
         name = f"CheXpert-v1.0-small/train/{rel}"
         try:
-            imaging.refuse_link_outside(os.path.join(str(root), name), name)
+            imaging.refuse_link_outside(os.path.join(str(root), name), name, memo)
         except RowError as e:
             assert e.detail.startswith(name + ": ") and "not followed" in e.detail
             return e.reason
