@@ -238,8 +238,8 @@ def equivalent_mutants() -> set[str]:
     return out
 
 
-def run_mutmut(timeout: float) -> tuple[int, list[str]]:
-    """mutmut over setup.cfg's [mutmut] modules in a fresh copy: (killed, survivors' names).
+def run_mutmut(timeout: float) -> tuple[int, dict[str, list[str]]]:
+    """mutmut over setup.cfg's [mutmut] modules in a fresh copy: (killed, {survivor: its diff lines}).
 
     Mutants no selected test reaches count as survived; ``timeout`` bounds the whole run.
     """
@@ -259,8 +259,12 @@ def run_mutmut(timeout: float) -> tuple[int, list[str]]:
             stats = json.load(f)
         results = subprocess.run(mutmut + ["results"], cwd=tree, env=env, check=True, capture_output=True,
                                  text=True).stdout
-        survivors = [line.split(":")[0].strip() for line in results.splitlines()
-                     if line.strip().endswith((": survived", ": no tests"))]
+        survivors = {}
+        for line in results.splitlines():
+            if line.strip().endswith((": survived", ": no tests")):
+                name = line.split(":")[0].strip()
+                diff = subprocess.run(mutmut + ["show", name], cwd=tree, env=env, capture_output=True, text=True).stdout
+                survivors[name] = [d for d in diff.splitlines() if d[:1] in "-+" and d[:3] not in ("---", "+++")]
         return int(stats["killed"]) + int(stats.get("timeout", 0)), survivors
     finally:
         shutil.rmtree(tree, ignore_errors=True)
@@ -328,7 +332,7 @@ def main(argv=None) -> int:
             print(f"mutmut: {mm_killed} killed, {len(mm_survived)} survived, {len(equivalent)} equivalent "
                   f"({os.path.relpath(EQUIVALENT, ROOT)})")
             for name in mm_survived:
-                print(f"SURVIVED {name} (mutmut show {name})")
+                print(f"SURVIVED {name}\n    " + "\n    ".join(mm_left[name]))
             n_killed += mm_killed
             survived += mm_survived
         print(f"mutants: {n_killed} killed, {len(survived)} survived")

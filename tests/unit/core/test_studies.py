@@ -85,7 +85,9 @@ def test_a_study_is_the_max_over_its_frontals_and_laterals_count_only_without_on
     assert text.splitlines()[0] == "Study,Atelectasis,Cardiomegaly"
     assert list(csv.reader(io.StringIO(text)))[1:] == [
         ["in/patient00005/study1", "0.400000", "0.700000"], ["in/patient00006/study1", "0.500000", "0.600000"]]
-    assert "1 image(s) not in a .../patientNNNNN/studyM/ folder" in studies.summary(table)
+    assert studies.summary(table) == (
+        "2 studies (max over frontal images), 1 without a frontal image (max over their other views); 1 image(s) not "
+        "in a .../patientNNNNN/studyM/ folder (nor MIMIC's .../pSUBJECT/sSTUDY/) left out of the study CSV")
     assert studies.to_csv(studies.aggregate([], ["edema"]), ["edema"]) == "Study,Edema\n"
 
 
