@@ -35,6 +35,7 @@ import dataclasses
 import fnmatch
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -250,10 +251,16 @@ def run_mutmut(timeout: float) -> tuple[int, dict[str, list[str]]]:
         copy_tree(tree)
         mutmut = [sys.executable, "-m", "mutmut"]
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-        proc = subprocess.run(mutmut + ["run"], cwd=tree, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, timeout=timeout)
+        proc = subprocess.Popen(mutmut + ["run"], cwd=tree, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except BaseException:  # its timeout, Ctrl-C, SIGTERM: end mutmut's forked workers too
+            os.killpg(proc.pid, 9)
+            proc.communicate()
+            raise
         if proc.returncode != 0:
-            raise RuntimeError(f"mutmut run failed (exit {proc.returncode}):\n{proc.stderr.decode()[-2000:]}")
+            raise RuntimeError(f"mutmut run failed (exit {proc.returncode}):\n{err.decode()[-2000:]}")
         subprocess.run(mutmut + ["export-cicd-stats"], cwd=tree, env=env, check=True, capture_output=True)
         with open(os.path.join(tree, "mutants", "mutmut-cicd-stats.json")) as f:
             stats = json.load(f)
@@ -294,6 +301,8 @@ def main(argv=None) -> int:
     if stale:
         print("stale mutants (update tests/mutation/run.py):\n  " + "\n  ".join(stale), file=sys.stderr)
         return 2
+    # A SIGTERM (a CI timeout, `timeout`) unwinds like Ctrl-C, so the temporary copies go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tree = tempfile.mkdtemp(prefix="mutate-")
     try:
         copy_tree(tree)
