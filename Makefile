@@ -89,7 +89,7 @@ test-fast: $(STAMP)
 
 # Mutation testing, never part of `make test`: each named break of a stated guarantee must fail
 # its tests (tests/mutation/run.py), then mutmut over setup.cfg's [mutmut] modules. Both run in
-# temporary copies of the tree. The last line: `mutants: N killed, M survived`. ~30 min on 2 cores.
+# temporary copies of the tree. The last line: `mutants: N killed, M survived`. 30-45 min on 2 cores.
 mutate: $(STAMP)
 	$(BIN)/python -m tests.mutation.run --mutmut
 
