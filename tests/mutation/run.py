@@ -198,6 +198,8 @@ def check_patches(mutants) -> list[str]:
 def run_tests(tree: str, tests: tuple[str, ...], timeout: float) -> tuple[str, float]:
     """``passed``, ``failed``, ``timeout`` or ``error (exit N)``, and the seconds taken."""
     env = dict(os.environ, PYTHONPATH=tree + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONDONTWRITEBYTECODE="1")
+    if not tests:
+        raise ValueError("no tests to run: pytest would run the whole suite")
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     start = time.monotonic()
     try:
@@ -309,7 +311,9 @@ def main(argv=None) -> int:
         if os.path.realpath(which_copy(tree)) != os.path.realpath(tree):
             print(f"the project imports from {which_copy(tree)}, not the copy {tree}", file=sys.stderr)
             return 2
-        if not args.no_baseline:
+        # No mutant selected (`-k NONE --mutmut`): no baseline, since pytest with no test
+        # arguments would run the whole suite.
+        if mutants and not args.no_baseline:
             tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
             outcome, seconds = run_tests(tree, tests, args.timeout)
             print(f"baseline (unmutated): {outcome} in {seconds:.0f} s", flush=True)
