@@ -59,6 +59,13 @@ def test_study_level_metrics_match_sklearn_and_the_report_is_complete(trained_jo
     assert (tmp_path / "r" / "report.md").read_text().startswith("# Evaluation")
     saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert saved["tasks"]["atelectasis"]["auroc"] == out["tasks"]["atelectasis"]["auroc"]
+    # The tuned thresholds are the best-F1 ones on the holdout's study-level predictions, and
+    # not those of the split reported (which would flatter the at_tuned_threshold numbers).
+    member = evaluate.load_member(trained_job)
+    for split, same in (("holdout", True), ("valid", False)):
+        _, preds = evaluate.ensemble([evaluate.predict_records(member, split, "frontal", False)])
+        for task, (y, p) in evaluate.aggregate(preds, ["atelectasis", "cardiomegaly"], "study").items():
+            assert (out["tuned_thresholds"][task] == pytest.approx(metrics.best_f1_threshold(y, p), nan_ok=True)) == same
 
 
 def test_ensemble_of_one_job_twice_and_tta_and_csv_mode(trained_job, sample_dir, tmp_path):

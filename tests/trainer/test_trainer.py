@@ -285,3 +285,25 @@ def test_a_restart_drops_history_rows_of_the_epoch_it_repeats(tmp_path):
     history.on_train_begin()
     history.on_epoch_end(1, {"loss": 0.3})
     assert path.read_text().splitlines() == ["epoch,loss", "1,0.5", "2,0.3"]
+
+
+def test_the_backup_holds_the_models_weights_and_the_optimizers_state(trained_job):
+    """What a killed job resumes from (JOB_DIR/backup) restores the model and the optimizer,
+    not only the epoch counters: restored into a fresh trainer, the weights score as the
+    job's model.keras of the same epoch does, and Adam's step count and moments are back."""
+    cfg = config_lib.load_config(trained_job)
+    fresh = train.Trainer(cfg, tf.distribute.get_strategy())
+    epoch, best, wait = (tf.Variable(0, dtype=tf.int64), tf.Variable(-1.0, dtype=tf.float64),
+                         tf.Variable(0, dtype=tf.int64))
+    ckpt = tf.train.Checkpoint(model=fresh.model, optimizer=fresh.optimizer, epoch=epoch, best=best, wait=wait)
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 1), dtype=np.uint8)
+    before = model_lib.probability_model(fresh.model, cfg)(x)
+    ckpt.restore(tf.train.latest_checkpoint(os.path.join(trained_job, "backup"))).expect_partial()
+    assert int(epoch.numpy()) == 1 and int(fresh.optimizer.iterations.numpy()) == cfg.steps_per_epoch == 8
+    saved = keras.models.load_model(os.path.join(trained_job, "model.keras"))(x)  # epoch 1, the best
+    restored = model_lib.probability_model(fresh.model, cfg)(x)
+    for task in cfg.tasks:
+        np.testing.assert_allclose(restored[task], saved[task], atol=1e-6)
+        assert np.abs(np.asarray(before[task]) - np.asarray(saved[task])).max() > 1e-4  # a fresh model differs
+    moments = [v for v in fresh.optimizer.variables if "momentum" in v.path or "velocity" in v.path]
+    assert moments and all(np.any(v.numpy() != 0) for v in moments)

@@ -83,11 +83,27 @@ def test_training_pipeline_order_and_static_batches(records_dir):
         assert b["image"].shape == (4, 32, 32, 1)
 
 
-def test_files_are_shuffled_per_epoch_and_sharded_per_input_pipeline(records_dir):
-    files = [f"f{i}" for i in range(16)]
-    ds = tf.data.Dataset.from_tensor_slices(files).shuffle(16, seed=0, reshuffle_each_iteration=True)
-    epoch1, epoch2 = [list(ds.as_numpy_iterator()) for _ in range(2)]
-    assert sorted(epoch1) == sorted(epoch2) and epoch1 != epoch2
+def test_files_are_shuffled_per_epoch_and_sharded_per_input_pipeline(records_dir, tmp_path):
+    # make_dataset's own file shuffle, seen from outside: one record per file and a record
+    # shuffle buffer of 1, so the order records come out in is the order files were opened in
+    # (up to the parallel interleave's local reordering, at most its 8 open files).
+    records = list(tf.data.TFRecordDataset(input_lib.shard_files(records_dir, "train", _manifest(records_dir))).take(32))
+    files = []
+    for i, record in enumerate(records):
+        files.append(str(tmp_path / f"one-{i:02d}.tfrecord"))
+        with tf.io.TFRecordWriter(files[-1]) as w:
+            w.write(record.numpy())
+    cfg = _cfg(records_dir, views="all", shuffle_buffer=1, augment=False)
+    stream = input_lib.make_dataset(files, cfg, training=True, batch_size=1).as_numpy_iterator()
+    epochs = [[next(stream)["image"].tobytes() for _ in files] for _ in range(3)]  # an image names its file
+    assert all(sorted(e) == sorted(epochs[0]) and len(set(e)) == len(files) for e in epochs)
+    # Each file's place in each epoch (the files in the first epoch's order).
+    places = [np.array([e.index(image) for image in epochs[0]]) for e in epochs]
+    # Without the shuffle every epoch opens the files in one order (rank correlation near 1);
+    # with it, each epoch's order is a fresh permutation (near 0; the seed is fixed).
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        rho = np.corrcoef(places[a], places[b])[0, 1]
+        assert abs(rho) < 0.6, (a, b, rho)
     # The real pipeline: each of two input pipelines reads a disjoint half of the files.
     cfg = _cfg(records_dir)
     real = input_lib.shard_files(records_dir, "train", _manifest(records_dir))

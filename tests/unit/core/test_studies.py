@@ -85,7 +85,9 @@ def test_a_study_is_the_max_over_its_frontals_and_laterals_count_only_without_on
     assert text.splitlines()[0] == "Study,Atelectasis,Cardiomegaly"
     assert list(csv.reader(io.StringIO(text)))[1:] == [
         ["in/patient00005/study1", "0.400000", "0.700000"], ["in/patient00006/study1", "0.500000", "0.600000"]]
-    assert "1 image(s) not in a .../patientNNNNN/studyM/ folder" in studies.summary(table)
+    assert studies.summary(table) == (
+        "2 studies (max over frontal images), 1 without a frontal image (max over their other views); 1 image(s) not "
+        "in a .../patientNNNNN/studyM/ folder (nor MIMIC's .../pSUBJECT/sSTUDY/) left out of the study CSV")
     assert studies.to_csv(studies.aggregate([], ["edema"]), ["edema"]) == "Study,Edema\n"
 
 
@@ -98,6 +100,29 @@ def test_a_mimic_study_is_the_max_over_its_frontal_images():
     assert study.study == base and study.probs == {"edema": 0.6} and study.left_out == (f"{base}/c.jpg",)
     assert table.outside == ("images_001/images/00000001_000.png",)
 
+
+def test_a_studys_paths_are_sorted_and_ids_the_dataset_gives_win():
+    s = "in/patient00007/study2"
+    table = studies.aggregate([(f"{s}/view3_frontal.jpg", "frontal", {"edema": 0.1}),
+                               (f"{s}/view2_lateral.jpg", "lateral", {"edema": 0.9}),
+                               (f"{s}/view1_frontal.jpg", "frontal", {"edema": 0.3})], ["edema"])
+    (study,) = table.studies
+    assert study.paths == (f"{s}/view1_frontal.jpg", f"{s}/view3_frontal.jpg")  # sorted by path, not input order
+    assert study.left_out == (f"{s}/view2_lateral.jpg",) and study.probs == {"edema": 0.3}
+    # NIH names no study folder; its own PATIENT/FOLLOWUP ids group the images.
+    nih = ["images_001/images/00000001_000.png", "images_001/images/00000001_001.png"]
+    table = studies.aggregate([(nih[0], "frontal", {"edema": 0.2}), (nih[1], "frontal", {"edema": 0.6}),
+                               ("loose.png", "frontal", {"edema": 0.5})], ["edema"],
+                              study_ids={nih[0]: "00000001/000", nih[1]: "00000001/000"})
+    (study,) = table.studies
+    assert study.study == "00000001/000" and study.probs == {"edema": 0.6} and study.paths == tuple(nih)
+    assert table.outside == ("loose.png",)
+
+
+def test_a_dicom_without_preamble_is_read_for_its_view_when_named_dcm():
+    raw = dicom_with_view("PA")[132:]  # no 128-byte preamble, no "DICM": only the name says DICOM
+    assert studies.input_view("x.dcm", raw) == "frontal"
+    assert studies.input_view("x.dcm", raw, from_csv="lateral") == "frontal"  # the tag wins over the CSV
 
 def test_model_data_says_what_the_model_was_trained_on():
     assert studies.model_data({"synthetic": True}) == "synthetic"

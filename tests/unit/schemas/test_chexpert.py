@@ -199,3 +199,64 @@ def test_row_parser_never_crashes_on_arbitrary_cells(cells):
         assert e.reason.startswith("bad_")
     else:
         assert len(row.codes) == 14 and set(row.codes) <= {-2, -1, 0, 1}
+
+
+def test_split_fractions_and_draws_are_pinned_float32_and_in_range():
+    """What a rebuild must reproduce byte for byte: the patient's split fraction and the
+    record's label-smoothing draws (default seed 0). A different number is a format change."""
+    assert chexpert.stable_fraction("patient00001") == 0.37311762911917506
+    assert all(0.0 <= chexpert.stable_fraction(f"patient{i:05d}") < 1.0 for i in range(200))
+    draws = chexpert.draws_for("a/b.jpg")
+    assert draws.dtype == np.float32 and draws.shape == (14,)
+    np.testing.assert_array_equal(draws[:3], np.array([0.4879557490348816, 0.6309518218040466, 0.9292157888412476],
+                                                      np.float32))
+    none = chexpert.no_labeller_values((2, 14))
+    assert none.dtype == np.float32 and (none == chexpert.NO_LABELLER_VALUE).all()
+
+
+def test_policy_table_and_targets_are_float32_and_codes_of_any_int_or_float_dtype_index_alike():
+    table = chexpert.policy_matrix(chexpert.resolve_policies())
+    assert table.dtype == np.float32 and table.shape == (14, 4, 4)
+    codes = np.tile(CODES[:, None], (1, 14))
+    draws = np.full((4, 14), 0.25, np.float32)
+    t, m = chexpert.apply_policy(codes, draws, table)
+    assert t.dtype == m.dtype == np.float32
+    t2, m2 = chexpert.apply_policy(codes.astype(np.float64), draws, table)  # a CSV's 1.0 read as a float
+    np.testing.assert_array_equal(t2, t)
+    np.testing.assert_array_equal(m2, m)
+
+
+def test_a_labeller_probability_of_exactly_zero_is_a_value_not_a_missing_one():
+    table = chexpert.policy_matrix({s: "self_trained" for s in chexpert.OBSERVATIONS})
+    codes = np.full((14,), int(C.UNCERTAIN))
+    t, m = chexpert.apply_policy(codes, np.full(14, 0.5, np.float32), table, np.zeros(14, np.float32))
+    np.testing.assert_array_equal(t, np.zeros(14))
+    np.testing.assert_array_equal(m, np.ones(14))  # trained on as a confident negative, not ignored
+
+
+def test_overrides_reach_the_mapping_and_policy_errors_list_the_choices():
+    assert chexpert.resolve_policies({"edema": "zeros"})["edema"] == "zeros"
+    assert chexpert.parse_policy_overrides("edema=zeros,,atelectasis=ignore") == {"edema": "zeros",
+                                                                                 "atelectasis": "ignore"}
+    with pytest.raises(chexpert.PolicyError, match="--policy edema=zeros=x: unknown policy"):
+        chexpert.parse_policy_overrides("edema=zeros=x")
+    with pytest.raises(chexpert.PolicyError, match="known: no_finding, enlarged_cardiomediastinum, cardiomegaly"):
+        chexpert.parse_policy_overrides("nope=ones")
+    with pytest.raises(chexpert.PolicyError, match="known: ignore, zeros, ones, multiclass"):
+        chexpert.parse_policy_overrides("edema=nope")
+    with pytest.raises(chexpert.PolicyError, match="expected one of negative, ignore"):
+        chexpert.policy_matrix(chexpert.resolve_policies(), blank="x")
+    with pytest.raises(chexpert.PolicyError, match="policy 'nope' for edema cannot be applied"):
+        chexpert.policy_matrix({**chexpert.resolve_policies(), "edema": "nope"})
+    with pytest.raises(chexpert.PolicyError, match=r"with `python -m pipeline.build_records --labeller JOB_DIR` \("):
+        chexpert.resolve_policies({"consolidation": "self_trained"})
+    with pytest.raises(chexpert.RowError, match="column 'label' has 'x'"):
+        chexpert.parse_label("x")
+
+
+def test_labelled_observations_and_unreadable_reasons():
+    policies = {**chexpert.resolve_policies(), "consolidation": "self_trained", "edema": "self_trained"}
+    assert chexpert.labelled_observations(policies) == ("edema", "consolidation")
+    assert chexpert.labelled_observations(chexpert.resolve_policies()) == ()
+    assert chexpert.unreadable_reason(True) == chexpert.UNREADABLE_FILE
+    assert chexpert.unreadable_reason(False) == chexpert.MISSING_FILE

@@ -1,0 +1,358 @@
+"""Named mutants: each guarantee the README states, broken on purpose, must fail its tests.
+
+    python -m tests.mutation.run                 # every mutant (make mutate)
+    python -m tests.mutation.run -k study --list # which mutants a pattern selects, and their tests
+    python -m tests.mutation.run --mutmut         # and mutmut over setup.cfg's [mutmut] modules
+
+Each mutant is a text patch (file, the exact old text, the new text) and the pytest node ids
+that must fail with it. The runner copies the checkout's files (``git ls-files``: tracked and
+untracked-but-not-ignored) to a temporary folder once, runs the tests there unmutated (a
+"kill" by a test that already fails means nothing), then per mutant writes the patched file,
+runs its tests with a time limit and writes the original back. The checkout itself is never
+written: an interrupted run (Ctrl-C, a crash, a killed runner) leaves only a temporary folder.
+
+A mutant is *killed* when pytest reports failed tests (exit 1) or its time limit passes; it
+*survived* when its tests pass; any other pytest exit (collection error, no tests selected)
+is an *error* and counted as survived, since nothing showed the break. An old text that is
+not in its file exactly once is a stale mutant (the code moved): the run stops before testing
+anything. The last line is ``mutants: N killed, M survived``; the exit status is 0 only when
+nothing survived.
+
+``--mutmut`` also runs mutmut (its own mutants of every line) in a second copy, over the
+TF-free modules setup.cfg's ``[mutmut]`` section names with their unit tests as the runner
+(minutes, not the hour a whole-tree run takes). Its survivors that are equivalent mutants (no
+test can tell them from the original) are listed with the reason in ``equivalent.txt`` next to
+this file; they are reported apart and not counted as survived.
+
+Why here and not under ``benchmarks/`` or a ``tools/`` folder: the table names test node ids,
+so it has to move with the tests, and it is not part of the installed packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    """One deliberate break.
+
+    Attributes:
+        name: a short slug (``-k`` matches it).
+        why: the guarantee it breaks, in words.
+        file: the path relative to the repository root.
+        old: text that occurs exactly once in ``file``.
+        new: what replaces it.
+        tests: pytest node ids, at least one of which must fail.
+    """
+
+    name: str
+    why: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+SERVING = "tests/serving/test_serving.py"
+EVALUATE = "tests/trainer/test_evaluate_predict.py"
+EVAL_UNIT = "tests/trainer/test_evaluate_aggregation.py"
+
+MUTANTS = (
+    Mutant(
+        "serving-decode-nearest-flipped",
+        "the SavedModel's bytes signature resizes as training did (not nearest-neighbour, not upside down)",
+        "serving/export.py",
+        "    image = tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False)\n"
+        "    return tf.ensure_shape(preprocess.resize_pixels(image, size), [size, size, 1])",
+        "    image = tf.reverse(tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False), [0])\n"
+        "    image = tf.cast(tf.image.resize(image, [size, size], method='nearest'), tf.uint8)\n"
+        "    return tf.ensure_shape(image, [size, size, 1])",
+        (f"{SERVING}::test_tf_data_export_and_inference_prepare_the_same_pixels",),
+    ),
+    Mutant(
+        "serving-decode-flipped",
+        "the SavedModel's bytes signature keeps the image's orientation",
+        "serving/export.py",
+        "    return tf.ensure_shape(preprocess.resize_pixels(image, size), [size, size, 1])",
+        "    return tf.ensure_shape(preprocess.resize_pixels(tf.reverse(image, [0]), size), [size, size, 1])",
+        (f"{SERVING}::test_tf_data_export_and_inference_prepare_the_same_pixels",),
+    ),
+    Mutant(
+        "input-no-file-shuffle",
+        "training reads the shard files in a shuffled order",
+        "trainer/input.py",
+        "        files_ds = files_ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=True)",
+        "        files_ds = files_ds",
+        ("tests/trainer/test_trainer_input.py::test_files_are_shuffled_per_epoch_and_sharded_per_input_pipeline",),
+    ),
+    Mutant(
+        "input-file-order-fixed-across-epochs",
+        "the shard files' order differs between epochs",
+        "trainer/input.py",
+        "        files_ds = files_ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=True)",
+        "        files_ds = files_ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=False)",
+        ("tests/trainer/test_trainer_input.py::test_files_are_shuffled_per_epoch_and_sharded_per_input_pipeline",),
+    ),
+    Mutant(
+        "studies-min-not-max",
+        "a study's probability (predict, score) is the max over its frontal images",
+        "core/studies.py",
+        "probs={t: max(float(item[2][t]) for item in used) for t in tasks},",
+        "probs={t: min(float(item[2][t]) for item in used) for t in tasks},",
+        ("tests/unit/core/test_studies.py",),
+    ),
+    Mutant(
+        "studies-laterals-with-frontals",
+        "laterals enter a study's max only when it has no frontal image",
+        "core/studies.py",
+        "        used = frontal or items\n",
+        "        used = items\n",
+        ("tests/unit/core/test_studies.py",),
+    ),
+    Mutant(
+        "evaluate-study-min-not-max",
+        "evaluate's study-level score is the max over the study's images",
+        "trainer/evaluate.py",
+        'ps.append(max(r["probs"][task] for r in items))',
+        'ps.append(min(r["probs"][task] for r in items))',
+        (f"{EVAL_UNIT}::test_a_study_scores_the_max_of_its_images",),
+    ),
+    Mutant(
+        "evaluate-tta-ignored",
+        "--tta averages the test-time transforms",
+        "trainer/evaluate.py",
+        "    if not tta:\n        return predict_batch(job, images)",
+        "    if True:\n        return predict_batch(job, images)",
+        (f"{EVAL_UNIT}::test_tta_is_the_mean_over_its_transforms",),
+    ),
+    Mutant(
+        "evaluate-ensemble-first-member",
+        "an ensemble scores the mean of its members",
+        "trainer/evaluate.py",
+        '"probs": {t: float(np.mean([p[path]["probs"][t] for p in per_job])) for t in tasks}}',
+        '"probs": {t: float(per_job[0][path]["probs"][t]) for t in tasks}}',
+        (f"{EVAL_UNIT}::test_an_ensemble_is_the_mean_of_its_members",),
+    ),
+    Mutant(
+        "evaluate-thresholds-on-reported-split",
+        "F1 thresholds are tuned on the holdout, never on the split reported",
+        "trainer/evaluate.py",
+        "ensemble([predict_records(j, tune_split, views, tta, skip_corrupt, skipped) for j in jobs])",
+        "ensemble([predict_records(j, split, views, tta, skip_corrupt, skipped) for j in jobs])",
+        (f"{EVALUATE}::test_study_level_metrics_match_sklearn_and_the_report_is_complete",),
+    ),
+    Mutant(
+        "shards-python-hash",
+        "a record's shard is the same in every process (no per-process hash seed)",
+        "pipeline/shards.py",
+        'int.from_bytes(hashlib.sha256(("shard:" + key).encode()).digest()[:8], "big") % num_shards',
+        'hash("shard:" + key) % num_shards',
+        ("tests/unit/pipeline/test_shards.py",),
+    ),
+    Mutant(
+        "checkpoint-without-model-and-optimizer",
+        "a resumed job restores the model's weights and the optimizer's state",
+        "trainer/train.py",
+        "ckpt = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer, epoch=epoch_var,",
+        "ckpt = tf.train.Checkpoint(epoch=epoch_var,",
+        ("tests/trainer/test_trainer.py::test_the_backup_holds_the_models_weights_and_the_optimizers_state",),
+    ),
+)
+
+
+def copy_tree(dest: str) -> None:
+    """The checkout's files, as git sees them (no .venv, no data, no build output), in ``dest``."""
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, names):
+        src = os.path.join(ROOT, name)
+        if not os.path.isfile(src):  # deleted but not yet committed
+            continue
+        os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
+        shutil.copy2(src, os.path.join(dest, name))
+
+
+def check_patches(mutants) -> list[str]:
+    """Stale mutants: their old text is not in their file exactly once."""
+    problems = []
+    for m in mutants:
+        with open(os.path.join(ROOT, m.file), encoding="utf-8") as f:
+            n = f.read().count(m.old)
+        if n != 1:
+            problems.append(f"{m.name}: its old text occurs {n} times in {m.file}")
+    return problems
+
+
+def run_tests(tree: str, tests: tuple[str, ...], timeout: float) -> tuple[str, float]:
+    """``passed``, ``failed``, ``timeout`` or ``error (exit N)``, and the seconds taken."""
+    env = dict(os.environ, PYTHONPATH=tree + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONDONTWRITEBYTECODE="1")
+    if not tests:
+        raise ValueError("no tests to run: pytest would run the whole suite")
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    start = time.monotonic()
+    try:
+        # Own process group, so a timeout ends the test's children (the pipeline's, the trainer's) too.
+        proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        return "timeout", time.monotonic() - start
+    except BaseException:
+        os.killpg(proc.pid, 9)
+        raise
+    seconds = time.monotonic() - start
+    if proc.returncode in (0, 1):
+        return ("passed" if proc.returncode == 0 else "failed"), seconds
+    tail = "\n".join(out.decode(errors="replace").splitlines()[-15:])
+    return f"error (exit {proc.returncode})\n{tail}", seconds
+
+
+def which_copy(tree: str) -> str:
+    """Where the copy's interpreter imports the project from (must be the copy)."""
+    env = dict(os.environ, PYTHONPATH=tree)
+    return subprocess.run([sys.executable, "-c", "import core, os; print(os.path.dirname(os.path.dirname(core.__file__)))"],
+                          cwd=tree, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+EQUIVALENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "equivalent.txt")
+
+
+def equivalent_mutants() -> set[str]:
+    """mutmut mutant names argued equivalent: ``NAME  reason`` per line, ``#`` comments."""
+    out = set()
+    with open(EQUIVALENT, encoding="utf-8") as f:
+        for line in f:
+            if line.strip() and not line.startswith("#"):
+                out.add(line.split()[0])
+    return out
+
+
+def run_mutmut(timeout: float) -> tuple[int, dict[str, list[str]]]:
+    """mutmut over setup.cfg's [mutmut] modules in a fresh copy: (killed, {survivor: its diff lines}).
+
+    Mutants no selected test reaches count as survived; ``timeout`` bounds the whole run.
+    """
+    import json
+
+    tree = tempfile.mkdtemp(prefix="mutmut-")
+    try:
+        copy_tree(tree)
+        mutmut = [sys.executable, "-m", "mutmut"]
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+        proc = subprocess.Popen(mutmut + ["run"], cwd=tree, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except BaseException:  # its timeout, Ctrl-C, SIGTERM: end mutmut's forked workers too
+            os.killpg(proc.pid, 9)
+            proc.communicate()
+            raise
+        if proc.returncode != 0:
+            raise RuntimeError(f"mutmut run failed (exit {proc.returncode}):\n{err.decode()[-2000:]}")
+        subprocess.run(mutmut + ["export-cicd-stats"], cwd=tree, env=env, check=True, capture_output=True)
+        with open(os.path.join(tree, "mutants", "mutmut-cicd-stats.json")) as f:
+            stats = json.load(f)
+        results = subprocess.run(mutmut + ["results"], cwd=tree, env=env, check=True, capture_output=True,
+                                 text=True).stdout
+        survivors = {}
+        for line in results.splitlines():
+            if line.strip().endswith((": survived", ": no tests")):
+                name = line.split(":")[0].strip()
+                diff = subprocess.run(mutmut + ["show", name], cwd=tree, env=env, capture_output=True, text=True).stdout
+                survivors[name] = [d for d in diff.splitlines() if d[:1] in "-+" and d[:3] not in ("---", "+++")]
+        return int(stats["killed"]) + int(stats.get("timeout", 0)), survivors
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-k", dest="pattern", default="*", help="Run mutants whose name matches this glob.")
+    parser.add_argument("--list", action="store_true", help="List the selected mutants and their tests; run nothing.")
+    parser.add_argument("--timeout", type=float, default=900, help="Seconds per mutant (and for the baseline).")
+    parser.add_argument("--against", action="append", metavar="NODEID",
+                        help="Run these tests instead of each mutant's own (repeatable): which tests kill it.")
+    parser.add_argument("--mutmut", action="store_true", help="Also run mutmut over setup.cfg's [mutmut] modules.")
+    parser.add_argument("--mutmut-timeout", type=float, default=3600, help="Seconds for the whole mutmut run.")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="Skip running the tests unmutated first (only when you know they pass).")
+    args = parser.parse_args(argv)
+    pattern = args.pattern if any(c in args.pattern for c in "*?[") else f"*{args.pattern}*"
+    mutants = [m for m in MUTANTS if fnmatch.fnmatch(m.name, pattern)]
+    if args.against:
+        mutants = [dataclasses.replace(m, tests=tuple(args.against)) for m in mutants]
+    if args.list:
+        for m in mutants:
+            print(f"{m.name}: {m.why}\n  {m.file}\n  " + "\n  ".join(m.tests))
+        return 0
+    stale = check_patches(mutants)
+    if stale:
+        print("stale mutants (update tests/mutation/run.py):\n  " + "\n  ".join(stale), file=sys.stderr)
+        return 2
+    # A SIGTERM (a CI timeout, `timeout`) unwinds like Ctrl-C, so the temporary copies go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tree = tempfile.mkdtemp(prefix="mutate-")
+    try:
+        copy_tree(tree)
+        if os.path.realpath(which_copy(tree)) != os.path.realpath(tree):
+            print(f"the project imports from {which_copy(tree)}, not the copy {tree}", file=sys.stderr)
+            return 2
+        # No mutant selected (`-k NONE --mutmut`): no baseline, since pytest with no test
+        # arguments would run the whole suite.
+        if mutants and not args.no_baseline:
+            tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
+            outcome, seconds = run_tests(tree, tests, args.timeout)
+            print(f"baseline (unmutated): {outcome} in {seconds:.0f} s", flush=True)
+            if outcome != "passed":
+                return 2
+        killed, survived = [], []
+        for m in mutants:
+            path = os.path.join(tree, m.file)
+            with open(path, encoding="utf-8") as f:
+                original = f.read()
+            try:
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(original.replace(m.old, m.new, 1))
+                outcome, seconds = run_tests(tree, m.tests, args.timeout)
+            finally:
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(original)
+            verdict = "killed" if outcome in ("failed", "timeout") else "SURVIVED"
+            (killed if verdict == "killed" else survived).append(m.name)
+            print(f"{verdict:8} {m.name} ({outcome}, {seconds:.0f} s)", flush=True)
+        if survived:
+            print("survivors: " + ", ".join(survived))
+        n_killed = len(killed)
+        if args.mutmut:
+            mm_killed, mm_left = run_mutmut(args.mutmut_timeout)
+            known = equivalent_mutants()
+            equivalent = [n for n in mm_left if n in known]
+            mm_survived = [n for n in mm_left if n not in known]
+            print(f"mutmut: {mm_killed} killed, {len(mm_survived)} survived, {len(equivalent)} equivalent "
+                  f"({os.path.relpath(EQUIVALENT, ROOT)})")
+            for name in mm_survived:
+                print(f"SURVIVED {name}\n    " + "\n    ".join(mm_left[name]))
+            n_killed += mm_killed
+            survived += mm_survived
+        print(f"mutants: {n_killed} killed, {len(survived)} survived")
+        return 1 if survived else 0
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
