@@ -17,7 +17,6 @@ configuration and the ratios to it.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 
@@ -25,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import train_step
 from benchmarks.train_step import _records_stub
 from trainer import config as config_lib
 from trainer import train
@@ -63,9 +63,7 @@ def main() -> None:
     parser.add_argument("--per_call", type=int, default=8, help="N, the steps per call compared with 1.")
     parser.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
-    gpus = tf.config.list_physical_devices("GPU")
-    device = (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus
-              else f"CPU x{os.cpu_count()}")
+    device = train_step.device_name()
     strategy = train.make_strategy("auto")
     print(f"device: {device}  replicas: {strategy.num_replicas_in_sync}  {args.backbone} at {args.image_size}, "
           f"XLA {'on' if args.jit_compile else 'off'}, augmentation in the step, {args.steps} steps x 2 rounds")

@@ -25,6 +25,13 @@ from trainer import config as config_lib
 from trainer import train
 
 
+def device_name() -> str:
+    """The first GPU's name, or the CPU's core count: the line every benchmark starts with."""
+    gpus = tf.config.list_physical_devices("GPU")
+    return (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus
+            else f"CPU x{os.cpu_count()}")
+
+
 def _records_stub(tmp: str, size: int) -> str:
     """A manifest-only records folder: make_config validates against it; no data is read."""
     manifest = {"image_size": size, "policy": None, "blank": "negative",
@@ -63,9 +70,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--precisions", default="float32,mixed_bfloat16,mixed_float16")
     args = parser.parse_args()
-    gpus = tf.config.list_physical_devices("GPU")
-    device = (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus
-              else f"CPU x{os.cpu_count()}")
+    device = device_name()
     strategy = train.make_strategy("auto")
     print(f"device: {device}  replicas: {strategy.num_replicas_in_sync}  {args.backbone} at {args.image_size}, "
           f"batch {args.batch_size}/replica, {args.steps} timed steps")

@@ -14,8 +14,9 @@ import tensorflow as tf
 from serving import preprocess
 from trainer import augment
 from trainer import config as config_lib
-from trainer import model as model_lib
 from trainer import train
+
+from tests.trainer.test_trainer import _small_model  # no batch norm: weights compare across replicas
 
 
 def _tf_data_affine(images, size, angle_degrees, scale, shift_x, shift_y):
@@ -91,16 +92,6 @@ def test_random_affine_moves_pixels_per_image_but_keeps_shape_and_range():
     assert -7 <= angle.min() < -6.9 and 6.9 < angle.max() <= 7
     assert 0.95 <= scale.min() < 0.951 and 1.049 < scale.max() <= 1.05
     assert -0.05 <= min(sx.min(), sy.min()) and max(sx.max(), sy.max()) <= 0.05
-
-
-def _small_model(cfg):
-    """No batch norm, so that replicas and step groupings can be compared weight by weight."""
-    image = keras.Input((cfg.image_size, cfg.image_size, 1), dtype="uint8")
-    x = keras.layers.Rescaling(1 / 255.0)(image)
-    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = {t: keras.layers.Dense(model_lib.NUM_CLASSES[cfg.head_kind(t)], name=t)(x) for t in cfg.tasks}
-    return keras.Model(image, outputs)
 
 
 def _cfg(records_dir, job_dir="/tmp/unused", **kw):
