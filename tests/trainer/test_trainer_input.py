@@ -70,15 +70,18 @@ def test_training_pipeline_order_and_static_batches(records_dir):
     # size tf.data hands it the stored uint8 pixels.
     assert cfg.augment and ds.element_spec["image"].dtype == tf.uint8
     assert set(ds.element_spec) == {"image", "targets", "masks"}
-    # Walk the graph back from the output: prefetch is last, then batch, repeat, shuffle.
+    # Walk the graph back from the output: prefetch is last, then batch, the record shuffle,
+    # interleave, and the file list's repeat and shuffle (repeat before the record shuffle:
+    # the buffer never drains at an epoch's end).
     names, d = [], ds
-    while hasattr(d, "_input_dataset") and len(names) < 6:
+    while hasattr(d, "_input_dataset"):
         names.append(type(d).__name__)
         d = d._input_dataset
     assert names[0] == "_PrefetchDataset"
-    # prefetch <- (options) <- parse/decode map <- batch <- repeat <- shuffle
-    order = [n for n in names if n in ("_ParallelMapDataset", "_BatchDataset", "_RepeatDataset", "_ShuffleDataset")]
-    assert order == ["_ParallelMapDataset", "_BatchDataset", "_RepeatDataset", "_ShuffleDataset"], names
+    kept = ("_ParallelMapDataset", "_BatchDataset", "_RepeatDataset", "_ShuffleDataset", "_ParallelInterleaveDataset")
+    order = [n for n in names if n in kept]
+    assert order == ["_ParallelMapDataset", "_BatchDataset", "_ShuffleDataset", "_ParallelInterleaveDataset",
+                     "_RepeatDataset", "_ShuffleDataset"], names
     for i, b in enumerate(ds.take(3)):
         assert b["image"].shape == (4, 32, 32, 1)
 
@@ -95,10 +98,14 @@ def test_files_are_shuffled_per_epoch_and_sharded_per_input_pipeline(records_dir
             w.write(record.numpy())
     cfg = _cfg(records_dir, views="all", shuffle_buffer=1, augment=False)
     stream = input_lib.make_dataset(files, cfg, training=True, batch_size=1).as_numpy_iterator()
-    epochs = [[next(stream)["image"].tobytes() for _ in files] for _ in range(3)]  # an image names its file
-    assert all(sorted(e) == sorted(epochs[0]) and len(set(e)) == len(files) for e in epochs)
-    # Each file's place in each epoch (the files in the first epoch's order).
-    places = [np.array([e.index(image) for image in epochs[0]]) for e in epochs]
+    seen = [next(stream)["image"].tobytes() for _ in range(3 * len(files) + 8)]  # an image names its file
+    assert len(set(seen)) == len(files)
+    # Each file once per pass of the list; the k-th pass's reads lie in the k-th block of 32,
+    # give or take the interleave's 8 open files (the file list repeats before the interleave).
+    places = [np.array([[i for i, image in enumerate(seen) if image == name][k] for name in seen[:len(files)]])
+              for k in range(3)]
+    for k, p in enumerate(places):
+        assert (p >= k * len(files) - 8).all() and (p < (k + 1) * len(files) + 8).all(), (k, p)
     # Without the shuffle every epoch opens the files in one order (rank correlation near 1);
     # with it, each epoch's order is a fresh permutation (near 0; the seed is fixed).
     for a, b in ((0, 1), (1, 2), (0, 2)):
