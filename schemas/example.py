@@ -152,43 +152,55 @@ _VALUE_TAG = _varint(2 << 3 | 2)  # MapEntry.value
 _ENTRY_TAG = _varint(1 << 3 | 2)  # Features.feature (a repeated map entry); also Example.features
 
 
-def _feature(kind: str, values) -> list[bytes]:
-    """A serialized tf.train.Feature holding ``values``, as chunks."""
+def _entry_head(key: str, fsize: int) -> bytes:
+    """Everything of a Features.feature map entry before its Feature's ``fsize`` bytes."""
+    key_field = _KEY_FIELDS[key]
+    value_head = _VALUE_TAG + _varint(fsize)
+    return _ENTRY_TAG + _varint(len(key_field) + len(value_head) + fsize) + key_field + value_head
+
+
+@functools.lru_cache(maxsize=256)
+def _packed_head(key: str, tag: bytes, packed_len: int) -> bytes:
+    """The map entry of ``key`` up to its packed values (``packed_len`` bytes): the fixed-size
+    float features' heads are the same for every record, so they are built once."""
+    inner_head = (b"\x0a" + _varint(packed_len)) if packed_len else b""  # packed repeated value = 1
+    feature_head = tag + _varint(len(inner_head) + packed_len)
+    return _entry_head(key, len(feature_head) + len(inner_head) + packed_len) + feature_head + inner_head
+
+
+def _entry(key: str, kind: str, values) -> list[bytes]:
+    """A serialized map entry ``key -> tf.train.Feature(values)``, as chunks (a bytes value is
+    its own chunk, so the ~100 KB image is copied only by ``encode``'s final join)."""
     if kind == "bytes":
         vals = [values] if isinstance(values, (bytes, str)) else values
         body: list[bytes] = []
+        size = 0
         for v in vals:
             v = v.encode() if isinstance(v, str) else bytes(v)
-            body += [b"\x0a", _varint(len(v)), v]  # BytesList.value = 1
-        size = sum(map(len, body))
-        return [b"\x0a", _varint(size)] + body  # Feature.bytes_list = 1
-    arr = np.ravel(values)
+            head = b"\x0a" + _varint(len(v))  # BytesList.value = 1
+            body += [head, v]
+            size += len(head) + len(v)
+        feature_head = b"\x0a" + _varint(size)  # Feature.bytes_list = 1
+        return [_entry_head(key, len(feature_head) + size) + feature_head, *body]
     if kind == "float":
-        packed = arr.astype("<f4").tobytes()
-        tag = b"\x12"  # Feature.float_list = 2
-    else:
-        packed = b"".join(_varint(int(v)) for v in arr)
-        tag = b"\x1a"  # Feature.int64_list = 3
-    inner = _field(1, packed) if len(arr) else b""  # packed repeated value = 1
-    return [tag, _varint(len(inner)), inner]
+        packed = np.asarray(values, "<f4").tobytes()  # Feature.float_list = 2
+        return [_packed_head(key, b"\x12", len(packed)) + packed]
+    packed = b"".join(map(_varint, np.ravel(values).tolist()))  # Feature.int64_list = 3
+    return [_packed_head(key, b"\x1a", len(packed)) + packed]
 
 
 def encode(features: dict) -> bytes:
     """Serializes ``{key: value}`` (keys of ``FEATURES``) as a tf.train.Example.
 
     Map entries are sorted by key, as protobuf's deterministic serialization does, so equal
-    records are equal bytes on every run.
+    records are equal bytes on every run. Float values are written as float32 (any shape,
+    flattened); int64 values as varints (negative ones as 10-byte two's complement).
     """
     chunks: list[bytes] = []
     for key in sorted(features):
-        feature = _feature(FEATURES[key][0], features[key])
-        fsize = sum(map(len, feature))
-        key_field = _KEY_FIELDS[key]
-        value_head = _VALUE_TAG + _varint(fsize)
-        chunks += [_ENTRY_TAG, _varint(len(key_field) + len(value_head) + fsize), key_field, value_head]
-        chunks += feature
+        chunks += _entry(key, FEATURES[key][0], features[key])
     size = sum(map(len, chunks))
-    return b"".join([_ENTRY_TAG, _varint(size)] + chunks)  # Example.features = 1
+    return b"".join([_ENTRY_TAG, _varint(size), *chunks])  # Example.features = 1
 
 
 def to_example(

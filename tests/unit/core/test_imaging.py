@@ -275,3 +275,48 @@ def test_an_rgba_png_decodes_to_the_same_gray_as_its_gray_png():
     assert Image.open(io.BytesIO(encoded["RGBA"])).mode == "RGBA"
     assert np.array_equal(imaging.decode(encoded["RGBA"], "a.png"), gray)
     assert np.array_equal(imaging.preprocess(encoded["RGBA"], "a.png", 32), imaging.preprocess(encoded["L"], "b.png", 32))
+
+
+def test_the_memoised_link_check_resolves_every_path_as_realpath_does(tmp_path):
+    # The writer's check resolves each folder once per shard (imaging._real_file): on a tree
+    # with links of every kind (folder and file, inside and out, chained, relative, dangling,
+    # the dataset folder itself a link), every path must resolve as os.path.realpath does,
+    # with one memo shared by all of them in any order, as a shard's files share it.
+    disk = tmp_path / "disk2" / "CheXpert-v1.0-small"
+    (disk / "train" / "patient1" / "study1").mkdir(parents=True)
+    (disk / "train" / "patient1" / "study2").mkdir()
+    (tmp_path / "outside" / "study1").mkdir(parents=True)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "CheXpert-v1.0-small").symlink_to(disk)
+    train = disk / "train"
+    for study in ("study1", "study2"):
+        (train / "patient1" / study / "view1_frontal.jpg").write_bytes(b"x")
+    (train / "patient2").symlink_to(train / "patient1")  # a folder link inside
+    (train / "patient3").symlink_to(tmp_path / "outside")  # a folder link out
+    (train / "patient4").symlink_to("patient2")  # a relative link to a link
+    (train / "patient1" / "study3").symlink_to("../patient3/study1")  # a nested link out
+    (train / "patient1" / "study1" / "view2_lateral.jpg").symlink_to("view1_frontal.jpg")
+    (train / "patient1" / "study1" / "view3_frontal.jpg").symlink_to(tmp_path / "gone.jpg")  # dangling
+    names = [f"CheXpert-v1.0-small/train/patient{p}/study{s}/{v}"
+             for p in (1, 2, 3, 4, 5) for s in (1, 2, 3) for v in ("view1_frontal.jpg", "view2_lateral.jpg",
+                                                                    "view3_frontal.jpg", "missing.jpg")]
+    root = str(tmp_path / "in")
+    memo: dict[str, str] = {}
+    folder = os.path.join(root, "CheXpert-v1.0-small")
+    for name in names + names[::-1]:
+        path = os.path.join(root, name)
+        assert imaging._real_file(path, folder, memo) == os.path.realpath(path), name
+    outcomes = {}
+    for name in names:
+        try:
+            imaging.refuse_link_outside(os.path.join(root, name), name)  # no memo: realpath itself
+            outcomes[name] = None
+        except RowError as e:
+            outcomes[name] = e.reason
+    assert outcomes[names[0]] is None and "link_outside_dataset" in outcomes.values()
+    for name in names:  # the memo gives the same verdicts as realpath on each file
+        try:
+            imaging.refuse_link_outside(os.path.join(root, name), name, memo)
+            assert outcomes[name] is None, name
+        except RowError as e:
+            assert outcomes[name] == e.reason, name
