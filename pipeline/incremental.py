@@ -44,14 +44,26 @@ class CarryOver:
     index: dict[str, dict]
 
 
+# Where the data is, not what the records are: the output folder is the one whose manifest is
+# being read, and the input folder may be spelled differently (relative, absolute, through a
+# link, another mount of the same disk). Neither makes a committed record stale: each kept
+# row's cells digest and image size and mtime are checked against this run's input anyway.
+_LOCATIONS = ("input_dir", "output_dir")
+
+
 def incompatible(cfg: BuildConfig, previous: manifest_lib.Manifest) -> str | None:
-    """Why an incremental run cannot reuse the committed output, or None if it can."""
+    """Why an incremental run cannot reuse the committed output (naming what changed), or
+    None if it can."""
     if previous.schema_version != chexpert.SCHEMA_VERSION:
         return "schema version changed"
     if previous.record_order != example_lib.RECORD_ORDER:
         return "the order of records inside shards changed"  # compaction relies on it
-    if output_options(previous.options) != output_options(cfg.manifest_options()) or previous.policy != cfg.policy:
-        return "options or policy changed"
+    old, new = output_options(previous.options), output_options(cfg.manifest_options())
+    changed = sorted(k for k in old.keys() | new.keys() if k not in _LOCATIONS and old.get(k) != new.get(k))
+    if changed:
+        return "options changed (" + ", ".join(f"--{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed) + ")"
+    if previous.policy != cfg.policy:
+        return "the uncertainty policy changed"
     if not previous.index_file:
         return "no index of the committed records"
     return None

@@ -290,6 +290,23 @@ def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_
     assert {k: {f: v for f, v in sp.items() if f != "shards"} for k, sp in m_beam["splits"].items()} == \
         {k: {f: v for f, v in sp.items() if f != "shards"} for k, sp in m_inc["splits"].items()}
     assert [open(os.path.join(out, name), "rb").read() for name in m_beam["rejected_files"]] == rejects_inc
+    # The same folders spelled another way (a nightly job's absolute paths after a first
+    # build by hand from the project folder): still the same delta, not a rebuild of everything.
+    shutil.rmtree(out)
+    shutil.copytree(committed, out)
+    spelled = [a.replace(f"--input_dir={root}", f"--input_dir={os.path.relpath(root)}/") for a in args]
+    with caplog.at_level(logging.INFO, logger="build_records"):
+        caplog.clear()
+        respelled = build_records.run([f"--output_dir={os.path.join(out, '.', '')}", "--incremental", *spelled])
+    assert "rebuilding everything" not in caplog.text
+    assert respelled["incremental"]["processed"] == inc["incremental"]["processed"]
+    assert _records_by_split(out)[1] == recs_ref
+    # An option that does change the records is named in the warning.
+    with caplog.at_level(logging.WARNING, logger="build_records"):
+        caplog.clear()
+        build_records.run([f"--output_dir={out}", "--incremental", *[a for a in args if a != "--image_size=32"],
+                           "--image_size=48"])
+    assert "options changed (--image_size 32 -> 48) since the committed run; rebuilding everything" in caplog.text
 
 
 def test_the_model_digest_is_the_one_earlier_releases_committed(trained_job, tmp_path):
