@@ -136,7 +136,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     with commit_lib.exclusive(cfg.output_dir):
         raw = commit_lib.committed(cfg.output_dir, cfg.overwrite)
         previous = manifest_lib.Manifest.from_json(raw) if raw is not None else None
-        if previous and previous.fingerprint == fp and not cfg.overwrite:
+        if previous and not cfg.overwrite and previous.fingerprint in (
+                fp, previous.fingerprint != fp and inputs.input_fingerprint(cfg, sources, rows, dataset, True)):
+            # (The second: a manifest from before folders left the fingerprint.)
             log.info("nothing new: inputs and options unchanged since %s; output left as it is", previous.created)
             return {**raw, "nothing_new": True}
         if previous and not (cfg.overwrite or cfg.incremental):

@@ -239,11 +239,19 @@ def check_held_out(cfg: BuildConfig, rows: list[ListedRow]) -> dict[str, str]:
 
 
 def input_fingerprint(cfg: BuildConfig, sources: list[CsvSource], rows: list[ListedRow],
-                      dataset: datasets.Dataset | None = None) -> str:
+                      dataset: datasets.Dataset | None = None, with_folders: bool = False) -> str:
     """Everything the output depends on: options, CSV digests (every file of an external
     dataset: its lists and labels too), each listed file's size and mtime. Equal
-    fingerprints mean a rebuild would be identical."""
-    parts = [json.dumps(output_options(cfg.manifest_options()), sort_keys=True), json.dumps(cfg.policy, sort_keys=True),
+    fingerprints mean a rebuild would be identical.
+
+    Not where the folders are (``--input_dir``, ``--output_dir``: the same folders spelled
+    another way, or the dataset moved with its files, build the same records);
+    ``with_folders`` gives the fingerprint earlier releases committed, which included them.
+    """
+    options = output_options(cfg.manifest_options())
+    if not with_folders:
+        options = {k: v for k, v in options.items() if k not in ("input_dir", "output_dir")}
+    parts = [json.dumps(options, sort_keys=True), json.dumps(cfg.policy, sort_keys=True),
              str(chexpert.SCHEMA_VERSION), example_lib.RECORD_ORDER]
     files = [(f.name, f.sha256) for f in dataset.files] if dataset is not None else [(s.name, s.sha256)
                                                                                     for s in sources]

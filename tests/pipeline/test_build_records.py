@@ -87,6 +87,23 @@ def test_manifest_reconciles_and_counts_codes(built):
     assert set(storage.files_under(out)) == set(manifest["files"]) | {"manifest.json", ".lock"}
     assert {n.split("/")[0] for n in manifest["files"]} == {manifest["snapshot"]}
 
+def test_an_output_committed_before_folders_left_the_fingerprint_is_still_nothing_new(built, tmp_path, monkeypatch):
+    # Earlier releases fingerprinted --input_dir and --output_dir as spelled; their outputs
+    # must stay "nothing new" on unchanged input, not ask for --overwrite.
+    sample_dir, _, _ = built
+    out = str(tmp_path / "old")
+    current = build_records.inputs.input_fingerprint
+    monkeypatch.setattr(build_records.inputs, "input_fingerprint",
+                        lambda cfg, sources, rows, dataset=None, with_folders=False: current(cfg, sources, rows,
+                                                                                             dataset, True))
+    old = _run(sample_dir, out, "--holdout_fraction=0.25", "--num_shards=2")
+    monkeypatch.setattr(build_records.inputs, "input_fingerprint", current)
+    again = _run(sample_dir, out, "--holdout_fraction=0.25", "--num_shards=2")
+    assert again["nothing_new"] is True and again["fingerprint"] == old["fingerprint"]
+    assert _run(sample_dir, out + "/", "--holdout_fraction=0.25", "--num_shards=2", "--incremental")["written"] == \
+        old["written"]
+
+
 def test_rerun_on_unchanged_input_is_nothing_new_and_other_options_need_overwrite(built, tmp_path):
     sample_dir, out, manifest = built
     before = {n: (os.path.getmtime(os.path.join(out, n)), open(os.path.join(out, n), "rb").read())

@@ -301,6 +301,8 @@ def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_
     assert "rebuilding everything" not in caplog.text
     assert respelled["incremental"]["processed"] == inc["incremental"]["processed"]
     assert _records_by_split(out)[1] == recs_ref
+    # ... and a plain rerun in the first spelling is "nothing new", not "other inputs".
+    assert build_records.run([f"--output_dir={out}", *args])["nothing_new"] is True
     # An option that does change the records is named in the warning.
     with caplog.at_level(logging.WARNING, logger="build_records"):
         caplog.clear()
