@@ -38,13 +38,18 @@ def _reject_counter(reason: str):
     return Metrics.counter(NAMESPACE, f"rejected_{reason}")
 
 
-class ReadCsvFn(beam.DoFn):
-    """(csv path, source split) -> (source split, CsvRow) | Reject (tagged REJECTED), one
-    per data line.
+def _rejected(reject: Reject) -> beam.pvalue.TaggedOutput:
+    """A dead letter on the REJECTED output, counted under its reason."""
+    _reject_counter(reject.reason).inc()
+    return beam.pvalue.TaggedOutput(REJECTED, reject)
 
-    ``skip``: {csv name: int array of line numbers} an incremental run has already settled
-    (kept records, and duplicates of them); a compact array, not a set, since it travels
-    to every worker.
+
+class _ReadsLabelFileFn(beam.DoFn):
+    """The part the two readers of label files share: the lines an incremental run settled.
+
+    ``skip``: {label file name: int array of line numbers} an incremental run has already
+    settled (kept records, and duplicates of them); a compact array, not a set, since it
+    travels to every worker; ``setup`` makes the sets a worker looks lines up in.
     """
 
     def __init__(self, skip: dict | None = None):
@@ -54,17 +59,18 @@ class ReadCsvFn(beam.DoFn):
     def setup(self):
         self._skip = {name: set(lines.tolist()) for name, lines in self.skip.items()}
 
+
+class ReadCsvFn(_ReadsLabelFileFn):
+    """(csv path, source split) -> (source split, CsvRow) | Reject (tagged REJECTED), one
+    per data line not in ``skip`` (see ``_ReadsLabelFileFn``)."""
+
     def process(self, element):
         path, source_split = element
         source = posixpath.basename(path)
         with FileSystems.open(path) as f:
             for item in read_csv_rows(f, source, self._skip.get(source, ())):
                 self.rows_read.inc()
-                if isinstance(item, Reject):
-                    _reject_counter(item.reason).inc()
-                    yield beam.pvalue.TaggedOutput(REJECTED, item)
-                else:
-                    yield source_split, item
+                yield _rejected(item) if isinstance(item, Reject) else (source_split, item)
 
 
 class ParseRowFn(beam.DoFn):
@@ -89,15 +95,14 @@ class ParseRowFn(beam.DoFn):
                 raise chexpert.RowError("patient_in_valid", f"patient {parsed.patient_id} also appears in valid.csv: "
                                         "kept out of training (pass --patient_overlap=fail to stop instead)")
         except chexpert.RowError as e:
-            _reject_counter(e.reason).inc()
             split = rows.guess_split(row, source_split, self.holdout_fraction)
-            yield beam.pvalue.TaggedOutput(
-                REJECTED, Reject(row.source, row.line, row.cells.get(chexpert.COL_PATH, ""), split, e.reason, e.detail))
+            yield _rejected(Reject(row.source, row.line, row.cells.get(chexpert.COL_PATH, ""), split, e.reason,
+                                   e.detail))
             return
         yield parsed.path, (split, parsed, CsvRow(row.source, row.line, {}))
 
 
-class ReadDatasetFn(beam.DoFn):
+class ReadDatasetFn(_ReadsLabelFileFn):
     """(dataset folder, format) -> (image path, (split, ExternalRecordRow, CsvRow)) |
     Reject (tagged REJECTED), one per data row of the dataset's label file: what ReadCsv and
     ParseRows together give for CheXpert, so the rest of the graph is shared.
@@ -110,19 +115,16 @@ class ReadDatasetFn(beam.DoFn):
         holdout_fraction: train/holdout by patient for images without an official
             evaluation split (``rows.external_split``). An image of a dataset with split
             files that lists it on none is a ``no_split`` dead letter (``rows.no_split_detail``).
-        skip: {label file name: int array of lines} an incremental run has settled.
+        skip: {label file name: int array of lines} an incremental run has settled
+            (``_ReadsLabelFileFn``).
         held_out: {patient: its latest split} for patients with images in two splits
             (``inputs.check_held_out``): their earlier images are ``patient_in_<split>``.
     """
 
     def __init__(self, holdout_fraction: float, skip: dict | None = None, held_out: dict | None = None):
+        super().__init__(skip)
         self.holdout_fraction = holdout_fraction
-        self.skip = skip or {}
         self.held_out = held_out or {}
-        self.rows_read = Metrics.counter(NAMESPACE, "rows_read")
-
-    def setup(self):
-        self._skip = {name: set(lines.tolist()) for name, lines in self.skip.items()}
 
     def process(self, element):
         folder, fmt = element
@@ -133,14 +135,11 @@ class ReadDatasetFn(beam.DoFn):
                 continue
             self.rows_read.inc()
             if isinstance(item, Reject):
-                _reject_counter(item.reason).inc()
-                yield beam.pvalue.TaggedOutput(REJECTED, item)
+                yield _rejected(item)
                 continue
             unlisted = rows.no_split_detail(dataset, item.split, item.image)
             if unlisted:
-                _reject_counter(rows.NO_SPLIT).inc()
-                yield beam.pvalue.TaggedOutput(REJECTED, Reject(item.source, item.line, item.image, None,
-                                                                rows.NO_SPLIT, unlisted))
+                yield _rejected(Reject(item.source, item.line, item.image, None, rows.NO_SPLIT, unlisted))
                 continue
             official = rows.official_split(fmt, item.split)
             record = rows.record_row(item.image, item.row)
@@ -148,8 +147,7 @@ class ReadDatasetFn(beam.DoFn):
             patient_split = self.held_out.get(record.patient_id)
             reason = rows.leak_reason(official, patient_split)
             if reason:
-                _reject_counter(reason).inc()
-                yield beam.pvalue.TaggedOutput(REJECTED, Reject(
+                yield _rejected(Reject(
                     item.source, item.line, item.image, split, reason,
                     f"patient {record.patient_id} also has images in {patient_split}: kept out of {split} (pass "
                     "--patient_overlap=fail to stop instead)"))
@@ -167,10 +165,8 @@ class RejectDuplicatesFn(beam.DoFn):
         first = items[0]
         yield first[0], (first[1], first[2].source, first[2].line)
         for split, _, row in items[1:]:
-            _reject_counter("duplicate_path").inc()
-            yield beam.pvalue.TaggedOutput(
-                REJECTED, Reject(row.source, row.line, path, split, "duplicate_path",
-                                 f"Path {path!r} already appears at {first[2].source} line {first[2].line}"))
+            yield _rejected(Reject(row.source, row.line, path, split, "duplicate_path",
+                                   f"Path {path!r} already appears at {first[2].source} line {first[2].line}"))
 
 
 class WriteShardFn(beam.DoFn):
@@ -213,8 +209,7 @@ class WriteShardFn(beam.DoFn):
                                                         self.labeller_indices)
                     serialized, targets, mask = example_builder.build_example(row, data, self.settings, soft)
                 except chexpert.RowError as e:
-                    _reject_counter(e.reason).inc()
-                    yield beam.pvalue.TaggedOutput(REJECTED, Reject(source, line, row.path, split, e.reason, e.detail))
+                    yield _rejected(Reject(source, line, row.path, split, e.reason, e.detail))
                     continue
                 size += tfrecord.write_record(writer, serialized)
                 report.paths.append(row.path)
@@ -356,7 +351,7 @@ def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, 
     Args:
         sources: (CSV path, the split its rows go to); unused for an NIH/MIMIC input
             (``cfg.external``), whose dataset folder is read by ReadDataset.
-        skip: lines an incremental run has settled (see ReadCsvFn); tag: its shard tag.
+        skip: lines an incremental run has settled (see _ReadsLabelFileFn); tag: its shard tag.
         valid_patients: see ParseRowFn; held_out: see ReadDatasetFn.
     """
     if cfg.external:
