@@ -296,6 +296,8 @@ def test_a_line_is_its_bytes_less_its_line_break_whatever_it_ends_in(eol):
     lines = [b"a,b" + e for e in ends]
     data = eol.encode().join(lines)  # the last line without a line break
     assert [r.raw for r in csv_reader.iter_lines(io.BytesIO(data))] == [x for x in lines if not x.isspace()]
+    for last in (b"a,b ", b"a,b\t", b"a,X"):  # the same for the last line, which has no line break
+        assert [r.raw for r in csv_reader.iter_lines(io.BytesIO(data + eol.encode() + last))][-1] == last
 
 
 @pytest.mark.parametrize("quoted", [False, True], ids=["plain", "with-a-quoted-cell"])
@@ -310,6 +312,9 @@ def test_a_stray_cr_is_reported_at_the_first_one_by_byte_and_column(quoted):
     items = _read(_csv(_line(1), line, _line(3)))
     assert _outcomes(items) == [(2, "ok"), (3, "bad_csv"), (4, "ok")]
     assert "byte 0, in column 'Path'" in items[1].detail
+    # After an empty first cell: the row's first byte is a comma.
+    line = _line(2, Path="", Sex="Ma\rle", AP_PA=ap)
+    assert f"byte {line.index(chr(13))}, in column 'Sex'" in _read(_csv(line))[0].detail
 
 
 def test_a_quoted_row_with_a_stray_cr_spanning_lines_is_one_bad_row():
