@@ -121,7 +121,9 @@ def _cut_lines(data: bytes, cr_only: bool, final: bool) -> tuple[list[tuple[byte
             body = line.rstrip(b"\r")  # CR CR LF: a CRLF file passed through a second LF->CRLF
             out.append((body, line[len(body):] + b"\n"))
     if final and rest:
-        body = rest if cr_only else rest.rstrip(b"\r")
+        # A CR-only file's rest holds no CR (every one broke a line); an LF file's may end in
+        # the CR of a CRLF whose LF is missing.
+        body = rest.rstrip(b"\r")
         out.append((body, rest[len(body):]))
         rest = b""
     return out, rest
@@ -163,12 +165,12 @@ def _physical_lines(f: IO[bytes], chunk_size: int) -> Iterator[tuple[int, bytes,
         pending.append(chunk)
 
 
-def _cut_cells(raw: bytes) -> CsvLine:
+def _cut_cells(number: int, raw: bytes) -> CsvLine:
     """Cuts a row holding a quote into cells (RFC 4180, as Python's csv reads it: a quote that
     starts a cell opens it, a quote inside an unquoted cell is a plain character).
 
     Returns:
-        A ``CsvLine`` (``line`` 0) whose ``problem`` is ``unclosed_quote`` where the row ends
+        A ``CsvLine`` numbered ``number`` whose ``problem`` is ``unclosed_quote`` where the row ends
         inside a quoted cell: the caller may join the next line and try again.
     """
     cells, starts, stray_cr, pos, n = [], [], -1, 0, len(raw)
@@ -177,11 +179,11 @@ def _cut_cells(raw: bytes) -> CsvLine:
         if raw.startswith(b'"', pos):
             m = _QUOTED_CELL.match(raw, pos)
             if m is None:
-                return CsvLine(0, raw, tuple(cells), tuple(starts), ("unclosed_quote", pos))
+                return CsvLine(number, raw, tuple(cells), tuple(starts), ("unclosed_quote", pos))
             cells.append(m.group(1).replace(b'""', b'"'))
             pos = m.end()
             if pos < n and raw[pos] != ord(","):
-                return CsvLine(0, raw, tuple(cells), tuple(starts), ("after_quote", pos))
+                return CsvLine(number, raw, tuple(cells), tuple(starts), ("after_quote", pos))
         else:
             cell = _UNQUOTED_CELL.match(raw, pos).group()
             if stray_cr < 0 and b"\r" in cell:
@@ -189,7 +191,7 @@ def _cut_cells(raw: bytes) -> CsvLine:
             cells.append(cell)
             pos += len(cell)
         if pos >= n:
-            return CsvLine(0, raw, tuple(cells), tuple(starts), ("stray_cr", stray_cr) if stray_cr >= 0 else None)
+            return CsvLine(number, raw, tuple(cells), tuple(starts), ("stray_cr", stray_cr) if stray_cr >= 0 else None)
         pos += 1  # the comma
 
 
@@ -218,7 +220,7 @@ def iter_lines(f: IO[bytes], chunk_size: int = _CHUNK_BYTES) -> Iterator[CsvLine
             cr = raw.find(b"\r")
             yield CsvLine(number, raw, problem=("stray_cr", cr) if cr >= 0 else None)
             continue
-        alone = row = _cut_cells(raw)
+        alone = row = _cut_cells(number, raw)
         taken = []
         while row.problem and row.problem[0] == "unclosed_quote" and len(taken) + 1 < MAX_ROW_LINES:
             nxt = again.popleft() if again else next(lines, None)
@@ -227,11 +229,11 @@ def iter_lines(f: IO[bytes], chunk_size: int = _CHUNK_BYTES) -> Iterator[CsvLine
             taken.append(nxt)
             raw += end + nxt[1]
             end = nxt[2]
-            row = _cut_cells(raw)
+            row = _cut_cells(number, raw)
         if taken and row.problem and row.problem[0] != "stray_cr":
             again.extendleft(reversed(taken))
             row = alone
-        yield row._replace(line=number)
+        yield row
 
 
 def _field_name(row: CsvLine, offset: int, header: Sequence[str] | None) -> str:

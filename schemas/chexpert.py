@@ -392,7 +392,7 @@ def parse_policy_overrides(spec: str | None) -> dict[str, str]:
         if "=" not in item:
             raise PolicyError(f"--policy item {item!r} is not OBSERVATION=POLICY")
         slug, policy = (x.strip().lower() for x in item.split("=", 1))
-        slug = NAME_TO_SLUG.get(slug, slug).replace(" ", "_")
+        slug = slug.replace(" ", "_")  # lower-cased display names ("pleural effusion") are slugs
         if slug not in OBSERVATION_INDEX:
             raise PolicyError(f"--policy names unknown observation {slug!r}; known: {', '.join(OBSERVATIONS)}")
         if policy not in POLICIES:

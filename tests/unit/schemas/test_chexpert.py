@@ -260,3 +260,86 @@ def test_labelled_observations_and_unreadable_reasons():
     assert chexpert.labelled_observations(chexpert.resolve_policies()) == ()
     assert chexpert.unreadable_reason(True) == chexpert.UNREADABLE_FILE
     assert chexpert.unreadable_reason(False) == chexpert.MISSING_FILE
+
+
+def test_a_header_error_names_every_missing_unknown_and_duplicate_column_in_one_message():
+    header = [c for c in chexpert.CSV_COLUMNS if c not in ("Edema", "Fracture")] + ["Patient Name", "Sex", "Age",
+                                                                                  "Notes", "Sex"]
+    with pytest.raises(chexpert.CsvHeaderError) as e:
+        chexpert.check_header(header, "train.csv")
+    assert str(e.value) == ("train.csv: missing column(s) 'Edema', 'Fracture'; unknown column(s) 'Patient Name', "
+                            "'Notes'; duplicate column(s) 'Age', 'Sex'")
+    for empty in (None, []):
+        with pytest.raises(chexpert.CsvHeaderError) as e:
+            chexpert.check_header(empty, "valid.csv")
+        assert str(e.value) == "valid.csv: empty file, expected a header with " + ", ".join(chexpert.CSV_COLUMNS)
+
+
+def test_trailing_empty_header_cells_and_unknown_columns_pass_only_where_the_format_allows_them():
+    cols = list(chexpert.CSV_COLUMNS)
+    with pytest.raises(chexpert.CsvHeaderError, match=r"unknown column\(s\) ''$"):
+        chexpert.check_header(cols + [""], "train.csv")  # CheXpert's header has no trailing comma
+    chexpert.check_columns(cols + ["", " "], "x.csv", cols, allow_trailing_empty=True)  # "a,b,,": a spreadsheet's
+    with pytest.raises(chexpert.CsvHeaderError, match=r"unknown column\(s\) ''$"):
+        chexpert.check_columns([""] + cols, "x.csv", cols, allow_trailing_empty=True)  # not at the end
+    with pytest.raises(chexpert.CsvHeaderError, match=r"unknown column\(s\) 'Notes'$"):
+        chexpert.check_columns(cols + ["Notes"], "x.csv", cols)
+    chexpert.check_columns(cols + ["Notes"], "x.csv", cols, allow_unknown=True)
+    chexpert.check_columns(cols + ["Notes"], "x.csv", cols, known=("Notes",))
+
+
+@pytest.mark.parametrize("raw,path", [
+    ("CheXpert-v1.0-small\\train\\patient00001\\study1\\view1_frontal.jpg",  # a Windows export
+     "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"),
+    (" ./d//train/./patient00001/study1/view1_frontal.jpg\t", "d/train/patient00001/study1/view1_frontal.jpg"),
+    ("d/train/patient00001/study1/view 1.jpg", "d/train/patient00001/study1/view 1.jpg"),
+])
+def test_paths_are_normalised_to_forward_slashes_without_empty_or_dot_segments(raw, path):
+    assert chexpert.normalize_path(raw) == path
+
+
+@pytest.mark.parametrize("raw,detail", [
+    ("", "column 'Path' is empty"), (" \t", "column 'Path' is empty"),
+    ("C:\\data\\patient1\\study1\\a.jpg", "'C:\\\\data\\\\patient1\\\\study1\\\\a.jpg' is absolute"),
+    ("c:/data/patient1/study1/a.jpg", "is absolute"), ("gs://bucket/patient1/study1/a.jpg", "is absolute"),
+    ("/data/patient1/study1/a.jpg", "is absolute; paths must be relative to the input folder"),
+    ("d/../../patient1/study1/a.jpg", "Path 'd/../../patient1/study1/a.jpg' contains '..' and could escape"),
+])
+def test_empty_absolute_and_escaping_paths_are_bad_paths_and_say_why(raw, detail):
+    with pytest.raises(chexpert.RowError) as e:
+        chexpert.normalize_path(raw)
+    assert e.value.reason == "bad_path" and detail in e.value.detail
+
+
+@pytest.mark.parametrize("over,detail", [
+    ({"Path": None}, "column 'Path' is empty"),
+    ({"Path": "d/train/somefile.jpg"}, "Path 'd/train/somefile.jpg' is not of the form .../patientNNNNN/studyN/FILE"),
+    ({"Sex": "M"}, "column 'Sex' has 'M'; expected Male, Female or Unknown"),
+    ({"Age": "sixty"}, "column 'Age' has 'sixty', not a number in ASCII digits"),
+    ({"Age": "121"}, "column 'Age' has '121'; expected whole years 0-120"),
+    ({"Frontal/Lateral": "Oblique"}, "column 'Frontal/Lateral' has 'Oblique'; expected Frontal or Lateral"),
+    ({"AP/PA": "XY"}, "column 'AP/PA' has 'XY'; expected AP, PA, LL, RL or blank"),
+    ({"Edema": "2"}, "column 'Edema' has '2'; expected 1.0, 0.0, -1.0 or blank"),
+])
+def test_a_bad_row_is_rejected_naming_the_column_and_its_value(over, detail):
+    with pytest.raises(chexpert.RowError) as e:
+        chexpert.parse_row(_row(**over))
+    assert e.value.detail == detail
+
+
+def test_parse_row_keys_the_record_by_the_normalised_path_and_a_blank_sex_is_unknown():
+    r = chexpert.parse_row(_row(Path="CheXpert-v1.0-small\\train\\patient00007\\study2\\view1_frontal.jpg", Sex=" "))
+    assert r.path == "CheXpert-v1.0-small/train/patient00007/study2/view1_frontal.jpg" and r.sex == "Unknown"
+    cells = _row()
+    del cells["Sex"]
+    assert chexpert.parse_row(cells).sex == "Unknown"
+
+
+def test_lsr_targets_are_float32_arithmetic_as_the_tf_data_reader_computes_them():
+    """The records job and the reader must agree bit for bit (schemas.example_tf.policy_targets
+    computes low + draw * (high - low) in float32): the same draws in float64 round otherwise."""
+    table = chexpert.policy_matrix({s: "lsr_ones" for s in chexpert.OBSERVATIONS})
+    draws = np.stack([chexpert.draws_for(f"p{i}.jpg") for i in range(200)])
+    t, _ = chexpert.apply_policy(np.full((200, 14), int(C.UNCERTAIN)), draws, table)
+    low, high = np.float32(0.55), np.float32(0.85)
+    np.testing.assert_array_equal(t, low + draws * (high - low))
