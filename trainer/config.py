@@ -155,7 +155,7 @@ def parse_tasks(spec: str) -> tuple[str, ...]:
         elif item == "all":
             names.update(chexpert.OBSERVATIONS)
         else:
-            slug = chexpert.NAME_TO_SLUG.get(item, item).replace(" ", "_")
+            slug = item.replace(" ", "_")  # "Pleural Effusion" or "pleural effusion" (lower-cased above)
             if slug not in chexpert.OBSERVATION_INDEX:
                 raise ConfigError(f"--pathology {item!r}: unknown; use a slug ({', '.join(chexpert.OBSERVATIONS)}), "
                                   "'competition' or 'all'")
