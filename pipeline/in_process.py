@@ -19,6 +19,7 @@ from typing import Iterable
 import apache_beam as beam
 
 from core.csv_reader import Reject
+from pipeline import rows as rows_lib
 from pipeline import transforms
 from pipeline.build_config import BuildConfig
 
@@ -64,7 +65,8 @@ def run(cfg: BuildConfig, sources: list[tuple[str, str]], snapshot_dir: str, ski
     else:
         read = transforms.ReadCsvFn(skip)
         read.setup()
-        parsed = _call(transforms.ParseRowFn(cfg.holdout_fraction, valid_patients),
+        folder = rows_lib.dataset_folder(cfg.input_dir, sources[0][0]) if sources else ""
+        parsed = _call(transforms.ParseRowFn(cfg.holdout_fraction, valid_patients, folder),
                        _call(read, sources, rejects), rejects)
     by_path: dict[str, list] = {}
     for path, item in parsed:  # GroupByPath

@@ -63,7 +63,10 @@ def incompatible(cfg: BuildConfig, previous: manifest_lib.Manifest) -> str | Non
     if changed:
         return "options changed (" + ", ".join(f"--{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed) + ")"
     if previous.policy != cfg.policy:
-        return "the uncertainty policy changed"
+        changed = sorted(k for k in previous.policy.keys() | cfg.policy.keys()
+                         if previous.policy.get(k) != cfg.policy.get(k))
+        return "--policy changed (" + ", ".join(f"{k}: {previous.policy.get(k)} -> {cfg.policy.get(k)}"
+                                                for k in changed) + ")"
     if not previous.index_file:
         return "no index of the committed records"
     return None

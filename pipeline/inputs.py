@@ -122,6 +122,9 @@ def list_sources(cfg: BuildConfig, count: bool = True) -> list[CsvSource]:
         path = posixpath.join(folder, name)
         if not FileSystems.exists(path):
             continue
+        if not storage.is_remote(path) and not os.path.isfile(path):
+            # Opening a FIFO blocks until something writes to it: a nightly job would hang.
+            raise ConfigError(f"{path}: not a regular file (a FIFO, device or folder); not read")
         with FileSystems.open(path, compression_type="uncompressed") as f:
             data = f.read()
         try:

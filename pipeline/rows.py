@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import posixpath
 
 from core.csv_reader import CsvRow
 from schemas import chexpert, mimic, nih
@@ -52,6 +53,30 @@ def parse_csv_row(row: CsvRow, source_split: str, holdout_fraction: float) -> tu
     """
     parsed = chexpert.parse_row(row.cells)
     return split_of(source_split, parsed.patient_id, holdout_fraction), parsed
+
+
+def dataset_folder(input_root: str, csv_path: str) -> str:
+    """The dataset folder a CSV's Paths must lie in, relative to the input root
+    (``CheXpert-v1.0-small``): the folder holding the CSV; "" when the CSV is in the root."""
+    folder = posixpath.relpath(posixpath.dirname(csv_path.rstrip("/")), input_root.rstrip("/") or "/")
+    return "" if folder in (".", "") or folder.startswith("..") else folder
+
+
+def check_in_dataset_folder(path: str, folder: str, source: str) -> None:
+    """Refuses a (normalized) Path outside the dataset folder that holds its CSV.
+
+    Paths are relative to the folder above the dataset (``CheXpert-v1.0-small/train/...``),
+    so a Path naming another first folder (``other/patient1/...``, a sibling
+    ``CheXpert-v1.0-small-x/``, a link beside the dataset) would read files that are not the
+    dataset's: the link check (``core.imaging.refuse_link_outside``) takes a Path's first
+    folder as the dataset folder, so this must hold first.
+
+    Raises:
+        chexpert.RowError: ``bad_path``.
+    """
+    if folder and not path.startswith(folder + "/"):
+        raise chexpert.RowError("bad_path", f"Path {path!r} is not in {folder}/, the dataset folder that holds "
+                                f"{source}: only the dataset's own files are read")
 
 
 def patient_of(path: str) -> str | None:

@@ -81,16 +81,20 @@ class ParseRowFn(beam.DoFn):
 
     ``valid_patients``: patient ids of valid.csv; a train.csv row of one of them is rejected
     as ``patient_in_valid`` (its images would leak into the validation set's patients).
+    ``folder``: the dataset folder the CSVs are in (``rows.dataset_folder``); a Path outside
+    it is ``bad_path`` (``rows.check_in_dataset_folder``).
     """
 
-    def __init__(self, holdout_fraction: float, valid_patients: frozenset = frozenset()):
+    def __init__(self, holdout_fraction: float, valid_patients: frozenset = frozenset(), folder: str = ""):
         self.holdout_fraction = holdout_fraction
         self.valid_patients = valid_patients
+        self.folder = folder
 
     def process(self, element):
         source_split, row = element
         try:
             split, parsed = rows.parse_csv_row(row, source_split, self.holdout_fraction)
+            rows.check_in_dataset_folder(parsed.path, self.folder, row.source)
             if source_split == "train" and parsed.patient_id in self.valid_patients:
                 raise chexpert.RowError("patient_in_valid", f"patient {parsed.patient_id} also appears in valid.csv: "
                                         "kept out of training (pass --patient_overlap=fail to stop instead)")
@@ -243,13 +247,13 @@ class ReadCsv(beam.PTransform):
 class ParseRows(beam.PTransform):
     """rows: (source split, CsvRow) -> (path, (split, Row, CsvRow)); REJECTED: invalid rows."""
 
-    def __init__(self, holdout_fraction: float, valid_patients: frozenset = frozenset()):
+    def __init__(self, holdout_fraction: float, valid_patients: frozenset = frozenset(), folder: str = ""):
         super().__init__()
-        self.holdout_fraction, self.valid_patients = holdout_fraction, valid_patients
+        self.holdout_fraction, self.valid_patients, self.folder = holdout_fraction, valid_patients, folder
 
     def expand(self, csv_rows):
-        return csv_rows | "ParseRow" >> beam.ParDo(ParseRowFn(self.holdout_fraction, self.valid_patients)).with_outputs(
-            REJECTED, main="rows")
+        return csv_rows | "ParseRow" >> beam.ParDo(ParseRowFn(self.holdout_fraction, self.valid_patients,
+                                                              self.folder)).with_outputs(REJECTED, main="rows")
 
 
 class ReadDataset(beam.PTransform):
@@ -360,7 +364,8 @@ def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, 
         parsed_rows, early_rejects = read.rows, (read[REJECTED],)
     else:
         read = p | "ListCsvs" >> beam.Create(sources) | "ReadCsv" >> ReadCsv(skip)
-        parsed = read.rows | "ParseRows" >> ParseRows(cfg.holdout_fraction, valid_patients)
+        folder = rows.dataset_folder(cfg.input_dir, sources[0][0]) if sources else ""
+        parsed = read.rows | "ParseRows" >> ParseRows(cfg.holdout_fraction, valid_patients, folder)
         parsed_rows, early_rejects = parsed.rows, (read[REJECTED], parsed[REJECTED])
     unique = parsed_rows | "RejectDuplicates" >> RejectDuplicates()
     plan = unique.rows | "PlanShards" >> PlanShards(cfg)

@@ -9,6 +9,8 @@ import io
 import json
 import os
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -270,11 +272,50 @@ def test_build_refuses_a_link_out_of_the_dataset(tmp_path):
                   "Frontal/Lateral": "Frontal", "AP/PA": "AP"})
     with open(os.path.join(ds, "train.csv"), "a") as f:
         f.write(",".join(cells[c] for c in chexpert.CSV_COLUMNS) + "\n")
+    # Paths that leave the dataset folder without a link inside it: another folder of the
+    # input root, a link beside the dataset folder, a sibling whose name extends the dataset's.
+    far = tmp_path / "far"
+    beside = [f"other/patient90201/{rel.split('/', 2)[2]}", f"lnk/patient90202/{rel.split('/', 2)[2]}",
+              f"{make_sample.DATASET_DIR}-x/train/patient90203/{rel.split('/', 2)[2]}"]
+    os.symlink(far, os.path.join(root, "lnk"))
+    for path in beside:
+        target = os.path.join(str(far), path.split("/", 1)[1]) if path.startswith("lnk/") else os.path.join(root, path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy(outside, target)
+    with open(os.path.join(ds, "train.csv"), "a") as f:
+        for path in beside[:2]:
+            f.write(",".join({**cells, "Path": path}[c] for c in chexpert.CSV_COLUMNS) + "\n")
     out = str(tmp_path / "out")
-    m = build_records.run([f"--input_dir={root}", f"--output_dir={out}", "--image_size=32", "--runner=DirectRunner",
-                           "--max_reject_fraction=1"])
+    flags = [f"--input_dir={root}", f"--output_dir={out}", "--image_size=32", "--runner=DirectRunner",
+             "--max_reject_fraction=1"]
+    m = build_records.run(flags)
     with open(os.path.join(out, m["rejected_files"][0])) as f:
         rejects = [json.loads(line) for line in f]
-    assert [(r["path"], r["reason"]) for r in rejects] == [(cells["Path"], "link_outside_dataset")]
+    assert [(r["path"], r["reason"]) for r in rejects] == [(cells["Path"], "link_outside_dataset")] + [
+        (path, "bad_path") for path in beside[:2]]
     assert str(outside) in rejects[0]["detail"] and "not followed" in rejects[0]["detail"]
-    assert m["sources"]["train.csv"]["rejected_by_reason"] == {"link_outside_dataset": 1}
+    assert f"is not in {make_sample.DATASET_DIR}/, the dataset folder that holds train.csv" in rejects[1]["detail"]
+    assert m["sources"]["train.csv"]["rejected_by_reason"] == {"link_outside_dataset": 1, "bad_path": 2}
+    # The same rule on an incremental run's in-process path.
+    with open(os.path.join(ds, "train.csv"), "a") as f:
+        f.write(",".join({**cells, "Path": beside[2]}[c] for c in chexpert.CSV_COLUMNS) + "\n")
+    m = build_records.run(flags + ["--incremental"])
+    assert m["sources"]["train.csv"]["rejected_by_reason"] == {"link_outside_dataset": 1, "bad_path": 3}
+
+
+def test_a_fifo_in_place_of_a_csv_is_an_error_naming_it_not_a_hang(tmp_path):
+    root = str(tmp_path / "in")
+    make_sample.generate(root, num_patients=2, num_valid_patients=1, seed=5, workers=1, progress=False)
+    csv = os.path.join(root, make_sample.DATASET_DIR, "valid.csv")
+    os.remove(csv)
+    os.mkfifo(csv)
+
+    def unblock():  # should the job open the FIFO, let it read an empty file and fail, not hang
+        time.sleep(30)
+        if os.path.exists(csv):
+            with open(csv, "w"):
+                pass
+
+    threading.Thread(target=unblock, daemon=True).start()
+    with pytest.raises(build_records.ConfigError, match=f"{csv}: not a regular file"):
+        build_records.run([f"--input_dir={root}", f"--output_dir={tmp_path / 'out'}", "--runner=DirectRunner"])
