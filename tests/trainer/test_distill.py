@@ -45,7 +45,8 @@ def test_student_trains_from_a_cached_teacher(trained_job, records_dir, tmp_path
     job = tmp_path / "student"
     cfg = config_lib.make_config(pathology="atelectasis", records_dir=records_dir, job_dir=str(job), image_size=32,
                                  backbone="tiny", epochs=1, steps_per_epoch=3, batch_size=4,
-                                 distill_from=(trained_job,), distill_alpha=0.7, distill_temperature=3.0)
+                                 distill_from=(trained_job,), distill_alpha=0.7, distill_temperature=3.0,
+                                 jit_compile=False)  # XLA costs ~10 s here, and is tested elsewhere
     report = train.run(cfg)
     assert set(report["tasks"]) == {"atelectasis"} and 0.0 <= report["tasks"]["atelectasis"]["auroc"] <= 1.0
     cache = job / distill.CACHE

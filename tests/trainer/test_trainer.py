@@ -154,7 +154,7 @@ def test_xla_really_compiles_the_step_on_both_replicas(records_dir, tmp_path):
 
 
 def test_one_epoch_smoke_writes_every_output(records_dir, tmp_path):
-    cfg = _cfg(records_dir, tmp_path / "job", epochs=1, steps_per_epoch=3, batch_size=4)
+    cfg = _cfg(records_dir, tmp_path / "job", epochs=1, steps_per_epoch=3, batch_size=4, jit_compile=False)
     report = train.run(cfg)
     job = tmp_path / "job"
     for name in ("config.json", "model.keras", "metrics.json", "history.csv", "saved_model", "logs", "backup"):
@@ -233,16 +233,19 @@ def test_a_job_folder_is_resumed_only_with_its_own_settings(records_dir, tmp_pat
     """Training again into a job folder with other settings must not rewrite config.json
     over a model trained otherwise (a different pathology crashed mid-way and left the two
     disagreeing; a different learning rate silently resumed under the new one)."""
-    cfg = _cfg(records_dir, tmp_path / "job", epochs=1, steps_per_epoch=2, batch_size=4)
+    # jit_compile=False in the runs of this test and of others that are not about XLA: the
+    # tiny DenseNet's step compiles for ~10 s on 2 cores per run (the session's trained_job,
+    # the Trainer-level tests and the multi-worker one train with XLA).
+    cfg = _cfg(records_dir, tmp_path / "job", epochs=1, steps_per_epoch=2, batch_size=4, jit_compile=False)
     train.run(cfg)
     job = tmp_path / "job"
     before = {n: (job / n).read_bytes() for n in ("config.json", "model.keras", "metrics.json")}
     for change in ({"pathology": "cardiomegaly"}, {"learning_rate": 5e-2}):
-        other = _cfg(records_dir, job, epochs=2, steps_per_epoch=2, batch_size=4, **change)
+        other = _cfg(records_dir, job, epochs=2, steps_per_epoch=2, batch_size=4, jit_compile=False, **change)
         with pytest.raises(config_lib.ConfigError, match="holds a job trained with other settings"):
             train.run(other)
         assert {n: (job / n).read_bytes() for n in before} == before
-    longer = _cfg(records_dir, job, epochs=2, steps_per_epoch=2, batch_size=4)  # more epochs: resumes
+    longer = _cfg(records_dir, job, epochs=2, steps_per_epoch=2, batch_size=4, jit_compile=False)  # resumes
     assert train.run(longer)["best_epoch"] in (1, 2)
 
 
