@@ -98,7 +98,9 @@ class Trainer:
     """Model, optimizer and the distributed, XLA-compiled train step."""
 
     def __init__(self, cfg: TrainConfig, strategy: tf.distribute.Strategy, model_fn=model_lib.build_model):
-        """Builds model and optimizer inside ``strategy.scope()``.
+        """Builds model and optimizer inside ``strategy.scope()``, the model under
+        ``cfg.precision``'s Keras dtype policy (and Adam in a ``LossScaleOptimizer`` for
+        ``mixed_float16``).
 
         Args:
             cfg: the configuration.
@@ -108,7 +110,10 @@ class Trainer:
         self.cfg = cfg
         self.strategy = strategy
         with strategy.scope():
-            self.model = model_fn(cfg)
+            # Layers take their compute dtype from the policy in force when they are built:
+            # --precision's, whoever builds the trainer (run, the benchmarks, the tests).
+            with _precision_policy(cfg.precision):
+                self.model = model_fn(cfg)
             optimizer = keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_1=cfg.beta_1,
                                               beta_2=cfg.beta_2, epsilon=cfg.epsilon)
             if cfg.precision == "mixed_float16":

@@ -68,6 +68,9 @@ class Mutant:
 SERVING = "tests/serving/test_serving.py"
 EVALUATE = "tests/trainer/test_evaluate_predict.py"
 EVAL_UNIT = "tests/trainer/test_evaluate_aggregation.py"
+COMMIT = "tests/unit/core/test_commit.py"
+TRAINER = "tests/trainer/test_trainer.py"
+DISTILL = "tests/trainer/test_distill.py"
 
 MUTANTS = (
     Mutant(
@@ -168,6 +171,71 @@ MUTANTS = (
         "ckpt = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer, epoch=epoch_var,",
         "ckpt = tf.train.Checkpoint(epoch=epoch_var,",
         ("tests/trainer/test_trainer.py::test_the_backup_holds_the_models_weights_and_the_optimizers_state",),
+    ),
+    Mutant(
+        "commit-manifest-written-in-place",
+        "the commit is one atomic step: manifest.json is replaced by a rename, never rewritten in place",
+        "core/commit.py",
+        "        storage.write_bytes(tmp, data)\n        storage.rename(tmp, final)",
+        "        storage.write_bytes(final, data)",
+        (f"{COMMIT}::test_a_fault_at_any_step_of_a_run_leaves_the_old_commit_or_the_new_one_whole",),
+    ),
+    Mutant(
+        "commit-lock-not-taken",
+        "one run at a time holds an output folder (a second one is refused, naming the holder)",
+        "core/commit.py",
+        "            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+        "            pass",
+        (f"{COMMIT}::test_an_output_folder_holds_one_run_at_a_time_and_a_killed_holder_releases_it",),
+    ),
+    Mutant(
+        "commit-gc-deletes-committed-files",
+        "garbage collection deletes only what the committed manifest does not reference",
+        "core/commit.py",
+        "                doomed += [storage.join(path, rel) for rel in storage.files_under(path)\n"
+        "                           if f\"{name}/{rel}\" not in referenced]",
+        "                doomed += [storage.join(path, rel) for rel in storage.files_under(path)]",
+        (f"{COMMIT}::test_garbage_is_what_no_manifest_references_and_committed_or_user_files_stay",),
+    ),
+    Mutant(
+        "commit-verify-ignores-sizes",
+        "\"nothing new\" trusts the committed output only with every file at the size its manifest records",
+        "core/commit.py",
+        "        if got != want:",
+        "        if False:",
+        (f"{COMMIT}::test_committed_output_is_trusted_only_with_every_file_at_its_recorded_size",),
+    ),
+    Mutant(
+        "precision-flag-ignored",
+        "--precision sets the dtype policy the model is built (and the step computes) in",
+        "trainer/train.py",
+        "            with _precision_policy(cfg.precision):\n                self.model = model_fn(cfg)",
+        "            with _precision_policy(\"float32\"):\n                self.model = model_fn(cfg)",
+        (f"{TRAINER}::test_each_precision_runs_the_step_in_its_dtype_and_trains",),
+    ),
+    Mutant(
+        "precision-float16-without-loss-scaling",
+        "mixed_float16 scales the loss (a LossScaleOptimizer) so that small gradients survive float16",
+        "trainer/train.py",
+        "                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)",
+        "                pass",
+        (f"{TRAINER}::test_each_precision_runs_the_step_in_its_dtype_and_trains",),
+    ),
+    Mutant(
+        "distill-term-without-gradient",
+        "the distillation term reaches the gradient, weighted by --distill_alpha",
+        "trainer/train.py",
+        "loss = (1.0 - self.cfg.distill_alpha) * loss + self.cfg.distill_alpha * soft",
+        "loss = (1.0 - self.cfg.distill_alpha) * loss + self.cfg.distill_alpha * tf.stop_gradient(soft)",
+        (f"{DISTILL}::test_the_teacher_term_reaches_the_gradient_weighted_by_alpha",),
+    ),
+    Mutant(
+        "distill-teacher-not-fed-to-the-step",
+        "the batch's cached teacher logits reach the train step",
+        "trainer/train.py",
+        'args = (batch["image"], batch["targets"], batch["masks"], denominators, batch.get("teacher"), key)',
+        'args = (batch["image"], batch["targets"], batch["masks"], denominators, None, key)',
+        (f"{DISTILL}::test_the_teacher_term_reaches_the_gradient_weighted_by_alpha",),
     ),
 )
 

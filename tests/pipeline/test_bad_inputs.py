@@ -163,7 +163,7 @@ def test_corrupt_shard_stops_evaluate_naming_it_or_is_skipped(trained_job, recor
 def test_corrupt_shard_stops_training_naming_it_or_is_skipped(records_dir, tmp_path, damage):
     copy, shard = _corrupt_copy(records_dir, tmp_path, damage)
     kw = dict(pathology="atelectasis", records_dir=copy, image_size=32, backbone="tiny", epochs=1,
-              steps_per_epoch=2, batch_size=4)
+              steps_per_epoch=2, batch_size=4, jit_compile=False)  # XLA: ~10 s per run, and tested elsewhere
     cfg = config_lib.make_config(job_dir=str(tmp_path / "j1"), **kw)
     with pytest.raises(input_lib.CorruptShardError, match=os.path.basename(shard)):
         train.run(cfg)

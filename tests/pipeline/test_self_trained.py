@@ -27,7 +27,8 @@ def labeller_job(records_dir, tmp_path_factory) -> str:
 
     job = str(tmp_path_factory.mktemp("labeller"))
     cfg = config_lib.make_config(pathology="consolidation,edema", records_dir=records_dir, job_dir=job, image_size=32,
-                                 backbone="tiny", epochs=1, steps_per_epoch=4, batch_size=8, learning_rate=1e-3)
+                                 backbone="tiny", epochs=1, steps_per_epoch=4, batch_size=8, learning_rate=1e-3,
+                                 jit_compile=False)  # XLA's compile: ~10 s, for nothing this module tests
     assert cfg.policy["consolidation"] == "ignore"
     train.run(cfg)
     return job

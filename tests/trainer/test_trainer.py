@@ -100,6 +100,41 @@ def test_one_step_on_two_replicas_equals_one_step_on_one(records_dir):
     assert moved > 25 * 2e-6  # the step moved weights far more than the tolerance: a 2x loss-scale error shows
 
 
+@pytest.mark.parametrize("precision,compute,scale", [("float32", "float32", 1.0),
+                                                     ("mixed_bfloat16", "bfloat16", 1.0),
+                                                     ("mixed_float16", "float16", 2.0 ** 15)])
+def test_each_precision_runs_the_step_in_its_dtype_and_trains(records_dir, precision, compute, scale):
+    """--precision decides what the step computes in: the backbone's activations in the
+    policy's compute dtype, variables and the heads' logits float32, and float16's loss scaled
+    (Keras' dynamic scale starts at 2^15, halving after a step whose gradients overflow, which
+    it skips) so that small gradients do not flush to zero; the step leaves finite, moved
+    weights. A Trainer that ignored the flag fails here. Eager (the step's Python, not its
+    tf.function): tracing the tiny DenseNet's step would cost seconds per policy."""
+    cfg = _cfg(records_dir, precision=precision, jit_compile=False, augment=False, batch_size=4)
+    keras.utils.set_random_seed(0)
+    trainer = train.Trainer(cfg, tf.distribute.get_strategy())
+    assert keras.mixed_precision.global_policy().name == "float32"  # the policy was put back
+    x = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 1)).astype(np.uint8)
+    backbone = next(layer for layer in trainer.model.layers if isinstance(layer, keras.Model))
+    dtype = keras.backend.standardize_dtype
+    assert dtype(backbone(trainer.model.get_layer("normalize")(x)).dtype) == compute
+    assert {dtype(logits.dtype) for logits in trainer.model(x).values()} == {"float32"}
+    assert {dtype(v.dtype) for v in trainer.model.variables} == {"float32"}
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
+    assert float(trainer.optimizer.scale_loss(tf.constant(1.0))) == scale
+    before = [w.numpy() for w in trainer.model.trainable_weights]
+    targets, masks = tf.constant([[0, 1], [1, 0], [2, 1], [0, 0]], tf.float32), tf.ones((4, 2))
+    for _ in range(8):  # float16: until the scale is low enough for a finite step
+        loss, grads = trainer._forward_backward(tf.constant(x), targets, masks, tf.reduce_sum(masks, axis=0))
+        trainer.optimizer.apply_gradients(zip(grads, trainer.model.trainable_variables))
+        if int(trainer.optimizer.iterations.numpy()):
+            break
+    after = [w.numpy() for w in trainer.model.trainable_weights]
+    assert int(trainer.optimizer.iterations.numpy()) == 1 and np.isfinite(float(loss))
+    assert all(np.isfinite(w).all() for w in after)
+    assert max(np.abs(a - b).max() for a, b in zip(after, before)) > 1e-4
+
+
 def _init_weights(cfg):
     keras.utils.set_random_seed(1)
     return [w.numpy() for w in _small_model(cfg).trainable_weights]
@@ -119,7 +154,7 @@ def test_xla_really_compiles_the_step_on_both_replicas(records_dir, tmp_path):
 
 
 def test_one_epoch_smoke_writes_every_output(records_dir, tmp_path):
-    cfg = _cfg(records_dir, tmp_path / "job", epochs=1, steps_per_epoch=3, batch_size=4)
+    cfg = _cfg(records_dir, tmp_path / "job", epochs=1, steps_per_epoch=3, batch_size=4, jit_compile=False)
     report = train.run(cfg)
     job = tmp_path / "job"
     for name in ("config.json", "model.keras", "metrics.json", "history.csv", "saved_model", "logs", "backup"):
@@ -198,16 +233,19 @@ def test_a_job_folder_is_resumed_only_with_its_own_settings(records_dir, tmp_pat
     """Training again into a job folder with other settings must not rewrite config.json
     over a model trained otherwise (a different pathology crashed mid-way and left the two
     disagreeing; a different learning rate silently resumed under the new one)."""
-    cfg = _cfg(records_dir, tmp_path / "job", epochs=1, steps_per_epoch=2, batch_size=4)
+    # jit_compile=False in the runs of this test and of others that are not about XLA: the
+    # tiny DenseNet's step compiles for ~10 s on 2 cores per run (the session's trained_job,
+    # the Trainer-level tests and the multi-worker one train with XLA).
+    cfg = _cfg(records_dir, tmp_path / "job", epochs=1, steps_per_epoch=2, batch_size=4, jit_compile=False)
     train.run(cfg)
     job = tmp_path / "job"
     before = {n: (job / n).read_bytes() for n in ("config.json", "model.keras", "metrics.json")}
     for change in ({"pathology": "cardiomegaly"}, {"learning_rate": 5e-2}):
-        other = _cfg(records_dir, job, epochs=2, steps_per_epoch=2, batch_size=4, **change)
+        other = _cfg(records_dir, job, epochs=2, steps_per_epoch=2, batch_size=4, jit_compile=False, **change)
         with pytest.raises(config_lib.ConfigError, match="holds a job trained with other settings"):
             train.run(other)
         assert {n: (job / n).read_bytes() for n in before} == before
-    longer = _cfg(records_dir, job, epochs=2, steps_per_epoch=2, batch_size=4)  # more epochs: resumes
+    longer = _cfg(records_dir, job, epochs=2, steps_per_epoch=2, batch_size=4, jit_compile=False)  # resumes
     assert train.run(longer)["best_epoch"] in (1, 2)
 
 

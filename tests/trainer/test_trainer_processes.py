@@ -63,7 +63,8 @@ def test_multi_worker_mirrored_trains_with_two_local_workers(records_dir, tmp_pa
 
 def test_killed_job_resumes_at_its_next_epoch(records_dir, tmp_path):
     job = tmp_path / "job"
-    cmd = _task_cmd(records_dir, job, "--epochs=3", "--steps_per_epoch=40", "--patience=10")
+    # --nojit_compile: each of the two processes would compile the step with XLA (~10 s).
+    cmd = _task_cmd(records_dir, job, "--epochs=3", "--steps_per_epoch=40", "--patience=10", "--nojit_compile")
     first = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while not (job / "backup" / "checkpoint").exists():  # written at the end of epoch 1
