@@ -39,6 +39,11 @@ _MANIFEST_NAMES = {"labeller": "teacher", "labeller_sha256": "teacher_sha256",
                    "labeller_batch_size": "teacher_batch_size"}
 # How a run treats existing output, not what it writes: left out of comparisons.
 _TRANSIENT_OPTIONS = ("overwrite", "incremental", "max_reject_fraction", "max_shrink_fraction", "verbose")
+# Where the data is, not what the records are: the output folder is the one whose manifest is
+# read, and the input folder may be spelled another way (relative, absolute, through a link)
+# or moved with its files. The input fingerprint and an incremental run's comparison leave
+# them out (each kept row's cells digest and image size and mtime are checked anyway).
+LOCATION_OPTIONS = ("input_dir", "output_dir")
 
 
 @dataclasses.dataclass(frozen=True)

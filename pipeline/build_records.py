@@ -136,9 +136,11 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     with commit_lib.exclusive(cfg.output_dir):
         raw = commit_lib.committed(cfg.output_dir, cfg.overwrite)
         previous = manifest_lib.Manifest.from_json(raw) if raw is not None else None
-        if previous and not cfg.overwrite and previous.fingerprint in (
-                fp, previous.fingerprint != fp and inputs.input_fingerprint(cfg, sources, rows, dataset, True)):
-            # (The second: a manifest from before folders left the fingerprint.)
+        unchanged = previous is not None and not cfg.overwrite and (
+            previous.fingerprint == fp
+            # or the fingerprint of a manifest from before the folders left it
+            or previous.fingerprint == inputs.input_fingerprint(cfg, sources, rows, dataset, with_folders=True))
+        if unchanged:
             log.info("nothing new: inputs and options unchanged since %s; output left as it is", previous.created)
             return {**raw, "nothing_new": True}
         if previous and not (cfg.overwrite or cfg.incremental):

@@ -18,7 +18,7 @@ from core import commit as commit_lib
 from core import storage, tfrecord
 from core.csv_reader import Reject
 from pipeline import example_builder, index as index_lib, rows as rows_lib, self_trained
-from pipeline.build_config import BuildConfig, output_options
+from pipeline.build_config import LOCATION_OPTIONS, BuildConfig, output_options
 from pipeline.inputs import ListedRow
 from schemas import chexpert
 from schemas import example as example_lib
@@ -44,13 +44,6 @@ class CarryOver:
     index: dict[str, dict]
 
 
-# Where the data is, not what the records are: the output folder is the one whose manifest is
-# being read, and the input folder may be spelled differently (relative, absolute, through a
-# link, another mount of the same disk). Neither makes a committed record stale: each kept
-# row's cells digest and image size and mtime are checked against this run's input anyway.
-_LOCATIONS = ("input_dir", "output_dir")
-
-
 def incompatible(cfg: BuildConfig, previous: manifest_lib.Manifest) -> str | None:
     """Why an incremental run cannot reuse the committed output (naming what changed), or
     None if it can."""
@@ -59,7 +52,7 @@ def incompatible(cfg: BuildConfig, previous: manifest_lib.Manifest) -> str | Non
     if previous.record_order != example_lib.RECORD_ORDER:
         return "the order of records inside shards changed"  # compaction relies on it
     old, new = output_options(previous.options), output_options(cfg.manifest_options())
-    changed = sorted(k for k in old.keys() | new.keys() if k not in _LOCATIONS and old.get(k) != new.get(k))
+    changed = sorted(k for k in old.keys() | new.keys() if k not in LOCATION_OPTIONS and old.get(k) != new.get(k))
     if changed:
         return "options changed (" + ", ".join(f"--{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed) + ")"
     if previous.policy != cfg.policy:

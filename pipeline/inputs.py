@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from core import csv_reader, datasets, fingerprint, storage
 from core.errors import ConfigError
 from pipeline import rows as rows_lib
-from pipeline.build_config import SOURCES, BuildConfig, dataset_dir, output_options
+from pipeline.build_config import LOCATION_OPTIONS, SOURCES, BuildConfig, dataset_dir, output_options
 from schemas import chexpert, nih
 from schemas import example as example_lib
 
@@ -253,7 +253,7 @@ def input_fingerprint(cfg: BuildConfig, sources: list[CsvSource], rows: list[Lis
     """
     options = output_options(cfg.manifest_options())
     if not with_folders:
-        options = {k: v for k, v in options.items() if k not in ("input_dir", "output_dir")}
+        options = {k: v for k, v in options.items() if k not in LOCATION_OPTIONS}
     parts = [json.dumps(options, sort_keys=True), json.dumps(cfg.policy, sort_keys=True),
              str(chexpert.SCHEMA_VERSION), example_lib.RECORD_ORDER]
     files = [(f.name, f.sha256) for f in dataset.files] if dataset is not None else [(s.name, s.sha256)

@@ -312,9 +312,10 @@ def test_a_fifo_in_place_of_a_csv_is_an_error_naming_it_not_a_hang(tmp_path):
 
     def unblock():  # should the job open the FIFO, let it read an empty file and fail, not hang
         time.sleep(30)
-        if os.path.exists(csv):
-            with open(csv, "w"):
-                pass
+        try:  # non-blocking: fails at once (ENXIO) when no reader has the FIFO open
+            os.close(os.open(csv, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
 
     threading.Thread(target=unblock, daemon=True).start()
     with pytest.raises(build_records.ConfigError, match=f"{csv}: not a regular file"):
