@@ -301,6 +301,19 @@ def test_build_refuses_a_link_out_of_the_dataset(tmp_path):
         f.write(",".join({**cells, "Path": beside[2]}[c] for c in chexpert.CSV_COLUMNS) + "\n")
     m = build_records.run(flags + ["--incremental"])
     assert m["sources"]["train.csv"]["rejected_by_reason"] == {"link_outside_dataset": 1, "bad_path": 3}
+    # A committed image replaced by a link to a copy outside the dataset with the same size and
+    # mtime (`cp -a` then `ln -s`): a change, so the link is looked at and refused, as a full
+    # rebuild would.
+    kept = next(p for p in index_lib.read_index(open(os.path.join(out, m["index_file"]), "rb").read())
+                if p.startswith(f"{make_sample.DATASET_DIR}/train/"))
+    copy = str(tmp_path / "copy.jpg")
+    shutil.copy2(os.path.join(root, kept), copy)
+    os.remove(os.path.join(root, kept))
+    os.symlink(copy, os.path.join(root, kept))
+    rejected_before = m["incremental"]["processed"]  # dead letters are read again each run
+    m = build_records.run(flags + ["--incremental", "--max_shrink_fraction=1"])
+    assert m["incremental"]["processed"] == rejected_before + 1
+    assert m["sources"]["train.csv"]["rejected_by_reason"] == {"link_outside_dataset": 2, "bad_path": 3}
 
 
 def test_a_fifo_in_place_of_a_csv_is_an_error_naming_it_not_a_hang(tmp_path):
