@@ -37,6 +37,8 @@ class TrainConfig:
         batch_size: per replica; the global batch is ``batch_size * replicas``.
         steps_per_epoch: 0 means one full pass over the training split.
         steps_per_execution: optimizer steps per ``tf.function`` call (fewer host round trips).
+        deterministic: read training records in a fixed order and run TensorFlow's ops
+            deterministically, so the same ``seed`` gives the same weights (slower input).
         distill_from: job folders whose averaged predictions the model is distilled from
             (``trainer.distill``); empty for none.
     """
@@ -62,6 +64,7 @@ class TrainConfig:
     jit_compile: bool = True
     precision: str = "float32"
     seed: int = 0
+    deterministic: bool = False
     augment: bool = True
     views: str = "frontal"
     skip_corrupt: bool = False
@@ -240,6 +243,9 @@ def make_config(*, pathology: str, records_dir: str, job_dir: str, policy: str =
         (cfg.epochs >= 1, "--epochs must be >= 1"),
         (cfg.steps_per_epoch >= 0, "--steps_per_epoch must be >= 0"),
         (cfg.steps_per_execution >= 1, "--steps_per_execution must be >= 1"),
+        (not (cfg.deterministic and cfg.jit_compile),
+         "--deterministic needs --nojit_compile: XLA has no deterministic kernel for the max-pool gradient "
+         "(DenseNet's stem), so TensorFlow refuses the compiled step"),
         (cfg.learning_rate > 0, "--learning_rate must be > 0"),
         (0 < cfg.threshold < 1, "--threshold must be in (0, 1)"),
         (cfg.weights in ("none", "imagenet") or os.path.exists(cfg.weights),

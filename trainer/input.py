@@ -11,7 +11,8 @@ The order of operations, and why:
                                      throughput (BUILD_NOTES). Epochs blur at the edges by at
                                      most the open files plus the buffer; steps per epoch are
                                      counted, so epochs, history and checkpoints are unchanged)
-    -> interleave TFRecordDataset   (parallel reads; deterministic=False when training)
+    -> interleave TFRecordDataset   (parallel reads; unordered when training: --deterministic's
+                                     op determinism overrides that and every map's order)
     -> frontal views only           (records are frontal-first in each shard, so this is
                                      take(N) per file with N from the manifest: no per-record
                                      work; older records fall back to a per-record filter

@@ -55,6 +55,9 @@ flags.DEFINE_enum("strategy", "auto", list(config_lib.STRATEGIES),
 flags.DEFINE_boolean("jit_compile", True, "XLA-compile the per-replica forward+backward step (--nojit_compile).")
 flags.DEFINE_enum("precision", "float32", list(config_lib.PRECISIONS), "Keras dtype policy.")
 flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling, augmentation).")
+flags.DEFINE_boolean("deterministic", False, "Same --seed, same weights: training records in a fixed order "
+                                             "(parallel reads keep their order) and deterministic TensorFlow ops. "
+                                             "Slower; without it the order of records varies between runs.")
 flags.DEFINE_boolean("augment", True, "Small random rotation/shift/scale per image in the train step (on the "
                                       "replica's device, from --seed); never flips.")
 flags.DEFINE_enum("views", "frontal", list(config_lib.VIEW_CHOICES), "Train and evaluate on frontal views, or all.")
@@ -90,7 +93,7 @@ def config_from_flags() -> config_lib.TrainConfig:
         steps_per_execution=FLAGS.steps_per_execution,
         learning_rate=FLAGS.learning_rate, beta_1=FLAGS.beta_1, beta_2=FLAGS.beta_2, epsilon=FLAGS.epsilon,
         threshold=FLAGS.threshold, strategy=FLAGS.strategy, jit_compile=FLAGS.jit_compile,
-        precision=FLAGS.precision, seed=FLAGS.seed, augment=FLAGS.augment, views=FLAGS.views,
+        precision=FLAGS.precision, seed=FLAGS.seed, deterministic=FLAGS.deterministic, augment=FLAGS.augment, views=FLAGS.views,
         skip_corrupt=FLAGS.skip_corrupt, patience=FLAGS.patience, shuffle_buffer=FLAGS.shuffle_buffer,
         distill_from=_distill_from(), distill_alpha=FLAGS.distill_alpha,
         distill_temperature=FLAGS.distill_temperature,

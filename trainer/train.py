@@ -49,6 +49,8 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+# is_op_determinism_enabled / disable_op_determinism: not in tf.config's public API (TF 2.21).
+from tensorflow.python.framework import config as tf_config
 
 from core import storage
 from schemas import chexpert, job_spec
@@ -352,6 +354,21 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         self.best, self.wait = self.resume_from
 
 
+@contextlib.contextmanager
+def _op_determinism(on: bool):
+    """TensorFlow's deterministic ops (``--deterministic``) for the duration of a run. The
+    setting is process-wide, so a run that turned it on turns it off again (a library caller
+    or the test process goes on as before); TF's public API can only turn it on."""
+    was = tf_config.is_op_determinism_enabled()
+    if on and not was:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if on and not was:
+            tf_config.disable_op_determinism()
+
+
 def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict:
     """Trains, evaluates and exports; returns the contents of metrics.json.
 
@@ -360,6 +377,11 @@ def run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dic
         strategy: a ready strategy (tests pass one over logical CPUs); default from
             ``cfg.strategy``.
     """
+    with _op_determinism(cfg.deterministic):
+        return _run(cfg, strategy)
+
+
+def _run(cfg: TrainConfig, strategy: tf.distribute.Strategy | None) -> dict:
     keras.utils.set_random_seed(cfg.seed)
     strategy = strategy or make_strategy(cfg.strategy)
     chief = is_chief(strategy)

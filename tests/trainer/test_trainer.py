@@ -200,6 +200,29 @@ def test_imagenet_weights_offline_fail_with_a_clear_message(records_dir):
         model_lib.build_model(cfg)
 
 
+def test_deterministic_runs_with_one_seed_give_the_same_weights(records_dir, tmp_path):
+    """--deterministic: two runs with one --seed end with the same weights, bit for bit (by
+    default parallel reads hand records over in whatever order they finish, so they do
+    not), and not merely the seed's initial weights; the process-wide op determinism is off
+    again afterwards; XLA is refused with the reason."""
+    from tensorflow.python.framework import config as tf_config
+
+    def weights(name):
+        cfg = _cfg(records_dir, tmp_path / name, epochs=1, steps_per_epoch=4, batch_size=4, jit_compile=False,
+                   deterministic=True, seed=3)
+        train.run(cfg)
+        assert not tf_config.is_op_determinism_enabled()
+        return cfg, keras.models.load_model(str(tmp_path / name / "model.keras")).get_weights()
+
+    (cfg, a), (_, b) = weights("a"), weights("b")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    keras.utils.set_random_seed(3)
+    initial = model_lib.build_model(cfg).get_weights()
+    assert a[0].shape == initial[0].shape and not np.array_equal(a[0], initial[0])  # the stem's kernel trained
+    with pytest.raises(config_lib.ConfigError, match="--deterministic needs --nojit_compile"):
+        _cfg(records_dir, deterministic=True)
+
+
 def test_model_keras_loads_with_plain_keras_in_a_fresh_interpreter(trained_job, sample_dir, tmp_path):
     """What a Keras user does with a shared .keras file: load_model, no project import, and
     the same P(positive) as our own inference path."""
