@@ -200,6 +200,29 @@ def test_imagenet_weights_offline_fail_with_a_clear_message(records_dir):
         model_lib.build_model(cfg)
 
 
+def test_the_command_line_defaults_are_the_2019_projects_and_reach_the_optimizer(records_dir, tmp_path):
+    """README: Adam lr 1e-4 (beta 0.9/0.999, eps 1e-8), batch 16 per replica, threshold 0.35,
+    DenseNet121 at 320 px, XLA on; and each optimizer setting reaches Adam as given (not
+    swapped: Adam's first step is the same whatever the betas, so the step tests cannot tell)."""
+    from trainer import task
+
+    try:
+        task.FLAGS(["trainer.task", f"--records_dir={records_dir}", f"--job_dir={tmp_path / 'job'}",
+                    "--image_size=32"])  # the test records' size; the default is checked below
+        cfg = task.config_from_flags()
+        assert task.FLAGS["image_size"].default == 320
+    finally:
+        task.FLAGS.unparse_flags()
+    assert (cfg.learning_rate, cfg.beta_1, cfg.beta_2, cfg.epsilon) == (1e-4, 0.9, 0.999, 1e-8)
+    assert (cfg.batch_size, cfg.threshold, cfg.backbone, cfg.weights) == (16, 0.35, "densenet121", "none")
+    assert (cfg.tasks, cfg.policy["atelectasis"], cfg.jit_compile, cfg.augment, cfg.deterministic) == (
+        ("atelectasis",), "ones", True, True, False)
+    cfg = _cfg(records_dir, learning_rate=3e-4, beta_1=0.8, beta_2=0.95, epsilon=1e-6)
+    opt = train.Trainer(cfg, tf.distribute.get_strategy(), model_fn=_small_model).optimizer
+    assert (float(opt.learning_rate), opt.beta_1, opt.beta_2, opt.epsilon) == (
+        pytest.approx(3e-4), 0.8, 0.95, 1e-6)
+
+
 def test_deterministic_runs_with_one_seed_give_the_same_weights(records_dir, tmp_path):
     """--deterministic: two runs with one --seed end with the same weights, bit for bit (by
     default parallel reads hand records over in whatever order they finish, so they do

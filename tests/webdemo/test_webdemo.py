@@ -749,3 +749,42 @@ def test_stalled_uploads_lose_their_slots_after_the_upload_deadline(trained_job)
             assert status == 408 and "took longer than 1 s" in json.loads(body)["error"]
         r = httpx.post(f"{base}/api/predict", files={"file": ("x.jpg", _xray_jpeg(), "image/jpeg")}, timeout=30)
         assert r.status_code == 200  # the slots are free again
+
+
+def _listening(port: int) -> list[str]:
+    """Local addresses (hex, as /proc/net/tcp{,6} write them) of sockets listening on ``port``."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in list(f)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:
+                    found.append(address)
+    return found
+
+
+def test_the_command_binds_to_loopback_by_default_and_says_the_model_is_synthetic(trained_job):
+    """README: the web demo binds to 127.0.0.1 (--host to expose it). The real command, its
+    defaults: the only listening socket on its port is the loopback one."""
+    import subprocess
+    import sys
+
+    from tests import ROOT
+
+    assert webapp.make_parser().parse_args([]).max_concurrent == 2  # one per core here, as documented
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "webdemo.app", f"--job_dir={trained_job}", f"--port={port}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not _listening(port) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _listening(port) == ["0100007F"], proc.poll()
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert f"serving {trained_job} on http://127.0.0.1:{port}" in out
+    assert "trained on SYNTHETIC data" in err

@@ -30,6 +30,8 @@ def test_threshold_metrics_equal_sklearn():
     assert r["ppv"] == pytest.approx(skm.precision_score(y, pred))
     tn, fp, fn, tp = skm.confusion_matrix(y, pred).ravel()
     assert (r["tn"], r["fp"], r["fn"], r["tp"]) == (tn, fp, fn, tp)
+    assert r["npv"] == pytest.approx(skm.precision_score(1 - y, 1 - pred)) == pytest.approx(tn / (tn + fn))
+    assert r["npv"] != pytest.approx(r["specificity"])  # the two differ on this data
 
 
 def test_one_class_gives_nan_not_a_crash():
@@ -45,6 +47,15 @@ def test_bootstrap_ci_brackets_the_auroc_and_is_seeded():
     lo, hi = metrics.bootstrap_auroc_ci(y, p, n=300, seed=1)
     assert lo < metrics.auroc(y, p) < hi and hi - lo < 0.2
     assert (lo, hi) == metrics.bootstrap_auroc_ci(y, p, n=300, seed=1)
+    # A 95% percentile interval: the 2.5th and 97.5th percentiles of the resampled AUROCs
+    # (the same seeded draws, computed here with sklearn).
+    rng, values = np.random.default_rng(1), []
+    for _ in range(300):
+        idx = rng.integers(0, len(y), len(y))
+        values.append(skm.roc_auc_score(y[idx], p[idx]))
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])), abs=1e-12)
+    assert metrics.bootstrap_auroc_ci(y, p, n=300, seed=1, level=0.9) == pytest.approx(
+        tuple(np.percentile(values, [5, 95])), abs=1e-12)
 
 
 def test_tuned_threshold_maximises_f1_and_calibration_error_is_exact():
