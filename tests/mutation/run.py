@@ -71,6 +71,8 @@ EVAL_UNIT = "tests/trainer/test_evaluate_aggregation.py"
 COMMIT = "tests/unit/core/test_commit.py"
 TRAINER = "tests/trainer/test_trainer.py"
 DISTILL = "tests/trainer/test_distill.py"
+METRICS = "tests/unit/trainer/test_metrics.py"
+WEBDEMO = "tests/webdemo/test_webdemo.py"
 
 MUTANTS = (
     Mutant(
@@ -236,6 +238,112 @@ MUTANTS = (
         'args = (batch["image"], batch["targets"], batch["masks"], denominators, batch.get("teacher"), key)',
         'args = (batch["image"], batch["targets"], batch["masks"], denominators, None, key)',
         (f"{DISTILL}::test_the_teacher_term_reaches_the_gradient_weighted_by_alpha",),
+    ),
+    # An outside tester's breaks (session 7): each survived the suite before its test.
+    Mutant(
+        "npv-is-specificity",
+        "the report's NPV is TN / (TN + FN)",
+        "trainer/metrics.py",
+        '"npv": div(tn, tn + fn)}',
+        '"npv": div(tn, tn + fp)}',
+        (f"{METRICS}::test_threshold_metrics_equal_sklearn",),
+    ),
+    Mutant(
+        "bootstrap-ci-90-percent",
+        "the AUROC interval is a 95% percentile bootstrap interval",
+        "trainer/metrics.py",
+        "[50 * (1 - level), 100 - 50 * (1 - level)]",
+        "[100 * (1 - level), 100 - 100 * (1 - level)]",
+        (f"{METRICS}::test_bootstrap_ci_brackets_the_auroc_and_is_seeded",),
+    ),
+    Mutant(
+        "adam-betas-swapped",
+        "Adam gets --beta_1 and --beta_2 as given (its first step cannot tell them apart)",
+        "trainer/train.py",
+        "beta_1=cfg.beta_1,",
+        "beta_1=cfg.beta_2,",
+        (f"{TRAINER}::test_the_command_line_defaults_are_the_2019_projects_and_reach_the_optimizer",),
+    ),
+    Mutant(
+        "threshold-default-not-0.35",
+        "the command line's threshold is the 2019 project's 0.35",
+        "trainer/task.py",
+        'flags.DEFINE_float("threshold", 0.35,',
+        'flags.DEFINE_float("threshold", 0.5,',
+        (f"{TRAINER}::test_the_command_line_defaults_are_the_2019_projects_and_reach_the_optimizer",),
+    ),
+    Mutant(
+        "webdemo-binds-every-interface",
+        "the web demo binds to 127.0.0.1 unless --host says otherwise",
+        "webdemo/app.py",
+        'parser.add_argument("--host", default="127.0.0.1"',
+        'parser.add_argument("--host", default="0.0.0.0"',
+        (f"{WEBDEMO}::test_the_command_binds_to_loopback_by_default_and_says_the_model_is_synthetic",),
+    ),
+    Mutant(
+        "change-detector-ignores-mtime",
+        "a scheduled run sees a file rewritten at the same size (size and mtime)",
+        "core/fingerprint.py",
+        'return f"{st.st_size}:{st.st_mtime_ns}"\n        st = os.stat(path, dir_fd=dir_fd)',
+        'return f"{st.st_size}:0"\n        st = os.stat(path, dir_fd=dir_fd)',
+        ("tests/unit/core/test_fingerprint.py",),
+    ),
+    Mutant(
+        "change-detector-follows-links",
+        "an image replaced by a link (same size and mtime) is a change for --incremental",
+        "core/fingerprint.py",
+        "        st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)",
+        "        st = os.stat(path, dir_fd=dir_fd)",
+        ("tests/unit/core/test_fingerprint.py",
+         "tests/pipeline/test_bad_inputs.py::test_build_refuses_a_link_out_of_the_dataset"),
+    ),
+    Mutant(
+        "score-shrink-guard-never-trips",
+        "score fails, committing nothing, when its output would lose more than --max_shrink_fraction",
+        "pipeline/score.py",
+        'previous.get("scored", 0), opts.max_shrink_fraction',
+        'previous.get("scores", 0), opts.max_shrink_fraction',
+        ("tests/pipeline/test_guards.py::test_score_guards_and_damage",),
+    ),
+    Mutant(
+        "score-no-synthetic-warning",
+        "score's command line warns when the model was trained on synthetic data",
+        "pipeline/score.py",
+        'if m.get("model_data") == "synthetic":',
+        'if m.get("model_data") == "SYNTHETIC":',
+        ("tests/pipeline/test_guards.py::test_score_guards_and_damage",),
+    ),
+    Mutant(
+        "external-records-said-real",
+        "records of make_external's NIH/MIMIC sets record that the data is synthetic",
+        "pipeline/build_config.py",
+        "if dataset is not None else (root,)))",
+        "if dataset is None else (root,)))",
+        ("tests/trainer/test_evaluate_external.py::test_a_generated_external_set_is_evaluated_and_said_to_be_synthetic",),
+    ),
+    Mutant(
+        "retrained-labeller-is-nothing-new",
+        "a retrained labeller (its model's sha256) changes the input fingerprint",
+        "pipeline/build_config.py",
+        '_TRANSIENT_OPTIONS = ("overwrite",',
+        '_TRANSIENT_OPTIONS = ("teacher_sha256", "overwrite",',
+        ("tests/pipeline/test_self_trained.py::test_incremental_build_with_a_labeller_equals_a_full_rebuild",),
+    ),
+    Mutant(
+        "reject-guard-at-its-fraction",
+        "the guards trip only past their fraction: =1 accepts every row rejected",
+        "core/commit.py",
+        "    if total and rejected / total > max_fraction:",
+        "    if total and rejected / total >= max_fraction:",
+        (f"{COMMIT}::test_the_guards_trip_only_past_their_fraction",),
+    ),
+    Mutant(
+        "deterministic-flag-ignored",
+        "--deterministic: the same seed gives the same weights",
+        "trainer/train.py",
+        "    with _op_determinism(cfg.deterministic):",
+        "    with _op_determinism(False):",
+        (f"{TRAINER}::test_deterministic_runs_with_one_seed_give_the_same_weights",),
     ),
 )
 

@@ -238,8 +238,19 @@ def test_score_guards_and_damage(trained_job, pristine, tmp_path, capsys):
     os.remove(os.path.join(out, m["outputs"]["scores_csv"]))
     assert score.main([*argv[:3], f"--csv={csv_path}"]) == 1
     assert "scores.csv: listed by the committed manifest but missing" in capsys.readouterr().err
-    assert score.run([*argv[:3], f"--csv={csv_path}", "--overwrite"])["scored"] == m["scored"]
+    assert score.main([*argv[:3], f"--csv={csv_path}", "--overwrite"]) == 0
+    assert "WARNING: the model was trained on SYNTHETIC data" in capsys.readouterr().err
     assert not outputs.unreferenced(out)
+    # The shrink guard: a CSV with half the rows would drop half the committed scores.
+    lines = open(csv_path).read().splitlines()
+    half = tmp_path / "half.csv"
+    half.write_text("\n".join(lines[: 1 + (len(lines) - 1) // 2]) + "\n")
+    before = open(os.path.join(out, "manifest.json"), "rb").read()
+    shrunk = [*argv[:3], f"--csv={half}", f"--image_root={pristine}"]
+    assert score.main(shrunk) == 1
+    assert "--max_shrink_fraction" in capsys.readouterr().err
+    assert open(os.path.join(out, "manifest.json"), "rb").read() == before
+    assert score.run([*shrunk, "--max_shrink_fraction=1"])["scored"] == (len(lines) - 1) // 2
 
 
 def test_a_fifo_where_an_image_should_be_is_a_dead_letter_not_a_hang(data, trained_job, tmp_path):

@@ -136,7 +136,9 @@ def test_incremental_build_with_a_labeller_equals_a_full_rebuild(sample_dir, lab
 
     data = tmp_path / "data"
     shutil.copytree(sample_dir, data)
-    args = [f"--input_dir={data}", "--image_size=32", "--num_shards=2", f"--labeller={labeller_job}",
+    labeller = str(tmp_path / "labeller")  # a copy: retrained in place below
+    shutil.copytree(labeller_job, labeller)
+    args = [f"--input_dir={data}", "--image_size=32", "--num_shards=2", f"--labeller={labeller}",
             "--runner=DirectRunner"]
     out = str(tmp_path / "inc")
     build_records.run([f"--output_dir={out}", *args])
@@ -161,6 +163,21 @@ def test_incremental_build_with_a_labeller_equals_a_full_rebuild(sample_dir, lab
     assert a[rows[unc][0]][example_lib.LABELS_LABELLER][CONS] == chexpert.NO_LABELLER_VALUE
     assert inc["teacher"]["relabelled"] == full["teacher"]["relabelled"]
     assert inc["splits"]["train"]["target_counts"] == full["splits"]["train"]["target_counts"]
+    # The labeller retrained at the same path (other weights, same files): a changed input, so
+    # the rerun is not "nothing new" and its records hold the new model's probabilities.
+    import keras
+
+    model = keras.models.load_model(os.path.join(labeller, "model.keras"))
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    model.save(os.path.join(labeller, "model.keras"))
+    again = build_records.run([f"--output_dir={out}", "--incremental", *args])
+    assert not again.get("nothing_new")
+    assert again["teacher"]["model_sha256"] != inc["teacher"]["model_sha256"]
+    assert again["teacher"]["relabelled"] == inc["teacher"]["relabelled"]  # the same entries, relabelled anew
+    c = _records(out, again)
+    changed = [p for p in c if c[p][example_lib.LABELS_LABELLER][CONS] >= 0
+               and c[p][example_lib.LABELS_LABELLER][CONS] != a[p][example_lib.LABELS_LABELLER][CONS]]
+    assert changed
 
 
 def test_the_old_teacher_flags_still_work_and_warn(sample_dir, labeller_job, taught, tmp_path, capsys):

@@ -278,6 +278,12 @@ def test_a_generated_external_set_is_evaluated_and_said_to_be_synthetic(trained_
     assert out["images"] == c["selected"] - (len(out["unreadable"]) - (c["rows"] - c["readable"]))
     assert src["split"] is None and c["selected"] == c["readable"]
     assert out["external"]["labelled_tasks"] == ["cardiomegaly", "atelectasis"]
+    # Records built from the same folder say so too (a model trained on them then warns).
+    from pipeline import build_records
+
+    m = build_records.run([f"--input_dir={folder}", f"--output_dir={tmp_path / 'records'}", "--image_size=32",
+                           "--runner=DirectRunner", "--max_reject_fraction=1"])
+    assert m["options"]["synthetic"] is True
 
 
 def test_the_synthetic_warning_names_the_generator_of_each_synthetic_format():

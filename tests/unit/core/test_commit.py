@@ -170,3 +170,19 @@ def test_committed_output_is_trusted_only_with_every_file_at_its_recorded_size(t
     assert commit.committed(out, overwrite=True) is None
     with open(os.path.join(out, commit.MANIFEST)) as f:
         assert json.load(f) == manifest  # damage is reported, never "repaired" by a reader
+
+
+def test_the_guards_trip_only_past_their_fraction():
+    """`--max_reject_fraction` / `--max_shrink_fraction` are allowances: exactly the fraction
+    passes, one more input trips it, and `=1` accepts every input rejected or every record
+    gone (README: "`=1` accepts it")."""
+    commit.check_rejected(5, 100, 0.05, "rows", "--max_reject_fraction")
+    with pytest.raises(commit.GuardError, match=r"6 of 100 rows rejected \(6\.0% > --max_reject_fraction=0\.05\)"):
+        commit.check_rejected(6, 100, 0.05, "rows", "--max_reject_fraction")
+    commit.check_rejected(100, 100, 1, "rows", "--max_reject_fraction")
+    commit.check_rejected(0, 0, 0, "rows", "--max_reject_fraction")  # nothing read, nothing to judge
+    commit.check_shrink(95, 100, 0.05, "records", "--max_shrink_fraction")
+    with pytest.raises(commit.GuardError, match=r"from 100 to 94 records \(6\.0% > --max_shrink_fraction=0\.05\)"):
+        commit.check_shrink(94, 100, 0.05, "records", "--max_shrink_fraction")
+    commit.check_shrink(0, 100, 1, "records", "--max_shrink_fraction")
+    commit.check_shrink(7, 0, 0, "records", "--max_shrink_fraction")  # a first run
