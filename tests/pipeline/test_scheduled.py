@@ -23,7 +23,7 @@ from core import storage
 from pipeline import make_sample, score
 from serving import job as job_lib
 from trainer import predict
-from tests import images, outputs, studies_folder
+from tests import images, outputs, retuned_job, studies_folder
 
 ROOT = tests.ROOT
 
@@ -79,6 +79,28 @@ def test_scores_equal_predict_and_bad_inputs_are_dead_letters(trained_job, image
     for a, b in zip(rows, _lines(_output(tmp_path / "sm", "scores_jsonl"))):
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
     assert saved["model"] != m["model"]
+
+
+def test_a_job_with_its_own_threshold_is_scored_at_it(trained_job, image_folder, tmp_path):
+    """The positive calls (scores.jsonl, scores.csv) and the manifest use the job's own
+    threshold, not the default every fixture job has; --threshold still wins over it."""
+    files = sorted(str(p) for p in image_folder.glob("img*.jpg"))
+    results, _ = predict.predict_files(job_lib.load_job(trained_job), files, threshold=retuned_job.DEFAULT)
+    t = retuned_job.separating(p for r in results for p in r["probs"].values())
+    job = retuned_job.copy(trained_job, str(tmp_path / "job"), t)
+    m = _score(job, tmp_path / "out", f"--input_pattern={image_folder}/img*.jpg")
+    assert m["threshold"] == t and m["scored"] == len(files)
+    rows = _lines(_output(tmp_path / "out", "scores_jsonl"))
+    with open(_output(tmp_path / "out", "scores_csv"), newline="") as f:
+        csv_calls = {r["path"]: set(filter(None, r["positive"].split(";"))) for r in csv.DictReader(f)}
+    calls = {r["path"]: {k for k, p in r["probabilities"].items() if p >= t} for r in rows}
+    assert {r["path"]: set(r["positive"]) for r in rows} == calls == csv_calls
+    at_default = {r["path"]: {k for k, p in r["probabilities"].items() if p >= retuned_job.DEFAULT} for r in rows}
+    assert calls != at_default  # the threshold chosen makes a difference
+    flag = _score(job, tmp_path / "flag", f"--input_pattern={image_folder}/img*.jpg",
+                  f"--threshold={retuned_job.DEFAULT}")
+    assert flag["threshold"] == retuned_job.DEFAULT
+    assert {r["path"]: set(r["positive"]) for r in _lines(_output(tmp_path / "flag", "scores_jsonl"))} == at_default
 
 
 def test_incremental_scores_only_new_inputs_and_equals_a_full_run(trained_job, image_folder, sample_dir, tmp_path):
