@@ -18,7 +18,7 @@ from PIL import Image
 import tests
 from core import imaging
 from pipeline import make_sample
-from tests import studies_folder
+from tests import retuned_job, studies_folder
 from trainer import predict
 
 ROOT = tests.ROOT
@@ -178,6 +178,31 @@ def test_an_earlier_runs_predictions_are_refused_or_replaced_whole(trained_job, 
     second = predict.run(job, [one], out, heatmap_task="atelectasis", overwrite=True)
     listed = {r["overlay"] for r in second["results"] if r["overlay"]}
     assert {n for n in os.listdir(out) if n.endswith(".png")} == listed
+
+
+def test_predictions_are_called_at_the_jobs_own_threshold_unless_one_is_given(trained_job, sample_dir, tmp_path):
+    """predictions.csv/.json call positives at the job's threshold (the fixture job's is the
+    default 0.35, so a copy gets another); an explicit threshold still wins."""
+    from serving import job as job_lib
+
+    valid = os.path.join(sample_dir, make_sample.DATASET_DIR, "valid")
+    files = sorted(os.path.join(r, f) for r, _, fs in os.walk(valid) for f in fs)[:12]
+    results, _ = predict.predict_files(job_lib.load_job(trained_job), files, threshold=retuned_job.DEFAULT)
+    t = retuned_job.separating(p for r in results for p in r["probs"].values())
+    job = job_lib.load_job(retuned_job.copy(trained_job, str(tmp_path / "job"), t))
+    assert job.spec.threshold == t
+    calls = {}
+    for out, given, want in (("own", None, t), ("given", retuned_job.DEFAULT, retuned_job.DEFAULT)):
+        doc = predict.run(job, files, str(tmp_path / out), threshold=given)
+        assert doc["threshold"] == want
+        with open(tmp_path / out / "predictions.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["path"] for r in rows] == [r["path"] for r in doc["results"]] == files
+        for row, r in zip(rows, doc["results"]):
+            assert set(r["positive"]) == {k for k, p in r["probs"].items() if p >= want}
+            assert set(filter(None, row["positive"].split(";"))) == set(r["positive"])
+        calls[out] = [set(r["positive"]) for r in doc["results"]]
+    assert calls["own"] != calls["given"]  # the threshold chosen makes a difference
 
 
 @pytest.mark.parametrize("p,want", [(0.349753, "0.3498"), (0.350326, "0.3503"), (0.35, "0.35"),
