@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import tests
-from core import commit, storage
+from core import commit, imaging, storage
 from pipeline import build_records, make_sample, runs
 from schemas import chexpert
 from schemas import example as example_lib
@@ -264,3 +264,28 @@ def test_run_builds_into_a_test_pipeline_and_commits_the_same_records(built, tmp
                 for sp in man["splits"].values() for n in sp["shards"]}
 
     assert shard_bytes(other, m) == shard_bytes(out, manifest)
+
+
+@pytest.mark.parametrize("mode", ["pad", "crop"])
+def test_records_hold_the_pixels_of_the_resize_mode_asked_for(mode, tmp_path):
+    """--resize pad|crop: each record's pixels are ``imaging.resize`` of the decoded source
+    (decoded as the job does, at a draft scale no smaller than the records' size) in that
+    mode, and not squash's; the generated films are 390x320, so the modes differ."""
+    root = str(tmp_path / "in")
+    make_sample.generate(root, num_patients=3, num_valid_patients=1, seed=5, workers=1, progress=False)
+    out = str(tmp_path / "out")
+    manifest = _run(root, out, f"--resize={mode}")
+    assert manifest["options"]["resize"] == mode
+    checked = 0
+    for split in manifest["splits"]:
+        for rec in _read_split(out, manifest, split)[:3]:
+            path = rec[example_lib.SOURCE_PATH].decode()
+            with open(os.path.join(root, path), "rb") as f:
+                decoded = imaging.decode(f.read(), path, draft_size=64)
+            assert decoded.shape[0] != decoded.shape[1]
+            want = imaging.resize(decoded, 64, mode)
+            np.testing.assert_array_equal(rec["image"][..., 0], want)
+            assert not np.array_equal(want, imaging.resize(decoded, 64, "squash"))
+            checked += 1
+    assert checked >= 4
+
