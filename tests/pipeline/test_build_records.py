@@ -289,3 +289,51 @@ def test_records_hold_the_pixels_of_the_resize_mode_asked_for(mode, tmp_path):
             checked += 1
     assert checked >= 4
 
+
+def _bad_valid_rows(root: str) -> dict[str, str]:
+    """Appends rows to valid.csv that must be rejected; returns path -> reason."""
+    prefix = f"{make_sample.DATASET_DIR}/valid"
+    expected = {f"{prefix}/patient95000/study1/view1_frontal.jpg": "missing_file",
+                f"{prefix}/patient95001/study1/view1_frontal.jpg": "bad_label",
+                f"{prefix}/patient95002/study1/view1_frontal.jpg": "bad_age"}
+    over = {"missing_file": {}, "bad_label": {"Edema": "likely"}, "bad_age": {"Age": "forty"}}
+    with open(os.path.join(root, make_sample.DATASET_DIR, "valid.csv"), "a") as f:
+        f.write("".join(badinputs._cells(p, **over[r]) + "\n" for p, r in expected.items()))
+    return expected
+
+
+def test_each_splits_rejected_counts_are_its_dead_letters(tmp_path, capsys):
+    """README: the manifest holds per-split counts and rows = written + rejected. Each split's
+    ``rejected`` and ``rejected_by_reason`` are its dead letters' (train.csv's bad rows spread
+    over train and holdout, valid.csv's in valid), its rows are written + rejected, and the
+    console's line for the split says the same."""
+    root = str(tmp_path / "in")
+    make_sample.generate(root, num_patients=4, num_valid_patients=2, seed=3, workers=1, progress=False)
+    badinputs.plant(root)
+    valid_expected = _bad_valid_rows(root)
+    out = str(tmp_path / "out")
+    assert build_records.main([f"--input_dir={root}", f"--output_dir={out}", "--image_size=32",
+                               "--holdout_fraction=0.5", "--max_reject_fraction=1", "--runner=DirectRunner"]) == 0
+    console = capsys.readouterr().out
+    with open(os.path.join(out, "manifest.json")) as f:
+        manifest = json.load(f)
+    letters = []
+    for name in manifest["rejected_files"]:
+        with open(os.path.join(out, name)) as f:
+            letters += [json.loads(line) for line in f]
+    by_split = collections.defaultdict(collections.Counter)
+    for r in letters:
+        by_split[r["split"]][r["reason"]] += 1
+    assert set(manifest["splits"]) == {"train", "holdout", "valid"}
+    assert dict(by_split["valid"]) == collections.Counter(valid_expected.values())
+    assert all(sum(by_split[split].values()) > 0 for split in ("train", "holdout")), dict(by_split)
+    for split, sp in manifest["splits"].items():
+        assert sp["rejected_by_reason"] == dict(by_split[split]), split
+        assert sp["rejected"] == sum(by_split[split].values()), split
+        assert sp["rows"] == sp["written"] + sp["rejected"], split
+        assert f"{split:8s} {sp['written']:7d} written, {sp['rejected']:5d} rejected," in console
+    # Rows rejected before their split was known (bad bytes, a short row) count in their CSV only.
+    assert sum(sp["rejected"] for sp in manifest["splits"].values()) + sum(by_split[None].values()) \
+        == manifest["rejected"] == len(letters)
+    for src in manifest["sources"].values():
+        assert src["rows"] == src["written"] + src["rejected"]
