@@ -14,9 +14,13 @@ import tensorflow as tf
 
 import tests
 from core import imaging
+from pipeline import build_records, make_sample
+from schemas import job_spec
+from serving import job as job_lib
+from serving import preprocess
 from trainer import config as config_lib
 from trainer import model as model_lib
-from trainer import train
+from trainer import predict, train
 
 ROOT = tests.ROOT
 
@@ -391,3 +395,44 @@ def test_the_backup_holds_the_models_weights_and_the_optimizers_state(trained_jo
         assert np.abs(np.asarray(before[task]) - np.asarray(saved[task])).max() > 1e-4  # a fresh model differs
     moments = [v for v in fresh.optimizer.variables if "momentum" in v.path or "velocity" in v.path]
     assert moments and all(np.any(v.numpy() != 0) for v in moments)
+
+
+def test_a_job_on_pad_records_says_pad_and_its_scorers_pad(trained_job, tmp_path):
+    """The records' --resize travels: a config made on pad records holds it, the spec the
+    trainer writes from it (``cfg.spec()``, as ``train.run`` does) says ``pad``, and the
+    scorers (serving's model input, trainer.predict) pad an input file as the records job
+    did. The model is the fixture job's, with the spec of a job trained on pad records: no
+    second model is trained."""
+    root = str(tmp_path / "in")
+    make_sample.generate(root, num_patients=2, num_valid_patients=1, seed=7, workers=1, progress=False)
+    records = str(tmp_path / "pad")
+    build_records.run([f"--input_dir={root}", f"--output_dir={records}", "--image_size=32", "--resize=pad",
+                       "--runner=DirectRunner"])
+    cfg = _cfg(records, tmp_path / "job", jit_compile=False)
+    assert cfg.records_resize == "pad"
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "config.json").write_text(cfg.to_json())
+    (job_dir / job_spec.FILE).write_text(cfg.spec().to_json())
+    assert json.loads((job_dir / job_spec.FILE).read_text())["records_resize"] == "pad"
+    (job_dir / "model.keras").write_bytes(open(os.path.join(trained_job, "model.keras"), "rb").read())
+    job = job_lib.load_job(str(job_dir))
+    assert job.spec.records_resize == "pad"
+    valid = os.path.join(root, make_sample.DATASET_DIR, "valid")
+    files = sorted(os.path.join(r, f) for r, _, fs in os.walk(valid) for f in fs)[:4]
+    padded, squashed = [], []
+    for path in files:
+        with open(path, "rb") as f:
+            data = f.read()
+        decoded = imaging.decode(data, path, draft_size=32)
+        assert decoded.shape[0] != decoded.shape[1]
+        padded.append(imaging.resize(decoded, 32, "pad")[:, :, None])
+        squashed.append(imaging.resize(decoded, 32, "squash")[:, :, None])
+        np.testing.assert_array_equal(preprocess.model_input(data, path, job.spec), padded[-1])
+    results, failures = predict.predict_files(job, files, threshold=job.spec.threshold)
+    assert not failures
+    want, other = job.model(np.stack(padded)), job.model(np.stack(squashed))
+    for t in job.tasks:
+        got = np.array([r["probs"][t] for r in results])
+        np.testing.assert_allclose(got, want[t].numpy(), atol=1e-6)
+    assert max(np.abs(want[t].numpy() - other[t].numpy()).max() for t in job.tasks) > 1e-5
