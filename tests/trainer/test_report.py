@@ -9,6 +9,7 @@ import html.parser
 import io
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -230,6 +231,43 @@ def test_undefined_metrics_each_get_a_sentence_and_a_tooltip():
     page.feed(report.report_html(results, meta, pngs))
     assert not page.errors and not page.stack
     assert any("no positive studies" in t for t in page.titles)
+
+
+# Irvin et al., "CheXpert", AAAI 2019, Table 2: validation AUROC of each competition task
+# under its best uncertainty policy (trainer/report.py cites this table for PAPER_AUROC).
+# Written out here, not read from the code: the test is what a changed number fails.
+PUBLISHED_AUROC = {"atelectasis": 0.858, "cardiomegaly": 0.854, "consolidation": 0.939, "edema": 0.941,
+                   "pleural_effusion": 0.936}
+PUBLISHED_POLICY = {"atelectasis": "ones", "cardiomegaly": "multiclass", "consolidation": "self_trained",
+                    "edema": "ones", "pleural_effusion": "multiclass"}
+
+
+def _row_cells(html_text: str, first: str) -> list[str]:
+    """The text of each cell of the table row whose first cell is ``first``."""
+    for row in re.findall(r"<tr>(.*?)</tr>", html_text, re.S):
+        cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, re.S)]
+        if cells and cells[0] == first:
+            return cells
+    raise AssertionError(f"no table row starts with {first!r}")
+
+
+def test_the_paper_column_shows_the_published_auroc_beside_each_task():
+    assert report.PAPER_AUROC == PUBLISHED_AUROC and report.PAPER_POLICY == PUBLISHED_POLICY
+    rng = np.random.default_rng(1)
+    scored = {t: (rng.integers(0, 2, 40), rng.random(40)) for t in PUBLISHED_AUROC}
+    results = report.compute(scored, {}, 0.35, 20, 0)
+    meta = _meta(policy=dict(PUBLISHED_POLICY))
+    meta["missing"] = report.missing_notes(results, meta)
+    md = report.report_markdown(results, meta, [])
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| ")]
+    header = next(r for r in table if "paper AUROC" in r)
+    column = header.index("paper AUROC")
+    html_text = report.report_html(results, meta, {})
+    for task, auroc in PUBLISHED_AUROC.items():
+        assert results["tasks"][task]["paper_auroc"] == auroc
+        md_row = next(r for r in table if r[0] == task and len(r) == len(header))
+        assert md_row[column] == f"{auroc:.3f}", task
+        assert _row_cells(html_text, task)[column] == f"{auroc:.3f}", task
 
 
 def test_calibration_counts_every_bin_and_gives_a_wilson_interval():
