@@ -345,6 +345,55 @@ MUTANTS = (
         "    with _op_determinism(False):",
         (f"{TRAINER}::test_deterministic_runs_with_one_seed_give_the_same_weights",),
     ),
+    # A second outside tester's breaks (session 7).
+    Mutant(
+        "score-default-threshold",
+        "score calls positives at the job's own threshold (job_spec.json)",
+        "pipeline/score.py",
+        "opts.threshold if opts.threshold is not None else spec.threshold",
+        "opts.threshold if opts.threshold is not None else 0.35",
+        ("tests/pipeline/test_scheduled.py::test_a_job_with_its_own_threshold_is_scored_at_it",),
+    ),
+    Mutant(
+        "predict-default-threshold",
+        "predict calls positives at the job's own threshold unless one is given",
+        "trainer/predict.py",
+        "threshold = job.spec.threshold if threshold is None else threshold",
+        "threshold = 0.35 if threshold is None else threshold",
+        ("tests/trainer/test_predict_outputs.py::test_predictions_are_called_at_the_jobs_own_threshold_unless_one_is_given",),
+    ),
+    Mutant(
+        "records-resize-ignored",
+        "--resize squash|crop|pad decides the records' pixels",
+        "pipeline/build_config.py",
+        "resize=opts.resize,",
+        'resize="squash",',
+        ("tests/pipeline/test_build_records.py::test_records_hold_the_pixels_of_the_resize_mode_asked_for",),
+    ),
+    Mutant(
+        "job-records-resize-ignored",
+        "a job's scorers repeat its records' resize mode",
+        "trainer/config.py",
+        'records_resize=manifest.options.get("resize", "squash"),',
+        'records_resize="squash",',
+        (f"{TRAINER}::test_a_job_on_pad_records_says_pad_and_its_scorers_pad",),
+    ),
+    Mutant(
+        "split-rejects-uncounted",
+        "each split's rejected counts in the manifest are its dead letters",
+        "pipeline/manifest_builder.py",
+        'if r["split"] in splits:',
+        'if r["split"] in splits and False:',
+        ("tests/pipeline/test_build_records.py::test_each_splits_rejected_counts_are_its_dead_letters",),
+    ),
+    Mutant(
+        "paper-auroc-changed",
+        "the report's paper column shows the CheXpert paper's published AUROC",
+        "trainer/report.py",
+        '"cardiomegaly": 0.854,',
+        '"cardiomegaly": 0.845,',
+        ("tests/trainer/test_report.py::test_the_paper_column_shows_the_published_auroc_beside_each_task",),
+    ),
 )
 
 
