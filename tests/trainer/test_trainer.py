@@ -391,3 +391,41 @@ def test_the_backup_holds_the_models_weights_and_the_optimizers_state(trained_jo
         assert np.abs(np.asarray(before[task]) - np.asarray(saved[task])).max() > 1e-4  # a fresh model differs
     moments = [v for v in fresh.optimizer.variables if "momentum" in v.path or "velocity" in v.path]
     assert moments and all(np.any(v.numpy() != 0) for v in moments)
+
+
+def test_a_run_without_a_defined_validation_auroc_keeps_its_last_epoch_and_says_so(records_dir, tmp_path, caplog,
+                                                                                   capsys):
+    """The sample's valid split has no positive pneumothorax: the mean AUROC is NaN in every
+    epoch, so no epoch can be selected. The run used to end in "File not found: model.keras";
+    it now keeps (and exports) the last epoch's model, and metrics.json and the log say that it
+    was not selected on validation."""
+    job = tmp_path / "job"
+    cfg = _cfg(records_dir, job, pathology="pneumothorax", epochs=1, steps_per_epoch=1, batch_size=4,
+               jit_compile=False)
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        report = train.run(cfg)
+    assert report["tasks"]["pneumothorax"]["positives"] == 0 and np.isnan(report["mean_auroc"])
+    assert (report["selected"], report["best_epoch"], report["epoch"]) == (False, None, 1)
+    assert "not one selected on validation" in report["note"]
+    assert json.loads((job / "metrics.json").read_text())["selected"] is False
+    assert (job / "model.keras").exists() and (job / "saved_model").exists()
+    assert "no epoch had a defined one: model.keras is this last epoch's model" in caplog.text
+    from trainer import task
+
+    task.print_report(report, str(job))
+    assert "last epoch 1: not selected, no epoch had a defined validation mean AUROC" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("scores,kill_after,want", [
+    ([float("nan"), float("nan")], 1, (None, 2, False)),  # the last epoch's model, across a restart
+    ([float("nan"), 0.6, float("nan")], 1, (2, 2, True)),  # a defined epoch replaces it, NaN never does
+    ([0.6, float("nan"), 0.4], 2, (1, 1, True)),
+])
+def test_no_defined_auroc_keeps_the_last_epoch_until_one_is_defined(tmp_path, scores, kill_after, want):
+    """The callbacks' side of the rule above: until an epoch has a defined mean AUROC each
+    epoch's model is written unselected; after one, NaN is never better than it (restarts too)."""
+    saved, last = _drive_callbacks(tmp_path, scores, patience=5, kill_after=kill_after)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["best_epoch"], metrics["epoch"], metrics["selected"]) == want
+    assert (tmp_path / "model.keras").exists() and last == len(scores)
+    assert saved == ([want[0]] if want[0] else [])
