@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -429,3 +432,26 @@ def test_no_defined_auroc_keeps_the_last_epoch_until_one_is_defined(tmp_path, sc
     assert (metrics["best_epoch"], metrics["epoch"], metrics["selected"]) == want
     assert (tmp_path / "model.keras").exists() and last == len(scores)
     assert saved == ([want[0]] if want[0] else [])
+
+
+def test_a_resumed_job_keeps_the_best_model_from_before_its_restart(trained_job, tmp_path, monkeypatch):
+    """The backup holds the best mean AUROC so far, and a resumed job compares its epochs
+    with it: a worse epoch 2 leaves model.keras and metrics.json of epoch 1. A copy of the
+    session's one-epoch job is rerun with --epochs 2, which restores JOB_DIR/backup as after
+    a kill; epoch 2's validation score is set by hand to half of epoch 1's, the training,
+    checkpoint and restore are real (without XLA: jit_compile may change on a resume)."""
+    job = tmp_path / "job"
+    shutil.copytree(trained_job, job)
+    before = {n: (job / n).read_bytes() for n in ("model.keras", "metrics.json")}
+    best = json.loads(before["metrics.json"])["mean_auroc"]
+    assert json.loads(before["metrics.json"])["best_epoch"] == 1 and best > 0
+    evaluate = train.evaluate_predictions
+    monkeypatch.setattr(train, "evaluate_predictions", lambda pred, cfg: {**evaluate(pred, cfg),
+                                                                          "mean_auroc": best / 2})
+    cfg = dataclasses.replace(config_lib.load_config(str(job)), job_dir=str(job), epochs=2, jit_compile=False)
+    report = train.run(cfg)
+    with open(job / "history.csv") as f:
+        assert [(r["epoch"], float(r["val_mean_auroc"])) for r in csv.DictReader(f)] == [
+            ("1", pytest.approx(best)), ("2", pytest.approx(best / 2))]
+    assert (report["best_epoch"], report["mean_auroc"]) == (1, best)
+    assert {n: (job / n).read_bytes() for n in before} == before
