@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import tests
 from core import imaging
+from schemas import chexpert
 from trainer import config as config_lib
 from trainer import model as model_lib
 from trainer import train
@@ -455,3 +456,19 @@ def test_a_resumed_job_keeps_the_best_model_from_before_its_restart(trained_job,
             ("1", pytest.approx(best)), ("2", pytest.approx(best / 2))]
     assert (report["best_epoch"], report["mean_auroc"]) == (1, best)
     assert {n: (job / n).read_bytes() for n in before} == before
+
+
+def test_the_validation_mean_auroc_averages_every_task_with_a_defined_auroc():
+    """Early stopping and best-model selection use the mean over all tasks (NaN ones left
+    out), each on its known labels (uncertain codes left out)."""
+    pos, neg, unc = int(chexpert.Code.POSITIVE), int(chexpert.Code.NEGATIVE), int(chexpert.Code.UNCERTAIN)
+    cfg = config_lib.TrainConfig(tasks=("cardiomegaly", "edema", "atelectasis"), records_dir="", job_dir="",
+                                 policy=chexpert.resolve_policies())
+    raw = np.array([[pos, pos, neg], [neg, neg, neg], [pos, unc, neg], [neg, pos, neg]])
+    probs = np.array([[0.9, 0.2, 0.5], [0.1, 0.5, 0.5], [0.8, 0.99, 0.5], [0.2, 0.9, 0.5]])
+    out = train.evaluate_predictions({"probs": probs, "raw": raw}, cfg)
+    # cardiomegaly ranks perfectly (1.0); edema on its 3 known labels: 1 of 2 pairs (0.5);
+    # atelectasis has no positive (NaN).
+    assert out["tasks"]["cardiomegaly"]["auroc"] == 1.0 and out["tasks"]["edema"]["auroc"] == 0.5
+    assert np.isnan(out["tasks"]["atelectasis"]["auroc"])
+    assert out["mean_auroc"] == pytest.approx(0.75) and out["images"] == 4
