@@ -158,3 +158,33 @@ def test_shards_hold_frontal_views_first_so_the_reader_takes_a_head(records_dir,
     copy = tmp_path / os.path.basename(files[0])
     copy.write_bytes(open(files[0], "rb").read())
     assert input_lib.frontal_counts(records_dir, [str(copy)]) is None
+
+
+def test_the_blank_flag_overrides_the_records_blank_handling(records_dir):
+    """--blank (make_config's ``blank``) decides what a blank label becomes in tf.data,
+    whatever the records were built with (here --blank=negative, the default); the policy is
+    applied to the stored raw codes, so no rebuild is needed."""
+    from trainer import task
+
+    m = _manifest(records_dir)
+    assert m.blank == "negative"
+    files = input_lib.shard_files(records_dir, "train", m)
+    got = {}
+    for blank in (None, "ignore"):
+        cfg = _cfg(records_dir, pathology="atelectasis", blank=blank)
+        b = next(iter(input_lib.make_dataset(files, cfg, training=False, batch_size=1000)))
+        raw, targets, masks = b["raw"].numpy()[:, 0], b["targets"].numpy()[:, 0], b["masks"].numpy()[:, 0]
+        is_blank = raw == int(chexpert.Code.BLANK)
+        assert is_blank.any() and (raw == int(chexpert.Code.POSITIVE)).any()
+        got[blank] = (cfg.blank, targets[is_blank], masks[is_blank], targets[~is_blank], masks[~is_blank])
+    (default, t0, m0, known_t0, known_m0), (ignore, t1, m1, known_t1, known_m1) = got[None], got["ignore"]
+    assert (default, ignore) == ("negative", "ignore")
+    assert (t0 == 0).all() and (m0 == 1).all()  # the records' handling: blank is a known negative
+    assert (m1 == 0).all()  # overridden: blank is masked out of the loss
+    np.testing.assert_array_equal(known_t0, known_t1)  # other labels are untouched
+    np.testing.assert_array_equal(known_m0, known_m1)
+    try:  # the command line's flag reaches the config
+        task.FLAGS(["trainer.task", f"--records_dir={records_dir}", "--image_size=32", "--blank=ignore"])
+        assert task.config_from_flags().blank == "ignore"
+    finally:
+        task.FLAGS.unparse_flags()
