@@ -103,7 +103,8 @@ def config_from_flags() -> config_lib.TrainConfig:
 def print_report(report: dict, job_dir: str) -> None:
     print(f"\n{'task':20s} {'AUROC':>7s} {'AUPRC':>7s} {'F1':>7s} {'acc':>7s} {'sens':>7s} {'spec':>7s}   "
           f"(threshold {report['threshold']}, {report['split']}, {report['images']} images, "
-          f"best epoch {report['best_epoch']})")
+          + (f"best epoch {report['best_epoch']})" if report.get("selected", True) else
+             f"last epoch {report['epoch']}: not selected, no epoch had a defined validation mean AUROC)"))
     for task, r in report["tasks"].items():
         print(f"{task:20s} {r['auroc']:7.3f} {r['auprc']:7.3f} {r['f1']:7.3f} {r['accuracy']:7.3f} "
               f"{r['sensitivity']:7.3f} {r['specificity']:7.3f}")

@@ -304,6 +304,13 @@ class BestModel(keras.callbacks.ModelCheckpoint):
     ended epoch's ``evaluate_predictions`` result), which the loop sets before each
     ``on_epoch_end``. An undefined (NaN) mean AUROC is never an improvement: ``best``
     starts at -1, below any AUROC, instead of at the first epoch's value as Keras' default.
+
+    Until some epoch has a defined mean AUROC (``best`` still -1: e.g. every task has one
+    class only in the validation split) nothing can be selected, so each epoch's model is
+    written as it ends, with ``metrics.json`` saying ``"selected": false`` and
+    ``"best_epoch": null``: the run ends with the last epoch's model, said to be that,
+    instead of without any model.keras. The first epoch with a defined mean AUROC replaces
+    it as a selected best.
     """
 
     def __init__(self, job_dir: str, best: float, fields: dict, report: dict):
@@ -318,15 +325,33 @@ class BestModel(keras.callbacks.ModelCheckpoint):
         self.metrics_path = os.path.join(job_dir, "metrics.json")
         self.fields, self.report, self.evaluation = fields, report, None
 
+    @property
+    def selected(self) -> bool:
+        """Whether some epoch (of this run or before a restart) had a defined mean AUROC."""
+        return self.best > -1
+
     def on_epoch_end(self, epoch, logs=None):
         before = self.best
         super().on_epoch_end(epoch, logs)
         if self.best != before:  # saved: this epoch is the new best
-            e = self.evaluation
-            self.report = {"best_epoch": epoch + 1, "mean_auroc": e["mean_auroc"], "tasks": e["tasks"],
-                           "images": e["images"], **self.fields}
-            with open(self.metrics_path, "w") as f:
-                json.dump(self.report, f, indent=2, sort_keys=True, default=float)
+            self._write_report(epoch, selected=True)
+        elif not self.selected:
+            log.warning("epoch %d: validation mean AUROC undefined (every task has one class only in the %s split) "
+                        "and no epoch had a defined one: model.keras is this last epoch's model, not one selected "
+                        "on validation", epoch + 1, self.fields.get("split"))
+            self.model.save(self.filepath, overwrite=True)
+            self._write_report(epoch, selected=False)
+
+    def _write_report(self, epoch: int, selected: bool):
+        e = self.evaluation
+        self.report = {"best_epoch": epoch + 1 if selected else None, "epoch": epoch + 1, "selected": selected,
+                       "mean_auroc": e["mean_auroc"], "tasks": e["tasks"], "images": e["images"], **self.fields}
+        if not selected:
+            self.report["note"] = ("no epoch had a defined validation mean AUROC (every task had one class only in "
+                                   f"the {self.fields.get('split')} split): model.keras is the last epoch's model, "
+                                   "not one selected on validation")
+        with open(self.metrics_path, "w") as f:
+            json.dump(self.report, f, indent=2, sort_keys=True, default=float)
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

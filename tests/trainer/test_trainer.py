@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +18,7 @@ import tensorflow as tf
 import tests
 from core import imaging
 from pipeline import build_records, make_sample
-from schemas import job_spec
+from schemas import chexpert, job_spec
 from serving import job as job_lib
 from serving import preprocess
 from trainer import config as config_lib
@@ -436,3 +439,80 @@ def test_a_job_on_pad_records_says_pad_and_its_scorers_pad(trained_job, tmp_path
         got = np.array([r["probs"][t] for r in results])
         np.testing.assert_allclose(got, want[t].numpy(), atol=1e-6)
     assert max(np.abs(want[t].numpy() - other[t].numpy()).max() for t in job.tasks) > 1e-5
+
+
+def test_a_run_without_a_defined_validation_auroc_keeps_its_last_epoch_and_says_so(records_dir, tmp_path, caplog,
+                                                                                   capsys):
+    """The sample's valid split has no positive pneumothorax: the mean AUROC is NaN in every
+    epoch, so no epoch can be selected. The run used to end in "File not found: model.keras";
+    it now keeps (and exports) the last epoch's model, and metrics.json and the log say that it
+    was not selected on validation."""
+    job = tmp_path / "job"
+    cfg = _cfg(records_dir, job, pathology="pneumothorax", epochs=1, steps_per_epoch=1, batch_size=4,
+               jit_compile=False)
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        report = train.run(cfg)
+    assert report["tasks"]["pneumothorax"]["positives"] == 0 and np.isnan(report["mean_auroc"])
+    assert (report["selected"], report["best_epoch"], report["epoch"]) == (False, None, 1)
+    assert "not one selected on validation" in report["note"]
+    assert json.loads((job / "metrics.json").read_text())["selected"] is False
+    assert (job / "model.keras").exists() and (job / "saved_model").exists()
+    assert "no epoch had a defined one: model.keras is this last epoch's model" in caplog.text
+    from trainer import task
+
+    task.print_report(report, str(job))
+    assert "last epoch 1: not selected, no epoch had a defined validation mean AUROC" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("scores,kill_after,want", [
+    ([float("nan"), float("nan")], 1, (None, 2, False)),  # the last epoch's model, across a restart
+    ([float("nan"), 0.6, float("nan")], 1, (2, 2, True)),  # a defined epoch replaces it, NaN never does
+    ([0.6, float("nan"), 0.4], 2, (1, 1, True)),
+])
+def test_no_defined_auroc_keeps_the_last_epoch_until_one_is_defined(tmp_path, scores, kill_after, want):
+    """The callbacks' side of the rule above: until an epoch has a defined mean AUROC each
+    epoch's model is written unselected; after one, NaN is never better than it (restarts too)."""
+    saved, last = _drive_callbacks(tmp_path, scores, patience=5, kill_after=kill_after)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["best_epoch"], metrics["epoch"], metrics["selected"]) == want
+    assert (tmp_path / "model.keras").exists() and last == len(scores)
+    assert saved == ([want[0]] if want[0] else [])
+
+
+def test_a_resumed_job_keeps_the_best_model_from_before_its_restart(trained_job, tmp_path, monkeypatch):
+    """The backup holds the best mean AUROC so far, and a resumed job compares its epochs
+    with it: a worse epoch 2 leaves model.keras and metrics.json of epoch 1. A copy of the
+    session's one-epoch job is rerun with --epochs 2, which restores JOB_DIR/backup as after
+    a kill; epoch 2's validation score is set by hand to half of epoch 1's, the training,
+    checkpoint and restore are real (without XLA: jit_compile may change on a resume)."""
+    job = tmp_path / "job"
+    shutil.copytree(trained_job, job)
+    before = {n: (job / n).read_bytes() for n in ("model.keras", "metrics.json")}
+    best = json.loads(before["metrics.json"])["mean_auroc"]
+    assert json.loads(before["metrics.json"])["best_epoch"] == 1 and best > 0
+    evaluate = train.evaluate_predictions
+    monkeypatch.setattr(train, "evaluate_predictions", lambda pred, cfg: {**evaluate(pred, cfg),
+                                                                          "mean_auroc": best / 2})
+    cfg = dataclasses.replace(config_lib.load_config(str(job)), job_dir=str(job), epochs=2, jit_compile=False)
+    report = train.run(cfg)
+    with open(job / "history.csv") as f:
+        assert [(r["epoch"], float(r["val_mean_auroc"])) for r in csv.DictReader(f)] == [
+            ("1", pytest.approx(best)), ("2", pytest.approx(best / 2))]
+    assert (report["best_epoch"], report["mean_auroc"]) == (1, best)
+    assert {n: (job / n).read_bytes() for n in before} == before
+
+
+def test_the_validation_mean_auroc_averages_every_task_with_a_defined_auroc():
+    """Early stopping and best-model selection use the mean over all tasks (NaN ones left
+    out), each on its known labels (uncertain codes left out)."""
+    pos, neg, unc = int(chexpert.Code.POSITIVE), int(chexpert.Code.NEGATIVE), int(chexpert.Code.UNCERTAIN)
+    cfg = config_lib.TrainConfig(tasks=("cardiomegaly", "edema", "atelectasis"), records_dir="", job_dir="",
+                                 policy=chexpert.resolve_policies())
+    raw = np.array([[pos, pos, neg], [neg, neg, neg], [pos, unc, neg], [neg, pos, neg]])
+    probs = np.array([[0.9, 0.2, 0.5], [0.1, 0.5, 0.5], [0.8, 0.99, 0.5], [0.2, 0.9, 0.5]])
+    out = train.evaluate_predictions({"probs": probs, "raw": raw}, cfg)
+    # cardiomegaly ranks perfectly (1.0); edema on its 3 known labels: 1 of 2 pairs (0.5);
+    # atelectasis has no positive (NaN).
+    assert out["tasks"]["cardiomegaly"]["auroc"] == 1.0 and out["tasks"]["edema"]["auroc"] == 0.5
+    assert np.isnan(out["tasks"]["atelectasis"]["auroc"])
+    assert out["mean_auroc"] == pytest.approx(0.75) and out["images"] == 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from schemas import chexpert
@@ -158,3 +159,79 @@ def test_shards_hold_frontal_views_first_so_the_reader_takes_a_head(records_dir,
     copy = tmp_path / os.path.basename(files[0])
     copy.write_bytes(open(files[0], "rb").read())
     assert input_lib.frontal_counts(records_dir, [str(copy)]) is None
+
+
+def test_the_blank_flag_overrides_the_records_blank_handling(records_dir):
+    """--blank (make_config's ``blank``) decides what a blank label becomes in tf.data,
+    whatever the records were built with (here --blank=negative, the default); the policy is
+    applied to the stored raw codes, so no rebuild is needed."""
+    from trainer import task
+
+    m = _manifest(records_dir)
+    assert m.blank == "negative"
+    files = input_lib.shard_files(records_dir, "train", m)
+    got = {}
+    for blank in (None, "ignore"):
+        cfg = _cfg(records_dir, pathology="atelectasis", blank=blank)
+        b = next(iter(input_lib.make_dataset(files, cfg, training=False, batch_size=1000)))
+        raw, targets, masks = b["raw"].numpy()[:, 0], b["targets"].numpy()[:, 0], b["masks"].numpy()[:, 0]
+        is_blank = raw == int(chexpert.Code.BLANK)
+        assert is_blank.any() and (raw == int(chexpert.Code.POSITIVE)).any()
+        got[blank] = (cfg.blank, targets[is_blank], masks[is_blank], targets[~is_blank], masks[~is_blank])
+    (default, t0, m0, known_t0, known_m0), (ignore, t1, m1, known_t1, known_m1) = got[None], got["ignore"]
+    assert (default, ignore) == ("negative", "ignore")
+    assert (t0 == 0).all() and (m0 == 1).all()  # the records' handling: blank is a known negative
+    assert (m1 == 0).all()  # overridden: blank is masked out of the loss
+    np.testing.assert_array_equal(known_t0, known_t1)  # other labels are untouched
+    np.testing.assert_array_equal(known_m0, known_m1)
+    try:  # the command line's flag reaches the config
+        task.FLAGS(["trainer.task", f"--records_dir={records_dir}", "--image_size=32", "--blank=ignore"])
+        assert task.config_from_flags().blank == "ignore"
+    finally:
+        task.FLAGS.unparse_flags()
+
+
+@pytest.fixture(scope="module")
+def encoded_records(sample_dir, tmp_path_factory):
+    """Records of ``sample_dir`` as ``records_dir``'s (32 px, 20% holdout, 2 shards) but with
+    the images PNG- and JPEG-encoded: {encoding: records folder}."""
+    from pipeline import build_records
+
+    out = {}
+    for encoding in ("png", "jpeg"):
+        out[encoding] = str(tmp_path_factory.mktemp(f"records32-{encoding}"))
+        build_records.run([f"--input_dir={sample_dir}", f"--output_dir={out[encoding]}", "--image_size=32",
+                           "--num_shards=2", "--holdout_fraction=0.2", "--runner=DirectRunner",
+                           f"--encoding={encoding}"])
+    return out
+
+
+def _images_by_path(records_dir, split, **kw):
+    cfg = _cfg(records_dir, views="all", **kw)
+    files = input_lib.shard_files(records_dir, split, _manifest(records_dir))
+    ds = input_lib.make_dataset(files, cfg, training=False, batch_size=64)
+    return cfg, {p: image for b in ds.as_numpy_iterator() for p, image in zip(b["path"], b["image"])}
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_png_and_jpeg_records_are_read_as_the_raw_ones(records_dir, encoded_records, split):
+    """The trainer decodes what the records job encoded (the manifest's encoding reaches the
+    config): PNG gives the raw records' pixels exactly, JPEG close to them."""
+    raw_cfg, raw = _images_by_path(records_dir, split)
+    assert raw_cfg.records_encoding == "raw" and raw
+    for encoding, folder in encoded_records.items():
+        cfg, images = _images_by_path(folder, split)
+        assert cfg.records_encoding == _manifest(folder).encoding == encoding
+        assert images.keys() == raw.keys()
+        diff = np.mean([np.abs(images[p].astype(int) - raw[p]).mean() for p in raw])
+        if encoding == "png":  # lossless
+            assert all(np.array_equal(images[p], raw[p]) for p in raw)
+        else:
+            assert 0 < diff < 4, diff
+    if split != "train":
+        return
+    # Training batches decode too (the tester's train.run failed in DecodeRaw on PNG records).
+    cfg = _cfg(encoded_records["png"], augment=False)
+    files = input_lib.shard_files(encoded_records["png"], "train", _manifest(encoded_records["png"]))
+    batch = next(iter(input_lib.make_dataset(files, cfg, training=True, batch_size=4)))
+    assert batch["image"].shape == (4, 32, 32, 1) and batch["image"].dtype == tf.uint8
