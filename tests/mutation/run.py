@@ -443,6 +443,47 @@ MUTANTS = (
         '                      records_encoding="raw",',
         ("tests/trainer/test_trainer_input.py::test_png_and_jpeg_records_are_read_as_the_raw_ones",),
     ),
+    # A third outside tester's breaks (session 7).
+    Mutant(
+        "lsr-zeros-range",
+        "lsr_zeros draws uncertain targets from U(0, 0.3)",
+        "schemas/chexpert.py",
+        '"lsr_zeros": (_NEG, (0.0, 0.3, 1.0, 0.0), _NEG, _POS),',
+        '"lsr_zeros": (_NEG, (0.05, 0.25, 1.0, 0.0), _NEG, _POS),',
+        ("tests/unit/schemas/test_chexpert.py::test_lsr_targets_span_their_ranges",),
+    ),
+    Mutant(
+        "tta-shift-not-3-percent",
+        "TTA is identity, +-3% shifts and a 1.05 zoom, as the report says",
+        "trainer/evaluate.py",
+        "    s = 0.03 * size",
+        "    s = 0.3 * size",
+        (f"{EVAL_UNIT}::test_tta_is_the_mean_over_its_transforms",),
+    ),
+    Mutant(
+        "held-lock-exit-1",
+        "a run on a locked output exits 2 naming the holder",
+        "pipeline/build_records.py",
+        "    except (ConfigError, commit_lib.LockedError, commit_lib.OutputError) as e:",
+        "    except (ConfigError, commit_lib.OutputError) as e:",
+        ("tests/pipeline/test_build_records.py::test_a_second_run_on_a_locked_output_exits_with_a_clear_message",),
+    ),
+    Mutant(
+        "jpeg-draft-below-target",
+        "a JPEG is decoded at a reduced scale never smaller than the target size",
+        "core/imaging.py",
+        '                im.draft("L", (draft_size, draft_size))',
+        '                im.draft("L", (draft_size // 2, draft_size // 2))',
+        ("tests/unit/core/test_imaging.py::test_jpeg_draft_decodes_large_files_at_reduced_scale_with_the_same_result_shape",),
+    ),
+    Mutant(
+        "evaluate-records-views-ignored",
+        "evaluate --views all on records scores laterals too",
+        "trainer/evaluate.py",
+        "    cfg = dataclasses.replace(member.cfg, views=views)",
+        "    cfg = member.cfg",
+        (f"{EVALUATE}::test_ensemble_of_one_job_twice_and_tta_and_csv_mode",),
+    ),
 )
 
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import tests
 from core import commit, imaging, storage
-from pipeline import build_records, make_sample, runs
+from pipeline import build_records, make_sample, runs, score
 from schemas import chexpert
 from schemas import example as example_lib
 from schemas import example_tf
@@ -116,7 +116,7 @@ def test_rerun_on_unchanged_input_is_nothing_new_and_other_options_need_overwrit
         _run(sample_dir, out, "--holdout_fraction=0.25", "--num_shards=2", "--policy=edema=zeros")
 
 
-def test_a_second_run_on_a_locked_output_exits_with_a_clear_message(built, tmp_path):
+def test_a_second_run_on_a_locked_output_exits_with_a_clear_message(built, trained_job, tmp_path, capsys):
     sample_dir, _, _ = built
     out = tmp_path / "locked"
     out.mkdir()
@@ -128,6 +128,13 @@ def test_a_second_run_on_a_locked_output_exits_with_a_clear_message(built, tmp_p
         with pytest.raises(commit.LockedError, match=f"locked by another run \\(pid {os.getpid()}"):
             _run(sample_dir, str(out))
         assert not (out / "manifest.json").exists()
+        # The command lines: exit 2 (README: a held lock), one line naming the holder.
+        capsys.readouterr()
+        assert build_records.main([f"--input_dir={sample_dir}", f"--output_dir={out}", "--runner=DirectRunner"]) == 2
+        assert f"build_records: error: {out} is locked by another run (pid {os.getpid()}" in capsys.readouterr().err
+        assert score.main([f"--job_dir={trained_job}", f"--output_dir={out}", "--runner=DirectRunner",
+                           f"--input_pattern={sample_dir}/**/*.jpg"]) == 2
+        assert f"score: error: {out} is locked by another run (pid {os.getpid()}" in capsys.readouterr().err
     # What a dead or failed run leaves behind (a stale pid, an empty file after a full disk,
     # garbage) is no lock at all: the kernel released it with the process.
     for leftover in (json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}), "", "\x00garbage{"):

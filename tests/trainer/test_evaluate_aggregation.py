@@ -77,3 +77,15 @@ def test_tta_is_the_mean_over_its_transforms(monkeypatch):
     # The first transform is the identity; the others move the image.
     np.testing.assert_array_equal(calls[0], images)
     assert all(not np.array_equal(c, images) for c in calls[1:])
+    # What the report says they are: shifts of 3% of the side either way, a 1.05 zoom about
+    # the centre (each row maps an output pixel (x, y) to the input pixel it samples).
+    def sampled(t, x, y):
+        return (t[0] * x + t[1] * y + t[2], t[3] * x + t[4] * y + t[5])
+
+    t = evaluate._tta_transforms(200)
+    c = 199 / 2
+    assert sampled(t[0], 10, 20) == (10, 20)
+    assert sorted([sampled(t[1], 10, 20)[0] - 10, sampled(t[2], 10, 20)[0] - 10]) == pytest.approx([-6, 6])
+    assert sampled(t[1], 10, 20)[1] == sampled(t[2], 10, 20)[1] == 20
+    np.testing.assert_allclose(sampled(t[3], c, c), (c, c), atol=1e-4)
+    np.testing.assert_allclose(sampled(t[3], c + 105, c - 21), (c + 100, c - 20), atol=1e-3)

@@ -82,6 +82,11 @@ def test_ensemble_of_one_job_twice_and_tta_and_csv_mode(trained_job, sample_dir,
     # Same preprocessing from JPEGs as through the records: the same AUROC within rounding.
     for task in ("atelectasis", "cardiomegaly"):
         assert from_csv["tasks"][task]["auroc"] == pytest.approx(single["tasks"][task]["auroc"], abs=0.02)
+    # --views all on records scores every image of the split, laterals too (the header says so).
+    every = evaluate.run([trained_job], split="valid", tune_split="", views="all", n_boot=20,
+                         report_dir=str(tmp_path / "e"))
+    with open(csv_path) as f:
+        assert every["images"] == sum(1 for _ in f) - 1 > single["images"]
 
 
 def test_predict_scores_batches_flags_laterals_and_reports_bad_files(trained_job, sample_dir, tmp_path):

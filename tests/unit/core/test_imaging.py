@@ -96,6 +96,8 @@ def test_jpeg_draft_decodes_large_files_at_reduced_scale_with_the_same_result_sh
     assert out.shape == (320, 320)
     ref = imaging.resize(np.asarray(Image.open(io.BytesIO(images.jpeg_bytes(big, 90)))), 320)
     assert np.abs(out.astype(int) - ref).mean() < 3  # draft changes pixels only slightly
+    # Reduced, but never below the target: 1/4 scale here (500x600), not 1/8 (250x300 < 320).
+    assert imaging.decode(images.jpeg_bytes(big, 90), "big.jpg", draft_size=320).shape == (500, 600)
 
 
 # --- Odd inputs that used to pass silently --------------------------------------------------

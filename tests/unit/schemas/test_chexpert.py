@@ -93,6 +93,9 @@ def test_lsr_targets_span_their_ranges():
     draws = np.stack([chexpert.draws_for(f"p{i}.jpg") for i in range(500)])
     t, _ = chexpert.apply_policy(np.full((500, 14), int(C.UNCERTAIN)), draws, table)
     assert 0.55 <= t.min() < 0.57 and 0.83 < t.max() < 0.85
+    table = chexpert.policy_matrix({s: "lsr_zeros" for s in chexpert.OBSERVATIONS})  # U(0, 0.3)
+    t, _ = chexpert.apply_policy(np.full((500, 14), int(C.UNCERTAIN)), draws, table)
+    assert 0.0 <= t.min() < 0.02 and 0.28 < t.max() < 0.3
     np.testing.assert_array_equal(chexpert.draws_for("a.jpg", 3), chexpert.draws_for("a.jpg", 3))
     assert not np.array_equal(chexpert.draws_for("a.jpg", 3), chexpert.draws_for("a.jpg", 4))
 
