@@ -484,6 +484,22 @@ MUTANTS = (
         "    cfg = member.cfg",
         (f"{EVALUATE}::test_ensemble_of_one_job_twice_and_tta_and_csv_mode",),
     ),
+    Mutant(
+        "webdemo-lateral-warning-for-every-job",
+        "the lateral warning names only jobs trained on frontal views",
+        "webdemo/app.py",
+        "        if view == views.LATERAL and frontal_only:",
+        "        if view == views.LATERAL:",
+        (f"{WEBDEMO}::test_a_lateral_is_warned_of_only_for_the_jobs_trained_on_frontal_views",),
+    ),
+    Mutant(
+        "dicom-voi-lut-ignored",
+        "a DICOM windowed by a VOI LUT sequence is shown through its LUT",
+        "core/imaging.py",
+        '    windowed = "WindowCenter" in ds or "VOILUTSequence" in ds',
+        '    windowed = "WindowCenter" in ds',
+        ("tests/unit/core/test_imaging.py::test_dicom_windowed_by_a_voi_lut_sequence_shows_the_lut",),
+    ),
 )
 
 

@@ -83,6 +83,33 @@ def test_api_says_which_view_it_was_given_and_warns_only_for_a_lateral(client):
     assert post("view2_lateral.jpg", _xray_jpeg())[0] == "lateral"
 
 
+def test_a_lateral_is_warned_of_only_for_the_jobs_trained_on_frontal_views(trained_job, tmp_path):
+    """A model trained with --views all is not said to be frontal-only: alone it gets no
+    lateral warning; beside a frontal-only job the warning names that job alone."""
+    from tests.images import dicom_with_view
+
+    every = str(tmp_path / "all_views")
+    os.makedirs(every)
+    shutil.copy(os.path.join(trained_job, "model.keras"), every)
+    for name in ("job_spec.json", "config.json"):
+        with open(os.path.join(trained_job, name)) as f:
+            d = json.load(f)
+        assert d["views"] == "frontal"
+        d["views"] = "all"
+        with open(os.path.join(every, name), "w") as f:
+            json.dump(d, f)
+
+    def lateral_warnings(jobs):
+        body = TestClient(webapp.create_app(jobs)).post(
+            "/api/predict", files={"file": ("scan.dcm", dicom_with_view("LL"), "application/octet-stream")}).json()
+        assert body["view"] == "lateral"
+        return [w for w in body["warnings"] if "lateral" in w]
+
+    assert lateral_warnings([every]) == []
+    (warning,) = lateral_warnings([trained_job, every])
+    assert "trained on frontal views only" in warning and "all_views" not in warning.split(";")[1]
+
+
 def test_api_tells_the_training_data_of_the_model(client):
     info = client.get("/api/info").json()
     [job] = info["jobs"]

@@ -49,6 +49,22 @@ def test_dicom_monochrome1_is_inverted_and_windowed():
     assert (win == 255).mean() > 0.6 and win[0, 0] == 0
 
 
+def test_dicom_windowed_by_a_voi_lut_sequence_shows_the_lut():
+    """A VOI LUT (a table, not WindowCenter/Width) is applied: here a step at 2000."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    arr = (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)
+    ds = pydicom.dcmread(io.BytesIO(images.dicom_bytes(arr)))
+    lut = Dataset()
+    lut.LUTDescriptor = [4096, 0, 16]
+    lut.add_new((0x0028, 0x3006), "US", [0 if v < 2000 else 1000 for v in range(4096)])  # LUT Data
+    ds.VOILUTSequence = [lut]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    np.testing.assert_array_equal(imaging.decode(buf.getvalue(), "lut.dcm"), np.where(arr >= 2000, 255, 0))
+
+
 def test_bad_inputs_get_their_reasons():
     g = images.gradient(200, 200)
     jpg = images.jpeg_bytes(g)
