@@ -7,6 +7,8 @@ on the same files in the same run:
 
     floor      one process, a plain loop: read + decode + resize to 320 (no encode, no I/O out)
     floor x2   the same loop split over two processes (how far the machine itself scales)
+    + write    floor x2 also writing each image's pixels to a file (the bytes a raw record
+               holds: what the output alone costs, before any label, encoding or Beam work)
     beam x1    build_records on DirectRunner, 1 worker
     beam x2    build_records on DirectRunner, 2 workers (multi_processing)
 
@@ -30,28 +32,41 @@ from core import imaging
 from pipeline import make_sample
 
 
-def _decode_all(files: list[str], size: int) -> None:
+def _decode_all(files: list[str], size: int, out: str | None = None) -> None:
+    sink = open(out, "wb") if out else None
     for path in files:
         with open(path, "rb") as f:
-            imaging.preprocess(f.read(), path, size)
+            pixels = imaging.preprocess(f.read(), path, size)
+        if sink:
+            sink.write(pixels.tobytes())
+    if sink:
+        sink.close()
 
 
-def floor(dataset_dir: str, size: int) -> tuple[int, float, float]:
-    """Images, and seconds of the plain loop in one process and split over two processes
-    (what the machine itself gives two workers: 2 x floor assumes perfect scaling)."""
-    files = sorted(glob.glob(os.path.join(dataset_dir, "*", "patient*", "study*", "*.jpg")))
-    _decode_all(files[:200], size)  # the page cache warm, as for the jobs measured after it
-    start = time.perf_counter()
-    _decode_all(files, size)
-    one = time.perf_counter() - start
+def _two_processes(files: list[str], size: int, out: str | None = None) -> float:
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_decode_all, args=(files[i::2], size)) for i in range(2)]
+    procs = [ctx.Process(target=_decode_all, args=(files[i::2], size, out and f"{out}.{i}")) for i in range(2)]
     start = time.perf_counter()
     for p in procs:
         p.start()
     for p in procs:
         p.join()
-    return len(files), one, time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def floor(dataset_dir: str, size: int) -> tuple[int, float, float, float]:
+    """Images, and seconds of the plain loop in one process, split over two processes
+    (what the machine itself gives two workers: 2 x floor assumes perfect scaling), and
+    over two processes writing the pixels out (the output's own cost)."""
+    files = sorted(glob.glob(os.path.join(dataset_dir, "*", "patient*", "study*", "*.jpg")))
+    _decode_all(files[:200], size)  # the page cache warm, as for the jobs measured after it
+    start = time.perf_counter()
+    _decode_all(files, size)
+    one = time.perf_counter() - start
+    two = _two_processes(files, size)
+    with tempfile.TemporaryDirectory() as out:
+        two_write = _two_processes(files, size, os.path.join(out, "pixels"))
+    return len(files), one, two, two_write
 
 
 def beam_run(input_dir: str, workers: int, extra: list[str], cwd: str | None = None) -> tuple[float, int]:
@@ -68,10 +83,11 @@ def beam_run(input_dir: str, workers: int, extra: list[str], cwd: str | None = N
 
 def bench(label: str, root: str, dataset_dir: str, size: int, extra: list[str], tiny_root: str,
           baseline: str | None = None) -> None:
-    n, t_floor, t_floor2 = floor(dataset_dir, size)
-    f, f2 = n / t_floor, n / t_floor2
+    n, t_floor, t_floor2, t_write2 = floor(dataset_dir, size)
+    f, f2, w2 = n / t_floor, n / t_floor2, n / t_write2
     print(f"\n{label}: {n} images -> {size}x{size}; floor (1 process, decode+resize) {f:.0f} img/s; "
-          f"2 processes {f2:.0f} img/s ({f2 / f:.2f}x: the machine's own scaling)")
+          f"2 processes {f2:.0f} img/s ({f2 / f:.2f}x: the machine's own scaling); 2 processes writing the "
+          f"pixels {w2:.0f} img/s (2 x floor / that = {2 * f / w2:.2f}: the output's own cost)")
     print(f"  {'':40s} {'wall img/s':>11s} {'steady img/s':>13s} {'fixed s':>8s} {'peak RSS':>9s}")
     for name, cwd in ([(os.path.basename(baseline.rstrip("/")), baseline)] if baseline else []) + [("", None)]:
         t1, rss1 = beam_run(root, 1, extra, cwd)

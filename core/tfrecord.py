@@ -20,7 +20,10 @@ _MASK_DELTA = 0xA282EAD8
 
 def masked_crc32c(data: bytes) -> int:
     """TFRecord's CRC: crc32c rotated right by 15 bits plus a constant."""
-    crc = google_crc32c.value(data)
+    return _mask(google_crc32c.value(data))
+
+
+def _mask(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
@@ -31,6 +34,22 @@ def write_record(f: BinaryIO, data: bytes) -> int:
     f.write(data)
     f.write(struct.pack("<I", masked_crc32c(data)))
     return len(data) + 16
+
+
+def write_record_parts(f: BinaryIO, parts: list) -> int:
+    """``write_record`` of ``b"".join(parts)`` without that join: the largest chunk (a
+    record's ~100 KB image) is never copied; the small chunks before and after it are
+    joined (with the header and the footer) into one write each. Returns the bytes written."""
+    lengths = list(map(len, parts))
+    size = sum(lengths)
+    big = lengths.index(max(lengths)) if parts else 0
+    before, data, after = b"".join(parts[:big]), parts[big] if parts else b"", b"".join(parts[big + 1:])
+    crc = google_crc32c.extend(google_crc32c.extend(google_crc32c.value(before), data), after)
+    length = struct.pack("<Q", size)
+    f.write(length + struct.pack("<I", masked_crc32c(length)) + before)
+    f.write(data)
+    f.write(after + struct.pack("<I", _mask(crc)))
+    return size + 16
 
 
 class CorruptRecordError(IOError):

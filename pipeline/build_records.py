@@ -35,7 +35,10 @@ target of exactly those entries (known labels are untouched)::
 
 Graph (``pipeline.transforms``; row-sized elements are grouped, never pixels)::
 
-    ListCsvs -> ReadCsv -> ParseRows -> RejectDuplicates -> PlanShards (side input) -> WriteShards
+    ListCsvs -> ReadCsv -> ParseRows -> RejectDuplicates -> BatchRows -> PlanShards (side input)
+        -> WriteShards
+    (RejectDuplicates is a Map, no shuffle, when the driver's scan saw no Path twice; rows
+    cross the shuffles after it in lists of up to 1,000)
     NIH/MIMIC: ListDatasets -> ReadDataset (core.datasets, in a worker) -> RejectDuplicates -> ...
     with --labeller: RejectDuplicates -> LabellerTargets (RunInference; side input) -> WriteShards
     every stage's rejects -> WriteRejects;  WriteShards' reports -> WriteStats
@@ -193,7 +196,8 @@ def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.
                                         workers=len(os.sched_getaffinity(0)))
     else:
         with runs.quiet_workers(cfg.verbose), (test_pipeline or beam.Pipeline(options=options)) as p:
-            transforms.build_pipeline(p, cfg, csvs, snapshot_dir, kept.skip or None, tag, valid_patients, held_out)
+            transforms.build_pipeline(p, cfg, csvs, snapshot_dir, kept.skip or None, tag, valid_patients, held_out,
+                                      unique_paths=len({r.path for r in rows}) == len(rows))
         stats = runs.take_jsonl(posixpath.join(snapshot_dir, "stats*.jsonl"))
         rejects = runs.take_jsonl(posixpath.join(snapshot_dir, "rejects*.jsonl"))
     written = [shards.WrittenShard.from_json(d) for d in stats]

@@ -28,6 +28,10 @@ def read_image(path: str, name: str, real_folders: dict[str, str] | None = None)
         chexpert.RowError: ``missing_file``, ``unreadable_file``, or a link out of the input
             folder or a non-file (see ``core.imaging``).
     """
+    if real_folders is not None:
+        data = imaging.read_plain_file(path, name, real_folders)  # one lstat, unbuffered read
+        if data is not None:
+            return data
     imaging.refuse_link_outside(path, name, real_folders)
     imaging.refuse_non_file(path, name)
     try:
@@ -63,8 +67,10 @@ def build_example(
 ) -> tuple[bytes, np.ndarray, np.ndarray]:
     """Decodes, resizes and encodes one radiograph and builds its record.
 
-    An external image (``pipeline.rows.ExternalRecordRow``) also gets ``source/dataset`` and ``source/labels``, and mask 0 where its dataset labels
-    nothing (``labelled_mask``); a CheXpert row's record is what it always was.
+    An external image (``pipeline.rows.ExternalRecordRow``) also gets ``source/dataset`` and
+    ``source/labels``, and mask 0 where its dataset labels nothing (``labelled_mask``); a
+    CheXpert row's record is what it always was. The writer does the same for a whole shard
+    with ``shard_labels`` and ``example_parts``.
 
     Args:
         row: the validated row.
@@ -79,14 +85,53 @@ def build_example(
     Raises:
         chexpert.RowError: the image could not be decoded (see ``imaging.decode``).
     """
+    draws, targets, mask = shard_labels([row], settings, [labeller])
+    parts, _ = example_parts(row, data, settings, draws[0], targets[0], mask[0], labeller)
+    return b"".join(parts), targets[0], mask[0]
+
+
+def shard_labels(rows: list[chexpert.Row], settings: ExampleSettings,
+                 labeller: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every row's draws, targets and mask at once (one ``apply_policy`` for a shard: the
+    same float32 arithmetic element by element as row by row, so the same values).
+
+    Args:
+        rows: n validated rows; labeller: n labeller vectors (float32 (14,)) or None each.
+
+    Returns:
+        ``(draws, targets, mask)``, float32 (n, 14) each.
+    """
+    n = len(rows)
+    codes = np.array([row.codes for row in rows], np.int64).reshape(n, chexpert.NUM_OBSERVATIONS)
+    draws = np.array([chexpert.draws_for(row.path, settings.seed) for row in rows],
+                     np.float32).reshape(n, chexpert.NUM_OBSERVATIONS)
+    soft = None
+    if any(v is not None for v in labeller):
+        soft = np.stack([chexpert.no_labeller_values() if v is None else np.asarray(v, np.float32) for v in labeller])
+    targets, mask = chexpert.apply_policy(codes, draws, settings.table, soft)
+    for i, row in enumerate(rows):
+        if isinstance(row, ExternalRecordRow):
+            mask[i] = mask[i] * labelled_mask(row.dataset)
+    return draws, targets, mask
+
+
+def example_parts(row: chexpert.Row, data: bytes, settings: ExampleSettings, draws: np.ndarray, targets: np.ndarray,
+                  mask: np.ndarray, labeller: np.ndarray | None = None) -> tuple[list, int]:
+    """One record's serialized Example as chunks and their total length
+    (``schemas.example.encode_parts``), for ``core.tfrecord.write_record_parts``.
+
+    Args:
+        row, data, settings, labeller: as ``build_example`` takes them.
+        draws, targets, mask: float32 (14,) each, the row's line of ``shard_labels``.
+
+    Raises:
+        chexpert.RowError: the image could not be decoded (see ``imaging.decode``).
+    """
     pixels = imaging.preprocess(data, row.path, settings.image_size, settings.resize)
-    draws = chexpert.draws_for(row.path, settings.seed)
-    targets, mask = chexpert.apply_policy(np.asarray(row.codes), draws, settings.table, labeller)
     source = {}
     if isinstance(row, ExternalRecordRow):
-        mask = mask * labelled_mask(row.dataset)
         source = {"dataset": row.dataset, "source_labels": "|".join(row.findings)}
-    serialized = example_lib.to_example(
+    return example_lib.to_example_parts(
         row,
         encoded=imaging.encode(pixels, settings.encoding),
         image_format=settings.encoding,
@@ -98,7 +143,6 @@ def build_example(
         labeller=labeller,
         **source,
     )
-    return serialized, targets, mask
 
 
 CODE_KEYS = {int(chexpert.Code.POSITIVE): "1", int(chexpert.Code.NEGATIVE): "0",

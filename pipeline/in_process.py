@@ -87,7 +87,7 @@ def run(cfg: BuildConfig, sources: list[tuple[str, str]], snapshot_dir: str, ski
         return _call(write, [element], shard_rejects), shard_rejects
 
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-        results = list(pool.map(write_shard, sorted(by_shard.items())))
+        results = list(pool.map(write_shard, [(key, [items]) for key, items in sorted(by_shard.items())]))
     stats = []
     for written, shard_rejects in results:
         stats += written

@@ -2,19 +2,22 @@
 stage that only chains the plain functions of ``pipeline.rows``, ``pipeline.shards`` and
 ``pipeline.example_builder``.
 
-    ListCsvs -> ReadCsv -> ParseRows -> RejectDuplicates -> PlanShards (side input)
+    ListCsvs -> ReadCsv -> ParseRows -> RejectDuplicates -> BatchRows -> PlanShards (side input)
         -> WriteShards
     NIH/MIMIC: ListDatasets -> ReadDataset -> RejectDuplicates -> ... (the same from there)
     with --labeller: RejectDuplicates -> LabellerTargets (RunInference; side input) -> WriteShards
     every stage's rejects -> WriteRejects;  WriteShards' reports -> WriteStats
 
-Row-sized elements are grouped, never pixels. Each stage with dead letters returns a
+Row-sized elements are grouped, never pixels: after RejectDuplicates (a Map when the driver
+saw no Path twice) in lists of up to 1,000 rows (BatchRows), so that the shuffles to
+PlanShards and WriteShards cost Beam's per-element work per list, not per row. Each stage with dead letters returns a
 ``beam.pvalue.DoOutputsTuple`` whose main output is ``rows`` (``stats`` for WriteShards)
 and whose ``REJECTED`` output holds ``core.csv_reader.Reject`` elements.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import posixpath
 
@@ -173,9 +176,49 @@ class RejectDuplicatesFn(beam.DoFn):
                                    f"Path {path!r} already appears at {first[2].source} line {first[2].line}"))
 
 
+class AsUniqueFn(beam.DoFn):
+    """(path, (split, Row, CsvRow)) -> (split, (Row, source, line)): RejectDuplicatesFn's
+    output for a path seen once, for a run whose driver found no path twice
+    (``RejectDuplicates(unique=True)``); nothing is REJECTED."""
+
+    def process(self, element):
+        _, (split, row, csv_row) = element
+        yield split, (row, csv_row.source, csv_row.line)
+
+
+class BatchRowsFn(beam.DoFn):
+    """(split, item) -> (split, [item, ...]): a split's rows in lists of up to ``size``.
+
+    Every element that crosses a shuffle is encoded and decoded, on the worker and in the
+    runner, at a cost per element (~0.05 ms a row over the two shuffles after
+    RejectDuplicates, BUILD_NOTES issue 14); lists of rows pay it per list. A bundle's last
+    partial lists are emitted in ``finish_bundle``.
+    """
+
+    def __init__(self, size: int = 1000):
+        self.size = size
+
+    def start_bundle(self):
+        self._lists: dict[str, list] = {}
+
+    def process(self, element):
+        split, item = element
+        rows_of = self._lists.setdefault(split, [])
+        rows_of.append(item)
+        if len(rows_of) >= self.size:
+            self._lists[split] = []
+            yield split, rows_of
+
+    def finish_bundle(self):
+        for split, rows_of in self._lists.items():
+            if rows_of:
+                yield beam.transforms.window.GlobalWindows.windowed_value((split, rows_of))
+        self._lists = {}
+
+
 class WriteShardFn(beam.DoFn):
-    """((split, shard, num_shards), [(Row, source, line), ...]) -> one TFRecord file in the
-    run's snapshot folder.
+    """((split, shard, num_shards), [[(Row, source, line), ...], ...]) -> one TFRecord file
+    in the run's snapshot folder (the shard's rows come in lists, ``BatchRowsFn``).
 
     ``labeller`` (side input, with --labeller): {path: [P(positive) per labeller index]}.
 
@@ -196,32 +239,37 @@ class WriteShardFn(beam.DoFn):
         self.bytes = Metrics.counter(NAMESPACE, "bytes_written")
 
     def process(self, element, labeller=None):
-        (split, index, num_shards), shard_rows = element
+        (split, index, num_shards), row_lists = element
+        shard_rows = itertools.chain.from_iterable(row_lists)
         name = shards.shard_name(split, index, num_shards, self.tag)
         report = shards.WrittenShard(manifest_lib.ShardStats(shard=name, split=split, index=index,
                                                              num_shards=num_shards))
-        targets_all, masks_all = [], []
+        # Sorted: the same bytes every run, frontal views first (example_lib.RECORD_ORDER).
+        ordered = sorted(shard_rows, key=lambda r: example_lib.record_order(r[0].path, r[0].view))
+        softs = [self_trained.labeller_vector(row.codes, (labeller or {}).get(row.path), self.labeller_indices)
+                 for row, _, _ in ordered]
+        # Labels for the whole shard in one go: per row they cost ~0.05 ms (BUILD_NOTES, issue 14).
+        draws, targets, masks = example_builder.shard_labels([row for row, _, _ in ordered], self.settings, softs)
+        kept = []
         size = 0
         real_folders: dict[str, str] = {}  # resolved once per shard, not per image
         with storage.create(posixpath.join(self.snapshot_dir, name)) as writer:
-            # Sorted: the same bytes every run, frontal views first (example_lib.RECORD_ORDER).
-            for row, source, line in sorted(shard_rows, key=lambda r: example_lib.record_order(r[0].path, r[0].view)):
+            for i, (row, source, line) in enumerate(ordered):
                 try:
                     data = example_builder.read_image(posixpath.join(self.input_root, row.path), row.path,
                                                       real_folders)
-                    soft = self_trained.labeller_vector(row.codes, (labeller or {}).get(row.path),
-                                                        self.labeller_indices)
-                    serialized, targets, mask = example_builder.build_example(row, data, self.settings, soft)
+                    parts, _ = example_builder.example_parts(row, data, self.settings, draws[i], targets[i],
+                                                                  masks[i], softs[i])
                 except chexpert.RowError as e:
                     yield _rejected(Reject(source, line, row.path, split, e.reason, e.detail))
                     continue
-                size += tfrecord.write_record(writer, serialized)
+                size += tfrecord.write_record_parts(writer, parts)
+                kept.append(i)
                 report.paths.append(row.path)
                 report.views.append(row.view)
                 report.codes.append(list(map(int, row.codes)))
-                report.labeller.append(None if soft is None else soft.tolist())
-                targets_all.append(targets)
-                masks_all.append(mask)
+                report.labeller.append(None if softs[i] is None else softs[i].tolist())
+        targets_all, masks_all = targets[kept], masks[kept]
         stats = report.stats
         stats.written, stats.bytes = len(report.paths), size
         for view in report.views:
@@ -272,27 +320,38 @@ class ReadDataset(beam.PTransform):
 
 class RejectDuplicates(beam.PTransform):
     """(path, (split, Row, CsvRow)) -> rows: (split, (Row, source, line)), one per path;
-    REJECTED: every later row of a path."""
+    REJECTED: every later row of a path.
+
+    ``unique``: the driver's scan of every row found no path twice (``inputs.scan_rows``
+    normalizes each Path as ParseRows does), so there is nothing to group: a Map, fused with
+    ParseRows, instead of a shuffle of every row (BUILD_NOTES, issue 14).
+    """
+
+    def __init__(self, unique: bool = False):
+        super().__init__()
+        self.unique = unique
 
     def expand(self, parsed):
+        if self.unique:
+            return parsed | "AsUnique" >> beam.ParDo(AsUniqueFn()).with_outputs(REJECTED, main="rows")
         return (parsed
                 | "GroupByPath" >> beam.GroupByKey()
                 | "KeepFirst" >> beam.ParDo(RejectDuplicatesFn()).with_outputs(REJECTED, main="rows"))
 
 
 class PlanShards(beam.PTransform):
-    """(split, (Row, source, line)) -> (split, number of shards): rows counted per split
-    (``shards.num_shards_for``)."""
+    """(split, [(Row, source, line), ...]) -> (split, number of shards): rows counted per
+    split (``shards.num_shards_for``)."""
 
     def __init__(self, cfg: BuildConfig):
         super().__init__()
         self.cfg = cfg
 
-    def expand(self, unique):
+    def expand(self, batches):
         cfg = self.cfg
-        return (unique
-                | "SplitOf" >> beam.Map(lambda kv: kv[0])
-                | "CountPerSplit" >> beam.combiners.Count.PerElement()
+        return (batches
+                | "RowsOfList" >> beam.Map(lambda kv: (kv[0], len(kv[1])))
+                | "CountPerSplit" >> beam.CombinePerKey(sum)
                 | "ShardsPerSplit" >> beam.Map(lambda kv: (kv[0], shards_per_split(cfg, kv[1]))))
 
 
@@ -308,9 +367,20 @@ def assign_shard(element, plan: dict):
     return (split, shards.shard_of(item[0].path, n), n), item
 
 
+def assign_shards(element, plan: dict):
+    """(split, [item, ...]) -> ((split, shard, num_shards), [item, ...]) per shard the list
+    has rows of (``assign_shard`` on each row)."""
+    split, items = element
+    by_shard: dict[tuple, list] = {}
+    for item in items:
+        key, _ = assign_shard((split, item), plan)
+        by_shard.setdefault(key, []).append(item)
+    return list(by_shard.items())
+
+
 class WriteShards(beam.PTransform):
-    """(split, (Row, source, line)) -> stats: ``shards.WrittenShard`` JSON per shard file
-    written; REJECTED: rows whose image cannot be read or decoded.
+    """(split, [(Row, source, line), ...]) -> stats: ``shards.WrittenShard`` JSON per shard
+    file written; REJECTED: rows whose image cannot be read or decoded.
 
     Args:
         plan: (split, number of shards), from PlanShards.
@@ -321,11 +391,11 @@ class WriteShards(beam.PTransform):
         super().__init__()
         self.cfg, self.snapshot_dir, self.tag, self.plan, self.labeller = cfg, snapshot_dir, tag, plan, labeller
 
-    def expand(self, unique):
+    def expand(self, batches):
         cfg = self.cfg
         side = {"labeller": beam.pvalue.AsDict(self.labeller)} if self.labeller is not None else {}
-        return (unique
-                | "AssignShards" >> beam.Map(assign_shard, plan=beam.pvalue.AsDict(self.plan))
+        return (batches
+                | "AssignShards" >> beam.FlatMap(assign_shards, plan=beam.pvalue.AsDict(self.plan))
                 | "GroupByShard" >> beam.GroupByKey()
                 | "WriteShard" >> beam.ParDo(WriteShardFn(cfg.input_dir, self.snapshot_dir, cfg.example_settings(),
                                                           self.tag, cfg.labeller_indices), **side)
@@ -348,7 +418,7 @@ class WriteJsonLines(beam.PTransform):
 
 def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, str]], snapshot_dir: str,
                    skip: dict | None = None, tag: str = "", valid_patients: frozenset = frozenset(),
-                   held_out: dict | None = None) -> None:
+                   held_out: dict | None = None, unique_paths: bool = False) -> None:
     """Adds the records job to ``p``; its outputs land in ``snapshot_dir``: the shards,
     ``stats-*.jsonl`` (WrittenShard per shard) and ``rejects-*.jsonl`` (Reject per row).
 
@@ -357,6 +427,7 @@ def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, 
             (``cfg.external``), whose dataset folder is read by ReadDataset.
         skip: lines an incremental run has settled (see _ReadsLabelFileFn); tag: its shard tag.
         valid_patients: see ParseRowFn; held_out: see ReadDatasetFn.
+        unique_paths: no Path appears twice in the CSVs (see RejectDuplicates); CheXpert only.
     """
     if cfg.external:
         read = (p | "ListDatasets" >> beam.Create([(cfg.input_dir, cfg.format)])
@@ -367,13 +438,14 @@ def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, 
         folder = rows.dataset_folder(cfg.input_dir, sources[0][0]) if sources else ""
         parsed = read.rows | "ParseRows" >> ParseRows(cfg.holdout_fraction, valid_patients, folder)
         parsed_rows, early_rejects = parsed.rows, (read[REJECTED], parsed[REJECTED])
-    unique = parsed_rows | "RejectDuplicates" >> RejectDuplicates()
-    plan = unique.rows | "PlanShards" >> PlanShards(cfg)
+    unique = parsed_rows | "RejectDuplicates" >> RejectDuplicates(unique_paths and not cfg.external)
+    batches = unique.rows | "BatchRows" >> beam.ParDo(BatchRowsFn())
+    plan = batches | "PlanShards" >> PlanShards(cfg)
     labeller = None
     if cfg.labeller:
         labeller = unique.rows | "LabellerTargets" >> self_trained.LabellerTargets(
             cfg.input_dir, cfg.labeller, cfg.policy, cfg.labeller_batch_size)
-    written = unique.rows | "WriteShards" >> WriteShards(cfg, snapshot_dir, tag, plan, labeller)
+    written = batches | "WriteShards" >> WriteShards(cfg, snapshot_dir, tag, plan, labeller)
     ((*early_rejects, unique[REJECTED], written[REJECTED])
      | "MergeRejects" >> beam.Flatten()
      | "WriteRejects" >> WriteJsonLines(posixpath.join(snapshot_dir, "rejects")))

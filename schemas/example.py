@@ -189,6 +189,51 @@ def _entry(key: str, kind: str, values) -> list[bytes]:
     return [_packed_head(key, b"\x1a", len(packed)) + packed]
 
 
+# Keys whose values repeat across records (a format, a view, a sex, a small int): their whole
+# map entry is built once per distinct value. Paths and ids are not cached (all distinct).
+_REPEATED_BYTES = frozenset({IMAGE_FORMAT, IMAGE_VIEW, IMAGE_PROJECTION, PATIENT_SEX, SOURCE_DATASET})
+
+
+@functools.lru_cache(maxsize=64)
+def _key_order(keys: tuple[str, ...]) -> tuple[tuple[str, str, bool], ...]:
+    """(key, kind, cacheable) in the serialized order (sorted by key) for a feature set."""
+    return tuple((key, FEATURES[key][0], key in _REPEATED_BYTES or (FEATURES[key][0] == "int64"))
+                 for key in sorted(keys))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_entry(key: str, kind: str, value) -> bytes:
+    """A whole map entry for a value that repeats (hashable: str, int or a tuple of ints)."""
+    return b"".join(_entry(key, kind, value))
+
+
+def _hashable(value):
+    """``value`` as an lru_cache key: a str or a tuple of ints, or None when it is neither."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, tuple) and all(type(v) is int for v in value):
+        return value
+    if isinstance(value, list) and len(value) == 1 and type(value[0]) is int:
+        return (value[0],)
+    return None
+
+
+def encode_parts(features: dict) -> tuple[list, int]:
+    """``encode``'s bytes as a list of chunks and their total length, for a writer that
+    frames and writes them without joining (the ~100 KB image is then never copied)."""
+    chunks: list = []
+    for key, kind, cacheable in _key_order(tuple(features)):
+        value = features[key]
+        hashable = _hashable(value) if cacheable else None
+        if hashable is not None:
+            chunks.append(_cached_entry(key, kind, hashable))
+        else:
+            chunks += _entry(key, kind, value)
+    size = sum(map(len, chunks))
+    head = _ENTRY_TAG + _varint(size)  # Example.features = 1
+    return [head, *chunks], len(head) + size
+
+
 def encode(features: dict) -> bytes:
     """Serializes ``{key: value}`` (keys of ``FEATURES``) as a tf.train.Example.
 
@@ -196,14 +241,16 @@ def encode(features: dict) -> bytes:
     records are equal bytes on every run. Float values are written as float32 (any shape,
     flattened); int64 values as varints (negative ones as 10-byte two's complement).
     """
-    chunks: list[bytes] = []
-    for key in sorted(features):
-        chunks += _entry(key, FEATURES[key][0], features[key])
-    size = sum(map(len, chunks))
-    return b"".join([_ENTRY_TAG, _varint(size), *chunks])  # Example.features = 1
+    return b"".join(encode_parts(features)[0])
 
 
-def to_example(
+def to_example(row: chexpert.Row, **kwargs) -> bytes:
+    """Builds the serialized record for one radiograph (the writer's side): the bytes of
+    ``to_example_parts``, joined."""
+    return b"".join(to_example_parts(row, **kwargs)[0])
+
+
+def to_example_parts(
     row: chexpert.Row,
     *,
     encoded: bytes,
@@ -216,8 +263,9 @@ def to_example(
     labeller: np.ndarray | None = None,
     dataset: str = "chexpert",
     source_labels: str = "",
-) -> bytes:
-    """Builds the serialized record for one radiograph (the writer's side).
+) -> tuple[list, int]:
+    """Builds the serialized record for one radiograph (the writer's side), as chunks and
+    their total length (``encode_parts``).
 
     Args:
         row: the validated CSV row.
@@ -232,7 +280,7 @@ def to_example(
 
     Returns:
         A serialized ``tf.train.Example`` with every key in ``FEATURES`` (the ``OPTIONAL``
-        ones only for external rows).
+        ones only for external rows), as ``(chunks, length)``.
     """
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format={image_format!r}; expected one of {IMAGE_FORMATS}")
@@ -258,4 +306,4 @@ def to_example(
     if dataset != "chexpert":
         features[SOURCE_DATASET] = dataset
         features[SOURCE_LABELS] = source_labels
-    return encode(features)
+    return encode_parts(features)

@@ -98,6 +98,77 @@ def test_duplicate_paths_keep_the_first_row_and_reject_the_rest():
                     equal_to([(5, "duplicate_path"), (9, "duplicate_path")]), label="Dupes")
 
 
+def test_a_run_without_repeated_paths_maps_rows_as_grouping_them_would():
+    # RejectDuplicates(unique=True), for a driver that saw no path twice: each row as
+    # KeepFirst gives it after GroupByPath (its split, Row, file and line), nothing rejected.
+    rows = [_csv_row(n, f"d/train/patient0000{n}/study1/view1_frontal.jpg") for n in (2, 3, 4)]
+    outs = {}
+    with BeamTestPipeline() as p:
+        parsed = (p | beam.Create([("train", r) for r in rows])
+                    | beam.ParDo(transforms.ParseRowFn(0.5)).with_outputs(transforms.REJECTED, main="rows"))
+        for unique in (False, True):
+            out = parsed.rows | f"Dedupe{unique}" >> transforms.RejectDuplicates(unique)
+            outs[unique] = out
+            assert_that(out.rows | f"Key{unique}" >> beam.Map(lambda kv: (kv[0], kv[1][0].path, kv[1][1], kv[1][2])),
+                        equal_to([(rows_lib.split_of("train", f"patient0000{n}", 0.5),
+                                   f"d/train/patient0000{n}/study1/view1_frontal.jpg", "train.csv", n)
+                                  for n in (2, 3, 4)]), label=f"Rows{unique}")
+            assert_that(out[transforms.REJECTED], equal_to([]), label=f"None{unique}")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 1000])
+def test_rows_travel_in_lists_of_at_most_size_per_split_and_none_is_lost(size):
+    items = [("train", i) for i in range(7)] + [("holdout", i) for i in range(100, 104)]
+    with BeamTestPipeline() as p:
+        lists = p | beam.Create(items) | beam.ParDo(transforms.BatchRowsFn(size))
+        assert_that(lists | "Rows" >> beam.FlatMap(lambda kv: [(kv[0], i) for i in kv[1]]), equal_to(items),
+                    label="Rows")
+        assert_that(lists | "Sizes" >> beam.Map(lambda kv: 0 < len(kv[1]) <= size), equal_to([True] * len(
+            [1 for split in ("train", "holdout") for _ in range(0, sum(s == split for s, _ in items), size)])),
+            label="Sizes")
+
+
+def test_a_shards_labels_at_once_equal_each_rows_own():
+    # The writer maps a whole shard's labels in one apply_policy; each record must get what
+    # build_example gives that row alone: CheXpert and external rows, with and without
+    # labeller values, under a smoothing policy whose targets use the draws.
+    from schemas import external, nih
+
+    policies = chexpert.resolve_policies({"atelectasis": "ones", "edema": "lsr_ones", "cardiomegaly": "self_trained"},
+                                         have_labeller=True)
+    settings = example_builder.ExampleSettings(16, "squash", "raw", chexpert.policy_matrix(policies, "ignore"), 7)
+    rows = []
+    for n, v in ((1, "-1.0"), (2, "1.0"), (3, ""), (4, "-1.0")):
+        cells = dict(zip(chexpert.CSV_COLUMNS, _line(f"d/train/patient0000{n}/study1/view1_frontal.jpg",
+                                                     edema=v).split(",")))
+        cells["Cardiomegaly"] = v
+        rows.append(chexpert.parse_row(cells))
+    src = external.ExternalRow(dataset="nih", path="00000001_000.png", patient_id="00000001",
+                               study_id="00000001/000", sex="Male", age=58, view="frontal", projection="PA",
+                               codes=nih.codes_for(("Effusion",)), findings=("Effusion",))
+    rows.append(rows_lib.record_row("images_001/images/00000001_000.png", src))
+    soft = chexpert.no_labeller_values()
+    soft[chexpert.OBSERVATION_INDEX["cardiomegaly"]] = 0.8
+    labeller = [soft, None, None, soft, None]
+    draws, targets, mask = example_builder.shard_labels(rows, settings, labeller)
+    data = images.png_bytes(images.gradient(40, 40))
+    assert len({tuple(d) for d in draws}) == len(rows)  # each row its own draws
+    for i, row in enumerate(rows):
+        serialized, want_t, want_m = example_builder.build_example(row, data, settings, labeller[i])
+        np.testing.assert_array_equal(targets[i], want_t)
+        np.testing.assert_array_equal(mask[i], want_m)
+        np.testing.assert_array_equal(draws[i], chexpert.draws_for(row.path, 7))
+        # and what the writer computed row by row before (apply_policy on one row's codes)
+        t, m = chexpert.apply_policy(np.asarray(row.codes), chexpert.draws_for(row.path, 7), settings.table,
+                                     labeller[i])
+        np.testing.assert_array_equal(targets[i], t)
+        np.testing.assert_array_equal(mask[i], m * (example_builder.labelled_mask("nih") if i == 4 else 1))
+        parts, size = example_builder.example_parts(row, data, settings, draws[i], targets[i], mask[i], labeller[i])
+        assert b"".join(parts) == serialized and size == len(serialized)
+    assert mask[4][chexpert.OBSERVATION_INDEX["fracture"]] == 0  # NIH does not label fractures
+    assert targets[0][chexpert.OBSERVATION_INDEX["cardiomegaly"]] == np.float32(0.8)
+
+
 def test_label_counts_buckets_codes_and_mapped_targets():
     codes = [[1] * 14, [-1] * 14, [-2] * 14]
     targets = [[1.0] * 14, [0.7] * 14, [0.0] * 14]

@@ -86,12 +86,33 @@ def _tf_proto(features: dict) -> bytes:
 @settings(max_examples=60, deadline=None)
 @given(st.binary(max_size=300), st.text(max_size=40),
        st.lists(st.integers(-2**63, 2**63 - 1), min_size=14, max_size=14),
-       st.lists(st.floats(width=32, allow_nan=False), min_size=14, max_size=14))
-def test_hand_encoder_equals_tensorflows_deterministic_serialization(blob, text, ints, floats):
-    features = {example_lib.IMAGE_ENCODED: blob, example_lib.SOURCE_PATH: text, example_lib.LABELS_RAW: ints,
-                example_lib.LABELS_DRAW: np.array(floats, np.float32), example_lib.PATIENT_AGE: [0],
-                example_lib.IMAGE_HEIGHT: [320]}
+       st.lists(st.floats(width=32, allow_nan=False), min_size=14, max_size=14),
+       st.sampled_from(["frontal", "lateral", "", "é"]), st.integers(-2**63, 2**63 - 1), st.booleans())
+def test_hand_encoder_equals_tensorflows_deterministic_serialization(blob, text, ints, floats, view, age, as_tuple):
+    # The view, the age and the codes (as a tuple) take the encoder's cached entries, which
+    # must never hand one record another's value; the rest are built per record.
+    features = {example_lib.IMAGE_ENCODED: blob, example_lib.SOURCE_PATH: text,
+                example_lib.LABELS_RAW: tuple(ints) if as_tuple else ints,
+                example_lib.LABELS_DRAW: np.array(floats, np.float32), example_lib.PATIENT_AGE: [age],
+                example_lib.IMAGE_HEIGHT: [320], example_lib.IMAGE_VIEW: view}
     assert example_lib.encode(features) == _tf_proto(features)
+    parts, size = example_lib.encode_parts(features)
+    assert size == sum(map(len, parts)) and b"".join(parts) == example_lib.encode(features)
+
+
+def test_framing_from_chunks_equals_framing_the_joined_record(tmp_path):
+    # The writer frames a record from its chunks (the image never joined): the same bytes as
+    # write_record of the joined record, wherever the largest chunk lies, and TF reads them.
+    big = bytes(range(256)) * 400
+    records = [[b"a"], [big], [b"head", big, b"tail"], [big, b"x", b"y"], [b"x", b"", big], [b"", b""],
+               [b"abc", b"defg", b"h"]]
+    joined, chunked = str(tmp_path / "joined.tfrecord"), str(tmp_path / "chunked.tfrecord")
+    with open(joined, "wb") as f:
+        sizes = [tfrecord.write_record(f, b"".join(parts)) for parts in records]
+    with open(chunked, "wb") as f:
+        assert [tfrecord.write_record_parts(f, parts) for parts in records] == sizes
+    assert open(joined, "rb").read() == open(chunked, "rb").read()
+    assert [r.numpy() for r in tf.data.TFRecordDataset(chunked)] == [b"".join(p) for p in records]
 
 
 def test_tfrecord_framing_reads_back_in_tensorflow(tmp_path):

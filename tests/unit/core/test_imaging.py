@@ -295,11 +295,9 @@ def test_an_rgba_png_decodes_to_the_same_gray_as_its_gray_png():
     assert np.array_equal(imaging.preprocess(encoded["RGBA"], "a.png", 32), imaging.preprocess(encoded["L"], "b.png", 32))
 
 
-def test_the_memoised_link_check_resolves_every_path_as_realpath_does(tmp_path):
-    # The writer's check resolves each folder once per shard (imaging._real_file): on a tree
-    # with links of every kind (folder and file, inside and out, chained, relative, dangling,
-    # the dataset folder itself a link), every path must resolve as os.path.realpath does,
-    # with one memo shared by all of them in any order, as a shard's files share it.
+def _linked_tree(tmp_path) -> tuple[str, list[str]]:
+    """A dataset root with links of every kind (folder and file, inside and out, chained,
+    relative, dangling, the dataset folder itself a link), and names to look up in it."""
     disk = tmp_path / "disk2" / "CheXpert-v1.0-small"
     (disk / "train" / "patient1" / "study1").mkdir(parents=True)
     (disk / "train" / "patient1" / "study2").mkdir()
@@ -318,7 +316,15 @@ def test_the_memoised_link_check_resolves_every_path_as_realpath_does(tmp_path):
     names = [f"CheXpert-v1.0-small/train/patient{p}/study{s}/{v}"
              for p in (1, 2, 3, 4, 5) for s in (1, 2, 3) for v in ("view1_frontal.jpg", "view2_lateral.jpg",
                                                                     "view3_frontal.jpg", "missing.jpg")]
-    root = str(tmp_path / "in")
+    return str(tmp_path / "in"), names
+
+
+def test_the_memoised_link_check_resolves_every_path_as_realpath_does(tmp_path):
+    # The writer's check resolves each folder once per shard (imaging._real_file): on a tree
+    # with links of every kind (folder and file, inside and out, chained, relative, dangling,
+    # the dataset folder itself a link), every path must resolve as os.path.realpath does,
+    # with one memo shared by all of them in any order, as a shard's files share it.
+    root, names = _linked_tree(tmp_path)
     memo: dict[str, str] = {}
     folder = os.path.join(root, "CheXpert-v1.0-small")
     for name in names + names[::-1]:
@@ -338,3 +344,36 @@ def test_the_memoised_link_check_resolves_every_path_as_realpath_does(tmp_path):
             assert outcomes[name] is None, name
         except RowError as e:
             assert outcomes[name] == e.reason, name
+
+
+def test_the_writers_one_lstat_read_gives_the_general_paths_verdicts_and_bytes(tmp_path):
+    # read_plain_file (the writer's path for every image) must read exactly the files the
+    # general path (refuse_link_outside, refuse_non_file, read) reads, refuse the same ones
+    # with the same reason, and hand every link or missing file to the general path (None).
+    root, names = _linked_tree(tmp_path)
+    disk = tmp_path / "disk2" / "CheXpert-v1.0-small" / "train" / "patient1" / "study2"
+    os.mkfifo(disk / "fifo.jpg")
+    (disk / "folder.jpg").mkdir()
+    (tmp_path / "outside" / "study1" / "view1_frontal.jpg").write_bytes(b"secret")  # behind a folder link out
+    names += [f"CheXpert-v1.0-small/train/patient{p}/study2/{v}" for p in (1, 2) for v in ("fifo.jpg", "folder.jpg")]
+    memo: dict[str, str] = {}
+    seen = set()
+    for name in names + names[::-1]:
+        path = os.path.join(root, name)
+        try:
+            imaging.refuse_link_outside(path, name)
+            imaging.refuse_non_file(path, name)
+            want = open(path, "rb").read() if os.path.exists(path) else None
+        except RowError as e:
+            want = e.reason
+        try:
+            got = imaging.read_plain_file(path, name, memo)
+        except RowError as e:
+            got = e.reason
+        if os.path.islink(path) or not os.path.lexists(path):
+            assert got is None, name  # the general path decides
+        else:
+            assert got == want, name
+        seen.add(got if isinstance(got, str) or got is None else "bytes")
+    assert seen == {None, "bytes", "link_outside_dataset", "not_a_file"}
+    assert imaging.read_plain_file("gs://b/CheXpert-v1.0-small/x.jpg", "CheXpert-v1.0-small/x.jpg", memo) is None
