@@ -1,6 +1,6 @@
 r"""Records-job throughput against the decode+resize floor, side by side in one run.
 
-    python -m benchmarks.build_records [--patients 2400] [--full_patients 120] [--baseline DIR]
+    python -m benchmarks.build_records [--patients 2400] [--full_patients 120] [--baseline DIR] [--repeats 3]
 
 For each image set (small 390x320 JPEGs, and full-size ~2828x2320 originals) it measures,
 on the same files in the same run:
@@ -23,6 +23,7 @@ import argparse
 import glob
 import multiprocessing
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -82,20 +83,29 @@ def beam_run(input_dir: str, workers: int, extra: list[str], cwd: str | None = N
 
 
 def bench(label: str, root: str, dataset_dir: str, size: int, extra: list[str], tiny_root: str,
-          baseline: str | None = None) -> None:
-    n, t_floor, t_floor2, t_write2 = floor(dataset_dir, size)
-    f, f2, w2 = n / t_floor, n / t_floor2, n / t_write2
-    print(f"\n{label}: {n} images -> {size}x{size}; floor (1 process, decode+resize) {f:.0f} img/s; "
+          baseline: str | None = None, repeats: int = 1) -> None:
+    revisions = ([(os.path.basename(baseline.rstrip("/")), baseline)] if baseline else []) + [("", None)]
+    floors, runs = [], {name: [] for name, _ in revisions}
+    # Rounds alternate the floor and every revision's runs, so a machine that slows down
+    # or speeds up during the benchmark moves them all alike; medians over the rounds.
+    for _ in range(repeats):
+        floors.append(floor(dataset_dir, size))
+        for name, cwd in revisions:
+            # The fixed cost of a run (interpreter, Beam, worker start-up, 15 stages) on a
+            # 1-patient dataset: subtracted to give the steady-state rate a 224k-image job runs at.
+            runs[name].append([beam_run(root, 1, extra, cwd), beam_run(root, 2, extra, cwd),
+                               beam_run(tiny_root, 1, extra, cwd), beam_run(tiny_root, 2, extra, cwd)])
+    med = statistics.median
+    n = floors[0][0]
+    f, f2, w2 = (n / med(fl[i] for fl in floors) for i in (1, 2, 3))
+    rounds = f", median of {repeats} rounds" if repeats > 1 else ""
+    print(f"\n{label}: {n} images -> {size}x{size}{rounds}; floor (1 process, decode+resize) {f:.0f} img/s; "
           f"2 processes {f2:.0f} img/s ({f2 / f:.2f}x: the machine's own scaling); 2 processes writing the "
           f"pixels {w2:.0f} img/s (2 x floor / that = {2 * f / w2:.2f}: the output's own cost)")
     print(f"  {'':40s} {'wall img/s':>11s} {'steady img/s':>13s} {'fixed s':>8s} {'peak RSS':>9s}")
-    for name, cwd in ([(os.path.basename(baseline.rstrip("/")), baseline)] if baseline else []) + [("", None)]:
-        t1, rss1 = beam_run(root, 1, extra, cwd)
-        t2, rss2 = beam_run(root, 2, extra, cwd)
-        # The fixed cost of a run (interpreter, Beam, worker start-up, 15 stages) on a 1-patient
-        # dataset: subtracted to give the steady-state rate a 224k-image job runs at.
-        z1, _ = beam_run(tiny_root, 1, extra, cwd)
-        z2, _ = beam_run(tiny_root, 2, extra, cwd)
+    for name, _ in revisions:
+        (t1, t2, z1, z2), (rss1, rss2) = ([med(r[i][0] for r in runs[name]) for i in range(4)],
+                                          [max(r[i][1] for r in runs[name]) for i in range(2)])
         b1, b2 = n / t1, n / t2
         s1, s2 = n / max(t1 - z1, 1e-9), n / max(t2 - z2, 1e-9)
         job = f"build_records{' (' + name + ')' if name else ''}"
@@ -103,7 +113,7 @@ def bench(label: str, root: str, dataset_dir: str, size: int, extra: list[str], 
         print(f"  {job + ' DirectRunner x2':40s} {b2:11.0f} {s2:13.0f} {z2:8.1f} {rss2 / 2**20:6.0f} MiB")
         print(f"    wall:   x2 / x1 = {b2 / b1:.2f} (goal >= 1.7);  2 x floor / x2 = {2 * f / b2:.2f} (goal <= 1.3)")
         print(f"    steady: x2 / x1 = {s2 / s1:.2f} (goal >= 1.7);  2 x floor / x2 = {2 * f / s2:.2f} (goal <= 1.3); "
-              f"2-process floor / x2 = {f2 / s2:.2f}")
+              f"2-process floor / x2 = {f2 / s2:.2f}; 2 processes writing / x2 = {w2 / s2:.2f}")
 
 
 def main() -> None:
@@ -114,18 +124,20 @@ def main() -> None:
     parser.add_argument("--baseline", default=None,
                         help="Another checkout of this project (e.g. `git archive REV | tar -x -C DIR`): its job "
                              "is measured too, on the same files in the same run, as 'before'.")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="Rounds of every measurement, alternated; medians are printed (3 on a noisy machine).")
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}  encoding: {args.encoding}")
     extra = [f"--encoding={args.encoding}", "--min_shards=8"]
     with tempfile.TemporaryDirectory() as tiny, tempfile.TemporaryDirectory() as root:
         make_sample.generate(tiny, num_patients=1, num_valid_patients=0, progress=False)
         ds = make_sample.generate(root, num_patients=args.patients, num_valid_patients=0, progress=False)
-        bench("small (390x320 JPEG)", root, ds, 320, extra, tiny, args.baseline)
+        bench("small (390x320 JPEG)", root, ds, 320, extra, tiny, args.baseline, args.repeats)
         if args.full_patients:
             with tempfile.TemporaryDirectory() as full:
                 ds = make_sample.generate(full, num_patients=args.full_patients, num_valid_patients=0,
                                           full_size=True, progress=False)
-                bench("full size (~2828x2320 JPEG)", full, ds, 320, extra, tiny, args.baseline)
+                bench("full size (~2828x2320 JPEG)", full, ds, 320, extra, tiny, args.baseline, args.repeats)
 
 
 if __name__ == "__main__":

@@ -301,7 +301,8 @@ def _path_cell(row: CsvLine, index: int) -> str:
     return cell[:200].decode("utf-8", "replace")
 
 
-def read_csv_rows(f: IO[bytes], source: str, skip: Container[int] = ()) -> Iterator[CsvRow | Reject]:
+def read_csv_rows(f: IO[bytes], source: str, skip: Container[int] = (),
+                  part: tuple[int, int] = (0, 1)) -> Iterator[CsvRow | Reject]:
     """Every data row of a CheXpert CSV, as a ``CsvRow`` or, where its bytes cannot be read
     into the header's cells, a ``Reject`` (``nul_byte``, ``bad_encoding``, ``bad_csv``,
     ``bad_row``; see ``decode_cells``). Yields exactly ``count_data_rows`` items, less those
@@ -312,15 +313,23 @@ def read_csv_rows(f: IO[bytes], source: str, skip: Container[int] = ()) -> Itera
         source: its file name, for rows and messages.
         skip: first line numbers of rows to pass over without decoding them (an incremental
             run's settled rows: at 224k rows, decoding is most of the read).
+        part: ``(k, parts)``: only the data rows whose index (0, 1, ... in file order) is
+            ``k`` modulo ``parts``, the others passed over undecoded like ``skip``'s; the
+            ``parts`` parts of a file together yield what the whole file does, so that as
+            many workers can read one CSV (cutting lines costs ~1.3 us a row, decoding and
+            parsing ~20 us).
 
     Raises:
         chexpert.CsvHeaderError: before any row, for a header that is not CheXpert's.
     """
+    k, parts = part
+    if not 0 <= k < parts:
+        raise ValueError(f"part {k} of {parts}: expected 0 <= k < parts")
     lines = iter_lines(f)  # one iterator, so line numbers continue after the header
     header = read_header(lines, source)
     path_index = header.index(chexpert.COL_PATH)
-    for row in lines:
-        if row.line in skip:
+    for index, row in enumerate(lines):
+        if index % parts != k or row.line in skip:
             continue
         try:
             cells = decode_cells(row, source, header)

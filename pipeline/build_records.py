@@ -187,7 +187,7 @@ def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.
     if cfg.labeller:
         log.info("labeller %s (model sha256 %s...) relabels uncertain %s", cfg.labeller, cfg.labeller_sha256[:12],
                  ", ".join(chexpert.labelled_observations(cfg.policy)))
-    csvs = [(s.path, s.split) for s in sources]
+    csvs = [(s.path, s.split, s.rows) for s in sources]
     delta = len(rows) - len(kept.index) - len(kept.duplicate_rejects)
     if _in_process(cfg, options, test_pipeline, tag, delta, in_process_rows):
         log.info("--incremental: %d rows to process (<= --in_process_rows=%d): in this process, no Beam runner",

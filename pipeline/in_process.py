@@ -44,7 +44,7 @@ def _as_written(elements: Iterable) -> list[dict]:
             for e in elements]
 
 
-def run(cfg: BuildConfig, sources: list[tuple[str, str]], snapshot_dir: str, skip: dict | None = None,
+def run(cfg: BuildConfig, sources: list[tuple[str, str, int]], snapshot_dir: str, skip: dict | None = None,
         tag: str = "", valid_patients: frozenset = frozenset(), held_out: dict | None = None,
         workers: int = 2) -> tuple[list[dict], list[dict]]:
     """Writes the shards of the rows not in ``skip`` into ``snapshot_dir``, as
@@ -67,7 +67,7 @@ def run(cfg: BuildConfig, sources: list[tuple[str, str]], snapshot_dir: str, ski
         read.setup()
         folder = rows_lib.dataset_folder(cfg.input_dir, sources[0][0]) if sources else ""
         parsed = _call(transforms.ParseRowFn(cfg.holdout_fraction, valid_patients, folder),
-                       _call(read, sources, rejects), rejects)
+                       _call(read, [(path, split, 0, 1) for path, split, _ in sources], rejects), rejects)
     by_path: dict[str, list] = {}
     for path, item in parsed:  # GroupByPath
         by_path.setdefault(path, []).append(item)

@@ -64,14 +64,15 @@ class _ReadsLabelFileFn(beam.DoFn):
 
 
 class ReadCsvFn(_ReadsLabelFileFn):
-    """(csv path, source split) -> (source split, CsvRow) | Reject (tagged REJECTED), one
-    per data line not in ``skip`` (see ``_ReadsLabelFileFn``)."""
+    """(csv path, source split, part k, parts) -> (source split, CsvRow) | Reject (tagged
+    REJECTED), one per data line of part k of the file (``csv_reader.read_csv_rows``) not
+    in ``skip`` (see ``_ReadsLabelFileFn``)."""
 
     def process(self, element):
-        path, source_split = element
+        path, source_split, k, parts = element
         source = posixpath.basename(path)
         with FileSystems.open(path) as f:
-            for item in read_csv_rows(f, source, self._skip.get(source, ())):
+            for item in read_csv_rows(f, source, self._skip.get(source, ()), (k, parts)):
                 self.rows_read.inc()
                 yield _rejected(item) if isinstance(item, Reject) else (source_split, item)
 
@@ -282,7 +283,8 @@ class WriteShardFn(beam.DoFn):
 
 
 class ReadCsv(beam.PTransform):
-    """(csv path, source split) -> rows: (source split, CsvRow); REJECTED: unreadable rows."""
+    """(csv path, source split, part k, parts) -> rows: (source split, CsvRow); REJECTED:
+    unreadable rows."""
 
     def __init__(self, skip: dict | None = None):
         super().__init__()
@@ -416,15 +418,21 @@ class WriteJsonLines(beam.PTransform):
                 | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl"))
 
 
-def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, str]], snapshot_dir: str,
+def csv_parts(rows: int) -> int:
+    """How many parts ReadCsv reads a CSV of ``rows`` data rows in, each by its own worker:
+    one per 2,000 rows, at most 8 (each part cuts all the file's lines, ~1.3 us a row)."""
+    return max(1, min(8, -(-rows // 2000)))
+
+
+def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, str, int]], snapshot_dir: str,
                    skip: dict | None = None, tag: str = "", valid_patients: frozenset = frozenset(),
                    held_out: dict | None = None, unique_paths: bool = False) -> None:
     """Adds the records job to ``p``; its outputs land in ``snapshot_dir``: the shards,
     ``stats-*.jsonl`` (WrittenShard per shard) and ``rejects-*.jsonl`` (Reject per row).
 
     Args:
-        sources: (CSV path, the split its rows go to); unused for an NIH/MIMIC input
-            (``cfg.external``), whose dataset folder is read by ReadDataset.
+        sources: (CSV path, the split its rows go to, its data rows); unused for an
+            NIH/MIMIC input (``cfg.external``), whose dataset folder is read by ReadDataset.
         skip: lines an incremental run has settled (see _ReadsLabelFileFn); tag: its shard tag.
         valid_patients: see ParseRowFn; held_out: see ReadDatasetFn.
         unique_paths: no Path appears twice in the CSVs (see RejectDuplicates); CheXpert only.
@@ -434,7 +442,9 @@ def build_pipeline(p: beam.Pipeline, cfg: BuildConfig, sources: list[tuple[str, 
                 | "ReadDataset" >> ReadDataset(cfg.holdout_fraction, skip, held_out))
         parsed_rows, early_rejects = read.rows, (read[REJECTED],)
     else:
-        read = p | "ListCsvs" >> beam.Create(sources) | "ReadCsv" >> ReadCsv(skip)
+        parts = [(path, split, k, n) for path, split, rows_in in sources for n in [csv_parts(rows_in)]
+                 for k in range(n)]
+        read = p | "ListCsvs" >> beam.Create(parts) | "ReadCsv" >> ReadCsv(skip)
         folder = rows.dataset_folder(cfg.input_dir, sources[0][0]) if sources else ""
         parsed = read.rows | "ParseRows" >> ParseRows(cfg.holdout_fraction, valid_patients, folder)
         parsed_rows, early_rejects = parsed.rows, (read[REJECTED], parsed[REJECTED])

@@ -98,6 +98,22 @@ def test_duplicate_paths_keep_the_first_row_and_reject_the_rest():
                     equal_to([(5, "duplicate_path"), (9, "duplicate_path")]), label="Dupes")
 
 
+def test_read_csv_in_parts_reads_every_row_once(tmp_path):
+    # A CSV of more than 2,000 rows is read in parts by as many workers (csv_parts); the
+    # parts together give each row and each dead letter of the file exactly once.
+    lines = [_line(f"d/train/patient{n:05d}/study1/view1_frontal.jpg") for n in range(1, 12)]
+    lines[4] = lines[4].replace("Male", "Ma\x00le")
+    path = tmp_path / "train.csv"
+    path.write_bytes(("\n".join([HEADER, *lines]) + "\n").encode())
+    assert [transforms.csv_parts(n) for n in (0, 1, 2000, 2001, 6000, 16001, 10**6)] == [1, 1, 1, 2, 3, 8, 8]
+    with BeamTestPipeline() as p:
+        read = p | beam.Create([(str(path), "train", k, 3) for k in range(3)]) | transforms.ReadCsv()
+        assert_that(read.rows | beam.Map(lambda kv: (kv[0], kv[1].line)),
+                    equal_to([("train", n) for n in range(2, 13) if n != 6]), label="Rows")
+        assert_that(read[transforms.REJECTED] | beam.Map(lambda r: (r.row, r.reason)), equal_to([(6, "nul_byte")]),
+                    label="Rejects")
+
+
 def test_a_run_without_repeated_paths_maps_rows_as_grouping_them_would():
     # RejectDuplicates(unique=True), for a driver that saw no path twice: each row as
     # KeepFirst gives it after GroupByPath (its split, Row, file and line), nothing rejected.

@@ -408,3 +408,30 @@ def test_lines_read_again_after_a_stray_quote_are_read_in_file_order_quotes_incl
              + [_line(n) for n in range(5, m + 3)] + [_line(m + 3, Sex='Male"'), _line(m + 4)])
     assert _outcomes(_read(_csv(*lines))) == [(2, "ok"), (3, "bad_csv"), (4, "ok"), (5, "ok"), (m + 5, "ok")]
     assert _outcomes(_read(_csv(*lines[3:]))) == [(2, "ok"), (m + 2, "ok")]
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+def test_a_files_parts_together_yield_each_row_once_as_the_whole_file_does(parts):
+    # ReadCsv reads one CSV in parts, one per worker: every row and dead letter of the whole
+    # file in exactly one part (rows in file order by index, whatever their line numbers:
+    # blank lines and a quoted line break make those uneven), none twice, skip still applied.
+    lines = [_line(1), "", _line(2, Sex='"Ma\nle"'), _line(3, Age="5\x000"), _line(4), "only,three,fields",
+             _line(5), _line(6), _line(7)]
+    data = _csv(*lines)
+    whole = _outcomes(_read(data))
+    got = [list(csv_reader.read_csv_rows(io.BytesIO(data), "train.csv", part=(k, parts))) for k in range(parts)]
+    assert sorted(o for items in got for o in _outcomes(items)) == sorted(whole)
+    for k, items in enumerate(got):
+        assert _outcomes(items) == whole[k::parts]
+        assert [i.cells for i in items if isinstance(i, csv_reader.CsvRow)] == [
+            i.cells for i in _read(data)[k::parts] if isinstance(i, csv_reader.CsvRow)]
+    skip = {whole[1][0], whole[4][0]}
+    skipped = [o for k in range(parts)
+               for o in _outcomes(csv_reader.read_csv_rows(io.BytesIO(data), "train.csv", skip, (k, parts)))]
+    assert sorted(skipped) == sorted(o for o in whole if o[0] not in skip)
+
+
+@pytest.mark.parametrize("part", [(1, 1), (-1, 2), (2, 2), (0, 0)])
+def test_a_part_outside_its_count_is_refused(part):
+    with pytest.raises(ValueError, match="part"):
+        list(csv_reader.read_csv_rows(io.BytesIO(_csv(_line(1))), "train.csv", part=part))
