@@ -500,6 +500,31 @@ MUTANTS = (
         '    windowed = "WindowCenter" in ds',
         ("tests/unit/core/test_imaging.py::test_dicom_windowed_by_a_voi_lut_sequence_shows_the_lut",),
     ),
+    Mutant(
+        "heatmap-frame-swapped",
+        "a crop or pad job's heatmap lies on the part of the film the model saw",
+        "serving/heatmap.py",
+        "gradcam.SourceMap(cam, (top, left, fh, fw), decoded, source.shape)",
+        "gradcam.SourceMap(cam, (left, top, fh, fw), decoded, source.shape)",
+        (f"{EVALUATE}::test_a_heatmap_is_drawn_where_the_model_saw_each_part_of_the_film",),
+    ),
+    Mutant(
+        "csv-parts-overlap",
+        "a CSV read in parts gives each row once",
+        "core/csv_reader.py",
+        "        if index % parts != k or row.line in skip:",
+        "        if row.line in skip:",
+        ("tests/unit/core/test_csv_reader.py::test_a_files_parts_together_yield_each_row_once_as_the_whole_file_does",
+         "tests/pipeline/test_records.py::test_read_csv_in_parts_reads_every_row_once"),
+    ),
+    Mutant(
+        "plain-read-skips-link-check",
+        "the writer's one-lstat read refuses a folder link out of the dataset",
+        "core/imaging.py",
+        "    _refuse_outside(name, os.path.join(_real_dir(parent, folder, real_folders), base),",
+        "    (name, os.path.join(_real_dir(parent, folder, real_folders), base),",
+        ("tests/unit/core/test_imaging.py::test_the_writers_one_lstat_read_gives_the_general_paths_verdicts_and_bytes",),
+    ),
 )
 
 

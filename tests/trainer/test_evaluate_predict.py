@@ -17,7 +17,7 @@ import pytest
 from sklearn import metrics as skm
 
 import tests
-from core import views
+from core import imaging, views
 from core.inputs import list_inputs
 from pipeline import make_sample
 from serving import gradcam, heatmap
@@ -204,6 +204,44 @@ def test_grad_cam_is_a_normalised_map_that_depends_on_the_image(trained_job):
     assert not np.allclose(gradcam.grad_cam(job, a, "atelectasis"), gradcam.grad_cam(job, b, "atelectasis"))
     img = heatmap.overlay(a, gradcam.grad_cam(job, a, "atelectasis"))
     assert img.size == (128, 128) and img.mode == "RGB"
+
+
+@pytest.mark.parametrize("mode", ["squash", "crop", "pad"])
+def test_a_heatmap_is_drawn_where_the_model_saw_each_part_of_the_film(trained_job, tmp_path, mode):
+    # A wide film (taller than wide would do too): a crop job saw its centre square, a pad
+    # job all of it inside black bands, a squash job all of it stretched. The overlay's film
+    # must be the film blended with the map placed by that job's own frame (top offset on
+    # the short axis, left offset on the long one): a swapped or dropped offset moves the
+    # map off the anatomy it was computed from.
+    cfg = dataclasses.replace(config_lib.load_config(trained_job), image_size=128, records_image_size=128)
+    keras.utils.set_random_seed(0)
+    spec = dataclasses.replace(cfg.spec(), records_resize=mode)
+    job = job_lib.Job("unsaved", spec, model_lib.probability_model(model_lib.build_model(cfg), cfg))
+    film = images.gradient(90, 210)
+    film[20:70, 150:190] = 255  # something off centre for the map to find
+    path = str(tmp_path / "wide.png")
+    with open(path, "wb") as f:
+        f.write(images.png_bytes(film))
+    picture, info = heatmap.heatmap(job, path, "atelectasis", 0.5, 0.35)
+    from serving import preprocess as serving_preprocess
+
+    cam = gradcam.grad_cam(job, serving_preprocess.model_input(open(path, "rb").read(), path, spec), "atelectasis")
+    assert cam.max() > 0
+    frame = imaging.resize_frame(90, 210, mode)
+    assert (frame[0] != 0 or frame[1] != 0) == (mode != "squash")  # the offsets this test is about
+    want = heatmap._blend(film, gradcam.cam_on_source(cam, frame, (90, 210), (90, 210)), 0.45)
+    got = np.asarray(picture)[:90, :210]
+    # Away from the white outline of the frame (drawn where it is not the whole film).
+    left, right = max(frame[1], 0), min(frame[1] + frame[3], 210)
+    away = np.ones((90, 210), bool)
+    if mode != "squash":
+        away[:2], away[-2:], away[:, max(left - 2, 0):left + 2], away[:, right - 2:right + 2] = False, False, False, False
+    np.testing.assert_array_equal(got[away], want[away])
+    if mode == "crop":  # the cut-off sides are plain film, uncoloured
+        sides = got[:, :left - 2]
+        assert (sides[..., 0] == sides[..., 1]).all() and (sides[..., 1] == sides[..., 2]).all()
+        assert (sides[..., 0] == film[:, :left - 2]).all()
+    assert info["film_box"] == "0,0,210,90"
 
 
 def test_predict_cli_end_to_end(trained_job, sample_dir, tmp_path):
