@@ -57,7 +57,9 @@ flags.DEFINE_enum("precision", "float32", list(config_lib.PRECISIONS), "Keras dt
 flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling, augmentation).")
 flags.DEFINE_boolean("deterministic", False, "Same --seed, same weights: training records in a fixed order "
                                              "(parallel reads keep their order) and deterministic TensorFlow ops. "
-                                             "Slower; without it the order of records varies between runs.")
+                                             "Needs --nojit_compile (XLA has no deterministic max-pool "
+                                             "gradient). Slower; without it the order of records varies between "
+                                             "runs.")
 flags.DEFINE_boolean("augment", True, "Small random rotation/shift/scale per image in the train step (on the "
                                       "replica's device, from --seed); never flips.")
 flags.DEFINE_enum("views", "frontal", list(config_lib.VIEW_CHOICES), "Train and evaluate on frontal views, or all.")
