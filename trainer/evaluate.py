@@ -871,8 +871,7 @@ def run(job_dirs: list[str], *, split: str | None = None, csv_path: str | None =
     with open(os.path.join(report_dir, "report.html"), "w") as f:
         f.write(report.report_html(results, meta, pngs))
     out = {**meta, **results, "report_dir": report_dir}
-    with open(os.path.join(report_dir, "metrics.json"), "w") as f:
-        json.dump(out, f, indent=2, sort_keys=True, default=float)
+    report.write_metrics(os.path.join(report_dir, "metrics.json"), out)
     with open(os.path.join(report_dir, "predictions.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "study"] + [f"p_{t}" for t in tasks] + [f"label_{t}" for t in tasks])

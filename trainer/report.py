@@ -12,6 +12,8 @@ import base64
 import dataclasses
 import html
 import itertools
+import json
+import math
 import re
 
 import numpy as np
@@ -623,3 +625,31 @@ def report_markdown(results: dict, meta: dict, images: list[str]) -> str:
 def report_html(results: dict, meta: dict, pngs: dict[str, bytes]) -> str:
     """report.html: the same blocks as report.md, as one self-contained page."""
     return render_html(report_blocks(results, meta, list(pngs)), pngs, title=_title(meta))
+
+
+def strict_json(value):
+    """``value`` with every NaN or infinity as None and numpy numbers as Python ones.
+
+    An AUROC is undefined (NaN) where a split has one class only; Python writes that as a
+    bare ``NaN``, which is not JSON: jq, JavaScript's ``JSON.parse`` and most other parsers
+    refuse the whole file. metrics.json says ``null`` there instead.
+    """
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return strict_json(value.tolist())
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_metrics(path: str, content: dict) -> None:
+    """Writes metrics.json as strict JSON (``strict_json``), keys sorted."""
+    with open(path, "w") as f:
+        json.dump(strict_json(content), f, indent=2, sort_keys=True, default=float, allow_nan=False)

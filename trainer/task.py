@@ -16,6 +16,7 @@ Multi-worker: set TF_CONFIG on each machine and pass ``--strategy multi_worker``
 from __future__ import annotations
 
 import logging
+import math
 import sys
 
 from core import cli
@@ -108,10 +109,13 @@ def print_report(report: dict, job_dir: str) -> None:
           f"(threshold {report['threshold']}, {report['split']}, {report['images']} images, "
           + (f"best epoch {report['best_epoch']})" if report.get("selected", True) else
              f"last epoch {report['epoch']}: not selected, no epoch had a defined validation mean AUROC)"))
+    def num(v) -> str:  # undefined: NaN here, null in a resumed job's metrics.json
+        return f"{v:7.3f}" if v is not None and math.isfinite(v) else f"{'n/a':>7s}"
+
     for task, r in report["tasks"].items():
-        print(f"{task:20s} {r['auroc']:7.3f} {r['auprc']:7.3f} {r['f1']:7.3f} {r['accuracy']:7.3f} "
-              f"{r['sensitivity']:7.3f} {r['specificity']:7.3f}")
-    print(f"{'mean AUROC':20s} {report['mean_auroc']:7.3f}\nmodel, metrics and logs in {job_dir}")
+        print(f"{task:20s} " + " ".join(num(r[k]) for k in ("auroc", "auprc", "f1", "accuracy", "sensitivity",
+                                                           "specificity")))
+    print(f"{'mean AUROC':20s} {num(report['mean_auroc'])}\nmodel, metrics and logs in {job_dir}")
 
 
 def main(argv) -> int:

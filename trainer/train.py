@@ -60,6 +60,7 @@ from trainer import distill
 from trainer import input as input_lib
 from trainer import metrics as metrics_lib
 from trainer import model as model_lib
+from trainer import report as report_lib
 from trainer import config as config_lib
 from trainer.config import TrainConfig, read_manifest
 
@@ -350,8 +351,7 @@ class BestModel(keras.callbacks.ModelCheckpoint):
             self.report["note"] = ("no epoch had a defined validation mean AUROC (every task had one class only in "
                                    f"the {self.fields.get('split')} split): model.keras is the last epoch's model, "
                                    "not one selected on validation")
-        with open(self.metrics_path, "w") as f:
-            json.dump(self.report, f, indent=2, sort_keys=True, default=float)
+        report_lib.write_metrics(self.metrics_path, self.report)
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

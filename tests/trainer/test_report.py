@@ -341,3 +341,20 @@ def test_labels_of_neighbouring_sparse_bins_do_not_overlap():
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     assert labels[3].xyann[1] < -13  # a label hanging below its marker moves further down
     plt.close(fig)
+
+
+def test_metrics_json_is_strict_json_with_null_where_a_metric_is_undefined(tmp_path):
+    # Python writes NaN bare, which jq and JavaScript refuse: every writer of metrics.json
+    # (trainer.train, trainer.evaluate) says null there, and numpy numbers as plain ones.
+    content = {"auroc": float("nan"), "tasks": {"edema": {"auroc": np.float32(0.75), "ci": [np.nan, np.float64(1.0)],
+                                                        "n": np.int64(3), "ok": np.bool_(True)}},
+               "inf": float("inf"), "curve": np.array([0.5, np.nan]), "none": None, "name": "x"}
+    path = str(tmp_path / "metrics.json")
+    report.write_metrics(path, content)
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    assert json.loads(open(path).read(), parse_constant=refuse) == {
+        "auroc": None, "tasks": {"edema": {"auroc": 0.75, "ci": [None, 1.0], "n": 3, "ok": True}}, "inf": None,
+        "curve": [0.5, None], "none": None, "name": "x"}

@@ -455,13 +455,22 @@ def test_a_run_without_a_defined_validation_auroc_keeps_its_last_epoch_and_says_
     assert report["tasks"]["pneumothorax"]["positives"] == 0 and np.isnan(report["mean_auroc"])
     assert (report["selected"], report["best_epoch"], report["epoch"]) == (False, None, 1)
     assert "not one selected on validation" in report["note"]
-    assert json.loads((job / "metrics.json").read_text())["selected"] is False
+    def refuse(constant):
+        raise ValueError(f"metrics.json holds {constant}, which is not JSON")
+
+    saved = json.loads((job / "metrics.json").read_text(), parse_constant=refuse)  # strict, as jq reads it
+    assert saved["selected"] is False and saved["mean_auroc"] is None
+    assert saved["tasks"]["pneumothorax"]["auroc"] is None
     assert (job / "model.keras").exists() and (job / "saved_model").exists()
     assert "no epoch had a defined one: model.keras is this last epoch's model" in caplog.text
     from trainer import task
 
     task.print_report(report, str(job))
-    assert "last epoch 1: not selected, no epoch had a defined validation mean AUROC" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "last epoch 1: not selected, no epoch had a defined validation mean AUROC" in out
+    task.print_report(saved, str(job))  # a resumed, finished job's report: the file, nulls and all
+    summary = out[out.index("\ntask"):]
+    assert capsys.readouterr().out == summary and "mean AUROC               n/a" in summary
 
 
 @pytest.mark.parametrize("scores,kill_after,want", [
