@@ -523,7 +523,8 @@ MUTANTS = (
         "core/imaging.py",
         "    _refuse_outside(name, os.path.join(_real_dir(parent, folder, real_folders), base),",
         "    (name, os.path.join(_real_dir(parent, folder, real_folders), base),",
-        ("tests/unit/core/test_imaging.py::test_the_writers_one_lstat_read_gives_the_general_paths_verdicts_and_bytes",),
+        ("tests/unit/core/test_imaging.py::"
+         "test_the_writers_one_lstat_read_gives_the_general_paths_verdicts_and_bytes",),
     ),
 )
 
