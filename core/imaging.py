@@ -325,13 +325,18 @@ def refuse_link_outside(path: str, name: str, real_folders: dict[str, str] | Non
         return  # object stores have no links; with no dataset root there is nothing to leave
     if not path.endswith("/" + name):
         raise ValueError(f"refuse_link_outside: {path!r} is not a root joined with {name!r}")
-    folder = path[: len(path) - len(name)] + name.split("/", 1)[0]
+    folder = _dataset_folder(path, name)
     if real_folders is None:
         folder, real = os.path.realpath(folder), os.path.realpath(path)
     else:
         real = _real_file(path, folder, real_folders)
         folder = real_folders[folder]
     _refuse_outside(name, real, folder)
+
+
+def _dataset_folder(path: str, name: str) -> str:
+    """The dataset folder of a file: the root ``path`` was joined from, and ``name``'s first part."""
+    return path[: len(path) - len(name)] + name.split("/", 1)[0]
 
 
 def _refuse_outside(name: str, real: str, folder: str) -> None:
@@ -367,7 +372,7 @@ def read_plain_file(path: str, name: str, real_folders: dict[str, str]) -> bytes
         return None
     if stat.S_ISLNK(mode) or base in (".", ".."):
         return None
-    folder = path[: len(path) - len(name)] + name.split("/", 1)[0]
+    folder = _dataset_folder(path, name)
     _refuse_outside(name, os.path.join(_real_dir(parent, folder, real_folders), base),
                     _real_dir(folder, folder, real_folders))
     if not stat.S_ISREG(mode):

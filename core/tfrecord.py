@@ -29,11 +29,7 @@ def _mask(crc: int) -> int:
 
 def write_record(f: BinaryIO, data: bytes) -> int:
     """Appends one record to an open binary file; returns the bytes written."""
-    length = struct.pack("<Q", len(data))
-    f.write(length + struct.pack("<I", masked_crc32c(length)))
-    f.write(data)
-    f.write(struct.pack("<I", masked_crc32c(data)))
-    return len(data) + 16
+    return write_record_parts(f, [data])
 
 
 def write_record_parts(f: BinaryIO, parts: list) -> int:
