@@ -340,6 +340,10 @@ def _dataset_folder(path: str, name: str) -> str:
 
 
 def _refuse_outside(name: str, real: str, folder: str) -> None:
+    # Both are real paths (normalized, absolute): a file inside ``folder`` starts with it and
+    # a slash, the common case, tested without commonpath's splitting (~4 us an image).
+    if real.startswith(folder + "/"):
+        return
     if os.path.commonpath([folder, real]) != folder:
         raise RowError("link_outside_dataset",
                        f"{name}: a symbolic link leads to {real}, outside the dataset folder {folder}; not followed")
@@ -348,8 +352,8 @@ def _refuse_outside(name: str, real: str, folder: str) -> None:
 def read_plain_file(path: str, name: str, real_folders: dict[str, str]) -> bytes | None:
     """``refuse_link_outside``, ``refuse_non_file`` and the read, for the common case of a
     local file that is not itself a link: one ``lstat`` serves both checks (for a file that
-    is not a link, ``stat`` is ``lstat``), and the read is unbuffered. The writer's path for
-    every image (BUILD_NOTES, issue 14).
+    is not a link, ``stat`` is ``lstat``), and the file is read with ``os.read`` into one
+    buffer of its size. The writer's path for every image (BUILD_NOTES, issue 14).
 
     Args:
         path, name: as ``refuse_link_outside`` takes them.
@@ -367,9 +371,10 @@ def read_plain_file(path: str, name: str, real_folders: dict[str, str]) -> bytes
         return None
     parent, base = os.path.split(path)
     try:
-        mode = os.lstat(path).st_mode
+        st = os.lstat(path)
     except OSError:
         return None
+    mode = st.st_mode
     if stat.S_ISLNK(mode) or base in (".", ".."):
         return None
     folder = _dataset_folder(path, name)
@@ -378,10 +383,31 @@ def read_plain_file(path: str, name: str, real_folders: dict[str, str]) -> bytes
     if not stat.S_ISREG(mode):
         raise RowError("not_a_file", _NOT_A_FILE.format(name=name))
     try:
-        with open(path, "rb", buffering=0) as f:
-            return f.readall()
+        # O_NOFOLLOW: a link swapped in since the lstat fails the open (general path) rather
+        # than being followed.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
+    try:
+        return _read_all(fd, st.st_size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """Everything from ``fd`` to its end, expected to be ``size`` bytes: one read of
+    ``size + 1`` and a one-byte read that finds the end, as ``readall`` does but without its
+    file object and ``fstat``; a file that grew or a short read takes more reads, until one
+    returns nothing."""
+    data = os.read(fd, size + 1)
+    chunks = [data, os.read(fd, 1 if len(data) == size else 1 << 16)]
+    if not chunks[-1]:
+        return data
+    while chunks[-1]:
+        chunks.append(os.read(fd, 1 << 16))
+    return b"".join(chunks)
 
 
 def _real_dir(d: str, folder: str, memo: dict[str, str]) -> str:

@@ -118,7 +118,8 @@ def shard_labels(rows: list[chexpert.Row], settings: ExampleSettings,
 def example_parts(row: chexpert.Row, data: bytes, settings: ExampleSettings, draws: np.ndarray, targets: np.ndarray,
                   mask: np.ndarray, labeller: np.ndarray | None = None) -> tuple[list, int]:
     """One record's serialized Example as chunks and their total length
-    (``schemas.example.encode_parts``), for ``core.tfrecord.write_record_parts``.
+    (``schemas.example.encode_parts``), for ``core.tfrecord.write_record_parts``: the
+    ``record_rest`` of the row with its ``encode_image``.
 
     Args:
         row, data, settings, labeller: as ``build_example`` takes them.
@@ -127,16 +128,41 @@ def example_parts(row: chexpert.Row, data: bytes, settings: ExampleSettings, dra
     Raises:
         chexpert.RowError: the image could not be decoded (see ``imaging.decode``).
     """
+    encoded = encode_image(row, data, settings)
+    return example_lib.with_image(encoded, record_rest(row, settings, draws, targets, mask, labeller))
+
+
+def encode_image(row: chexpert.Row, data: bytes, settings: ExampleSettings) -> bytes:
+    """An image file's bytes -> its record's ``image/encoded``: decoded, resized to
+    ``settings.image_size`` square and encoded as ``settings.encoding``.
+
+    Raises:
+        chexpert.RowError: the image could not be decoded (see ``imaging.decode``).
+    """
     pixels = imaging.preprocess(data, row.path, settings.image_size, settings.resize)
+    # record_rest wrote the size before the image was decoded: resize always gives it.
+    if pixels.shape != (settings.image_size, settings.image_size):
+        raise AssertionError(f"{row.path}: resized to {pixels.shape}, not {settings.image_size} square")
+    return imaging.encode(pixels, settings.encoding)
+
+
+def record_rest(row: chexpert.Row, settings: ExampleSettings, draws: np.ndarray, targets: np.ndarray,
+                mask: np.ndarray, labeller: np.ndarray | None = None) -> bytes:
+    """Everything of a row's record but its image (``schemas.example.record_rest``), which
+    needs no decoded pixels: the writer builds a shard's before it reads any image.
+
+    Args:
+        row, settings, labeller: as ``build_example`` takes them.
+        draws, targets, mask: float32 (14,) each, the row's line of ``shard_labels``.
+    """
     source = {}
     if isinstance(row, ExternalRecordRow):
         source = {"dataset": row.dataset, "source_labels": "|".join(row.findings)}
-    return example_lib.to_example_parts(
+    return example_lib.record_rest(
         row,
-        encoded=imaging.encode(pixels, settings.encoding),
         image_format=settings.encoding,
-        height=pixels.shape[0],
-        width=pixels.shape[1],
+        height=settings.image_size,
+        width=settings.image_size,
         draws=draws,
         targets=targets,
         mask=mask,

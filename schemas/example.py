@@ -218,9 +218,8 @@ def _hashable(value):
     return None
 
 
-def encode_parts(features: dict) -> tuple[list, int]:
-    """``encode``'s bytes as a list of chunks and their total length, for a writer that
-    frames and writes them without joining (the ~100 KB image is then never copied)."""
+def _entries(features: dict) -> tuple[list, int]:
+    """The serialized map entries of ``features`` in key order, as chunks, and their length."""
     chunks: list = []
     for key, kind, cacheable in _key_order(tuple(features)):
         value = features[key]
@@ -229,6 +228,38 @@ def encode_parts(features: dict) -> tuple[list, int]:
             chunks.append(_cached_entry(key, kind, hashable))
         else:
             chunks += _entry(key, kind, value)
+    return chunks, sum(map(len, chunks))
+
+
+def encode_parts(features: dict) -> tuple[list, int]:
+    """``encode``'s bytes as a list of chunks and their total length, for a writer that
+    frames and writes them without joining (the ~100 KB image is then never copied)."""
+    chunks, size = _entries(features)
+    head = _ENTRY_TAG + _varint(size)  # Example.features = 1
+    return [head, *chunks], len(head) + size
+
+
+# image/encoded sorts before every other key, so its map entry comes first in a record and
+# the rest of the record does not depend on the pixels (``encode_rest``, ``with_image``).
+assert min(FEATURES) == IMAGE_ENCODED
+
+
+def encode_rest(features: dict) -> bytes:
+    """The map entries of every feature but ``image/encoded``, serialized: what follows the
+    image in the record. A writer builds these for a whole shard before it decodes any image
+    (cheaper in a tight loop than between decodes: BUILD_NOTES, issue 14).
+
+    ``b"".join(with_image(encoded, encode_rest(f))[0]) == encode({**f, IMAGE_ENCODED: encoded})``.
+    """
+    if IMAGE_ENCODED in features:
+        raise ValueError("encode_rest: features hold image/encoded")
+    return b"".join(_entries(features)[0])
+
+
+def with_image(encoded: bytes, rest: bytes) -> tuple[list, int]:
+    """A record's chunks and length (as ``encode_parts``) from its image and ``encode_rest``."""
+    chunks = _entry(IMAGE_ENCODED, "bytes", encoded)
+    chunks.append(rest)
     size = sum(map(len, chunks))
     head = _ENTRY_TAG + _varint(size)  # Example.features = 1
     return [head, *chunks], len(head) + size
@@ -250,10 +281,25 @@ def to_example(row: chexpert.Row, **kwargs) -> bytes:
     return b"".join(to_example_parts(row, **kwargs)[0])
 
 
-def to_example_parts(
+def to_example_parts(row: chexpert.Row, *, encoded: bytes, **kwargs) -> tuple[list, int]:
+    """Builds the serialized record for one radiograph (the writer's side), as chunks and
+    their total length (``encode_parts``).
+
+    Args:
+        row: the validated CSV row.
+        encoded: the image bytes in ``image_format``.
+        **kwargs: the rest of the record, as ``record_rest`` takes it.
+
+    Returns:
+        A serialized ``tf.train.Example`` with every key in ``FEATURES`` (the ``OPTIONAL``
+        ones only for external rows), as ``(chunks, length)``.
+    """
+    return with_image(encoded, record_rest(row, **kwargs))
+
+
+def record_rest(
     row: chexpert.Row,
     *,
-    encoded: bytes,
     image_format: str,
     height: int,
     width: int,
@@ -263,13 +309,12 @@ def to_example_parts(
     labeller: np.ndarray | None = None,
     dataset: str = "chexpert",
     source_labels: str = "",
-) -> tuple[list, int]:
-    """Builds the serialized record for one radiograph (the writer's side), as chunks and
-    their total length (``encode_parts``).
+) -> bytes:
+    """Everything of a radiograph's record but its image (``encode_rest``): ``with_image``
+    of this and the image bytes is ``to_example_parts``.
 
     Args:
         row: the validated CSV row.
-        encoded: the image bytes in ``image_format``.
         image_format: one of ``IMAGE_FORMATS``.
         height, width: pixel size of the stored image.
         draws: float32 (14,) from ``chexpert.draws_for``.
@@ -277,15 +322,10 @@ def to_example_parts(
         labeller: float32 (14,) ``labels/teacher`` (None: all ``chexpert.NO_LABELLER_VALUE``).
         dataset: ``chexpert``, ``nih`` or ``mimic``; source_labels: the source's own labels
             (``source/labels``). Both written only when ``dataset`` is not ``chexpert``.
-
-    Returns:
-        A serialized ``tf.train.Example`` with every key in ``FEATURES`` (the ``OPTIONAL``
-        ones only for external rows), as ``(chunks, length)``.
     """
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format={image_format!r}; expected one of {IMAGE_FORMATS}")
     features = {
-        IMAGE_ENCODED: encoded,
         IMAGE_FORMAT: image_format,
         IMAGE_HEIGHT: [height],
         IMAGE_WIDTH: [width],
@@ -306,4 +346,4 @@ def to_example_parts(
     if dataset != "chexpert":
         features[SOURCE_DATASET] = dataset
         features[SOURCE_LABELS] = source_labels
-    return encode_parts(features)
+    return encode_rest(features)

@@ -98,6 +98,12 @@ def test_hand_encoder_equals_tensorflows_deterministic_serialization(blob, text,
     assert example_lib.encode(features) == _tf_proto(features)
     parts, size = example_lib.encode_parts(features)
     assert size == sum(map(len, parts)) and b"".join(parts) == example_lib.encode(features)
+    # The writer's split: the rest of the record built before the image is decoded.
+    rest = {k: v for k, v in features.items() if k != example_lib.IMAGE_ENCODED}
+    parts, size = example_lib.with_image(blob, example_lib.encode_rest(rest))
+    assert size == sum(map(len, parts)) and b"".join(parts) == example_lib.encode(features)
+    with pytest.raises(ValueError, match="image/encoded"):
+        example_lib.encode_rest(features)
 
 
 def test_framing_from_chunks_equals_framing_the_joined_record(tmp_path):

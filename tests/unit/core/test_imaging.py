@@ -377,3 +377,18 @@ def test_the_writers_one_lstat_read_gives_the_general_paths_verdicts_and_bytes(t
         seen.add(got if isinstance(got, str) or got is None else "bytes")
     assert seen == {None, "bytes", "link_outside_dataset", "not_a_file"}
     assert imaging.read_plain_file("gs://b/CheXpert-v1.0-small/x.jpg", "CheXpert-v1.0-small/x.jpg", memo) is None
+
+
+@pytest.mark.parametrize("length", [0, 1, 4096, 65536, 200_001])
+def test_the_writers_read_gets_every_byte_whatever_size_lstat_said(tmp_path, length):
+    # read_plain_file reads size+1 bytes (the size from its lstat) and then finds the end; a
+    # file that grew or shrank after the lstat must still be read whole, never cut short.
+    path = tmp_path / "f.jpg"
+    data = os.urandom(length)
+    path.write_bytes(data)
+    for told in sorted({0, 1, length // 2, max(length - 1, 0), length, length + 1, length + 70_000}):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert imaging._read_all(fd, told) == data, told
+        finally:
+            os.close(fd)
