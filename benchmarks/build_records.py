@@ -9,6 +9,9 @@ on the same files in the same run:
     floor x2   the same loop split over two processes (how far the machine itself scales)
     + write    floor x2 also writing each image's pixels to a file (the bytes a raw record
                holds: what the output alone costs, before any label, encoding or Beam work)
+    writer x2  the job's own shard writer (``WriteShardFn.process``) in two processes, each
+               writing half of the shards the job writes, without Beam: the job less its
+               runner, stages and driver
     beam x1    build_records on DirectRunner, 1 worker
     beam x2    build_records on DirectRunner, 2 workers (multi_processing)
 
@@ -55,6 +58,47 @@ def _two_processes(files: list[str], size: int, out: str | None = None) -> float
     return time.perf_counter() - start
 
 
+def _write_shards(root: str, out: str, groups: list, settings, k: int) -> None:
+    from pipeline import transforms
+    fn = transforms.WriteShardFn(root, out, settings)
+    for key, items in groups[k::2]:
+        for _ in fn.process((key, [items])):
+            pass
+
+
+def writer_alone(root: str, csv_path: str, size: int, encoding: str, min_shards: int) -> float:
+    """Seconds of the job's shard writer over ``csv_path``'s rows in two processes, shards
+    as the job assigns them (``shards.num_shards_for``, ``shard_of``), without Beam."""
+    import csv
+
+    from pipeline import example_builder, shards
+    from schemas import chexpert
+    rows = []
+    with open(csv_path, newline="") as f:
+        for cells in csv.DictReader(f):
+            try:
+                rows.append(chexpert.parse_row(cells))
+            except chexpert.RowError:
+                pass  # the job's dead letters: not written by the job either
+    n = shards.num_shards_for(len(rows), image_size=size, encoding=encoding, shard_size_mb=256.0,
+                              min_shards=min_shards)
+    by_shard: dict = {}
+    for line, row in enumerate(rows, 2):
+        by_shard.setdefault(("train", shards.shard_of(row.path, n), n), []).append((row, "train.csv", line))
+    settings = example_builder.ExampleSettings(size, "squash", encoding,
+                                               chexpert.policy_matrix(chexpert.resolve_policies({})), 0)
+    groups = sorted(by_shard.items())
+    ctx = multiprocessing.get_context("fork")
+    with tempfile.TemporaryDirectory() as out:
+        procs = [ctx.Process(target=_write_shards, args=(root, out, groups, settings, k)) for k in range(2)]
+        start = time.perf_counter()
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        return time.perf_counter() - start
+
+
 def floor(dataset_dir: str, size: int) -> tuple[int, float, float, float]:
     """Images, and seconds of the plain loop in one process, split over two processes
     (what the machine itself gives two workers: 2 x floor assumes perfect scaling), and
@@ -85,11 +129,13 @@ def beam_run(input_dir: str, workers: int, extra: list[str], cwd: str | None = N
 def bench(label: str, root: str, dataset_dir: str, size: int, extra: list[str], tiny_root: str,
           baseline: str | None = None, repeats: int = 1) -> None:
     revisions = ([(os.path.basename(baseline.rstrip("/")), baseline)] if baseline else []) + [("", None)]
-    floors, runs = [], {name: [] for name, _ in revisions}
+    floors, runs, alone = [], {name: [] for name, _ in revisions}, []
     # Rounds alternate the floor and every revision's runs, so a machine that slows down
     # or speeds up during the benchmark moves them all alike; medians over the rounds.
     for _ in range(repeats):
         floors.append(floor(dataset_dir, size))
+        alone.append(writer_alone(root, os.path.join(dataset_dir, "train.csv"), size,
+                                  _flag(extra, "encoding", "raw"), int(_flag(extra, "min_shards", "4"))))
         for name, cwd in revisions:
             # The fixed cost of a run (interpreter, Beam, worker start-up, 15 stages) on a
             # 1-patient dataset: subtracted to give the steady-state rate a 224k-image job runs at.
@@ -102,6 +148,9 @@ def bench(label: str, root: str, dataset_dir: str, size: int, extra: list[str], 
     print(f"\n{label}: {n} images -> {size}x{size}{rounds}; floor (1 process, decode+resize) {f:.0f} img/s; "
           f"2 processes {f2:.0f} img/s ({f2 / f:.2f}x: the machine's own scaling); 2 processes writing the "
           f"pixels {w2:.0f} img/s (2 x floor / that = {2 * f / w2:.2f}: the output's own cost)")
+    wa = n / med(alone)
+    print(f"  the job's shard writer alone, 2 processes, no Beam: {wa:.0f} img/s (2 x floor / that = {2 * f / wa:.2f}; "
+          f"2 processes writing the pixels / that = {w2 / wa:.2f}: the writer's own cost)")
     print(f"  {'':40s} {'wall img/s':>11s} {'steady img/s':>13s} {'fixed s':>8s} {'peak RSS':>9s}")
     for name, _ in revisions:
         (t1, t2, z1, z2), (rss1, rss2) = ([med(r[i][0] for r in runs[name]) for i in range(4)],
@@ -113,7 +162,13 @@ def bench(label: str, root: str, dataset_dir: str, size: int, extra: list[str], 
         print(f"  {job + ' DirectRunner x2':40s} {b2:11.0f} {s2:13.0f} {z2:8.1f} {rss2 / 2**20:6.0f} MiB")
         print(f"    wall:   x2 / x1 = {b2 / b1:.2f} (goal >= 1.7);  2 x floor / x2 = {2 * f / b2:.2f} (goal <= 1.3)")
         print(f"    steady: x2 / x1 = {s2 / s1:.2f} (goal >= 1.7);  2 x floor / x2 = {2 * f / s2:.2f} (goal <= 1.3); "
-              f"2-process floor / x2 = {f2 / s2:.2f}; 2 processes writing / x2 = {w2 / s2:.2f}")
+              f"2-process floor / x2 = {f2 / s2:.2f}; 2 processes writing / x2 = {w2 / s2:.2f}; "
+              f"writer alone / x2 = {wa / s2:.2f} (Beam's stages and the driver)")
+
+
+def _flag(extra: list[str], name: str, default: str) -> str:
+    values = [a.split("=", 1)[1] for a in extra if a.startswith(f"--{name}=")]
+    return values[-1] if values else default
 
 
 def main() -> None:
