@@ -402,11 +402,11 @@ def _read_all(fd: int, size: int) -> bytes:
     file object and ``fstat``; a file that grew or a short read takes more reads, until one
     returns nothing."""
     data = os.read(fd, size + 1)
-    chunks = [data, os.read(fd, 1 if len(data) == size else 1 << 16)]
+    chunks = [data, os.read(fd, 1 if len(data) == size else max(size - len(data), 1 << 16))]
     if not chunks[-1]:
         return data
-    while chunks[-1]:
-        chunks.append(os.read(fd, 1 << 16))
+    while chunks[-1]:  # what lstat said is not what there is (or a read stopped at 2 GiB)
+        chunks.append(os.read(fd, 1 << 20))
     return b"".join(chunks)
 
 
