@@ -26,11 +26,16 @@ def fingerprint(parts: Iterable[str]) -> str:
     return h.hexdigest()
 
 
+def stat_text(st: os.stat_result) -> str:
+    """A file's ``size:mtime_ns``, as ``file_stat`` gives it for a file that is not a link."""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def _stat(path: str, dir_fd: int | None = None) -> str:
     try:
         st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
-            return f"{st.st_size}:{st.st_mtime_ns}"
+            return stat_text(st)
         st = os.stat(path, dir_fd=dir_fd)
     except OSError:
         return "missing"

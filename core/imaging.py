@@ -349,7 +349,7 @@ def _refuse_outside(name: str, real: str, folder: str) -> None:
                        f"{name}: a symbolic link leads to {real}, outside the dataset folder {folder}; not followed")
 
 
-def read_plain_file(path: str, name: str, real_folders: dict[str, str]) -> bytes | None:
+def read_plain_file(path: str, name: str, real_folders: dict[str, str]) -> tuple[bytes, os.stat_result] | None:
     """``refuse_link_outside``, ``refuse_non_file`` and the read, for the common case of a
     local file that is not itself a link: one ``lstat`` serves both checks (for a file that
     is not a link, ``stat`` is ``lstat``), and the file is read with ``os.read`` into one
@@ -360,8 +360,11 @@ def read_plain_file(path: str, name: str, real_folders: dict[str, str]) -> bytes
         real_folders: its memo (required: this is the per-shard writer's path).
 
     Returns:
-        The file's bytes, or None where the general path must decide: a link, a missing or
-        unreadable file, a path that is not a root joined with ``name``, an object store.
+        The file's bytes and the ``fstat`` of the file opened, taken before the read (a
+        change during or after the read gives the file another mtime than this), or None
+        where the general path must decide: a link, a missing or unreadable file, a path
+        that is not a root joined with ``name``, an object store, a file that stopped being
+        a regular file since the ``lstat``.
 
     Raises:
         RowError: ``link_outside_dataset`` (a folder above the file is a link out of the
@@ -383,17 +386,23 @@ def read_plain_file(path: str, name: str, real_folders: dict[str, str]) -> bytes
     if not stat.S_ISREG(mode):
         raise RowError("not_a_file", _NOT_A_FILE.format(name=name))
     try:
-        # O_NOFOLLOW: a link swapped in since the lstat fails the open (general path) rather
-        # than being followed.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        # Swapped in since the lstat: a link fails the open (O_NOFOLLOW) rather than being
+        # followed; a FIFO opens without waiting for a writer (O_NONBLOCK) and fstat sees it.
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC)
     except OSError:
         return None
     try:
-        return _read_all(fd, st.st_size)
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            return None
+        return _read_all(fd, opened.st_size), opened
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+_NOFOLLOW, _NONBLOCK, _CLOEXEC = (getattr(os, f, 0) for f in ("O_NOFOLLOW", "O_NONBLOCK", "O_CLOEXEC"))
 
 
 def _read_all(fd: int, size: int) -> bytes:

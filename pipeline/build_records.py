@@ -59,6 +59,7 @@ they were.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import posixpath
@@ -207,11 +208,13 @@ def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.
     index = dict(kept.index)
     for w in written:
         w.stats.shard = f"{snapshot}/{w.stats.shard}"
-        for path, codes, view, soft in zip(w.paths, w.codes, w.views, w.labeller):
-            index[path] = {"stat": by_path[path].stat, "row": by_path[path].digest, "split": w.stats.split,
+        # The stat of each file as the writer read it: the driver's, taken before the graph
+        # ran, may be of another version of a file that changed since.
+        for path, codes, view, soft, file_stat in zip(w.paths, w.codes, w.views, w.labeller, w.files, strict=True):
+            index[path] = {"stat": file_stat, "row": by_path[path].digest, "split": w.stats.split,
                            "shard": w.stats.shard, "codes": codes, "view": view, "teacher": soft}
     manifest = manifest_builder.summarize(cfg, sources, kept.kept_stats + [w.stats for w in written], rejects)
-    manifest.fingerprint = fp
+    manifest.fingerprint = _fingerprint_as_read(cfg, sources, rows, dataset, index, fp)
     manifest.incremental = ({"tag": tag, "kept": len(kept.index),
                              "processed": manifest.rows - len(kept.index) - len(kept.duplicate_rejects)}
                             if tag else None)
@@ -229,6 +232,25 @@ def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.
     manifest_builder.write_snapshot(cfg, snapshot, manifest, rejects, index)
     commit_lib.commit(cfg.output_dir, manifest.to_json())
     return manifest
+
+
+def _fingerprint_as_read(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.ListedRow], dataset,
+                         index: dict[str, dict], fp: str) -> str:
+    """The run's fingerprint over its image files as the writers read them.
+
+    ``fp`` is over the driver's stats, taken before the graph ran; a file that changed since
+    has the writer's stat in ``index``. The committed fingerprint must be over those, or a
+    rerun that finds the file as the driver saw it (changed back) would have "nothing new"
+    to do and keep the record of the version read.
+    """
+    read = {r.path: index[r.path]["stat"] for r in rows if r.path in index and index[r.path]["stat"] != r.stat}
+    if not read:
+        return fp
+    log.warning("%d image file(s) changed while the job ran (first: %s); the records and the index hold the "
+                "versions read, and the next run rebuilds those that differ from the files then",
+                len(read), next(iter(read)))
+    rows = [dataclasses.replace(r, stat=read[r.path]) if r.path in read else r for r in rows]
+    return inputs.input_fingerprint(cfg, sources, rows, dataset)
 
 
 # What a blank label of an observation the dataset labels becomes in training, per --blank

@@ -10,14 +10,25 @@ import dataclasses
 
 import numpy as np
 
-from core import imaging, storage
+from core import fingerprint, imaging, storage
 from pipeline.rows import ExternalRecordRow
 from schemas import chexpert, sources
 from schemas import example as example_lib
 
 
 def read_image(path: str, name: str, real_folders: dict[str, str] | None = None) -> bytes:
-    """The bytes of a row's image file (local, or any Beam filesystem).
+    """The bytes of a row's image file (local, or any Beam filesystem): ``read_image_and_stat``
+    without the stat."""
+    return read_image_and_stat(path, name, real_folders)[0]
+
+
+def read_image_and_stat(path: str, name: str, real_folders: dict[str, str] | None = None) -> tuple[bytes, str]:
+    """The bytes of a row's image file (local, or any Beam filesystem), and its
+    ``core.fingerprint.file_stat`` as it was when read.
+
+    The stat is taken before the read, so a file changed during or after it has another stat
+    now: the records index keeps this one (not the driver's, taken before the graph ran), and
+    a later incremental run rebuilds the record rather than keeping pixels of another version.
 
     Args:
         path: the file's full path.
@@ -29,13 +40,14 @@ def read_image(path: str, name: str, real_folders: dict[str, str] | None = None)
             folder or a non-file (see ``core.imaging``).
     """
     if real_folders is not None:
-        data = imaging.read_plain_file(path, name, real_folders)  # one lstat, unbuffered read
-        if data is not None:
-            return data
+        got = imaging.read_plain_file(path, name, real_folders)  # one lstat, one open, os.read
+        if got is not None:
+            return got[0], fingerprint.stat_text(got[1])
     imaging.refuse_link_outside(path, name, real_folders)
     imaging.refuse_non_file(path, name)
+    stat = fingerprint.file_stat(path)
     try:
-        return storage.read_bytes(path)
+        return storage.read_bytes(path), stat
     except OSError as e:
         if not storage.exists(path):
             raise chexpert.RowError("missing_file", f"{name}: no such file under the input folder") from None

@@ -55,7 +55,8 @@ class WrittenShard:
     Attributes:
         stats: the shard's counts.
         paths: each record's Path; codes: its 14 raw label codes; views: ``frontal`` or
-            ``lateral``; labeller: its ``labels/teacher`` (14 floats) or None.
+            ``lateral``; labeller: its ``labels/teacher`` (14 floats) or None; files: its
+            image file's ``core.fingerprint`` stat as the writer read it (the index's ``stat``).
     """
 
     stats: manifest_lib.ShardStats
@@ -63,11 +64,13 @@ class WrittenShard:
     codes: list[list[int]] = dataclasses.field(default_factory=list)
     views: list[str] = dataclasses.field(default_factory=list)
     labeller: list[list[float] | None] = dataclasses.field(default_factory=list)
+    files: list[str] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"stats": self.stats.to_json(), "paths": self.paths, "codes": self.codes, "views": self.views,
-                "labeller": self.labeller}
+                "labeller": self.labeller, "files": self.files}
 
     @classmethod
     def from_json(cls, d: dict) -> WrittenShard:
-        return cls(manifest_lib.ShardStats.from_json(d["stats"]), d["paths"], d["codes"], d["views"], d["labeller"])
+        return cls(manifest_lib.ShardStats.from_json(d["stats"]), d["paths"], d["codes"], d["views"], d["labeller"],
+                   d["files"])

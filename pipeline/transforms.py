@@ -261,14 +261,15 @@ class WriteShardFn(beam.DoFn):
         with storage.create(posixpath.join(self.snapshot_dir, name)) as writer:
             for i, (row, source, line) in enumerate(ordered):
                 try:
-                    data = example_builder.read_image(posixpath.join(self.input_root, row.path), row.path,
-                                                      real_folders)
+                    data, file_stat = example_builder.read_image_and_stat(
+                        posixpath.join(self.input_root, row.path), row.path, real_folders)
                     encoded = example_builder.encode_image(row, data, self.settings)
                 except chexpert.RowError as e:
                     yield _rejected(Reject(source, line, row.path, split, e.reason, e.detail))
                     continue
                 size += tfrecord.write_record_parts(writer, example_lib.with_image(encoded, rests[i])[0])
                 kept.append(i)
+                report.files.append(file_stat)
         for i in kept:
             row = ordered[i][0]
             report.paths.append(row.path)

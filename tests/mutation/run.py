@@ -284,8 +284,8 @@ MUTANTS = (
         "change-detector-ignores-mtime",
         "a scheduled run sees a file rewritten at the same size (size and mtime)",
         "core/fingerprint.py",
-        'return f"{st.st_size}:{st.st_mtime_ns}"\n        st = os.stat(path, dir_fd=dir_fd)',
-        'return f"{st.st_size}:0"\n        st = os.stat(path, dir_fd=dir_fd)',
+        'return f"{st.st_size}:{st.st_mtime_ns}"\n\n\ndef _stat(',
+        'return f"{st.st_size}:0"\n\n\ndef _stat(',
         ("tests/unit/core/test_fingerprint.py",),
     ),
     Mutant(
@@ -525,6 +525,24 @@ MUTANTS = (
         "    (name, os.path.join(_real_dir(parent, folder, real_folders), base),",
         ("tests/unit/core/test_imaging.py::"
          "test_the_writers_one_lstat_read_gives_the_general_paths_verdicts_and_bytes",),
+    ),
+    Mutant(
+        "index-keeps-the-drivers-stat",
+        "a file changed after the driver's stat is rebuilt by the next incremental run (the index's stat)",
+        "pipeline/build_records.py",
+        'index[path] = {"stat": file_stat, "row"',
+        'index[path] = {"stat": by_path[path].stat, "row"',
+        ("tests/pipeline/test_scheduled.py::"
+         "test_a_file_changed_after_the_drivers_stat_is_rebuilt_by_the_next_incremental_run",),
+    ),
+    Mutant(
+        "fingerprint-of-the-drivers-stats",
+        "a file changed after the driver's stat is rebuilt by the next incremental run (the fingerprint)",
+        "pipeline/build_records.py",
+        "    manifest.fingerprint = _fingerprint_as_read(cfg, sources, rows, dataset, index, fp)",
+        "    manifest.fingerprint = fp",
+        ("tests/pipeline/test_scheduled.py::"
+         "test_a_file_changed_after_the_drivers_stat_is_rebuilt_by_the_next_incremental_run",),
     ),
 )
 

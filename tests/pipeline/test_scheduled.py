@@ -333,6 +333,41 @@ def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_
     assert "options changed (--image_size 32 -> 48) since the committed run; rebuilding everything" in caplog.text
 
 
+def test_a_file_changed_after_the_drivers_stat_is_rebuilt_by_the_next_incremental_run(tmp_path, monkeypatch):
+    # The driver stats every image before the graph runs; a file can change before its
+    # writer reads it. The index must keep the stat of what was read: if it kept the
+    # driver's, a file that changed (version B read) and then changed back (version A, the
+    # stat the driver saw) would look unchanged to the next incremental run, which would
+    # keep B's pixels under A's stat.
+    from core import fingerprint
+    from pipeline import build_records, inputs
+
+    root = str(tmp_path / "in")
+    make_sample.generate(root, num_patients=3, num_valid_patients=0, seed=5, workers=1, progress=False)
+    args = [f"--input_dir={root}", "--image_size=16", "--min_shards=1", "--runner=DirectRunner"]
+    rel = sorted(glob.glob("**/*.jpg", root_dir=root, recursive=True))[0]
+    full = os.path.join(root, rel)
+    version_a, seen_by_driver = open(full, "rb").read(), fingerprint.file_stat(full)
+    mtime_a = os.stat(full).st_mtime_ns
+    open(full, "wb").write(images.jpeg_bytes(images.gradient(390, 320)))  # version B, after the driver's stat
+    real_stats = fingerprint.file_stats
+    monkeypatch.setattr(inputs.fingerprint, "file_stats", lambda root_, paths, **kw: [
+        seen_by_driver if p == rel else s for p, s in zip(paths, real_stats(root_, paths, **kw))])
+    out = str(tmp_path / "out")
+    build_records.run([f"--output_dir={out}", *args])
+    monkeypatch.setattr(inputs.fingerprint, "file_stats", real_stats)
+    index = outputs.contents(out)["index.tsv"].decode().splitlines()
+    assert [line.split("\t")[1] for line in index if line.startswith(rel + "\t")] == [fingerprint.file_stat(full)]
+    open(full, "wb").write(version_a)  # and back to version A, stat and all
+    os.utime(full, ns=(mtime_a, mtime_a))
+    assert fingerprint.file_stat(full) == seen_by_driver
+    inc = build_records.run([f"--output_dir={out}", "--incremental", *args])
+    assert inc["incremental"]["processed"] == 1  # the record of version B is rebuilt from A
+    ref = str(tmp_path / "ref")
+    build_records.run([f"--output_dir={ref}", *args])
+    assert outputs.records_by_split(out) == outputs.records_by_split(ref)
+
+
 def test_the_model_digest_is_the_one_earlier_releases_committed(trained_job, tmp_path):
     """An upgrade must not make a nightly --incremental run rescore everything: the digest is
     sha256 over the model's bytes, then job_spec.json's (absent before the spec existed),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from core import imaging
+from core import fingerprint, imaging
 from schemas.chexpert import RowError
 from tests import images
 
@@ -368,6 +368,9 @@ def test_the_writers_one_lstat_read_gives_the_general_paths_verdicts_and_bytes(t
             want = e.reason
         try:
             got = imaging.read_plain_file(path, name, memo)
+            if got is not None:  # the bytes, and the stat of the file they were read from
+                assert fingerprint.stat_text(got[1]) == fingerprint.file_stat(path), name
+                got = got[0]
         except RowError as e:
             got = e.reason
         if os.path.islink(path) or not os.path.lexists(path):
