@@ -362,13 +362,13 @@ def read_plain_file(path: str, name: str, real_folders: dict[str, str]) -> tuple
     Returns:
         The file's bytes and the ``fstat`` of the file opened, taken before the read (a
         change during or after the read gives the file another mtime than this), or None
-        where the general path must decide: a link, a missing or unreadable file, a path
-        that is not a root joined with ``name``, an object store, a file that stopped being
-        a regular file since the ``lstat``.
+        where the general path must decide: a link, a missing or unreadable file, anything
+        but a regular file (the general path refuses it, after taking its stat), a path
+        that is not a root joined with ``name``, an object store.
 
     Raises:
         RowError: ``link_outside_dataset`` (a folder above the file is a link out of the
-            dataset folder), ``not_a_file``.
+            dataset folder).
     """
     if "://" in path or path == name or not path.endswith("/" + name):
         return None
@@ -378,13 +378,11 @@ def read_plain_file(path: str, name: str, real_folders: dict[str, str]) -> tuple
     except OSError:
         return None
     mode = st.st_mode
-    if stat.S_ISLNK(mode) or base in (".", ".."):
+    if not stat.S_ISREG(mode) or base in (".", ".."):
         return None
     folder = _dataset_folder(path, name)
     _refuse_outside(name, os.path.join(_real_dir(parent, folder, real_folders), base),
                     _real_dir(folder, folder, real_folders))
-    if not stat.S_ISREG(mode):
-        raise RowError("not_a_file", _NOT_A_FILE.format(name=name))
     try:
         # Swapped in since the lstat: a link fails the open (O_NOFOLLOW) rather than being
         # followed; a FIFO opens without waiting for a writer (O_NONBLOCK) and fstat sees it.

@@ -214,7 +214,10 @@ def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.
             index[path] = {"stat": file_stat, "row": by_path[path].digest, "split": w.stats.split,
                            "shard": w.stats.shard, "codes": codes, "view": view, "teacher": soft}
     manifest = manifest_builder.summarize(cfg, sources, kept.kept_stats + [w.stats for w in written], rejects)
-    manifest.fingerprint = _fingerprint_as_read(cfg, sources, rows, dataset, index, fp)
+    seen = {path: e["stat"] for path, e in index.items()}
+    for w in written:
+        seen.update(w.rejected_files)
+    manifest.fingerprint = _fingerprint_as_read(cfg, sources, rows, dataset, seen, fp)
     manifest.incremental = ({"tag": tag, "kept": len(kept.index),
                              "processed": manifest.rows - len(kept.index) - len(kept.duplicate_rejects)}
                             if tag else None)
@@ -235,15 +238,17 @@ def _build(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.
 
 
 def _fingerprint_as_read(cfg: BuildConfig, sources: list[inputs.CsvSource], rows: list[inputs.ListedRow], dataset,
-                         index: dict[str, dict], fp: str) -> str:
+                         seen: dict[str, str], fp: str) -> str:
     """The run's fingerprint over its image files as the writers read them.
 
-    ``fp`` is over the driver's stats, taken before the graph ran; a file that changed since
-    has the writer's stat in ``index``. The committed fingerprint must be over those, or a
-    rerun that finds the file as the driver saw it (changed back) would have "nothing new"
-    to do and keep the record of the version read.
+    ``fp`` is over the driver's stats, taken before the graph ran; ``seen`` has each file's
+    stat as its writer found it (written records' from the index, rejected rows' from the
+    writers' reports). The committed fingerprint must be over those, or a rerun that finds a
+    file as the driver saw it (changed back: a record of the other version, or a row
+    rejected while the file was briefly empty, gone or a FIFO) would have "nothing new" to
+    do and keep what this run made of the other version.
     """
-    read = {r.path: index[r.path]["stat"] for r in rows if r.path in index and index[r.path]["stat"] != r.stat}
+    read = {r.path: seen[r.path] for r in rows if r.path in seen and seen[r.path] not in (None, r.stat)}
     if not read:
         return fp
     log.warning("%d image file(s) changed while the job ran (first: %s); the records and the index hold the "

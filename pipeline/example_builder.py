@@ -22,13 +22,23 @@ def read_image(path: str, name: str, real_folders: dict[str, str] | None = None)
     return read_image_and_stat(path, name, real_folders)[0]
 
 
+class ImageReadError(chexpert.RowError):
+    """A row whose image file could not be read, with the file's ``core.fingerprint`` stat
+    as the read found it (``file_stat``): a file that was briefly gone, empty or a FIFO
+    while the job ran must not look unchanged to the next run."""
+
+    def __init__(self, error: chexpert.RowError, file_stat: str):
+        super().__init__(error.reason, error.detail)
+        self.file_stat = file_stat
+
+
 def read_image_and_stat(path: str, name: str, real_folders: dict[str, str] | None = None) -> tuple[bytes, str]:
     """The bytes of a row's image file (local, or any Beam filesystem), and its
     ``core.fingerprint.file_stat`` as it was when read.
 
     The stat is taken before the read, so a file changed during or after it has another stat
     now: the records index keeps this one (not the driver's, taken before the graph ran), and
-    a later incremental run rebuilds the record rather than keeping pixels of another version.
+    a later run rebuilds the record rather than keeping pixels of another version.
 
     Args:
         path: the file's full path.
@@ -36,22 +46,28 @@ def read_image_and_stat(path: str, name: str, real_folders: dict[str, str] | Non
         real_folders: see ``imaging.refuse_link_outside`` (a writer keeps one per shard).
 
     Raises:
-        chexpert.RowError: ``missing_file``, ``unreadable_file``, or a link out of the input
-            folder or a non-file (see ``core.imaging``).
+        ImageReadError: ``missing_file``, ``unreadable_file``, or a link out of the input
+            folder or a non-file (see ``core.imaging``), with the stat the read found.
     """
     if real_folders is not None:
-        got = imaging.read_plain_file(path, name, real_folders)  # one lstat, one open, os.read
+        try:
+            got = imaging.read_plain_file(path, name, real_folders)  # one lstat, one open, os.read
+        except chexpert.RowError as e:  # a folder above the file links out of the dataset
+            raise ImageReadError(e, fingerprint.file_stat(path)) from None
         if got is not None:
             return got[0], fingerprint.stat_text(got[1])
-    imaging.refuse_link_outside(path, name, real_folders)
-    imaging.refuse_non_file(path, name)
     stat = fingerprint.file_stat(path)
     try:
-        return storage.read_bytes(path), stat
-    except OSError as e:
-        if not storage.exists(path):
-            raise chexpert.RowError("missing_file", f"{name}: no such file under the input folder") from None
-        raise chexpert.RowError("unreadable_file", f"{name}: {e}") from None
+        imaging.refuse_link_outside(path, name, real_folders)
+        imaging.refuse_non_file(path, name)
+        try:
+            return storage.read_bytes(path), stat
+        except OSError as e:
+            if not storage.exists(path):
+                raise chexpert.RowError("missing_file", f"{name}: no such file under the input folder") from None
+            raise chexpert.RowError("unreadable_file", f"{name}: {e}") from None
+    except chexpert.RowError as e:
+        raise ImageReadError(e, stat) from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,7 +56,8 @@ class WrittenShard:
         stats: the shard's counts.
         paths: each record's Path; codes: its 14 raw label codes; views: ``frontal`` or
             ``lateral``; labeller: its ``labels/teacher`` (14 floats) or None; files: its
-            image file's ``core.fingerprint`` stat as the writer read it (the index's ``stat``).
+            image file's ``core.fingerprint`` stat as the writer read it (the index's ``stat``);
+            rejected_files: for each row rejected for its image, the stat the read found.
     """
 
     stats: manifest_lib.ShardStats
@@ -65,12 +66,13 @@ class WrittenShard:
     views: list[str] = dataclasses.field(default_factory=list)
     labeller: list[list[float] | None] = dataclasses.field(default_factory=list)
     files: list[str] = dataclasses.field(default_factory=list)
+    rejected_files: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"stats": self.stats.to_json(), "paths": self.paths, "codes": self.codes, "views": self.views,
-                "labeller": self.labeller, "files": self.files}
+                "labeller": self.labeller, "files": self.files, "rejected_files": self.rejected_files}
 
     @classmethod
     def from_json(cls, d: dict) -> WrittenShard:
         return cls(manifest_lib.ShardStats.from_json(d["stats"]), d["paths"], d["codes"], d["views"], d["labeller"],
-                   d["files"])
+                   d["files"], d["rejected_files"])

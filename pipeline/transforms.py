@@ -260,11 +260,15 @@ class WriteShardFn(beam.DoFn):
         real_folders: dict[str, str] = {}  # resolved once per shard, not per image
         with storage.create(posixpath.join(self.snapshot_dir, name)) as writer:
             for i, (row, source, line) in enumerate(ordered):
+                file_stat = None
                 try:
                     data, file_stat = example_builder.read_image_and_stat(
                         posixpath.join(self.input_root, row.path), row.path, real_folders)
                     encoded = example_builder.encode_image(row, data, self.settings)
                 except chexpert.RowError as e:
+                    # The file as the rejecting read found it: if it differs from the
+                    # driver's stat, the file changed while the job ran (build_records).
+                    report.rejected_files[row.path] = getattr(e, "file_stat", file_stat)
                     yield _rejected(Reject(source, line, row.path, split, e.reason, e.detail))
                     continue
                 size += tfrecord.write_record_parts(writer, example_lib.with_image(encoded, rests[i])[0])

@@ -539,8 +539,17 @@ MUTANTS = (
         "fingerprint-of-the-drivers-stats",
         "a file changed after the driver's stat is rebuilt by the next incremental run (the fingerprint)",
         "pipeline/build_records.py",
-        "    manifest.fingerprint = _fingerprint_as_read(cfg, sources, rows, dataset, index, fp)",
+        "    manifest.fingerprint = _fingerprint_as_read(cfg, sources, rows, dataset, seen, fp)",
         "    manifest.fingerprint = fp",
+        ("tests/pipeline/test_scheduled.py::"
+         "test_a_file_changed_after_the_drivers_stat_is_rebuilt_by_the_next_incremental_run",),
+    ),
+    Mutant(
+        "fingerprint-ignores-rejecting-reads",
+        "a row rejected while its file was briefly empty, gone or a FIFO is retried by the next run",
+        "pipeline/build_records.py",
+        "        seen.update(w.rejected_files)",
+        "        pass",
         ("tests/pipeline/test_scheduled.py::"
          "test_a_file_changed_after_the_drivers_stat_is_rebuilt_by_the_next_incremental_run",),
     ),

@@ -335,37 +335,46 @@ def test_incremental_build_processes_only_changes_and_equals_a_full_rebuild(tmp_
 
 def test_a_file_changed_after_the_drivers_stat_is_rebuilt_by_the_next_incremental_run(tmp_path, monkeypatch):
     # The driver stats every image before the graph runs; a file can change before its
-    # writer reads it. The index must keep the stat of what was read: if it kept the
-    # driver's, a file that changed (version B read) and then changed back (version A, the
-    # stat the driver saw) would look unchanged to the next incremental run, which would
-    # keep B's pixels under A's stat.
+    # writer reads it. The index and the fingerprint must be over what was read: over the
+    # driver's stats, a file that changed (version B read, or an empty file that made the
+    # row a dead letter) and then changed back (version A, the stat the driver saw) would
+    # look unchanged, and the next run would keep B's record or the dead letter.
     from core import fingerprint
     from pipeline import build_records, inputs
 
     root = str(tmp_path / "in")
     make_sample.generate(root, num_patients=3, num_valid_patients=0, seed=5, workers=1, progress=False)
-    args = [f"--input_dir={root}", "--image_size=16", "--min_shards=1", "--runner=DirectRunner"]
+    args = [f"--input_dir={root}", "--image_size=16", "--min_shards=1", "--runner=DirectRunner",
+            "--max_reject_fraction=0.5"]
     rel = sorted(glob.glob("**/*.jpg", root_dir=root, recursive=True))[0]
     full = os.path.join(root, rel)
-    version_a, seen_by_driver = open(full, "rb").read(), fingerprint.file_stat(full)
-    mtime_a = os.stat(full).st_mtime_ns
-    open(full, "wb").write(images.jpeg_bytes(images.gradient(390, 320)))  # version B, after the driver's stat
+    version_a, mtime_a, seen_by_driver = open(full, "rb").read(), os.stat(full).st_mtime_ns, fingerprint.file_stat(full)
     real_stats = fingerprint.file_stats
-    monkeypatch.setattr(inputs.fingerprint, "file_stats", lambda root_, paths, **kw: [
-        seen_by_driver if p == rel else s for p, s in zip(paths, real_stats(root_, paths, **kw))])
-    out = str(tmp_path / "out")
-    build_records.run([f"--output_dir={out}", *args])
-    monkeypatch.setattr(inputs.fingerprint, "file_stats", real_stats)
-    index = outputs.contents(out)["index.tsv"].decode().splitlines()
-    assert [line.split("\t")[1] for line in index if line.startswith(rel + "\t")] == [fingerprint.file_stat(full)]
-    open(full, "wb").write(version_a)  # and back to version A, stat and all
-    os.utime(full, ns=(mtime_a, mtime_a))
-    assert fingerprint.file_stat(full) == seen_by_driver
-    inc = build_records.run([f"--output_dir={out}", "--incremental", *args])
-    assert inc["incremental"]["processed"] == 1  # the record of version B is rebuilt from A
+    outs = []
+    for meanwhile in (images.jpeg_bytes(images.gradient(390, 320)), b""):  # version B; briefly empty
+        open(full, "wb").write(meanwhile)  # after the driver's stat, before the writer's read
+        monkeypatch.setattr(inputs.fingerprint, "file_stats", lambda root_, paths, **kw: [
+            seen_by_driver if p == rel else s for p, s in zip(paths, real_stats(root_, paths, **kw))])
+        out = str(tmp_path / f"out{len(outs)}")
+        first = build_records.run([f"--output_dir={out}", *args])
+        monkeypatch.setattr(inputs.fingerprint, "file_stats", real_stats)
+        if meanwhile:  # the index has the stat of what was read
+            index = outputs.contents(out)["index.tsv"].decode().splitlines()
+            assert [line.split("\t")[1] for line in index if line.startswith(rel + "\t")] == [
+                fingerprint.file_stat(full)]
+        else:
+            assert first["sources"]["train.csv"]["rejected_by_reason"] == {"empty_file": 1}
+        open(full, "wb").write(version_a)  # back to version A, stat and all
+        os.utime(full, ns=(mtime_a, mtime_a))
+        assert fingerprint.file_stat(full) == seen_by_driver
+        inc = build_records.run([f"--output_dir={out}", "--incremental", *args])
+        assert not inc["nothing_new"] and inc["incremental"]["processed"] == 1, meanwhile[:4]
+        outs.append((out, inc))
     ref = str(tmp_path / "ref")
-    build_records.run([f"--output_dir={ref}", *args])
-    assert outputs.records_by_split(out) == outputs.records_by_split(ref)
+    full_build = build_records.run([f"--output_dir={ref}", *args])
+    for out, inc in outs:
+        assert outputs.records_by_split(out) == outputs.records_by_split(ref)
+        assert inc["sources"] == full_build["sources"] and not full_build["rejected"]
 
 
 def test_the_model_digest_is_the_one_earlier_releases_committed(trained_job, tmp_path):
