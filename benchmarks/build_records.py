@@ -48,8 +48,13 @@ def _decode_all(files: list[str], size: int, out: str | None = None) -> None:
 
 
 def _two_processes(files: list[str], size: int, out: str | None = None) -> float:
+    return _run_two(_decode_all, [(files[i::2], size, out and f"{out}.{i}") for i in range(2)])
+
+
+def _run_two(target, args: list[tuple]) -> float:
+    """Wall seconds of ``target(*args[i])`` in two forked processes at once."""
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_decode_all, args=(files[i::2], size, out and f"{out}.{i}")) for i in range(2)]
+    procs = [ctx.Process(target=target, args=a) for a in args]
     start = time.perf_counter()
     for p in procs:
         p.start()
@@ -88,15 +93,8 @@ def writer_alone(root: str, csv_path: str, size: int, encoding: str, min_shards:
     settings = example_builder.ExampleSettings(size, "squash", encoding,
                                                chexpert.policy_matrix(chexpert.resolve_policies({})), 0)
     groups = sorted(by_shard.items())
-    ctx = multiprocessing.get_context("fork")
     with tempfile.TemporaryDirectory() as out:
-        procs = [ctx.Process(target=_write_shards, args=(root, out, groups, settings, k)) for k in range(2)]
-        start = time.perf_counter()
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        return time.perf_counter() - start
+        return _run_two(_write_shards, [(root, out, groups, settings, k) for k in range(2)])
 
 
 def floor(dataset_dir: str, size: int) -> tuple[int, float, float, float]:
