@@ -64,7 +64,7 @@ def _run_two(target, args: list[tuple]) -> float:
 
 
 def _write_shards(root: str, out: str, groups: list, settings, k: int) -> None:
-    from pipeline import transforms
+    from pipeline import transforms  # imported by writer_alone before the fork: not timed
     fn = transforms.WriteShardFn(root, out, settings)
     for key, items in groups[k::2]:
         for _ in fn.process((key, [items])):
@@ -76,7 +76,7 @@ def writer_alone(root: str, csv_path: str, size: int, encoding: str, min_shards:
     as the job assigns them (``shards.num_shards_for``, ``shard_of``), without Beam."""
     import csv
 
-    from pipeline import example_builder, shards
+    from pipeline import example_builder, shards, transforms  # noqa: F401 (Beam: imported before the timing)
     from schemas import chexpert
     rows = []
     with open(csv_path, newline="") as f:
