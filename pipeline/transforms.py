@@ -224,9 +224,9 @@ class WriteShardFn(beam.DoFn):
     ``labeller`` (side input, with --labeller): {path: [P(positive) per labeller index]}.
 
     Reads, decodes and encodes one image at a time, so a worker's memory is one shard's
-    row list, with each row's record less its image (~0.9 KB), plus one image. Yields the shard's ``shards.WrittenShard`` as JSON;
-    undecodable images are REJECTED. Writing the same shard twice (a retried bundle)
-    rewrites the same file.
+    row list, with each row's record less its image (~0.9 KB), plus one image. Yields the
+    shard's ``shards.WrittenShard`` as JSON; undecodable images are REJECTED. Writing the
+    same shard twice (a retried bundle) rewrites the same file.
     """
 
     def __init__(self, input_root: str, snapshot_dir: str, settings: example_builder.ExampleSettings, tag: str = "",
