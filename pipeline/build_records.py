@@ -251,9 +251,9 @@ def _fingerprint_as_read(cfg: BuildConfig, sources: list[inputs.CsvSource], rows
     read = {r.path: seen[r.path] for r in rows if r.path in seen and seen[r.path] not in (None, r.stat)}
     if not read:
         return fp
-    log.warning("%d image file(s) changed while the job ran (first: %s); the records and the index hold the "
-                "versions read, and the next run rebuilds those that differ from the files then",
-                len(read), next(iter(read)))
+    log.warning("%d image file(s) changed while the job ran (first: %s); the records, dead letters and index hold "
+                "the versions read, and no rerun calls them unchanged: the next --incremental run rebuilds or "
+                "retries them", len(read), next(iter(read)))
     rows = [dataclasses.replace(r, stat=read[r.path]) if r.path in read else r for r in rows]
     return inputs.input_fingerprint(cfg, sources, rows, dataset)
 
