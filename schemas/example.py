@@ -234,7 +234,11 @@ def _entries(features: dict) -> tuple[list, int]:
 def encode_parts(features: dict) -> tuple[list, int]:
     """``encode``'s bytes as a list of chunks and their total length, for a writer that
     frames and writes them without joining (the ~100 KB image is then never copied)."""
-    chunks, size = _entries(features)
+    return _example(*_entries(features))
+
+
+def _example(chunks: list, size: int) -> tuple[list, int]:
+    """An Example's chunks and length from its map entries' chunks and their length."""
     head = _ENTRY_TAG + _varint(size)  # Example.features = 1
     return [head, *chunks], len(head) + size
 
@@ -260,9 +264,7 @@ def with_image(encoded: bytes, rest: bytes) -> tuple[list, int]:
     """A record's chunks and length (as ``encode_parts``) from its image and ``encode_rest``."""
     chunks = _entry(IMAGE_ENCODED, "bytes", encoded)
     chunks.append(rest)
-    size = sum(map(len, chunks))
-    head = _ENTRY_TAG + _varint(size)  # Example.features = 1
-    return [head, *chunks], len(head) + size
+    return _example(chunks, sum(map(len, chunks)))
 
 
 def encode(features: dict) -> bytes:
