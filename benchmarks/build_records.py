@@ -71,30 +71,32 @@ def _write_shards(root: str, out: str, groups: list, settings, k: int) -> None:
             pass
 
 
-def writer_alone(root: str, csv_path: str, size: int, encoding: str, min_shards: int) -> float:
-    """Seconds of the job's shard writer over ``csv_path``'s rows in two processes, shards
-    as the job assigns them (``shards.num_shards_for``, ``shard_of``), without Beam."""
+def writer_alone(root: str, extra: list[str]) -> float:
+    """Seconds of the job's shard writer over train.csv's rows in two processes, with the
+    job's own settings for ``extra`` (its flags) and its shard plan
+    (``transforms.shards_per_split``, ``shard_of``), without Beam."""
     import csv
 
-    from pipeline import example_builder, shards, transforms  # noqa: F401 (Beam: imported before the timing)
+    from core import cli
+    from pipeline import build_config, build_records, shards
+    from pipeline import transforms  # noqa: F401 (Beam: imported here, before the timed children)
     from schemas import chexpert
-    rows = []
-    with open(csv_path, newline="") as f:
-        for cells in csv.DictReader(f):
-            try:
-                rows.append(chexpert.parse_row(cells))
-            except chexpert.RowError:
-                pass  # the job's dead letters: not written by the job either
-    n = shards.num_shards_for(len(rows), image_size=size, encoding=encoding, shard_size_mb=256.0,
-                              min_shards=min_shards)
-    by_shard: dict = {}
-    for line, row in enumerate(rows, 2):
-        by_shard.setdefault(("train", shards.shard_of(row.path, n), n), []).append((row, "train.csv", line))
-    settings = example_builder.ExampleSettings(size, "squash", encoding,
-                                               chexpert.policy_matrix(chexpert.resolve_policies({})), 0)
-    groups = sorted(by_shard.items())
     with tempfile.TemporaryDirectory() as out:
-        return _run_two(_write_shards, [(root, out, groups, settings, k) for k in range(2)])
+        opts, _ = cli.parse_flags(build_records.make_parser(), [f"--input_dir={root}", f"--output_dir={out}", *extra])
+        cfg, _ = build_config.configure(opts)
+        rows = []
+        with open(os.path.join(root, make_sample.DATASET_DIR, "train.csv"), newline="") as f:
+            for cells in csv.DictReader(f):
+                try:
+                    rows.append(chexpert.parse_row(cells))
+                except chexpert.RowError:
+                    pass  # the job's dead letters: not written by the job either
+        n = transforms.shards_per_split(cfg, len(rows))
+        by_shard: dict = {}
+        for line, row in enumerate(rows, 2):
+            by_shard.setdefault(("train", shards.shard_of(row.path, n), n), []).append((row, "train.csv", line))
+        groups = sorted(by_shard.items())
+        return _run_two(_write_shards, [(root, out, groups, cfg.example_settings(), k) for k in range(2)])
 
 
 def floor(dataset_dir: str, size: int) -> tuple[int, float, float, float]:
@@ -132,8 +134,7 @@ def bench(label: str, root: str, dataset_dir: str, size: int, extra: list[str], 
     # or speeds up during the benchmark moves them all alike; medians over the rounds.
     for _ in range(repeats):
         floors.append(floor(dataset_dir, size))
-        alone.append(writer_alone(root, os.path.join(dataset_dir, "train.csv"), size,
-                                  _flag(extra, "encoding", "raw"), int(_flag(extra, "min_shards", "4"))))
+        alone.append(writer_alone(root, extra))
         for name, cwd in revisions:
             # The fixed cost of a run (interpreter, Beam, worker start-up, 15 stages) on a
             # 1-patient dataset: subtracted to give the steady-state rate a 224k-image job runs at.
@@ -162,11 +163,6 @@ def bench(label: str, root: str, dataset_dir: str, size: int, extra: list[str], 
         print(f"    steady: x2 / x1 = {s2 / s1:.2f} (goal >= 1.7);  2 x floor / x2 = {2 * f / s2:.2f} (goal <= 1.3); "
               f"2-process floor / x2 = {f2 / s2:.2f}; 2 processes writing / x2 = {w2 / s2:.2f}; "
               f"writer alone / x2 = {wa / s2:.2f} (Beam's stages and the driver)")
-
-
-def _flag(extra: list[str], name: str, default: str) -> str:
-    values = [a.split("=", 1)[1] for a in extra if a.startswith(f"--{name}=")]
-    return values[-1] if values else default
 
 
 def main() -> None:
